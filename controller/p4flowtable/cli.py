@@ -1,0 +1,198 @@
+"""p4ft: command line of p4flowtable."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from .api import DEFAULT_SOCKET, ApiError, call
+
+
+def _port_map(items: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        port, sep, name = item.partition("=")
+        if not sep or not port.isdigit() or not name:
+            raise argparse.ArgumentTypeError(f"--port {item!r}: expected PORT=REPRESENTOR, e.g. 1=lan0")
+        if name in out or int(port) in out.values():
+            raise argparse.ArgumentTypeError(f"--port {item!r}: port or representor given twice")
+        out[name] = int(port)
+    return out
+
+
+def _timeouts(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        name, sep, sec = item.partition("=")
+        try:
+            value = float(sec)
+        except ValueError:
+            value = -1
+        if not sep or value <= 0:
+            raise argparse.ArgumentTypeError(f"--timeout {item!r}: expected FLOWTABLE=SECONDS (> 0)")
+        out[name] = value
+    return out
+
+
+def cmd_daemon(args) -> int:
+    from .daemon import DaemonConfig, Daemon
+    from .policy import PolicyError
+    from .p4runtime import SwitchError
+
+    cfg = DaemonConfig(grpc_addr=args.grpc_addr, device_id=args.device_id,
+                       election_id=args.election_id, netns=args.netns,
+                       ports=_port_map(args.port), ruleset=Path(args.ruleset) if args.ruleset else None,
+                       socket=args.socket, timeouts=_timeouts(args.timeout),
+                       poll_interval=args.poll_interval,
+                       load_kernel_ruleset=not args.no_kernel_ruleset)
+    if args.p4info:
+        cfg.p4info = Path(args.p4info)
+    if args.device_config:
+        cfg.device_config = Path(args.device_config)
+
+    async def main() -> int:
+        d = Daemon(cfg)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, d.stopping.set)
+        try:
+            await d.run()
+        except (PolicyError, SwitchError, ValueError, OSError) as e:
+            logging.getLogger("p4ft").error("%s", e)
+            await d.stop()
+            return 1
+        return 0
+
+    return asyncio.run(main())
+
+
+def _fmt_tuple(t: dict) -> str:
+    return f"src={t['src']} dst={t['dst']} sport={t['sport']} dport={t['dport']}"
+
+
+def cmd_flow_list(args) -> int:
+    rows = call("flow_list", path=args.socket)
+    for r in rows:
+        pk = r.get("packets") or [0, 0]
+        by = r.get("bytes") or [0, 0]
+        parts = [f"{r['proto']:<5}", str(r["l4proto"]), r["state"] if r["proto"] == "tcp" else "",
+                 _fmt_tuple(r["orig"])]
+        if r.get("flowtable"):
+            parts.append(f"packets={pk[0]} bytes={by[0]}")
+        parts.append(_fmt_tuple(r["reply"]))
+        if r.get("flowtable"):
+            parts.append(f"packets={pk[1]} bytes={by[1]}")
+        if r["offload"]:
+            parts.append("[OFFLOAD]")
+            parts.append(f"flowtable={r['flowtable']} idle={r['idle']}s counters_age={r['counters_age']}s")
+        elif r.get("pending"):
+            parts.append("[OFFLOAD PENDING]")
+        print(" ".join(p for p in parts if p))
+    print(f"p4ft: {len(rows)} flow entries, {sum(1 for r in rows if r['offload'])} offloaded",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_stats(args) -> int:
+    for k, v in sorted(call("stats", path=args.socket).items()):
+        print(f"{k:<32} {v}")
+    return 0
+
+
+def cmd_ft_list(args) -> int:
+    for t in call("flowtable_list", path=args.socket):
+        print(f"flowtable {t['name']} family {t['family']} devices {{ {', '.join(t['devices'])} }} "
+              f"ports {t['ports']} timeout {t['timeout']:g}s flows {t['flows']}")
+    return 0
+
+
+def cmd_ft_add(args) -> int:
+    t = call("flowtable_add", {"name": args.name, "devices": args.devices.split(","),
+                               "timeout": args.timeout}, path=args.socket)
+    print(f"added flowtable {t['name']} on ports {t['ports']}")
+    return 0
+
+
+def cmd_ft_delete(args) -> int:
+    t = call("flowtable_delete", {"name": args.name}, path=args.socket)
+    print(f"deleted flowtable {t['name']} ({t['flows']} flow(s) handed back)")
+    return 0
+
+
+def cmd_switch(args) -> int:
+    from .target.soft.main import main as switch_main
+    return switch_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="p4ft", description="Linux flowtable offload to a P4 switch")
+    p.add_argument("--socket", default=DEFAULT_SOCKET, help="daemon socket (default %(default)s)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("daemon", help="run the controller")
+    d.add_argument("--grpc-addr", default="127.0.0.1:9559", help="P4Runtime server of the switch")
+    d.add_argument("--device-id", type=int, default=1)
+    d.add_argument("--election-id", type=int, default=1)
+    d.add_argument("--netns", help="router network namespace (slow path)")
+    d.add_argument("--port", action="append", default=[], metavar="PORT=REPRESENTOR",
+                   help="switch port and its representor in the router namespace (repeat)")
+    d.add_argument("--ruleset", help="nftables ruleset with flowtables and 'flow add' statements")
+    d.add_argument("--timeout", action="append", default=[], metavar="FLOWTABLE=SECONDS",
+                   help="idle timeout of a flowtable (default 30, the kernel's)")
+    d.add_argument("--poll-interval", type=float, default=1.0, help="counter poll period, seconds")
+    d.add_argument("--p4info", help="P4Info text file (default: p4src/build)")
+    d.add_argument("--device-config", help="BMv2 JSON (default: p4src/build)")
+    d.add_argument("--no-kernel-ruleset", action="store_true",
+                   help="do not load the non-offload part of the ruleset into the kernel")
+    d.set_defaults(func=cmd_daemon)
+
+    fl = sub.add_parser("flow", help="offloaded and tracked flows").add_subparsers(dest="sub", required=True)
+    fl.add_parser("list", help="like conntrack -L, with [OFFLOAD] and switch counters").set_defaults(
+        func=cmd_flow_list)
+
+    ft = sub.add_parser("flowtable", help="flowtables").add_subparsers(dest="sub", required=True)
+    ft.add_parser("list").set_defaults(func=cmd_ft_list)
+    a = ft.add_parser("add")
+    a.add_argument("name")
+    a.add_argument("--devices", required=True, help="comma-separated representors")
+    a.add_argument("--timeout", type=float, default=30.0)
+    a.set_defaults(func=cmd_ft_add)
+    dl = ft.add_parser("delete")
+    dl.add_argument("name")
+    dl.set_defaults(func=cmd_ft_delete)
+
+    sub.add_parser("stats", help="punts by reason, offloads, expiries, teardowns").set_defaults(
+        func=cmd_stats)
+
+    sw = sub.add_parser("switch", help="run the embedded software switch (P4Runtime server)")
+    sw.add_argument("-i", "--interface", action="append", default=[], metavar="PORT@IFNAME",
+                    help="bind a switch port to a Linux interface (repeat), as simple_switch_grpc")
+    sw.add_argument("--cpu-port", type=int, default=510)
+    sw.add_argument("--grpc-addr", default="127.0.0.1:9559")
+    sw.add_argument("--device-id", type=int, default=1)
+    sw.add_argument("--json", help="BMv2 JSON to load at start (otherwise wait for a pipeline push)")
+    sw.set_defaults(func=cmd_switch)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except argparse.ArgumentTypeError as e:
+        parser.error(str(e))
+    except ApiError as e:
+        print(f"p4ft: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

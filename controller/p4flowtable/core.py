@@ -1,0 +1,126 @@
+"""Flowtable core and aging (the kernel's nf_flow_table_core.c).
+
+A FlowTable holds the flows of one flowtable; a Flowtables registry holds them
+all and indexes flows by both tuples. Timeouts are refreshed by traffic and the
+GC step returns the flows whose timeout ran out; it never blocks on the switch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from .model import Dir, Flow, FlowFlag, FlowTuple
+
+NF_FLOW_TIMEOUT = 30.0  # seconds, the kernel's default flowtable timeout
+REFRESH_SLACK = 1.0     # a refresh moves the deadline only by more than this
+
+
+@dataclass(slots=True)
+class FlowtableConfig:
+    name: str
+    devices: tuple[str, ...]
+    timeout: float = NF_FLOW_TIMEOUT
+    family: str = "ip"
+    id: int = 0
+
+
+@dataclass(slots=True)
+class FlowTable:
+    config: FlowtableConfig
+    flows: dict[FlowTuple, Flow] = field(default_factory=dict)
+
+
+class Flowtables:
+    """All flowtables and their flows; owned by one task."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.tables: dict[str, FlowTable] = {}
+        self._by_tuple: dict[FlowTuple, tuple[Flow, Dir]] = {}
+
+    # -- flowtables ------------------------------------------------------
+    def add_table(self, config: FlowtableConfig) -> FlowTable:
+        if config.name in self.tables:
+            raise ValueError(f"flowtable {config.name!r} exists")
+        used = {t.config.id for t in self.tables.values()}
+        if not config.id:
+            config.id = next(i for i in range(1, 256) if i not in used)
+        table = FlowTable(config)
+        self.tables[config.name] = table
+        return table
+
+    def remove_table(self, name: str) -> list[Flow]:
+        """Drop a flowtable; returns its flows so the caller can tear them down."""
+        table = self.tables.pop(name)
+        flows = list(table.flows.values())
+        for flow in flows:
+            self._unindex(flow)
+        return flows
+
+    def table(self, name: str) -> FlowTable:
+        try:
+            return self.tables[name]
+        except KeyError:
+            known = ", ".join(sorted(self.tables)) or "none"
+            raise KeyError(f"no flowtable {name!r} (known: {known})") from None
+
+    # -- flows (flow_offload_add/_del/_lookup/_refresh) ---------------------
+    def add(self, flow: Flow) -> None:
+        table = self.table(flow.flowtable)
+        for d in Dir:
+            if flow.tuples[d] in self._by_tuple:
+                raise ValueError(f"tuple {flow.tuples[d]} is already offloaded")
+        flow.last_used = self.clock()
+        table.flows[flow.key] = flow
+        for d in Dir:
+            self._by_tuple[flow.tuples[d]] = (flow, d)
+
+    def delete(self, flow: Flow) -> bool:
+        """Remove a flow; False if it was not there (safe to call twice)."""
+        table = self.tables.get(flow.flowtable)
+        if table is None or table.flows.get(flow.key) is not flow:
+            return False
+        del table.flows[flow.key]
+        self._unindex(flow)
+        return True
+
+    def _unindex(self, flow: Flow) -> None:
+        for d in Dir:
+            if self._by_tuple.get(flow.tuples[d], (None,))[0] is flow:
+                del self._by_tuple[flow.tuples[d]]
+
+    def lookup(self, t: FlowTuple) -> tuple[Flow, Dir] | None:
+        return self._by_tuple.get(t)
+
+    def refresh(self, flow: Flow, now: float | None = None) -> bool:
+        """Traffic seen: push the deadline; True when it moved."""
+        now = self.clock() if now is None else now
+        if now - flow.last_used <= REFRESH_SLACK:
+            return False
+        flow.last_used = now
+        return True
+
+    def __iter__(self) -> Iterator[Flow]:
+        for table in self.tables.values():
+            yield from table.flows.values()
+
+    def __len__(self) -> int:
+        return sum(len(t.flows) for t in self.tables.values())
+
+    # -- aging (nf_flow_offload_gc_step) ---------------------------------------
+    @staticmethod
+    def expired(flow: Flow, now: float) -> bool:
+        return now - flow.last_used > flow.timeout
+
+    def gc_step(self, now: float | None = None) -> list[Flow]:
+        """Flows to tear down: timed out, or already marked for teardown."""
+        now = self.clock() if now is None else now
+        out = []
+        for flow in self:
+            if flow.flags & (FlowFlag.TEARDOWN | FlowFlag.DYING):
+                out.append(flow)
+            elif self.expired(flow, now):
+                out.append(flow)
+        return out

@@ -1,0 +1,524 @@
+"""The controller daemon: wires the modules together; one task owns flow state.
+
+Inputs: conntrack events, PacketIns, frames from the representors, the aging
+tick and API requests, all handled on one asyncio loop. Switch writes go
+through one offload queue, batched, one pending operation per flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import text_format
+from p4.config.v1 import p4info_pb2
+from p4.v1 import p4runtime_pb2 as p4r
+from pyroute2 import AsyncIPRoute
+
+from . import nftables
+from .conntrack import ConntrackMirror, CtEntry, CtEvent
+from .core import FlowtableConfig, Flowtables
+from .ip import Ipv4Routes, RouteError, parse_tuple
+from .model import Dir, Flow, FlowFlag, L4PROTO_NAMES, TeardownReason
+from .offload import P4RuntimeDriver, port_entry
+from .p4info import P4Schema, decode, encode
+from .p4runtime import Session, SwitchError, SwitchUnavailable
+from .policy import PacketView, Policy, parse_ruleset
+from .relay import Relay
+
+log = logging.getLogger("p4ft")
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_P4INFO = REPO / "p4src" / "build" / "flowtable.p4info.txtpb"
+DEFAULT_JSON = REPO / "p4src" / "build" / "flowtable.json"
+from .api import DEFAULT_SOCKET  # noqa: E402
+MAX_BATCH_FLOWS = 512
+RETRY_DECLINED = 1.0   # seconds before a declined flow is considered again
+
+
+@dataclass
+class DaemonConfig:
+    grpc_addr: str = "127.0.0.1:9559"
+    device_id: int = 1
+    election_id: int = 1
+    netns: str | None = None
+    ports: dict[str, int] = field(default_factory=dict)   # representor -> switch port
+    ruleset: Path | None = None
+    p4info: Path = DEFAULT_P4INFO
+    device_config: Path = DEFAULT_JSON
+    socket: str = DEFAULT_SOCKET
+    timeouts: dict[str, float] = field(default_factory=dict)
+    poll_interval: float = 1.0
+    load_kernel_ruleset: bool = True
+    connect_timeout: float = 10.0
+
+
+class Daemon:
+    def __init__(self, cfg: DaemonConfig, clock=time.monotonic):
+        self.cfg = cfg
+        self.clock = clock
+        self.flowtables = Flowtables(clock)
+        self.mirror = ConntrackMirror(cfg.netns)
+        self.session = Session(cfg.grpc_addr, cfg.device_id, cfg.election_id)
+        p4info = p4info_pb2.P4Info()
+        text_format.Parse(Path(cfg.p4info).read_text(), p4info)
+        self.p4info = p4info
+        self.schema = P4Schema(p4info)
+        self.driver = P4RuntimeDriver(self.session, self.schema)
+        self.punt_names = {v: k for k, v in self.schema.enum("PuntReason").items()}
+        pin = self.schema.packet_meta("packet_in")
+        self._pin_port, self._pin_reason = pin["ingress_port"].id, pin["punt_reason"].id
+        pout = self.schema.packet_meta("packet_out")["egress_port"]
+        self._pout_port = pout
+        self.relay = Relay(cfg.netns, cfg.ports, self._transmit)
+        self.policy: Policy | None = None
+        self.stats: collections.Counter[str] = collections.Counter()
+        self.queue: asyncio.Queue[tuple[str, Flow]] = asyncio.Queue()
+        self._considering: set = set()
+        self._declined: dict = {}
+        self._tasks: list[asyncio.Task] = []
+        self._server: asyncio.AbstractServer | None = None
+        self.ready = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.ipr: AsyncIPRoute | None = None
+        self.routes: Ipv4Routes | None = None
+
+    # -- start and stop ----------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.cfg
+        if cfg.ruleset is not None:
+            self.policy = parse_ruleset(Path(cfg.ruleset).read_text(), str(cfg.ruleset))
+            for ft in self.policy.flowtables.values():
+                self._check_devices(ft.name, ft.devices)
+            if cfg.load_kernel_ruleset:
+                nftables.load(cfg.netns, self.policy)
+            for ft in self.policy.flowtables.values():
+                ft.timeout = cfg.timeouts.get(ft.name, ft.timeout)
+                self.flowtables.add_table(ft)
+        self.ipr = AsyncIPRoute(**({"netns": cfg.netns} if cfg.netns else {}))
+        self.routes = Ipv4Routes(self.ipr, cfg.ports)
+        await self.mirror.open()
+        await self.mirror.dump()
+        await self._connect_switch()
+        self.relay.open()
+        self._server = await asyncio.start_unix_server(self._api_client, path=self._socket_path())
+        os.chmod(cfg.socket, 0o660)
+        for coro, name in ((self._ct_events(), "ct-events"), (self._packet_in(), "packet-in"),
+                           (self._offload_worker(), "offload"), (self._aging(), "aging"),
+                           (self._supervise(), "switch")):
+            self._tasks.append(asyncio.create_task(coro, name=name))
+        for e in list(self.mirror.entries.values()):
+            self._maybe_offload(e)
+        self.ready.set()
+        log.info("p4ft ready: switch %s, %d flowtable(s), %d port(s), %d conntrack entries",
+                 cfg.grpc_addr, len(self.flowtables.tables), len(cfg.ports), len(self.mirror.entries))
+
+    def _socket_path(self) -> str:
+        path = self.cfg.socket
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if os.path.exists(path):
+            os.unlink(path)
+        return path
+
+    async def run(self) -> None:
+        await self.start()
+        done, _ = await asyncio.wait([asyncio.create_task(self.stopping.wait())] + self._tasks,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if t in self._tasks and t.exception():
+                log.error("task %s failed: %r", t.get_name(), t.exception())
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Hand every flow back to the kernel, then close everything."""
+        flows = [f for f in self.flowtables if f.flags & (FlowFlag.HW | FlowFlag.PENDING)]
+        if flows and not self.session.lost.is_set():
+            try:
+                await self.driver.delete(flows)
+            except SwitchError as e:
+                log.warning("could not remove flows from the switch at stop: %s", e)
+            for f in flows:
+                ct = self.mirror.entries.get(f.key)
+                if ct is not None:
+                    try:
+                        await self.mirror.handed_back(ct, 0)
+                    except Exception as e:  # entry may be gone
+                        log.debug("hand-back of %s: %s", f.key, e)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._server:
+            self._server.close()
+            if os.path.exists(self.cfg.socket):
+                os.unlink(self.cfg.socket)
+        self.relay.close()
+        await self.session.close()
+        await self.mirror.close()
+        if self.ipr:
+            self.ipr.close()
+
+    def _check_devices(self, name: str, devices) -> None:
+        unknown = [d for d in devices if d not in self.cfg.ports]
+        if unknown:
+            raise ValueError(f"flowtable {name!r}: device(s) {unknown} are not switch ports "
+                             f"(ports: {', '.join(f'{n}={p}' for n, p in self.cfg.ports.items()) or 'none'})")
+        for t in self.flowtables.tables.values():
+            both = set(devices) & set(t.config.devices)
+            if both and t.config.name != name:
+                raise ValueError(f"flowtable {name!r}: device(s) {sorted(both)} already belong to "
+                                 f"flowtable {t.config.name!r}")
+
+    # -- switch ------------------------------------------------------------
+    async def _connect_switch(self) -> None:
+        await self.session.connect(self.cfg.connect_timeout)
+        await self.session.set_pipeline(self.p4info, Path(self.cfg.device_config).read_bytes())
+        updates = []
+        for table in self.flowtables.tables.values():
+            for dev in table.config.devices:
+                updates.append(p4r.Update(type=p4r.Update.INSERT, entity=p4r.Entity(
+                    table_entry=port_entry(self.schema, self.cfg.ports[dev], table.config.id))))
+        await self.session.write(updates, "port binding")
+
+    async def _supervise(self) -> None:
+        """Reconnect after losing the switch; reinstall what it carried."""
+        while True:
+            await self.session.lost.wait()
+            self.stats["switch_lost"] += 1
+            log.error("lost the switch at %s; flows stay in the kernel's hands until it is back",
+                      self.cfg.grpc_addr)
+            delay = 0.5
+            while True:
+                try:
+                    await self._connect_switch()
+                    break
+                except SwitchError as e:
+                    log.warning("switch still unavailable: %s (retry in %.1fs)", e, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            flows = [f for f in self.flowtables if f.flags & FlowFlag.HW
+                     and not f.flags & FlowFlag.TEARDOWN]
+            for f in flows:
+                f.clear(FlowFlag.HW)
+                f.test_and_set(FlowFlag.PENDING)
+                self.queue.put_nowait(("add", f))
+            log.info("switch back; reinstalling %d flow(s)", len(flows))
+
+    def _transmit(self, port: int, frame: bytes) -> None:
+        try:
+            self.session.packet_out(frame, [p4r.PacketMetadata(
+                metadata_id=self._pout_port.id, value=encode(port, self._pout_port.bitwidth))])
+            self.stats["packet_out"] += 1
+        except SwitchUnavailable:
+            self.stats["packet_out_dropped"] += 1
+
+    # -- packets from the switch ---------------------------------------------
+    async def _packet_in(self) -> None:
+        while True:
+            pkt = await self.session.packet_in.get()
+            port = reason = None
+            for m in pkt.metadata:
+                if m.metadata_id == self._pin_port:
+                    port = decode(m.value)
+                elif m.metadata_id == self._pin_reason:
+                    reason = decode(m.value)
+            name = self.punt_names.get(reason, f"UNKNOWN_{reason}")
+            self.stats[f"punt.{name}"] += 1
+            t = parse_tuple(pkt.payload)
+            if name == "TCP_FIN_RST" and t is not None:
+                hit = self.flowtables.lookup(t)
+                if hit is not None:
+                    self.teardown(hit[0], TeardownReason.FIN_RST)
+            if not self.relay.deliver(port, pkt.payload):
+                self.stats["punt_undeliverable"] += 1
+            if name == "MISS" and t is not None:
+                ct = self.mirror.lookup(t)
+                if ct is not None:
+                    self._maybe_offload(ct)
+
+    # -- conntrack -----------------------------------------------------------
+    async def _ct_events(self) -> None:
+        async for ev, e in self.mirror.events():
+            self._declined.pop(e.orig, None)
+            flow = self._flow_of(e)
+            if ev is CtEvent.DESTROY:
+                if flow is not None:
+                    flow.test_and_set(FlowFlag.DYING)
+                    self.teardown(flow, TeardownReason.CT_DESTROYED)
+                continue
+            if flow is not None:
+                if e.offloadable() is not None:
+                    self.teardown(flow, TeardownReason.CT_STATE)
+                continue
+            self._maybe_offload(e)
+
+    def _flow_of(self, e: CtEntry) -> Flow | None:
+        for table in self.flowtables.tables.values():
+            f = table.flows.get(e.orig)
+            if f is not None:
+                return f
+        return None
+
+    # -- offload decision (nft_flow_offload_eval) -----------------------------
+    def _maybe_offload(self, e: CtEntry) -> None:
+        if e.orig in self._considering or self._flow_of(e) is not None:
+            return
+        if e.offloadable() is not None:
+            return
+        declined = self._declined.get(e.orig)
+        if declined is not None and self.clock() - declined < RETRY_DECLINED:
+            return
+        self._considering.add(e.orig)
+        task = asyncio.create_task(self._consider(e))
+        task.add_done_callback(lambda _t, k=e.orig: self._considering.discard(k))
+
+    async def _consider(self, e: CtEntry) -> None:
+        why = await self._try_offload(e)
+        if why is not None:
+            self._declined[e.orig] = self.clock()
+            self.stats[f"not_offloaded.{why}"] += 1
+            log.debug("not offloading %s: %s", e.orig, why)
+
+    async def _try_offload(self, e: CtEntry) -> str | None:
+        if self.policy is None:
+            return "no_policy"
+        try:
+            # where each direction leaves: ORIGINAL towards reply.src, REPLY towards orig.src
+            out_orig = await self.routes.hop(e.reply.src)
+            out_reply = await self.routes.hop(e.orig.src)
+        except RouteError as err:
+            log.debug("%s", err)
+            return "no_route"
+        views = [
+            PacketView("ipv4", e.l4proto, e.orig.src, e.orig.dst, e.orig.sport, e.orig.dport,
+                       out_reply.ifname, out_orig.ifname),
+            PacketView("ipv4", e.l4proto, e.reply.src, e.reply.dst, e.reply.sport, e.reply.dport,
+                       out_orig.ifname, out_reply.ifname),
+        ]
+        ft = self.policy.select(views)
+        if ft is None:
+            return "policy"
+        table = self.flowtables.tables.get(ft)
+        if table is None:
+            return "flowtable_deleted"
+        if out_orig.ifname not in table.config.devices or out_reply.ifname not in table.config.devices:
+            return "device_not_in_flowtable"
+        current = self.mirror.entries.get(e.orig)
+        if current is None or current.offloadable() is not None or self._flow_of(e) is not None:
+            return "changed"
+        flow = Flow(e.id, (e.orig, e.reply), ft, table.config.timeout,
+                    iif=(out_reply.route.port, out_orig.route.port),
+                    routes=(out_orig.route, out_reply.route))
+        try:
+            self.flowtables.add(flow)
+        except ValueError:
+            return "tuple_clash"
+        flow.test_and_set(FlowFlag.PENDING)
+        try:
+            await self.mirror.offloaded(current)
+        except Exception as err:
+            self.flowtables.delete(flow)
+            log.warning("conntrack refused offload marks for %s: %s", e.orig, err)
+            return "ct_update_failed"
+        self.queue.put_nowait(("add", flow))
+        return None
+
+    # -- teardown (flow_offload_teardown) -----------------------------------------
+    def teardown(self, flow: Flow, reason: TeardownReason) -> None:
+        if flow.test_and_set(FlowFlag.TEARDOWN):
+            return
+        self.stats[f"teardown.{reason.value}"] += 1
+        flow.reason = reason
+        self.queue.put_nowait(("del", flow))
+
+    async def _offload_worker(self) -> None:
+        while True:
+            op, flow = await self.queue.get()
+            batch = [flow]
+            while len(batch) < MAX_BATCH_FLOWS and not self.queue.empty():
+                nop, nflow = self.queue._queue[0]  # peek: keep FIFO order across ops
+                if nop != op:
+                    break
+                self.queue.get_nowait()
+                batch.append(nflow)
+            try:
+                if op == "add":
+                    await self._do_add(batch)
+                else:
+                    await self._do_del(batch)
+            except SwitchUnavailable as e:
+                log.warning("%s of %d flow(s) deferred: %s", op, len(batch), e)
+                await self.session.lost.wait()
+                if op == "del":
+                    for f in batch:
+                        await self._handed_back(f)
+
+    async def _do_add(self, batch: list[Flow]) -> None:
+        batch = [f for f in batch if not f.flags & FlowFlag.TEARDOWN]
+        if not batch:
+            return
+        res = await self.driver.add(batch)
+        for f in res.done:
+            f.clear(FlowFlag.PENDING)
+            f.test_and_set(FlowFlag.HW)
+            f.last_used = self.clock()
+            self.stats["offloaded"] += 1
+        for f, msg in res.failed:
+            if msg.startswith("ALREADY_EXISTS"):
+                f.clear(FlowFlag.PENDING)
+                f.test_and_set(FlowFlag.HW)
+                continue
+            log.error("switch refused flow %s: %s", f.key, msg)
+            self.stats["offload_failed"] += 1
+            self.flowtables.delete(f)
+            ct = self.mirror.entries.get(f.key)
+            if ct is not None:
+                await self.mirror.handed_back(ct, 0)
+
+    async def _do_del(self, batch: list[Flow]) -> None:
+        res = await self.driver.delete(batch)
+        for f, msg in res.failed:
+            log.error("switch refused to delete flow %s: %s", f.key, msg)
+            self.stats["delete_failed"] += 1
+        for f in batch:
+            await self._handed_back(f)
+
+    async def _handed_back(self, f: Flow) -> None:
+        f.clear(FlowFlag.HW | FlowFlag.PENDING)
+        self.flowtables.delete(f)
+        if f.flags & FlowFlag.DYING:
+            return
+        idle = min(self.clock() - f.last_used, f.timeout) if f.reason is TeardownReason.EXPIRED else 0
+        ct = self.mirror.entries.get(f.key)
+        if ct is not None:
+            try:
+                await self.mirror.handed_back(ct, idle)
+            except Exception as e:  # the entry may have just died
+                log.debug("hand-back of %s: %s", f.key, e)
+
+    # -- aging ---------------------------------------------------------------------
+    async def _aging(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.poll_interval)
+            await self.poll_once()
+
+    async def poll_once(self) -> None:
+        hw = [f for f in self.flowtables if f.flags & FlowFlag.HW and not f.flags & FlowFlag.TEARDOWN]
+        if hw and not self.session.lost.is_set():
+            try:
+                stats = await self.driver.stats(hw)
+            except SwitchError as e:
+                log.warning("counter poll failed: %s", e)
+                return   # never expire on missing information
+            now = self.clock()
+            for f in hw:
+                s = stats.get(id(f))
+                if s is None:
+                    continue
+                if sum(s.packets) != sum(f.packets):
+                    f.last_used = now
+                f.packets, f.bytes, f.stats_at = list(s.packets), list(s.bytes), now
+        for f in self.flowtables.gc_step():
+            if f.flags & FlowFlag.HW and not f.flags & FlowFlag.TEARDOWN:
+                self.stats["expired"] += 1
+                self.teardown(f, TeardownReason.EXPIRED)
+
+    # -- API -----------------------------------------------------------------------
+    async def _api_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                try:
+                    req = json.loads(line)
+                    result = await self.handle(req.get("cmd", ""), req.get("args", {}))
+                    resp = {"ok": True, "result": result}
+                except (ValueError, KeyError, SwitchError) as e:
+                    resp = {"ok": False, "error": str(e)}
+                writer.write((json.dumps(resp) + "\n").encode())
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def handle(self, cmd: str, args: dict):
+        if cmd == "flow_list":
+            return self.flow_list()
+        if cmd == "stats":
+            return self.stats_dict()
+        if cmd == "flowtable_list":
+            return [self._ft_dict(t) for t in self.flowtables.tables.values()]
+        if cmd == "flowtable_add":
+            return await self.flowtable_add(args["name"], list(args["devices"]),
+                                            float(args.get("timeout", 30.0)))
+        if cmd == "flowtable_delete":
+            return await self.flowtable_delete(args["name"])
+        if cmd == "ping":
+            return "pong"
+        raise ValueError(f"unknown command {cmd!r}")
+
+    def _ft_dict(self, t) -> dict:
+        return {"name": t.config.name, "family": t.config.family, "devices": list(t.config.devices),
+                "ports": [self.cfg.ports[d] for d in t.config.devices], "timeout": t.config.timeout,
+                "flows": len(t.flows)}
+
+    def flow_list(self) -> list[dict]:
+        now = self.clock()
+        out = []
+        for e in self.mirror.entries.values():
+            f = self._flow_of(e)
+            row = {"proto": L4PROTO_NAMES.get(e.l4proto, str(e.l4proto)), "l4proto": e.l4proto,
+                   "state": e.state_name, "orig": _tuple_dict(e.orig), "reply": _tuple_dict(e.reply),
+                   "offload": bool(f and f.flags & FlowFlag.HW), "id": e.id}
+            if f is not None:
+                row.update(flowtable=f.flowtable, pending=bool(f.flags & FlowFlag.PENDING),
+                           packets=f.packets, bytes=f.bytes, idle=round(now - f.last_used, 1),
+                           counters_age=round(now - f.stats_at, 1) if f.stats_at else None)
+            out.append(row)
+        return out
+
+    def stats_dict(self) -> dict:
+        d = dict(self.stats)
+        for name in self.punt_names.values():
+            d.setdefault(f"punt.{name}", 0)
+        d["flows_offloaded_now"] = sum(1 for f in self.flowtables if f.flags & FlowFlag.HW)
+        d["packet_in_dropped"] = self.session.dropped_packet_in
+        return d
+
+    async def flowtable_add(self, name: str, devices: list[str], timeout: float) -> dict:
+        if name in self.flowtables.tables:
+            raise ValueError(f"flowtable {name!r} exists")
+        if not devices:
+            raise ValueError("a flowtable needs at least one device")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        self._check_devices(name, devices)
+        table = self.flowtables.add_table(FlowtableConfig(name, tuple(devices), timeout))
+        try:
+            await self.session.write([p4r.Update(type=p4r.Update.INSERT, entity=p4r.Entity(
+                table_entry=port_entry(self.schema, self.cfg.ports[d], table.config.id))) for d in devices],
+                f"bind flowtable {name}")
+        except SwitchError:
+            self.flowtables.remove_table(name)
+            raise
+        return self._ft_dict(table)
+
+    async def flowtable_delete(self, name: str) -> dict:
+        table = self.flowtables.table(name)
+        info = self._ft_dict(table)
+        for f in list(table.flows.values()):
+            self.teardown(f, TeardownReason.FLOWTABLE_DELETED)
+        await self.session.write([p4r.Update(type=p4r.Update.DELETE, entity=p4r.Entity(
+            table_entry=port_entry(self.schema, self.cfg.ports[d], table.config.id)))
+            for d in table.config.devices], f"unbind flowtable {name}")
+        self.flowtables.remove_table(name)
+        return info
+
+
+def _tuple_dict(t) -> dict:
+    return {"src": str(t.src), "dst": str(t.dst), "sport": t.sport, "dport": t.dport}

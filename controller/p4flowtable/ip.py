@@ -1,0 +1,122 @@
+"""IPv4 datapath glue (the kernel's nf_flow_table_ip.c, controller side).
+
+Reads routes, neighbours and links of the router namespace to find where each
+direction of a flow leaves, builds the tuple of a punted packet, and turns a
+flow into the two flow_table_v4 entries.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+from p4.v1 import p4runtime_pb2 as p4r
+
+from .model import Dir, Flow, FlowRoute, FlowTuple, IPPROTO_TCP, IPPROTO_UDP, rewrite_for
+from .p4info import P4Schema, encode
+
+# Neighbour states the kernel would transmit to without resolving again.
+NUD_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # REACHABLE STALE DELAY PROBE NOARP PERMANENT
+RTAX_MTU = "RTAX_MTU"
+
+
+class RouteError(Exception):
+    """No usable path for one direction of a flow (yet)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    ifname: str
+    route: FlowRoute
+
+
+async def _all(coro) -> list:
+    res = await coro
+    if hasattr(res, "__aiter__"):
+        return [x async for x in res]
+    return list(res)
+
+
+class Ipv4Routes:
+    """Route, neighbour and link lookups in the router namespace."""
+
+    def __init__(self, ipr, ports: dict[str, int]):
+        self.ipr = ipr          # pyroute2 AsyncIPRoute bound to the namespace
+        self.ports = ports      # representor name -> switch port
+
+    async def hop(self, dst: ipaddress.IPv4Address) -> Hop:
+        try:
+            routes = await _all(self.ipr.route("get", dst=str(dst)))
+        except Exception as e:  # netlink error: unreachable, prohibited...
+            raise RouteError(f"no route to {dst}: {e}") from None
+        if not routes:
+            raise RouteError(f"no route to {dst}")
+        rt = routes[0]
+        if rt["type"] != 1:  # RTN_UNICAST
+            raise RouteError(f"route to {dst} is not unicast (type {rt['type']})")
+        oif = rt.get("RTA_OIF")
+        nexthop = rt.get("RTA_GATEWAY") or str(dst)
+        links = await _all(self.ipr.link("get", index=oif))
+        link = links[0]
+        ifname = link.get("IFLA_IFNAME")
+        if ifname not in self.ports:
+            raise RouteError(f"route to {dst} leaves via {ifname}, which is no switch port")
+        mtu = link.get("IFLA_MTU")
+        metrics = rt.get("RTA_METRICS")
+        if metrics and metrics.get(RTAX_MTU):
+            mtu = min(mtu, metrics.get(RTAX_MTU))
+        neigh = [n for n in await _all(self.ipr.neigh("dump", ifindex=oif))
+                 if n.get("NDA_DST") == nexthop]
+        if not neigh or not neigh[0]["state"] & NUD_USABLE or not neigh[0].get("NDA_LLADDR"):
+            raise RouteError(f"next hop {nexthop} on {ifname} is not resolved")
+        return Hop(ifname, FlowRoute(self.ports[ifname], link.get("IFLA_ADDRESS"),
+                                     neigh[0].get("NDA_LLADDR"), mtu))
+
+
+def parse_tuple(frame: bytes) -> FlowTuple | None:
+    """The tuple of an Ethernet/IPv4/TCP-or-UDP frame, or None."""
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00":
+        return None
+    ihl = (frame[14] & 0x0F) * 4
+    proto = frame[23]
+    if proto not in (IPPROTO_TCP, IPPROTO_UDP) or len(frame) < 14 + ihl + 4:
+        return None
+    if struct.unpack_from("!H", frame, 20)[0] & 0x3FFF:  # MF or offset
+        return None
+    sport, dport = struct.unpack_from("!HH", frame, 14 + ihl)
+    return FlowTuple(ipaddress.IPv4Address(frame[26:30]), ipaddress.IPv4Address(frame[30:34]),
+                     proto, sport, dport)
+
+
+def _mac(s: str) -> int:
+    return int(s.replace(":", ""), 16)
+
+
+def flow_entry(schema: P4Schema, flow: Flow, d: Dir, with_action: bool = True) -> p4r.TableEntry:
+    """The flow_table_v4 entry of one direction."""
+    table = schema.table("flow_table_v4")
+    t = flow.tuples[d]
+    key = {"ingress_port": flow.iif[d], "src_addr": int(t.src), "dst_addr": int(t.dst),
+           "l4proto": t.l4proto, "src_port": t.sport, "dst_port": t.dport}
+    entry = p4r.TableEntry(table_id=table.id)
+    for name, value in key.items():
+        f = table.field(name)
+        entry.match.add(field_id=f.id, exact=p4r.FieldMatch.Exact(value=encode(value, f.bitwidth)))
+    if with_action:
+        route = flow.routes[d]
+        rw = rewrite_for(flow.tuples, d)
+        action = schema.action("forward_v4")
+        params = {"port": route.port, "src_mac": _mac(route.src_mac), "dst_mac": _mac(route.dst_mac),
+                  "src_addr": int(rw.src), "dst_addr": int(rw.dst), "src_port": rw.sport,
+                  "dst_port": rw.dport, "mtu": route.mtu}
+        entry.action.action.action_id = action.id
+        for name, value in params.items():
+            p = action.param(name)
+            entry.action.action.params.add(param_id=p.id, value=encode(value, p.bitwidth))
+    return entry
+
+
+def entry_key(entry: p4r.TableEntry) -> tuple:
+    """Hashable identity of an entry's match, independent of byte padding."""
+    return tuple(sorted((m.field_id, int.from_bytes(m.exact.value, "big")) for m in entry.match))

@@ -1,0 +1,118 @@
+"""Flow model shared by every module (the kernel's nf_flow_table.h).
+
+One flow, two tuples: ``tuples[ORIGINAL]`` and ``tuples[REPLY]`` as conntrack
+sees them. A packet of direction ``d`` leaves the switch carrying the addresses
+of the *other* direction's tuple, reversed; so NAT needs no fields of its own.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+L4PROTO_NAMES = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp"}
+
+
+class Dir(enum.IntEnum):
+    ORIGINAL = 0
+    REPLY = 1
+
+    @property
+    def other(self) -> "Dir":
+        return Dir(1 - self)
+
+
+@dataclass(frozen=True, slots=True)
+class FlowTuple:
+    """What a packet of one direction carries when it enters the switch."""
+
+    src: ipaddress.IPv4Address
+    dst: ipaddress.IPv4Address
+    l4proto: int
+    sport: int
+    dport: int
+
+    def reversed(self) -> "FlowTuple":
+        return FlowTuple(self.dst, self.src, self.l4proto, self.dport, self.sport)
+
+    def __str__(self) -> str:
+        return f"src={self.src} dst={self.dst} sport={self.sport} dport={self.dport}"
+
+
+@dataclass(frozen=True, slots=True)
+class FlowRoute:
+    """Where a packet of one direction goes (flow_offload_tuple.out)."""
+
+    port: int
+    src_mac: str
+    dst_mac: str
+    mtu: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    """The header values a packet of one direction leaves with."""
+
+    src: ipaddress.IPv4Address
+    dst: ipaddress.IPv4Address
+    sport: int
+    dport: int
+
+
+def rewrite_for(tuples: tuple[FlowTuple, FlowTuple], d: Dir) -> Rewrite:
+    """NAT rewrite of direction d, from the other direction's tuple."""
+    o = tuples[d.other]
+    return Rewrite(src=o.dst, dst=o.src, sport=o.dport, dport=o.sport)
+
+
+class FlowFlag(enum.Flag):
+    """State bits, set and cleared test-and-set style (NF_FLOW_*)."""
+
+    NONE = 0
+    HW = enum.auto()          # entries are in the switch
+    PENDING = enum.auto()     # an add is queued or in flight
+    TEARDOWN = enum.auto()    # being handed back to the slow path
+    DYING = enum.auto()       # conntrack entry is gone
+
+
+class TeardownReason(enum.Enum):
+    FIN_RST = "fin_rst"
+    EXPIRED = "expired"
+    CT_DESTROYED = "ct_destroyed"
+    CT_STATE = "ct_state"
+    OPERATOR = "operator"
+    FLOWTABLE_DELETED = "flowtable_deleted"
+
+
+@dataclass(slots=True)
+class Flow:
+    """One offloaded (or offloading) connection."""
+
+    ct_id: int
+    tuples: tuple[FlowTuple, FlowTuple]
+    flowtable: str
+    timeout: float
+    iif: tuple[int, int] = (0, 0)            # ingress port per direction
+    routes: tuple[FlowRoute, FlowRoute] | None = None
+    flags: FlowFlag = FlowFlag.NONE
+    last_used: float = 0.0                   # clock of last traffic seen
+    packets: list[int] = field(default_factory=lambda: [0, 0])
+    bytes: list[int] = field(default_factory=lambda: [0, 0])
+    stats_at: float = 0.0                    # when counters were last read
+    reason: TeardownReason | None = None     # why it is being torn down
+
+    def test_and_set(self, flag: FlowFlag) -> bool:
+        """Set flag; True if it was already set (kernel test_and_set_bit)."""
+        was = bool(self.flags & flag)
+        self.flags |= flag
+        return was
+
+    def clear(self, flag: FlowFlag) -> None:
+        self.flags &= ~flag
+
+    @property
+    def key(self) -> FlowTuple:
+        return self.tuples[Dir.ORIGINAL]

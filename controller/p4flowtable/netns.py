@@ -1,0 +1,49 @@
+"""Entering the router namespace for the few calls that need it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+
+NETNS_RUN_DIR = "/run/netns"
+
+
+def exists(name: str) -> bool:
+    return os.path.exists(os.path.join(NETNS_RUN_DIR, name))
+
+
+@contextlib.contextmanager
+def entered(name: str | None):
+    """Run the block in network namespace `name` (this thread only).
+
+    File descriptors opened inside (netlink, tap) stay bound to it.
+    """
+    if not name:
+        yield
+        return
+    if not exists(name):
+        raise FileNotFoundError(f"network namespace {name!r} does not exist ({NETNS_RUN_DIR}/{name})")
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(os.path.join(NETNS_RUN_DIR, name), os.O_RDONLY)
+    try:
+        os.setns(target, os.CLONE_NEWNET)
+        try:
+            yield
+        finally:
+            os.setns(own, os.CLONE_NEWNET)
+    finally:
+        os.close(own)
+        os.close(target)
+
+
+def run(name: str | None, argv: list[str], input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command in the namespace (ip netns exec)."""
+    cmd = (["ip", "netns", "exec", name] if name else []) + argv
+    return subprocess.run(cmd, input=input, capture_output=True, text=True, check=check)
+
+
+def read_sysctl(name: str | None, key: str) -> str:
+    with entered(name):
+        with open("/proc/sys/" + key.replace(".", "/")) as f:
+            return f.read().strip()

@@ -1,0 +1,108 @@
+"""Offload drivers: how flows reach a target (the kernel's nf_flow_table_offload.c).
+
+A driver is a small Protocol: add, delete, stats. Work is queued and written
+in batches, one pending operation per flow; the P4Runtime driver serves BMv2,
+the embedded target and Tofino alike, since all speak P4Runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from p4.v1 import p4runtime_pb2 as p4r
+
+from .ip import entry_key, flow_entry
+from .model import Dir, Flow
+from .p4info import P4Schema, encode
+from .p4runtime import Session, WriteError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class FlowStats:
+    packets: tuple[int, int]
+    bytes: tuple[int, int]
+
+
+@dataclass(slots=True)
+class BatchResult:
+    done: list[Flow]
+    failed: list[tuple[Flow, str]]
+
+
+class OffloadDriver(Protocol):
+    async def add(self, flows: list[Flow]) -> BatchResult: ...
+    async def delete(self, flows: list[Flow]) -> BatchResult: ...
+    async def stats(self, flows: list[Flow]) -> dict[int, FlowStats]: ...
+
+
+class P4RuntimeDriver:
+    """flow_table_v4 entries over a P4Runtime session."""
+
+    def __init__(self, session: Session, schema: P4Schema):
+        self.session = session
+        self.schema = schema
+        self.table = schema.table("flow_table_v4")
+
+    async def _batch(self, flows: list[Flow], kind: int, with_action: bool, what: str,
+                     tolerate: tuple[str, ...] = ()) -> BatchResult:
+        updates = []
+        for flow in flows:
+            for d in Dir:
+                updates.append(p4r.Update(type=kind, entity=p4r.Entity(
+                    table_entry=flow_entry(self.schema, flow, d, with_action))))
+        try:
+            await self.session.write(updates, what)
+        except WriteError as e:
+            bad: dict[int, str] = {}
+            for err in e.errors:
+                if err.index < 0:        # whole batch failed, no per-update detail
+                    return BatchResult([], [(f, f"{err.code}: {err.message}") for f in flows])
+                if err.code in tolerate:
+                    continue
+                bad.setdefault(err.index // 2, f"{err.code}: {err.message}")
+            return BatchResult([f for i, f in enumerate(flows) if i not in bad],
+                               [(flows[i], msg) for i, msg in bad.items()])
+        return BatchResult(list(flows), [])
+
+    async def add(self, flows: list[Flow]) -> BatchResult:
+        return await self._batch(flows, p4r.Update.INSERT, True, "flow add")
+
+    async def delete(self, flows: list[Flow]) -> BatchResult:
+        # NOT_FOUND is fine: teardown may repeat, or the switch restarted.
+        return await self._batch(flows, p4r.Update.DELETE, False, "flow delete", ("NOT_FOUND",))
+
+    async def stats(self, flows: list[Flow]) -> dict[int, FlowStats]:
+        """Direct counters of every entry, read in one wildcard request."""
+        want = {}
+        for flow in flows:
+            for d in Dir:
+                want[entry_key(flow_entry(self.schema, flow, d, False))] = (flow, d)
+        got: dict[int, list] = {}
+        ent = p4r.Entity(direct_counter_entry=p4r.DirectCounterEntry(
+            table_entry=p4r.TableEntry(table_id=self.table.id)))
+        async for e in self.session.read([ent]):
+            dce = e.direct_counter_entry
+            hit = want.get(entry_key(dce.table_entry))
+            if hit is None:
+                continue
+            flow, d = hit
+            acc = got.setdefault(id(flow), [[0, 0], [0, 0]])
+            acc[0][d] = dce.data.packet_count
+            acc[1][d] = dce.data.byte_count
+        return {k: FlowStats(tuple(v[0]), tuple(v[1])) for k, v in got.items()}
+
+
+def port_entry(schema: P4Schema, port: int, flowtable_id: int) -> p4r.TableEntry:
+    table = schema.table("port_table")
+    f = table.field("ingress_port")
+    action = schema.action("set_flowtable")
+    p = action.param("flowtable_id")
+    entry = p4r.TableEntry(table_id=table.id)
+    entry.match.add(field_id=f.id, exact=p4r.FieldMatch.Exact(value=encode(port, f.bitwidth)))
+    entry.action.action.action_id = action.id
+    entry.action.action.params.add(param_id=p.id, value=encode(flowtable_id, p.bitwidth))
+    return entry

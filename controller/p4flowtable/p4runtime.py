@@ -1,0 +1,226 @@
+"""P4Runtime session over gRPC: arbitration, pipeline, writes, reads, stream.
+
+One stream reader demultiplexes the StreamChannel into bounded queues
+(PacketIn, idle-timeout notifications); everything else is request/response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import AsyncIterator, Iterable
+
+import grpc
+from google.rpc import code_pb2, status_pb2
+from p4.v1 import p4runtime_pb2, p4runtime_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+class SwitchError(Exception):
+    """The switch is unreachable, refused us, or failed a request."""
+
+
+class SwitchUnavailable(SwitchError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateError:
+    index: int
+    code: str
+    message: str
+
+
+class WriteError(SwitchError):
+    """A batch write failed; ``errors`` holds each failed update's status."""
+
+    def __init__(self, errors: list[UpdateError], what: str = "write"):
+        self.errors = errors
+        lines = "; ".join(f"update {e.index}: {e.code}: {e.message}" for e in errors)
+        super().__init__(f"{what} rejected by the switch: {lines}")
+
+    def only(self, *codes: str) -> bool:
+        return all(e.code in codes for e in self.errors)
+
+
+def _code_name(code: int) -> str:
+    return code_pb2.Code.Name(code) if code in code_pb2.Code.values() else str(code)
+
+
+def write_errors(err: grpc.RpcError, n: int) -> list[UpdateError]:
+    """Per-update errors from a failed Write (P4Runtime spec, Error Reporting)."""
+    details = None
+    for key, value in (err.trailing_metadata() or ()):
+        if key == "grpc-status-details-bin":
+            details = status_pb2.Status.FromString(value)
+    if details is None or not details.details:
+        return [UpdateError(-1, err.code().name, err.details() or "")]
+    out = []
+    for i, anymsg in enumerate(details.details):
+        p4err = p4runtime_pb2.Error()
+        if anymsg.Unpack(p4err) and p4err.canonical_code != code_pb2.OK:
+            out.append(UpdateError(i, _code_name(p4err.canonical_code), p4err.message))
+    return out
+
+
+class Session:
+    """A primary-controller session with one switch."""
+
+    def __init__(self, address: str, device_id: int = 1, election_id: int = 1,
+                 queue_size: int = 4096):
+        self.address = address
+        self.device_id = device_id
+        self.election_id = election_id
+        self.packet_in: asyncio.Queue[p4runtime_pb2.PacketIn] = asyncio.Queue(queue_size)
+        self.idle: asyncio.Queue[p4runtime_pb2.IdleTimeoutNotification] = asyncio.Queue(queue_size)
+        self.dropped_packet_in = 0
+        self.lost = asyncio.Event()
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: p4runtime_pb2_grpc.P4RuntimeStub | None = None
+        self._out: asyncio.Queue = asyncio.Queue()
+        self._reader: asyncio.Task | None = None
+        self._arbitrated: asyncio.Future | None = None
+
+    @property
+    def _eid(self) -> p4runtime_pb2.Uint128:
+        return p4runtime_pb2.Uint128(high=self.election_id >> 64, low=self.election_id & (2**64 - 1))
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        """Open the channel and become primary, or raise SwitchUnavailable."""
+        await self.close()
+        self.lost.clear()
+        self._channel = grpc.aio.insecure_channel(
+            self.address, options=[("grpc.max_receive_message_length", 256 << 20),
+                                   ("grpc.max_send_message_length", 256 << 20)])
+        self._stub = p4runtime_pb2_grpc.P4RuntimeStub(self._channel)
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout)
+        except asyncio.TimeoutError:
+            await self.close()
+            raise SwitchUnavailable(f"no P4Runtime server at {self.address} after {timeout:.0f}s") from None
+        self._out = asyncio.Queue()
+        self._arbitrated = asyncio.get_running_loop().create_future()
+        call = self._stub.StreamChannel(self._requests())
+        self._reader = asyncio.create_task(self._read_stream(call), name="p4rt-stream")
+        await self._out.put(p4runtime_pb2.StreamMessageRequest(
+            arbitration=p4runtime_pb2.MasterArbitrationUpdate(
+                device_id=self.device_id, election_id=self._eid)))
+        try:
+            status = await asyncio.wait_for(asyncio.shield(self._arbitrated), timeout)
+        except asyncio.TimeoutError:
+            await self.close()
+            raise SwitchUnavailable(f"{self.address}: no arbitration answer after {timeout:.0f}s") from None
+        if status.code != code_pb2.OK:
+            await self.close()
+            raise SwitchUnavailable(
+                f"{self.address}: not primary for device {self.device_id} "
+                f"(election id {self.election_id}): {status.message}")
+
+    async def _requests(self):
+        while True:
+            msg = await self._out.get()
+            if msg is None:
+                return
+            yield msg
+
+    async def _read_stream(self, call) -> None:
+        try:
+            async for resp in call:
+                kind = resp.WhichOneof("update")
+                if kind == "arbitration":
+                    if self._arbitrated and not self._arbitrated.done():
+                        self._arbitrated.set_result(resp.arbitration.status)
+                    elif resp.arbitration.status.code != code_pb2.OK:
+                        log.error("lost primary role on %s", self.address)
+                        break
+                elif kind == "packet":
+                    self._put(self.packet_in, resp.packet)
+                elif kind == "idle_timeout_notification":
+                    self._put(self.idle, resp.idle_timeout_notification)
+                elif kind == "error":
+                    log.warning("stream error from switch: %s", resp.error)
+        except grpc.aio.AioRpcError as e:
+            log.warning("P4Runtime stream to %s ended: %s %s", self.address, e.code().name, e.details())
+            if self._arbitrated and not self._arbitrated.done():
+                self._arbitrated.set_exception(SwitchUnavailable(f"{self.address}: {e.details()}"))
+        except asyncio.CancelledError:
+            raise
+        finally:
+            self.lost.set()
+
+    def _put(self, q: asyncio.Queue, item) -> None:
+        try:
+            q.put_nowait(item)
+        except asyncio.QueueFull:
+            self.dropped_packet_in += 1
+
+    async def close(self) -> None:
+        if self._reader:
+            self._out.put_nowait(None)
+            self._reader.cancel()
+            try:
+                await self._reader
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._reader = None
+        if self._channel:
+            await self._channel.close()
+            self._channel = None
+
+    def _check(self) -> p4runtime_pb2_grpc.P4RuntimeStub:
+        if self._stub is None or self.lost.is_set():
+            raise SwitchUnavailable(f"not connected to {self.address}")
+        return self._stub
+
+    async def set_pipeline(self, p4info, device_config: bytes) -> None:
+        req = p4runtime_pb2.SetForwardingPipelineConfigRequest(
+            device_id=self.device_id, election_id=self._eid,
+            action=p4runtime_pb2.SetForwardingPipelineConfigRequest.VERIFY_AND_COMMIT,
+            config=p4runtime_pb2.ForwardingPipelineConfig(p4info=p4info, p4_device_config=device_config))
+        try:
+            await self._check().SetForwardingPipelineConfig(req)
+        except grpc.aio.AioRpcError as e:
+            raise SwitchError(f"{self.address} rejected the pipeline: {e.code().name}: {e.details()}") from None
+
+    async def get_pipeline_cookie(self) -> int | None:
+        req = p4runtime_pb2.GetForwardingPipelineConfigRequest(
+            device_id=self.device_id,
+            response_type=p4runtime_pb2.GetForwardingPipelineConfigRequest.COOKIE_ONLY)
+        try:
+            resp = await self._check().GetForwardingPipelineConfig(req)
+        except grpc.aio.AioRpcError:
+            return None
+        return resp.config.cookie.cookie if resp.config.HasField("cookie") else None
+
+    async def write(self, updates: list[p4runtime_pb2.Update], what: str = "write") -> None:
+        """Write one batch; raise WriteError with every failed update's status."""
+        if not updates:
+            return
+        req = p4runtime_pb2.WriteRequest(device_id=self.device_id, election_id=self._eid,
+                                         updates=updates)
+        try:
+            await self._check().Write(req)
+        except grpc.aio.AioRpcError as e:
+            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                self.lost.set()
+                raise SwitchUnavailable(f"{self.address}: {e.details()}") from None
+            raise WriteError(write_errors(e, len(updates)), what) from None
+
+    async def read(self, entities: Iterable[p4runtime_pb2.Entity]) -> AsyncIterator[p4runtime_pb2.Entity]:
+        req = p4runtime_pb2.ReadRequest(device_id=self.device_id, entities=list(entities))
+        try:
+            async for resp in self._check().Read(req):
+                for ent in resp.entities:
+                    yield ent
+        except grpc.aio.AioRpcError as e:
+            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                self.lost.set()
+                raise SwitchUnavailable(f"{self.address}: {e.details()}") from None
+            raise SwitchError(f"read failed: {e.code().name}: {e.details()}") from None
+
+    def packet_out(self, payload: bytes, metadata: list[p4runtime_pb2.PacketMetadata]) -> None:
+        self._check()
+        self._out.put_nowait(p4runtime_pb2.StreamMessageRequest(
+            packet=p4runtime_pb2.PacketOut(payload=payload, metadata=metadata)))

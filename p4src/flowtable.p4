@@ -1,0 +1,43 @@
+// p4flowtable: the Linux flowtable fast path on a v1model switch.
+// This file only wires the controls together; each job has its own file.
+#include <core.p4>
+#include <v1model.p4>
+
+#include "include/define.p4"
+#include "include/size.p4"
+#include "include/header.p4"
+#include "include/parser.p4"
+#include "include/checksum.p4"
+#include "control/packetio.p4"
+#include "control/flowtable.p4"
+#include "control/rewrite.p4"
+
+control FtIngress(inout headers_t hdr,
+                  inout metadata_t meta,
+                  inout standard_metadata_t std_meta) {
+    bool from_cpu;
+    apply {
+        meta.punt = false;
+        meta.rw.apply = false;
+        meta.port_bound = false;
+        PacketIoIngress.apply(hdr, meta, std_meta, from_cpu);
+        if (!from_cpu) {
+            FlowtableIngress.apply(hdr, meta, std_meta);
+            ApplyRewrites.apply(hdr, meta, std_meta);
+            PuntIngress.apply(hdr, meta, std_meta);
+        }
+    }
+}
+
+control FtEgress(inout headers_t hdr,
+                 inout metadata_t meta,
+                 inout standard_metadata_t std_meta) {
+    apply { }
+}
+
+V1Switch(FtParser(),
+         FtVerifyChecksum(),
+         FtIngress(),
+         FtEgress(),
+         FtComputeChecksum(),
+         FtDeparser()) main;

@@ -1,0 +1,32 @@
+// Shared typedefs and constants of the flowtable program.
+#ifndef P4FT_DEFINE_P4
+#define P4FT_DEFINE_P4
+
+typedef bit<9>  PortId_t;      // v1model port width
+typedef bit<48> MacAddr_t;
+typedef bit<32> Ipv4Addr_t;
+typedef bit<16> L4Port_t;
+typedef bit<8>  FlowtableId_t;
+
+// Must equal the switch's --cpu-port.
+const PortId_t CPU_PORT = 510;
+
+const bit<16> ETHERTYPE_IPV4 = 0x0800;
+const bit<8>  IP_PROTO_TCP = 6;
+const bit<8>  IP_PROTO_UDP = 17;
+
+// Why a packet left the fast path. The controller reads these names and
+// values from P4Info (type_info.serializable_enums), never from here.
+enum bit<8> PuntReason {
+    MISS            = 1,  // no flow entry: the slow path decides
+    TCP_FIN_RST     = 2,  // hit, but FIN or RST: tear the flow down
+    MTU_EXCEEDED    = 3,  // longer than the egress MTU: kernel fragments or sends ICMP
+    TTL_EXPIRED     = 4,  // TTL <= 1: kernel sends ICMP time exceeded
+    IP_OPTIONS      = 5,  // IHL != 5: the fast path does not walk options
+    IP_FRAGMENT     = 6,  // MF set or offset != 0
+    NOT_OFFLOADABLE = 7,  // not IPv4 TCP/UDP (ARP, ICMP, truncated L4, ...)
+    PORT_UNBOUND    = 8,  // ingress port bound to no flowtable
+    BAD_CHECKSUM    = 9   // IPv4 header checksum wrong: the kernel drops it
+}
+
+#endif

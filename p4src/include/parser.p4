@@ -1,0 +1,66 @@
+#ifndef P4FT_PARSER_P4
+#define P4FT_PARSER_P4
+
+#include <core.p4>
+#include <v1model.p4>
+#include "header.p4"
+
+parser FtParser(packet_in pkt,
+                out headers_t hdr,
+                inout metadata_t meta,
+                inout standard_metadata_t std_meta) {
+    state start {
+        // Only the CPU port may carry a packet_out header: a front port can
+        // never inject one.
+        transition select(std_meta.ingress_port) {
+            CPU_PORT: parse_packet_out;
+            default: parse_ethernet;
+        }
+    }
+    state parse_packet_out {
+        pkt.extract(hdr.packet_out);
+        transition parse_ethernet;
+    }
+    state parse_ethernet {
+        pkt.extract(hdr.ethernet);
+        transition select(hdr.ethernet.ether_type) {
+            ETHERTYPE_IPV4: parse_ipv4;
+            default: accept;
+        }
+    }
+    state parse_ipv4 {
+        pkt.extract(hdr.ipv4);
+        // L4 only behind a plain header (no options) of an unfragmented
+        // packet; the rest is punted by the ingress checks.
+        transition select(hdr.ipv4.ihl, hdr.ipv4.more_fragments,
+                          hdr.ipv4.frag_offset, hdr.ipv4.protocol) {
+            (5, 0, 0, IP_PROTO_TCP): parse_tcp;
+            (5, 0, 0, IP_PROTO_UDP): parse_udp;
+            default: accept;
+        }
+    }
+    state parse_tcp {
+        pkt.extract(hdr.tcp);
+        meta.l4_src_port = hdr.tcp.src_port;
+        meta.l4_dst_port = hdr.tcp.dst_port;
+        transition accept;
+    }
+    state parse_udp {
+        pkt.extract(hdr.udp);
+        meta.l4_src_port = hdr.udp.src_port;
+        meta.l4_dst_port = hdr.udp.dst_port;
+        transition accept;
+    }
+}
+
+control FtDeparser(packet_out pkt, in headers_t hdr) {
+    apply {
+        pkt.emit(hdr.packet_in);
+        pkt.emit(hdr.ethernet);
+        pkt.emit(hdr.ipv4);
+        pkt.emit(hdr.tcp);
+        pkt.emit(hdr.udp);
+    }
+}
+
+#endif
