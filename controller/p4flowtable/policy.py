@@ -336,9 +336,10 @@ class _Parser:
                 end = tok.end
                 break
             if tok.value == "hook":
-                hook = self.word("hook name").value
+                hook_tok = self.word("hook name")
+                hook = hook_tok.value
                 if hook != "ingress":
-                    raise self.err(f"flowtable hook must be 'ingress', got {hook!r}")
+                    raise self.err(f"flowtable hook must be 'ingress', got {hook!r}", hook_tok)
                 self.expect("priority")
                 self.priority()
             elif tok.value == "devices":
