@@ -175,7 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--cpu-port", type=int, default=510)
     sw.add_argument("--grpc-addr", default="127.0.0.1:9559")
     sw.add_argument("--device-id", type=int, default=1)
-    sw.add_argument("--json", help="BMv2 JSON to load at start (otherwise wait for a pipeline push)")
     sw.set_defaults(func=cmd_switch)
     return p
 

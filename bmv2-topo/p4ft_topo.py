@@ -1,0 +1,331 @@
+#!/usr/bin/env python3
+"""Mininet topology for p4flowtable: LAN host h1, WAN host h2, switch s1,
+the router namespace (slow path) with one representor per switch port, and
+the p4ft controller.
+
+    h1 (10.0.1.1) --- port 1 [ s1 ] port 2 --- h2 (192.0.2.2)
+                          |  CPU port 510 (P4Runtime stream)
+                    p4ft daemon  <-->  router netns p4ft-r
+                                        lan0 10.0.1.254/24  (rep. of port 1)
+                                        wan0 192.0.2.1/24   (rep. of port 2, masquerade)
+
+Run: sudo python3 bmv2-topo/p4ft_topo.py [--switch auto|bmv2|soft] [--cli|--demo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mininet.log import setLogLevel
+from mininet.net import Mininet
+from mininet.node import Switch
+from mininet.topo import Topo
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "controller"))
+PYTHON = sys.executable
+CPU_PORT = 510
+ROUTER_NS = "p4ft-r"
+
+LAN = dict(host="10.0.1.1/24", router="10.0.1.254", rep="lan0", rep_mac="02:00:00:00:01:fe", port=1)
+WAN = dict(host="192.0.2.2/24", router="192.0.2.1", rep="wan0", rep_mac="02:00:00:00:02:01", port=2)
+
+DEFAULT_RULESET = f"""flush ruleset
+table ip p4ft {{
+    flowtable ft {{
+        hook ingress priority filter; devices = {{ {LAN['rep']}, {WAN['rep']} }};
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+        counter
+        ip protocol tcp flow offload @ft
+    }}
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "{WAN['rep']}" masquerade
+    }}
+}}
+"""
+
+
+def wait_port(host: str, port: int, deadline: float, proc: subprocess.Popen | None = None) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {host}:{port}")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {deadline}s")
+
+
+class P4RuntimeSwitch(Switch):
+    """A switch process serving P4Runtime on loopback; pipeline pushed by p4ft."""
+
+    grpc_port = 9559
+    kind = "?"
+
+    def __init__(self, name, grpc_port: int = 9559, device_id: int = 1, **kw):
+        super().__init__(name, inNamespace=False, **kw)
+        self.grpc_port, self.device_id = grpc_port, device_id
+        self.proc: subprocess.Popen | None = None
+        self.logfile = f"/tmp/p4ft-{name}-{self.kind}.log"
+
+    @property
+    def grpc_addr(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def port_args(self) -> list[str]:
+        args = []
+        for intf, port in sorted(((i, p) for i, p in self.ports.items() if p > 0), key=lambda x: x[1]):
+            if intf.name != "lo":
+                args += ["-i", f"{port}@{intf.name}"]
+        return args
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, controllers) -> None:
+        for intf in self.intfList():
+            if intf.name != "lo":
+                subprocess.run(["ethtool", "-K", intf.name, "tx", "off", "rx", "off", "tso", "off",
+                                "gso", "off", "gro", "off"], capture_output=True)
+        log = open(self.logfile, "w")
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        wait_port("127.0.0.1", self.grpc_port, 30, self.proc)
+
+    def stop(self, deleteIntfs=True) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        super().stop(deleteIntfs)
+
+
+class Bmv2Switch(P4RuntimeSwitch):
+    kind = "bmv2"
+
+    def command(self) -> list[str]:
+        return (["simple_switch_grpc", "--device-id", str(self.device_id), "--no-p4"]
+                + self.port_args()
+                + ["--", "--cpu-port", str(CPU_PORT), "--grpc-server-addr", self.grpc_addr])
+
+
+class SoftSwitch(P4RuntimeSwitch):
+    """The embedded target (p4ft switch): same JSON, same P4Runtime service."""
+
+    kind = "soft"
+
+    def command(self) -> list[str]:
+        return ([PYTHON, "-m", "p4flowtable.cli", "switch", "--device-id", str(self.device_id),
+                 "--cpu-port", str(CPU_PORT), "--grpc-addr", self.grpc_addr] + self.port_args())
+
+
+def soft_switch_available() -> bool:
+    try:
+        import p4flowtable.target.soft.main  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def pick_switch(kind: str = "auto") -> type[P4RuntimeSwitch]:
+    if kind == "bmv2" or (kind == "auto" and shutil.which("simple_switch_grpc")):
+        if not shutil.which("simple_switch_grpc"):
+            raise RuntimeError("simple_switch_grpc is not installed")
+        return Bmv2Switch
+    if kind in ("soft", "auto"):
+        if not soft_switch_available():
+            raise RuntimeError("the embedded target (p4flowtable.target.soft) is not available")
+        return SoftSwitch
+    raise ValueError(f"unknown switch kind {kind!r} (auto, bmv2, soft)")
+
+
+class FlowtableTopo(Topo):
+    def build(self, switch_cls):
+        s1 = self.addSwitch("s1", cls=switch_cls)
+        h1 = self.addHost("h1", ip=LAN["host"], defaultRoute=f"via {LAN['router']}")
+        h2 = self.addHost("h2", ip=WAN["host"], defaultRoute=f"via {WAN['router']}")
+        self.addLink(h1, s1, port2=LAN["port"])
+        self.addLink(h2, s1, port2=WAN["port"])
+
+
+def sh(*argv: str, ns: str | None = ROUTER_NS, check: bool = True) -> str:
+    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(argv)
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {res.stderr.strip()}")
+    return res.stdout
+
+
+class Router:
+    """The slow path: a Linux network namespace with representors."""
+
+    def __init__(self, name: str = ROUTER_NS):
+        self.name = name
+
+    def start(self) -> None:
+        self.stop()
+        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        sh("ip", "link", "set", "lo", "up", ns=self.name)
+        for side in (LAN, WAN):
+            sh("ip", "tuntap", "add", "dev", side["rep"], "mode", "tap", ns=self.name)
+            sh("ip", "link", "set", side["rep"], "address", side["rep_mac"], ns=self.name)
+            sh("ip", "addr", "add", f"{side['router']}/24", "dev", side["rep"], ns=self.name)
+            sh("ip", "link", "set", side["rep"], "up", ns=self.name)
+        sh("sysctl", "-q", "-w", "net.ipv4.ip_forward=1", ns=self.name)
+        sh("sysctl", "-q", "-w", "net.netfilter.nf_conntrack_events=1", ns=self.name, check=False)
+
+    def stop(self) -> None:
+        if os.path.exists(f"/run/netns/{self.name}"):
+            subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+
+class FlowtableNet:
+    """The whole system, started and stopped as one."""
+
+    def __init__(self, switch: str = "auto", ruleset: str = DEFAULT_RULESET,
+                 timeouts: dict[str, float] | None = None, poll_interval: float = 0.5,
+                 socket_path: str = "/run/p4ft-topo.sock", grpc_port: int = 9559):
+        self.switch_cls = pick_switch(switch)
+        self.ruleset_text = ruleset
+        self.timeouts = timeouts or {}
+        self.poll_interval = poll_interval
+        self.socket = socket_path
+        self.grpc_port = grpc_port
+        self.router = Router()
+        self.net: Mininet | None = None
+        self.daemon: subprocess.Popen | None = None
+        self.daemon_log = "/tmp/p4ft-daemon.log"
+        self.ruleset_path = Path("/tmp/p4ft-topo.nft")
+
+    @property
+    def kind(self) -> str:
+        return self.switch_cls.kind
+
+    def start(self) -> "FlowtableNet":
+        subprocess.run(["mn", "-c"], capture_output=True)
+        self.router.start()
+        grpc_port = self.grpc_port
+
+        class Sw(self.switch_cls):
+            def __init__(self, name, **kw):
+                super().__init__(name, grpc_port=grpc_port, **kw)
+
+        self.net = Mininet(topo=FlowtableTopo(Sw), controller=None, autoSetMacs=True)
+        self.net.start()
+        for h in (self.h1, self.h2):
+            intf = h.defaultIntf().name
+            h.cmd(f"ethtool -K {intf} tx off rx off tso off gso off gro off")
+        self.ruleset_path.write_text(self.ruleset_text)
+        self.start_daemon()
+        return self
+
+    def start_daemon(self) -> None:
+        argv = [PYTHON, "-m", "p4flowtable.cli", "--socket", self.socket, "daemon",
+                "--grpc-addr", f"127.0.0.1:{self.grpc_port}", "--netns", ROUTER_NS,
+                "--port", f"{LAN['port']}={LAN['rep']}", "--port", f"{WAN['port']}={WAN['rep']}",
+                "--ruleset", str(self.ruleset_path), "--poll-interval", str(self.poll_interval)]
+        for name, t in self.timeouts.items():
+            argv += ["--timeout", f"{name}={t}"]
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "controller"))
+        self.daemon = subprocess.Popen(argv, stdout=open(self.daemon_log, "w"), stderr=subprocess.STDOUT,
+                                       env=env, start_new_session=True)
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            if self.daemon.poll() is not None:
+                raise RuntimeError(f"p4ft daemon exited ({self.daemon.returncode}):\n"
+                                   + Path(self.daemon_log).read_text()[-3000:])
+            if os.path.exists(self.socket):
+                try:
+                    self.api("ping")
+                    return
+                except Exception:
+                    pass
+            time.sleep(0.1)
+        raise TimeoutError("p4ft daemon not ready after 30s:\n" + Path(self.daemon_log).read_text()[-3000:])
+
+    def api(self, cmd: str, args: dict | None = None):
+        from p4flowtable.api import call
+        return call(cmd, args, path=self.socket)
+
+    @property
+    def h1(self):
+        return self.net.get("h1")
+
+    @property
+    def h2(self):
+        return self.net.get("h2")
+
+    def stop(self) -> None:
+        if self.daemon and self.daemon.poll() is None:
+            self.daemon.terminate()
+            try:
+                self.daemon.wait(15)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+        if self.net:
+            self.net.stop()
+        self.router.stop()
+
+
+def p4ft(*args: str, socket_path: str) -> str:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "controller"))
+    res = subprocess.run([PYTHON, "-m", "p4flowtable.cli", "--socket", socket_path, *args],
+                         capture_output=True, text=True, env=env)
+    return res.stdout + res.stderr
+
+
+def demo(net: FlowtableNet) -> None:
+    print(f"*** switch: {net.kind}")
+    print("*** h1 -> h2: 20 MB over TCP through masquerade")
+    net.h2.cmd("nc -l -p 5001 > /tmp/p4ft-demo.recv &")
+    time.sleep(0.3)
+    sender = net.h1.popen("head -c 20000000 /dev/urandom | nc -N 192.0.2.2 5001", shell=True)
+    time.sleep(1.5)
+    print("*** p4ft flow list (during the transfer)")
+    print(p4ft("flow", "list", socket_path=net.socket))
+    sender.wait(120)
+    print("*** p4ft stats")
+    print(p4ft("stats", socket_path=net.socket))
+    print("*** router forward-chain counter (slow-path packets)")
+    print(sh("nft", "list", "chain", "ip", "p4ft", "forward"))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--switch", default=os.environ.get("P4FT_SWITCH", "auto"))
+    ap.add_argument("--demo", action="store_true", help="run traffic, show offload, tear down")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("p4ft_topo: needs root (network namespaces, Mininet)", file=sys.stderr)
+        return 1
+    setLogLevel("warning")
+    net = FlowtableNet(args.switch).start()
+    try:
+        if args.demo:
+            demo(net)
+        else:
+            from mininet.cli import CLI
+            print(f"*** switch {net.kind} at 127.0.0.1:{net.grpc_port}; try: h1 ping h2, then "
+                  f"'p4ft --socket {net.socket} flow list' in another shell")
+            CLI(net.net)
+    finally:
+        net.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

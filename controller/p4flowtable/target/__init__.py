@@ -1,0 +1,1 @@
+"""Switch targets p4flowtable can run on besides BMv2 and Tofino."""
