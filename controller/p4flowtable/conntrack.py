@@ -213,10 +213,30 @@ class ConntrackMirror:
                    else "net.netfilter.nf_conntrack_udp_timeout")
         return int(netns.read_sysctl(self.netns, key))
 
+    async def get(self, orig: FlowTuple) -> CtEntry | None:
+        """The kernel's entry as it is now, not as last reported."""
+        try:
+            msgs = await self._cmd.entry("get", tuple_orig=_attr_tuple(orig))
+        except Exception:  # ENOENT: gone
+            return None
+        for msg in msgs:
+            e = entry_from_msg(msg)
+            if e is not None:
+                return e
+        return None
+
     async def handed_back(self, e: CtEntry, idle: float) -> None:
-        """Slow path owns the flow again (flow_offload_fixup_ct)."""
-        timeout = max(0, int(self.state_timeout(e) - idle))
-        await self._set(e, timeout=timeout)
+        """Slow path owns the flow again (flow_offload_fixup_ct).
+
+        The timeout of the entry's current state, less the time the flow sat
+        idle in the switch; as in the kernel, only ever lowered.
+        """
+        now = await self.get(e.orig)
+        if now is None:
+            return
+        timeout = max(0, int(self.state_timeout(now) - idle))
+        if now.timeout is None or now.timeout > timeout:
+            await self._set(now, timeout=timeout)
 
     async def keepalive(self, e: CtEntry) -> None:
         await self._set(e, timeout=NF_CT_DAY)

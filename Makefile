@@ -1,0 +1,70 @@
+# p4flowtable — see README.md
+SHELL := /bin/bash
+PY_SYS   ?= /usr/bin/python3
+VENV     := .venv
+PY       := $(VENV)/bin/python
+STAMP    := $(VENV)/.installed
+P4SRC    := $(shell find p4src -name '*.p4' -not -path 'p4src/build/*' | sort)
+P4BUILD  := p4src/build
+P4C      ?= p4c-bm2-ss
+APT_PKGS := nftables conntrack mininet iproute2 iperf3 tcpdump ethtool netcat-openbsd python3-venv \
+            python3-pip
+
+.PHONY: install demo test test-unit topo p4 check-p4 bench clean
+
+install: $(STAMP)
+
+# System packages (root), then a venv that sees the system Python's Mininet.
+$(STAMP): pyproject.toml
+	@if [ "$$(id -u)" = 0 ]; then \
+	  missing=$$(for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing system packages: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  fi; \
+	else echo "not root: skipping system packages ($(APT_PKGS))"; fi
+	$(PY_SYS) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# Starts the topology (BMv2 if installed, the embedded target otherwise), runs
+# a bulk TCP transfer through masquerade, shows the flow offloaded, tears down.
+demo: install
+	$(PY) bmv2-topo/p4ft_topo.py --demo
+
+topo: install
+	$(PY) bmv2-topo/p4ft_topo.py
+
+test: install
+	$(PY) -m pytest -ra $(PYTEST_ARGS) tests
+
+test-unit: install
+	$(PY) -m pytest -ra -m "not integration" tests
+
+# Compile p4src/ with p4c into p4src/build/ and record the sources' hash.
+p4:
+	@command -v $(P4C) >/dev/null || { echo "$(P4C) not found: install p4c (BMv2 backend)"; exit 1; }
+	$(P4C) --std p4-16 --arch v1model -o $(P4BUILD)/flowtable.json \
+	  --p4runtime-files $(P4BUILD)/flowtable.p4info.txtpb p4src/flowtable.p4
+	sha256sum $(P4SRC) > $(P4BUILD)/SOURCES.sha256
+	@echo "artifacts in $(P4BUILD)/, sources hash recorded"
+
+# Fails when the committed artifacts were not built from the current sources.
+check-p4:
+	@sha256sum --quiet -c $(P4BUILD)/SOURCES.sha256 || { echo "p4src/build is stale: run 'make p4'"; exit 1; }
+	@diff <(sha256sum $(P4SRC) | awk '{print $$2}') <(awk '{print $$2}' $(P4BUILD)/SOURCES.sha256) \
+	  || { echo "P4 source files were added or removed: run 'make p4'"; exit 1; }
+	@if command -v $(P4C) >/dev/null; then \
+	  tmp=$$(mktemp -d); \
+	  $(P4C) --std p4-16 --arch v1model -o $$tmp/flowtable.json \
+	    --p4runtime-files $$tmp/flowtable.p4info.txtpb p4src/flowtable.p4 && \
+	  diff -q $$tmp/flowtable.p4info.txtpb $(P4BUILD)/flowtable.p4info.txtpb && \
+	  $(PY_SYS) -c 'import json,sys; a,b=(json.load(open(f)) for f in sys.argv[1:]); \
+	    [x.pop("__meta__",None) for x in (a,b)]; sys.exit(a!=b)' $$tmp/flowtable.json $(P4BUILD)/flowtable.json \
+	  || { echo "p4src/build differs from what $(P4C) produces: run 'make p4'"; rm -rf $$tmp; exit 1; }; \
+	  rm -rf $$tmp; echo "P4 artifacts fresh (hash and recompiled with $(P4C))"; \
+	else echo "P4 artifacts fresh (hash; $(P4C) not installed, not recompiled)"; fi
+
+clean:
+	rm -rf $(VENV) .pytest_cache controller/*.egg-info
+	find . -name __pycache__ -prune -exec rm -rf {} +

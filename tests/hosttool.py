@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Traffic endpoints run inside the Mininet hosts by the integration tests.
+
+Each writes a JSON report, so the test reads what the host observed.
+"""
+
+import argparse
+import hashlib
+import json
+import random
+import socket
+import sys
+import time
+
+
+def report(path, **kw):
+    with open(path + ".tmp", "w") as f:
+        json.dump(kw, f)
+    import os
+    os.replace(path + ".tmp", path)
+
+
+def tcp_sink(a):
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", a.port))
+    srv.listen(1)
+    report(a.out + ".ready", listening=True)
+    conn, peer = srv.accept()
+    h, n = hashlib.sha256(), 0
+    while chunk := conn.recv(1 << 16):
+        h.update(chunk)
+        n += len(chunk)
+    conn.close()
+    report(a.out, peer=list(peer), sha256=h.hexdigest(), bytes=n, eof_at=time.time())
+
+
+def tcp_source(a):
+    s = socket.socket()
+    s.connect((a.host, a.port))
+    report(a.out + ".connected", local=list(s.getsockname()), connected_at=time.time())
+    time.sleep(a.pause)
+    rng = random.Random(a.seed)
+    h, left = hashlib.sha256(), a.bytes
+    while left:
+        chunk = rng.randbytes(min(left, 1 << 16))
+        s.sendall(chunk)
+        h.update(chunk)
+        left -= len(chunk)
+    report(a.out + ".sent", sha256=h.hexdigest(), sent_at=time.time())
+    time.sleep(a.hold)
+    closed_at = time.time()
+    s.shutdown(socket.SHUT_WR)
+    s.recv(1)  # wait for the peer's FIN
+    s.close()
+    report(a.out, sha256=h.hexdigest(), closed_at=closed_at, done_at=time.time())
+
+
+def udp_echo(a):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", a.port))
+    report(a.out + ".ready", listening=True)
+    seen = []
+    while True:
+        data, peer = s.recvfrom(65535)
+        seen.append([peer[0], peer[1], len(data)])
+        report(a.out, received=seen)
+        s.sendto(data[:64], peer)
+
+
+def udp_ping(a):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", a.sport))
+    if a.df:
+        s.setsockopt(socket.IPPROTO_IP, 10, 2)   # IP_MTU_DISCOVER = IP_PMTUDISC_DO
+    else:
+        s.setsockopt(socket.IPPROTO_IP, 10, 0)   # IP_PMTUDISC_DONT: may be fragmented
+    s.settimeout(a.wait)
+    got = 0
+    errors = []
+    for i in range(a.count):
+        try:
+            s.sendto(bytes([i % 256]) * a.size, (a.host, a.port))
+            s.recvfrom(65535)
+            got += 1
+        except OSError as e:
+            errors.append(str(e))
+        time.sleep(a.interval)
+    report(a.out, replies=got, errors=errors)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("tcp-sink")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("tcp-source")
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--bytes", type=int, required=True)
+    p.add_argument("--pause", type=float, default=0)
+    p.add_argument("--hold", type=float, default=0)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("udp-echo")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("udp-ping")
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--sport", type=int, required=True)
+    p.add_argument("--count", type=int, default=5)
+    p.add_argument("--interval", type=float, default=0.05)
+    p.add_argument("--size", type=int, default=100)
+    p.add_argument("--wait", type=float, default=1.0)
+    p.add_argument("--df", action="store_true")
+    p.add_argument("--out", required=True)
+    a = ap.parse_args()
+    {"tcp-sink": tcp_sink, "tcp-source": tcp_source, "udp-echo": udp_echo, "udp-ping": udp_ping}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

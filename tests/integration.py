@@ -1,0 +1,144 @@
+"""Shared set-up of the integration tests: the topology on each available switch.
+
+A test needing what this machine lacks (root, Mininet, a switch) is skipped
+with the reason, never passed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HOSTTOOL = str(ROOT / "tests" / "hosttool.py")
+PY = sys.executable
+
+
+def missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, Mininet)"
+    try:
+        import mininet.net  # noqa: F401
+    except ImportError:
+        return "needs Mininet (Debian package 'mininet'; its module lives in the system Python)"
+    for tool in ("nft", "ip", "tcpdump"):
+        if not shutil.which(tool):
+            return f"needs {tool}"
+    return None
+
+
+def targets() -> list:
+    """One pytest param per switch kind; unavailable ones carry a skip reason."""
+    want = os.environ.get("P4FT_TARGETS", "bmv2,soft").split(",")
+    out = []
+    reason = missing()
+    for kind in want:
+        marks = []
+        if reason:
+            marks.append(pytest.mark.skip(reason=reason))
+        elif kind == "bmv2" and not shutil.which("simple_switch_grpc"):
+            marks.append(pytest.mark.skip(reason="BMv2 (simple_switch_grpc) is not installed on this machine"))
+        out.append(pytest.param(kind, marks=marks, id=kind))
+    return out
+
+
+def start_net(kind: str, **kw):
+    from p4ft_topo import FlowtableNet
+    from mininet.log import setLogLevel
+    setLogLevel("warning")
+    net = FlowtableNet(kind, **kw)
+    try:
+        net.start()
+    except Exception:
+        net.stop()
+        raise
+    print(f"\n[p4ft] integration tests on switch: {net.kind}")
+    return net
+
+
+def wait_for(pred, timeout: float, what: str, interval: float = 0.05):
+    end = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < end:
+        last = pred()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def read_json(path: str, timeout: float = 30):
+    wait_for(lambda: os.path.exists(path), timeout, f"{path}")
+    return json.loads(Path(path).read_text())
+
+
+def host_tool(host, *args: str):
+    return host.popen([PY, HOSTTOOL, *args])
+
+
+def flows(net) -> list[dict]:
+    return net.api("flow_list")
+
+
+def flow_for(net, proto: str, sport: int | None = None, dport: int | None = None) -> dict | None:
+    for r in flows(net):
+        if r["proto"] != proto:
+            continue
+        if sport is not None and r["orig"]["sport"] != sport:
+            continue
+        if dport is not None and r["orig"]["dport"] != dport:
+            continue
+        return r
+    return None
+
+
+def forward_packets(net) -> int:
+    """Packets counted by the router's forward chain (the slow path)."""
+    from p4ft_topo import sh
+    out = sh("nft", "list", "chain", "ip", "p4ft", "forward")
+    m = re.search(r"counter packets (\d+) bytes", out)
+    assert m, f"no counter in the forward chain:\n{out}"
+    return int(m.group(1))
+
+
+def switch_flow_entries(net) -> list:
+    """flow_table_v4 entries as the switch holds them (read by a second client)."""
+    import grpc
+    from google.protobuf import text_format
+    from p4.config.v1 import p4info_pb2
+    from p4.v1 import p4runtime_pb2 as p4r, p4runtime_pb2_grpc
+    p4info = p4info_pb2.P4Info()
+    text_format.Parse((ROOT / "p4src/build/flowtable.p4info.txtpb").read_text(), p4info)
+    tid = next(t.preamble.id for t in p4info.tables if t.preamble.name.endswith("flow_table_v4"))
+    with grpc.insecure_channel(f"127.0.0.1:{net.grpc_port}") as ch:
+        stub = p4runtime_pb2_grpc.P4RuntimeStub(ch)
+        req = p4r.ReadRequest(device_id=1, entities=[p4r.Entity(table_entry=p4r.TableEntry(table_id=tid))])
+        return [e.table_entry for resp in stub.Read(req, timeout=10) for e in resp.entities]
+
+
+def stats(net) -> dict:
+    return net.api("stats")
+
+
+def capture(host, intf: str, path: str, bpf: str):
+    """tcpdump on a host; returns the process (stop it with stop_capture)."""
+    p = host.popen(["tcpdump", "-i", intf, "-U", "-n", "-w", path, bpf],
+                   stderr=subprocess.PIPE, text=True)
+    ready, _, _ = select.select([p.stderr], [], [], 10)
+    line = p.stderr.readline() if ready else ""
+    assert "listening on" in line, f"tcpdump on {intf} did not start: {line!r}"
+    return p
+
+
+def stop_capture(p) -> None:
+    p.terminate()
+    p.wait(5)
