@@ -79,7 +79,7 @@ class Daemon:
         self.relay = Relay(cfg.netns, cfg.ports, self._transmit)
         self.policy: Policy | None = None
         self.stats: collections.Counter[str] = collections.Counter()
-        self.queue: asyncio.Queue[tuple[str, Flow]] = asyncio.Queue()
+        self.queue = OffloadQueue()
         self._considering: set = set()
         self._declined: dict = {}
         self._tasks: list[asyncio.Task] = []
@@ -339,14 +339,7 @@ class Daemon:
 
     async def _offload_worker(self) -> None:
         while True:
-            op, flow = await self.queue.get()
-            batch = [flow]
-            while len(batch) < MAX_BATCH_FLOWS and not self.queue.empty():
-                nop, nflow = self.queue._queue[0]  # peek: keep FIFO order across ops
-                if nop != op:
-                    break
-                self.queue.get_nowait()
-                batch.append(nflow)
+            op, batch = await self.queue.next_batch(MAX_BATCH_FLOWS)
             try:
                 if op == "add":
                     await self._do_add(batch)
@@ -518,6 +511,31 @@ class Daemon:
             for d in table.config.devices], f"unbind flowtable {name}")
         self.flowtables.remove_table(name)
         return info
+
+
+class OffloadQueue:
+    """FIFO of (op, flow); batches are runs of the same op, order kept."""
+
+    def __init__(self):
+        self._items: collections.deque[tuple[str, Flow]] = collections.deque()
+        self._ready = asyncio.Event()
+
+    def put_nowait(self, item: tuple[str, Flow]) -> None:
+        self._items.append(item)
+        self._ready.set()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def next_batch(self, limit: int) -> tuple[str, list[Flow]]:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        op, flow = self._items.popleft()
+        batch = [flow]
+        while self._items and len(batch) < limit and self._items[0][0] == op:
+            batch.append(self._items.popleft()[1])
+        return op, batch
 
 
 def _tuple_dict(t) -> dict:

@@ -1,0 +1,312 @@
+"""The embedded target: runs the committed BMv2 JSON and serves P4Runtime.
+
+These run everywhere (no root): the pipeline is driven directly, and the
+P4Runtime server over gRPC on loopback.
+"""
+
+import asyncio
+import copy
+import ipaddress
+import json
+from pathlib import Path
+
+import pytest
+from p4.v1 import p4runtime_pb2 as p4r
+from scapy.all import ICMP, IP, TCP, UDP, Ether, Raw
+
+from p4flowtable.ip import flow_entry
+from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple
+from p4flowtable.offload import port_entry
+from p4flowtable.p4info import P4Schema, encode
+from p4flowtable.p4runtime import Session, SwitchError, WriteError
+from p4flowtable.target.soft.pipeline import PipelineError, Program, UnsupportedConstruct
+from p4flowtable.target.soft.ports import Ports, parse_port_spec
+from p4flowtable.target.soft.server import Pipeline, SoftSwitchServer, serve
+
+ROOT = Path(__file__).resolve().parents[1]
+JSON = ROOT / "p4src/build/flowtable.json"
+P4INFO = ROOT / "p4src/build/flowtable.p4info.txtpb"
+CPU = 510
+A = ipaddress.IPv4Address
+LAN_MAC, WAN_MAC, H1_MAC, H2_MAC = "02:00:00:00:01:fe", "02:00:00:00:02:01", "00:00:00:00:00:01", "00:00:00:00:00:02"
+
+
+@pytest.fixture(scope="module")
+def schema():
+    return P4Schema.from_file(P4INFO)
+
+
+def masq_flow(l4proto=6, mtu=1500):
+    orig = FlowTuple(A("10.0.1.1"), A("192.0.2.2"), l4proto, 40000, 80)
+    reply = FlowTuple(A("192.0.2.2"), A("192.0.2.1"), l4proto, 80, 61000)
+    return Flow(1, (orig, reply), "ft", 30, iif=(1, 2),
+                routes=(FlowRoute(2, WAN_MAC, H2_MAC, mtu), FlowRoute(1, LAN_MAC, H1_MAC, mtu)))
+
+
+@pytest.fixture
+def switch(schema):
+    """A loaded pipeline with ports 1, 2 bound and one masqueraded TCP flow."""
+    sw = SoftSwitchServer(1, CPU)
+    sw.pipeline = Pipeline(schema.p4info, JSON.read_bytes(), CPU, 0)
+    tables = sw.pipeline.prog.tables
+    for port in (1, 2):
+        _write(sw, schema, port_entry(schema, port, 1))
+    flow = masq_flow()
+    for d in Dir:
+        _write(sw, schema, flow_entry(schema, flow, d))
+    return sw
+
+
+def _write(sw, schema, entry):
+    pipe = sw.pipeline
+    sw._update(pipe, p4r.Update(type=p4r.Update.INSERT, entity=p4r.Entity(table_entry=entry)))
+
+
+def run(sw, port, pkt):
+    out = sw.pipeline.prog.process(port, bytes(pkt))
+    return out
+
+
+def punt_reason(schema, out):
+    assert out.port == CPU
+    reasons = {v: k for k, v in schema.enum("PuntReason").items()}
+    return reasons[out.data[1]]   # packet_in: 9 bits port, 8 bits reason, 7 pad
+
+
+def lan_tcp(flags="A", ttl=64, payload=b"x" * 100, **kw):
+    return (Ether(src=H1_MAC, dst=LAN_MAC) / IP(src="10.0.1.1", dst="192.0.2.2", ttl=ttl, **kw)
+            / TCP(sport=40000, dport=80, flags=flags, seq=1000, ack=2000) / Raw(payload))
+
+
+def test_hit_rewrites_nat_ttl_macs_and_checksums(switch):
+    out = run(switch, 1, lan_tcp())
+    assert out.port == 2
+    pkt = Ether(out.data)
+    assert (pkt.src, pkt.dst) == (WAN_MAC, H2_MAC)
+    assert (pkt[IP].src, pkt[IP].dst, pkt[IP].ttl) == ("192.0.2.1", "192.0.2.2", 63)
+    assert (pkt[TCP].sport, pkt[TCP].dport) == (61000, 80)
+    fresh = Ether(bytes(pkt))
+    del fresh[IP].chksum, fresh[TCP].chksum
+    fresh = Ether(bytes(fresh))
+    assert (fresh[IP].chksum, fresh[TCP].chksum) == (pkt[IP].chksum, pkt[TCP].chksum)
+
+
+def test_reply_direction_is_un_nated(switch):
+    pkt = (Ether(src=H2_MAC, dst=WAN_MAC) / IP(src="192.0.2.2", dst="192.0.2.1", ttl=50)
+           / TCP(sport=80, dport=61000, flags="A") / Raw(b"y" * 10))
+    out = run(switch, 2, pkt)
+    got = Ether(out.data)
+    assert out.port == 1
+    assert (got[IP].src, got[IP].dst, got[TCP].sport, got[TCP].dport) == ("192.0.2.2", "10.0.1.1", 80, 40000)
+
+
+def test_wrong_tcp_checksum_stays_wrong_by_the_same_amount(switch):
+    good = Ether(bytes(lan_tcp()))
+    bad = good.copy()
+    bad[TCP].chksum = (good[TCP].chksum + 7) & 0xFFFF
+    out_good, out_bad = Ether(run(switch, 1, good).data), Ether(run(switch, 1, bad).data)
+    assert (out_bad[TCP].chksum - out_good[TCP].chksum) % 0xFFFF == 7
+
+
+@pytest.mark.parametrize("make,reason", [
+    (lambda: lan_tcp(flags="FA"), "TCP_FIN_RST"),
+    (lambda: lan_tcp(flags="R"), "TCP_FIN_RST"),
+    (lambda: lan_tcp(ttl=1), "TTL_EXPIRED"),
+    (lambda: lan_tcp(payload=b"z" * 1500), "MTU_EXCEEDED"),
+    (lambda: lan_tcp(options=[b"\x94\x04\x00\x00"]), "IP_OPTIONS"),
+    (lambda: Ether(src=H1_MAC, dst=LAN_MAC) / IP(src="10.0.1.1", dst="192.0.2.2", flags="MF", proto=6)
+     / Raw(b"f" * 40), "IP_FRAGMENT"),
+    (lambda: Ether(src=H1_MAC, dst=LAN_MAC) / IP(src="10.0.1.1", dst="192.0.2.2") / ICMP(), "NOT_OFFLOADABLE"),
+    (lambda: Ether(src=H1_MAC, dst="ff:ff:ff:ff:ff:ff", type=0x0806) / Raw(b"\x00" * 28), "NOT_OFFLOADABLE"),
+    (lambda: Ether(src=H1_MAC, dst=LAN_MAC) / IP(src="10.0.1.1", dst="192.0.2.9") / TCP(sport=1, dport=2), "MISS"),
+])
+def test_punts_name_the_reason_and_leave_the_packet_untouched(switch, schema, make, reason):
+    pkt = bytes(make())
+    out = run(switch, 1, pkt)
+    assert punt_reason(schema, out) == reason
+    assert out.data[3:] == pkt
+    assert int.from_bytes(out.data[:2], "big") >> 7 == 1      # ingress port
+
+
+def test_bad_ipv4_header_checksum_is_punted(switch, schema):
+    pkt = bytearray(bytes(lan_tcp()))
+    pkt[24] ^= 0xFF
+    assert punt_reason(schema, run(switch, 1, bytes(pkt))) == "BAD_CHECKSUM"
+
+
+def test_truncated_tcp_header_is_punted_whole(switch, schema):
+    pkt = bytes(lan_tcp())[:14 + 20 + 8]
+    out = run(switch, 1, pkt)
+    assert punt_reason(schema, out) == "NOT_OFFLOADABLE"
+    assert out.data[3:] == pkt
+
+
+def test_unbound_port_punts_everything(switch, schema):
+    assert punt_reason(schema, run(switch, 3, lan_tcp())) == "PORT_UNBOUND"
+
+
+def test_udp_zero_checksum_stays_zero(schema):
+    sw = SoftSwitchServer(1, CPU)
+    sw.pipeline = Pipeline(schema.p4info, JSON.read_bytes(), CPU, 0)
+    _write(sw, schema, port_entry(schema, 1, 1))
+    flow = masq_flow(l4proto=17)
+    _write(sw, schema, flow_entry(schema, flow, Dir.ORIGINAL))
+    pkt = Ether(src=H1_MAC, dst=LAN_MAC) / IP(src="10.0.1.1", dst="192.0.2.2") / UDP(sport=40000, dport=80)
+    raw = bytearray(bytes(pkt / Raw(b"u" * 20)))
+    raw[14 + 20 + 6:14 + 20 + 8] = b"\x00\x00"
+    out = Ether(run(sw, 1, bytes(raw)).data)
+    assert out[UDP].chksum == 0 and out[UDP].sport == 61000
+
+
+def test_packet_out_goes_to_the_named_port_untouched(switch):
+    frame = bytes(lan_tcp())
+    out = switch.pipeline.prog.process(CPU, encode(2 << 7, 16) + frame)
+    assert out.port == 2 and out.data == frame
+
+
+def test_front_port_cannot_inject_a_packet_out_header(switch, schema):
+    # bytes that would be a packet_out to port 2, arriving on front port 1
+    out = run(switch, 1, encode(2 << 7, 16) + bytes(lan_tcp()))
+    assert out.port == CPU
+
+
+def test_direct_counters_count_hits(switch, schema):
+    for _ in range(3):
+        run(switch, 1, lan_tcp())
+    t = switch.pipeline.prog.tables[schema.table("flow_table_v4").name]
+    assert sorted(e.packets for e in t.by_key.values()) == [0, 3]
+
+
+@pytest.mark.parametrize("mutate,what", [
+    (lambda js: js["pipelines"][0]["tables"][0].__setitem__("type", "indirect"), "action profiles"),
+    (lambda js: js["actions"][0]["primitives"].append({"op": "clone_ingress_pkt_to_egress", "parameters": []}),
+     "clone_ingress_pkt_to_egress"),
+    (lambda js: js["calculations"][0].__setitem__("algo", "crc32"), "crc32"),
+    (lambda js: js["meter_arrays"].append({"name": "m"}), "meter_arrays"),
+])
+def test_unsupported_json_constructs_are_refused_by_name(mutate, what):
+    js = json.loads(JSON.read_text())
+    mutate(js)
+    with pytest.raises(UnsupportedConstruct, match=what):
+        Program(js, CPU)
+
+
+# -- P4Runtime over gRPC --------------------------------------------------------
+
+@pytest.fixture
+def grpc_switch(schema):
+    impl = SoftSwitchServer(1, CPU)
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = serve(impl, f"127.0.0.1:{port}", workers=4)
+    yield impl, f"127.0.0.1:{port}"
+    server.stop(0)
+
+
+async def _session(addr, schema, push=True, election_id=1):
+    s = Session(addr, 1, election_id)
+    await s.connect(5)
+    if push:
+        await s.set_pipeline(schema.p4info, JSON.read_bytes())
+    return s
+
+
+def test_malformed_writes_get_per_update_errors_and_good_ones_apply(grpc_switch, schema):
+    impl, addr = grpc_switch
+
+    async def main():
+        s = await _session(addr, schema)
+        good = port_entry(schema, 1, 1)
+        no_table = copy.deepcopy(good)
+        no_table.table_id = 12345
+        too_wide = copy.deepcopy(good)
+        too_wide.match[0].exact.value = b"\xff\xff"
+        missing = copy.deepcopy(good)
+        del missing.match[:]
+        ups = [p4r.Update(type=p4r.Update.INSERT, entity=p4r.Entity(table_entry=e))
+               for e in (good, no_table, too_wide, missing, good)]
+        ups.append(p4r.Update(type=p4r.Update.DELETE, entity=p4r.Entity(table_entry=port_entry(schema, 9, 1))))
+        with pytest.raises(WriteError) as ei:
+            await s.write(ups)
+        codes = {e.index: e.code for e in ei.value.errors}
+        assert codes == {1: "NOT_FOUND", 2: "INVALID_ARGUMENT", 3: "INVALID_ARGUMENT",
+                         4: "ALREADY_EXISTS", 5: "NOT_FOUND"}
+        assert "12345" in str(ei.value)
+        got = [e async for e in s.read([p4r.Entity(table_entry=p4r.TableEntry(
+            table_id=schema.table("port_table").id))])]
+        assert len(got) == 1
+        await s.close()
+    asyncio.run(main())
+
+
+def test_bad_pipeline_is_refused_and_the_running_one_kept(grpc_switch, schema):
+    impl, addr = grpc_switch
+
+    async def main():
+        s = await _session(addr, schema)
+        await s.write([p4r.Update(type=p4r.Update.INSERT, entity=p4r.Entity(table_entry=port_entry(schema, 1, 1)))])
+        js = json.loads(JSON.read_text())
+        js["pipelines"][0]["tables"][0]["type"] = "indirect"
+        with pytest.raises(SwitchError, match="action profiles"):
+            await s.set_pipeline(schema.p4info, json.dumps(js).encode())
+        with pytest.raises(SwitchError, match="not BMv2 JSON"):
+            await s.set_pipeline(schema.p4info, b"\x00garbage")
+        got = [e async for e in s.read([p4r.Entity(table_entry=p4r.TableEntry(
+            table_id=schema.table("port_table").id))])]
+        assert len(got) == 1
+        await s.close()
+    asyncio.run(main())
+
+
+def test_only_the_primary_may_write(grpc_switch, schema):
+    impl, addr = grpc_switch
+
+    async def main():
+        primary = await _session(addr, schema, election_id=10)
+        with pytest.raises(SwitchError, match="not primary"):
+            await _session(addr, schema, push=False, election_id=5)
+        await primary.close()
+    asyncio.run(main())
+
+
+def test_packet_out_and_packet_in_over_the_stream(grpc_switch, schema):
+    impl, addr = grpc_switch
+    sent = []
+
+    class Wire:                      # the switch's transmit side, captured
+        def send(self, port, data):
+            sent.append((port, data))
+            return True
+    impl.ports = Wire()
+
+    async def main():
+        s = await _session(addr, schema)
+        out_port = schema.packet_meta("packet_out")["egress_port"]
+        frame = bytes(lan_tcp())
+        s.packet_out(frame, [p4r.PacketMetadata(metadata_id=out_port.id, value=encode(2, out_port.bitwidth))])
+        for _ in range(100):
+            if sent:
+                break
+            await asyncio.sleep(0.02)
+        assert sent == [(2, frame)]
+        impl.receive(1, frame)        # unbound port: punted to the controller
+        pin = await asyncio.wait_for(s.packet_in.get(), 5)
+        meta = {m.metadata_id: int.from_bytes(m.value, "big") for m in pin.metadata}
+        pin_fields = schema.packet_meta("packet_in")
+        assert meta[pin_fields["ingress_port"].id] == 1
+        assert meta[pin_fields["punt_reason"].id] == schema.enum("PuntReason")["PORT_UNBOUND"]
+        assert pin.payload == frame
+        await s.close()
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("spec", ["eth0", "1@", "x@eth0", "600@eth0", "1@no-such-if0"])
+def test_bad_port_specs_are_refused(spec):
+    with pytest.raises(ValueError, match="bad port spec"):
+        Ports([spec], lambda p, f: None)
+
+
+def test_port_spec_syntax_is_simple_switch_s():
+    assert parse_port_spec("1@veth1") == (1, "veth1")
