@@ -37,7 +37,10 @@ ROUTER_NS = "p4ft-r"
 LAN = dict(host="10.0.1.1/24", router="10.0.1.254", rep="lan0", rep_mac="02:00:00:00:01:fe", port=1)
 WAN = dict(host="192.0.2.2/24", router="192.0.2.1", rep="wan0", rep_mac="02:00:00:00:02:01", port=2)
 
-DEFAULT_RULESET = f"""flush ruleset
+
+def make_ruleset(offload_rule: str = "ip protocol tcp flow offload @ft") -> str:
+    """The router's ruleset: masquerade on the WAN side, one offload rule."""
+    return f"""flush ruleset
 table ip p4ft {{
     flowtable ft {{
         hook ingress priority filter; devices = {{ {LAN['rep']}, {WAN['rep']} }};
@@ -45,7 +48,7 @@ table ip p4ft {{
     chain forward {{
         type filter hook forward priority filter; policy accept;
         counter
-        ip protocol tcp flow offload @ft
+        {offload_rule}
     }}
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
@@ -53,6 +56,9 @@ table ip p4ft {{
     }}
 }}
 """
+
+
+DEFAULT_RULESET = make_ruleset()
 
 
 def wait_port(host: str, port: int, deadline: float, proc: subprocess.Popen | None = None) -> None:

@@ -6,27 +6,12 @@ from scapy.all import IP, TCP, UDP, Ether, Raw, rdpcap
 
 from integration import (capture, flow_for, forward_packets, host_tool, read_json, start_net, stats,
                          stop_capture, switch_flow_entries, targets, wait_for)
-from p4ft_topo import LAN, WAN, sh
+from p4ft_topo import LAN, WAN, make_ruleset, sh
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 2.0
 
-RULESET = f"""flush ruleset
-table ip p4ft {{
-    flowtable ft {{
-        hook ingress priority filter; devices = {{ {LAN['rep']}, {WAN['rep']} }};
-    }}
-    chain forward {{
-        type filter hook forward priority filter; policy accept;
-        counter
-        meta l4proto {{ tcp, udp }} flow add @ft
-    }}
-    chain postrouting {{
-        type nat hook postrouting priority srcnat; policy accept;
-        oifname "{WAN['rep']}" masquerade
-    }}
-}}
-"""
+RULESET = make_ruleset("meta l4proto { tcp, udp } flow add @ft")
 
 
 @pytest.fixture(scope="module", params=targets())

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import subprocess
 
 NETNS_RUN_DIR = "/run/netns"
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    # os.setns arrives with Python 3.12
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
 
 
 def exists(name: str) -> bool:
@@ -27,11 +37,11 @@ def entered(name: str | None):
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     target = os.open(os.path.join(NETNS_RUN_DIR, name), os.O_RDONLY)
     try:
-        os.setns(target, os.CLONE_NEWNET)
+        _setns(target)
         try:
             yield
         finally:
-            os.setns(own, os.CLONE_NEWNET)
+            _setns(own)
     finally:
         os.close(own)
         os.close(target)

@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Packets per second on the offloaded path, per switch kind, same traffic.
+
+Two veth pairs of its own (p4ftb-*); the switch under test bridges
+port 1 and port 2; one masqueraded TCP flow is offloaded by writing its two
+entries over P4Runtime; a burst of that flow's packets is sent into port 1
+and counted as it leaves port 2. Writes JSON (git revision, switch) and prints
+a table.
+
+    sudo .venv/bin/python bench/switch_pps.py [--packets 20000] [--switch bmv2,soft]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "controller"))
+
+from google.protobuf import text_format  # noqa: E402
+from p4.config.v1 import p4info_pb2  # noqa: E402
+from p4.v1 import p4runtime_pb2 as p4r  # noqa: E402
+from scapy.all import IP, TCP, Ether, Raw  # noqa: E402
+
+from p4flowtable.ip import flow_entry  # noqa: E402
+from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple  # noqa: E402
+from p4flowtable.offload import port_entry  # noqa: E402
+from p4flowtable.p4info import P4Schema  # noqa: E402
+from p4flowtable.p4runtime import Session  # noqa: E402
+
+A = ipaddress.IPv4Address
+LINKS = [("p4ftb-sw1", "p4ftb-h1"), ("p4ftb-sw2", "p4ftb-h2")]
+
+
+def sh(*a, check=True):
+    return subprocess.run(list(a), check=check, capture_output=True, text=True)
+
+
+def setup_links():
+    teardown_links()
+    for sw, host in LINKS:
+        sh("ip", "link", "add", sw, "type", "veth", "peer", "name", host)
+        for dev in (sw, host):
+            sh("sysctl", "-q", "-w", f"net.ipv6.conf.{dev}.disable_ipv6=1", check=False)
+            sh("ip", "link", "set", dev, "up")
+            sh("ethtool", "-K", dev, "tx", "off", "rx", "off", "gro", "off", "gso", "off", "tso", "off",
+               check=False)
+
+
+def teardown_links():
+    for sw, _ in LINKS:
+        sh("ip", "link", "del", sw, check=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_switch(kind: str, grpc: str) -> subprocess.Popen:
+    ports = ["-i", f"1@{LINKS[0][0]}", "-i", f"2@{LINKS[1][0]}"]
+    if kind == "bmv2":
+        cmd = ["simple_switch_grpc", "--device-id", "1", "--no-p4", *ports,
+               "--", "--cpu-port", "510", "--grpc-server-addr", grpc]
+    else:
+        cmd = [sys.executable, "-m", "p4flowtable.cli", "switch", *ports, "--cpu-port", "510",
+               "--grpc-addr", grpc]
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "controller"))
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
+async def program(grpc: str, schema: P4Schema) -> None:
+    s = Session(grpc)
+    end = time.monotonic() + 30
+    while True:
+        try:
+            await s.connect(2)
+            break
+        except Exception:
+            if time.monotonic() > end:
+                raise
+            await asyncio.sleep(0.2)
+    await s.set_pipeline(schema.p4info, (ROOT / "p4src/build/flowtable.json").read_bytes())
+    orig = FlowTuple(A("10.0.1.1"), A("192.0.2.2"), 6, 40000, 80)
+    reply = FlowTuple(A("192.0.2.2"), A("192.0.2.1"), 6, 80, 61000)
+    flow = Flow(1, (orig, reply), "ft", 30, iif=(1, 2),
+                routes=(FlowRoute(2, "02:00:00:00:02:01", "00:00:00:00:00:02", 1500),
+                        FlowRoute(1, "02:00:00:00:01:fe", "00:00:00:00:00:01", 1500)))
+    ups = [p4r.Update(type=p4r.Update.INSERT, entity=p4r.Entity(table_entry=port_entry(schema, p, 1)))
+           for p in (1, 2)]
+    ups += [p4r.Update(type=p4r.Update.INSERT, entity=p4r.Entity(table_entry=flow_entry(schema, flow, d)))
+            for d in Dir]
+    await s.write(ups)
+    await s.close()
+
+
+def blast(n: int, size: int) -> dict:
+    """Send n frames into port 1, count them out of port 2."""
+    frame = bytes(Ether(src="00:00:00:00:00:01", dst="02:00:00:00:01:fe")
+                  / IP(src="10.0.1.1", dst="192.0.2.2") / TCP(sport=40000, dport=80, flags="A")
+                  / Raw(b"x" * max(0, size - 54)))
+    tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    tx.bind((LINKS[0][1], 0))
+    rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+    rx.bind((LINKS[1][1], 0))
+    rx.settimeout(2.0)
+    got = 0
+    first = last = None
+    t0 = time.monotonic()
+    sent = 0
+    # Send in windows so the switch's queues, not the sender, set the pace.
+    window = 256
+    while sent < n or got < sent:
+        while sent < n and sent - got < window:
+            tx.send(frame)
+            sent += 1
+        try:
+            rx.recv(65535)
+        except socket.timeout:
+            break
+        got += 1
+        last = time.monotonic()
+        if first is None:
+            first = last
+    dt = (last or t0) - t0
+    return {"sent": sent, "received": got, "seconds": dt, "pps": got / dt if dt else 0.0}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--packets", type=int, default=20000)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--switch", default="bmv2,soft")
+    ap.add_argument("--out", default=str(ROOT / "bench/results/switch_pps.json"))
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        print("switch_pps: needs root (network namespace, raw sockets)", file=sys.stderr)
+        return 1
+    schema = P4Schema.from_file(ROOT / "p4src/build/flowtable.p4info.txtpb")
+    results = []
+    for kind in a.switch.split(","):
+        if kind == "bmv2" and not shutil.which("simple_switch_grpc"):
+            print(f"{kind}: skipped, simple_switch_grpc is not installed")
+            continue
+        setup_links()
+        grpc = f"127.0.0.1:{free_port()}"
+        sw = start_switch(kind, grpc)
+        try:
+            asyncio.run(program(grpc, schema))
+            r = blast(a.packets, a.size)
+            r["switch"] = kind
+            results.append(r)
+        finally:
+            sw.terminate()
+            sw.wait(10)
+            teardown_links()
+    rev = sh("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD", check=False).stdout.strip()
+    out = {"bench": "switch_pps", "git": rev, "packets": a.packets, "frame_bytes": a.size, "results": results}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"{'switch':<8} {'sent':>8} {'received':>9} {'pps':>10}")
+    for r in results:
+        print(f"{r['switch']:<8} {r['sent']:>8} {r['received']:>9} {r['pps']:>10.0f}")
+    if len(results) == 2:
+        by = {r["switch"]: r["pps"] for r in results}
+        print(f"embedded/bmv2 ratio: {by['soft'] / by['bmv2']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
