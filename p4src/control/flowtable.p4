@@ -77,6 +77,9 @@ control FlowtableIngress(inout headers_t hdr,
         }
         const default_action = miss();
         counters = flow_table_v4_counter;
+        // Entries may carry idle_timeout_ns; the switch then notifies idle
+        // entries itself instead of the controller polling every counter.
+        support_timeout = true;
         size = FLOW_TABLE_V4_SIZE;
     }
 
