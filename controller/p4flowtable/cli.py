@@ -55,14 +55,19 @@ def cmd_daemon(args) -> int:
         cfg.device_config = Path(args.device_config)
 
     async def main() -> int:
-        d = Daemon(cfg)
+        log = logging.getLogger("p4ft")
+        try:
+            d = Daemon(cfg)
+        except (OSError, ValueError, KeyError) as e:
+            log.error("cannot start: %s", e)
+            return 1
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, d.stopping.set)
         try:
             await d.run()
         except (PolicyError, SwitchError, ValueError, OSError) as e:
-            logging.getLogger("p4ft").error("%s", e)
+            log.error("%s", e)
             await d.stop()
             return 1
         return 0

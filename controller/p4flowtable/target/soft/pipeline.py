@@ -186,7 +186,8 @@ class Program:
             hi = self.hidx[v]
             return lambda p, d: hi
         if t == "expression":
-            return self._op(v)
+            # p4c nests: {"type": "expression", "value": {"type": "expression", "value": {op...}}}
+            return self._op(v) if "op" in v else self.expr(v)
         raise UnsupportedConstruct(f"expression operand of type {t!r}")
 
     def _op(self, e) -> Callable:
@@ -224,6 +225,8 @@ class Program:
 
     def lvalue(self, tv) -> Callable:
         """Compile an assignable field to set(pkt, value)."""
+        while tv["type"] == "expression" and "op" not in tv["value"]:
+            tv = tv["value"]
         if tv["type"] != "field":
             raise UnsupportedConstruct(f"assignment to {tv['type']!r}")
         hi, fi, w = self._field_ref(tv["value"])

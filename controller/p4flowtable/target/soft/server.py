@@ -553,7 +553,7 @@ class SoftSwitchServer(p4runtime_pb2_grpc.P4RuntimeServicer):
             return
         now = time.monotonic()
         for tm in pipe.tables.values():
-            if not tm.table.support_timeout:
+            if not tm.table.support_timeout or not tm.table.n_aging:
                 continue
             idle = []
             with pipe.prog.lock:

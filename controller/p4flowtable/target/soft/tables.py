@@ -86,6 +86,7 @@ class Table:
             self.default_const = False
         self.initial_default = self.default
         self.by_key: dict[tuple, Entry] = {}
+        self.n_aging = 0                     # entries with an idle timeout
         self.ordered: list[Entry] = []       # non-exact tables, best first
         self.const_entries = False
         for e in js.get("entries", []):
@@ -189,14 +190,15 @@ class Table:
         if len(self.by_key) >= self.max_size:
             raise TableError("RESOURCE_EXHAUSTED", f"table {self.name} is full ({self.max_size} entries)")
         self._add(e)
+        self.n_aging += bool(e.idle_timeout_ns)
 
     def modify(self, e: Entry) -> None:
         old = self.by_key.get(self._ident(e.key, e.priority))
         if old is None:
             raise TableError("NOT_FOUND", f"no such entry in table {self.name}")
         old.action, old.data = e.action, e.data
-        if e.idle_timeout_ns:
-            old.idle_timeout_ns = e.idle_timeout_ns
+        self.n_aging += bool(e.idle_timeout_ns) - bool(old.idle_timeout_ns)
+        old.idle_timeout_ns = e.idle_timeout_ns
 
     def delete(self, key: tuple, priority: int) -> None:
         if self.const_entries:
@@ -204,6 +206,7 @@ class Table:
         e = self.by_key.pop(self._ident(key, priority), None)
         if e is None:
             raise TableError("NOT_FOUND", f"no such entry in table {self.name}")
+        self.n_aging -= bool(e.idle_timeout_ns)
         if not self.exact:
             self.ordered.remove(e)
 
@@ -223,3 +226,4 @@ class Table:
         if not self.const_entries:
             self.by_key.clear()
             self.ordered.clear()
+            self.n_aging = 0

@@ -1,0 +1,92 @@
+"""p4ft on bad input: clear errors naming what was wrong, and nothing changed."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NS = "p4ft-clitest"
+
+
+def p4ft(*args, timeout=60):
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "controller"))
+    return subprocess.run([sys.executable, "-m", "p4flowtable.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+@pytest.mark.parametrize("args,text", [
+    (["daemon", "--port", "lan0"], "expected PORT=REPRESENTOR"),
+    (["daemon", "--port", "1=a", "--port", "1=b"], "given twice"),
+    (["daemon", "--timeout", "ft=-3"], "expected FLOWTABLE=SECONDS"),
+    (["switch", "-i", "eth0"], "bad port spec 'eth0'"),
+    (["flowtable", "add", "x"], "--devices"),
+])
+def test_bad_arguments_are_named(args, text):
+    r = p4ft(*args)
+    assert r.returncode != 0
+    assert text in r.stderr
+
+
+def test_cli_without_daemon_says_so():
+    r = p4ft("--socket", "/tmp/p4ft-no-such.sock", "flow", "list")
+    assert r.returncode == 1
+    assert "cannot reach the p4ft daemon" in r.stderr
+
+
+@pytest.fixture
+def netns():
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespace)")
+    subprocess.run(["ip", "netns", "del", NS], capture_output=True)
+    subprocess.run(["ip", "netns", "add", NS], check=True)
+    yield NS
+    subprocess.run(["ip", "netns", "del", NS], capture_output=True)
+
+
+def ruleset_in(ns):
+    return subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "ruleset"], capture_output=True,
+                          text=True).stdout
+
+
+def test_malformed_ruleset_is_rejected_with_line_and_column_and_nothing_loaded(netns, tmp_path):
+    f = tmp_path / "bad.nft"
+    f.write_text("table ip x {\n  flowtable ft { hook ingress priority 0; devices = { a }; }\n"
+                 "  chain y { type filter hook forward priority 0;\n    meta mark 3 flow add @ft }\n}\n")
+    r = p4ft("--socket", str(tmp_path / "s"), "daemon", "--netns", netns, "--port", "1=a",
+             "--ruleset", str(f))
+    assert r.returncode == 1
+    assert f"{f}:4:5:" in r.stderr and "meta" in r.stderr
+    assert ruleset_in(netns).strip() == ""
+
+
+def test_ruleset_the_kernel_refuses_is_reported_by_nft_with_the_operators_line(netns, tmp_path):
+    f = tmp_path / "bad.nft"
+    f.write_text("table ip x {\n  flowtable ft { hook ingress priority 0; devices = { a }; }\n"
+                 "  chain y { type filter hook forward priority 0; flow add @ft }\n"
+                 "  chain n { type nat hook postrouting priority 100; oifname a masqueradee }\n}\n")
+    r = p4ft("--socket", str(tmp_path / "s"), "daemon", "--netns", netns, "--port", "1=a",
+             "--ruleset", str(f))
+    assert r.returncode == 1
+    assert "nft rejected the ruleset" in r.stderr
+    assert f"{f}:4:" in r.stderr
+    assert ruleset_in(netns).strip() == ""
+
+
+def test_flowtable_device_that_is_no_switch_port_is_refused(netns, tmp_path):
+    f = tmp_path / "r.nft"
+    f.write_text("table ip x {\n  flowtable ft { hook ingress priority 0; devices = { a, b }; }\n}\n")
+    r = p4ft("--socket", str(tmp_path / "s"), "daemon", "--netns", netns, "--port", "1=a", "--ruleset", str(f))
+    assert r.returncode == 1
+    assert "['b'] are not switch ports" in r.stderr
+
+
+def test_unreachable_switch_is_named(netns, tmp_path):
+    f = tmp_path / "r.nft"
+    f.write_text("table ip x {\n  flowtable ft { hook ingress priority 0; devices = { a }; }\n}\n")
+    r = p4ft("--socket", str(tmp_path / "s"), "daemon", "--netns", netns, "--port", "1=a", "--ruleset", str(f),
+             "--grpc-addr", "127.0.0.1:1")
+    assert r.returncode == 1
+    assert "no P4Runtime server at 127.0.0.1:1" in r.stderr
