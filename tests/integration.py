@@ -110,8 +110,11 @@ def forward_packets(net) -> int:
     return int(m.group(1))
 
 
-def switch_flow_entries(net) -> list:
-    """flow_table_v4 entries as the switch holds them (read by a second client)."""
+def switch_flow_entries(net, missing_ok: bool = False) -> list | None:
+    """flow_table_v4 entries as the switch holds them (read by a second client).
+
+    missing_ok: None instead of an error while the switch has no pipeline.
+    """
     import grpc
     from google.protobuf import text_format
     from p4.config.v1 import p4info_pb2
@@ -122,7 +125,12 @@ def switch_flow_entries(net) -> list:
     with grpc.insecure_channel(f"127.0.0.1:{net.grpc_port}") as ch:
         stub = p4runtime_pb2_grpc.P4RuntimeStub(ch)
         req = p4r.ReadRequest(device_id=1, entities=[p4r.Entity(table_entry=p4r.TableEntry(table_id=tid))])
-        return [e.table_entry for resp in stub.Read(req, timeout=10) for e in resp.entities]
+        try:
+            return [e.table_entry for resp in stub.Read(req, timeout=10) for e in resp.entities]
+        except grpc.RpcError:
+            if missing_ok:
+                return None
+            raise
 
 
 def stats(net) -> dict:

@@ -109,3 +109,29 @@ def test_udp_is_never_offloaded_by_a_tcp_only_policy(net, tmp_path):
     finally:
         echo.terminate()
         echo.wait(5)
+
+
+def test_switch_restart_loses_no_flow(net, tmp_path):
+    """The switch goes away and comes back: the daemon reconnects, pushes the
+    pipeline again and reinstalls what the switch carried."""
+    sink_out, src_out = str(tmp_path / "sink.json"), str(tmp_path / "src.json")
+    sink = host_tool(net.h2, "tcp-sink", "--port", "5002", "--out", sink_out)
+    read_json(sink_out + ".ready")
+    src = host_tool(net.h1, "tcp-source", "--host", "192.0.2.2", "--port", "5002", "--bytes", "100000",
+                    "--pause", "0", "--hold", "8", "--out", src_out)
+    sport = read_json(src_out + ".connected")["local"][1]
+    wait_for(lambda: (f := flow_for(net, "tcp", sport=sport)) and f["offload"], 5, "offload")
+    lost_before = stats(net).get("switch_lost", 0)
+    s1 = net.net.get("s1")
+    s1.proc.kill()
+    s1.proc.wait(10)
+    wait_for(lambda: stats(net).get("switch_lost", 0) > lost_before, 10, "the daemon to notice")
+    s1.start([])
+    wait_for(lambda: len(switch_flow_entries(net, missing_ok=True) or ()) == 2, 20,
+             "the flow reinstalled in the new switch")
+    assert flow_for(net, "tcp", sport=sport)["offload"]
+    done = read_json(src_out, timeout=60)
+    received = read_json(sink_out, timeout=30)
+    assert received["sha256"] == done["sha256"]
+    src.wait(10)
+    sink.wait(10)

@@ -80,6 +80,7 @@ class Daemon:
         self.policy: Policy | None = None
         self.stats: collections.Counter[str] = collections.Counter()
         self.queue = OffloadQueue()
+        self._deferred: list[Flow] = []   # adds that met a lost switch
         self._considering: set = set()
         self._declined: dict = {}
         self._tasks: list[asyncio.Task] = []
@@ -202,8 +203,10 @@ class Daemon:
                     log.warning("switch still unavailable: %s (retry in %.1fs)", e, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
-            flows = [f for f in self.flowtables if f.flags & FlowFlag.HW
-                     and not f.flags & FlowFlag.TEARDOWN]
+            flows = [f for f in self.flowtables if f.flags & FlowFlag.HW]
+            flows += [f for f in self._deferred if self.flowtables.lookup(f.key)]
+            flows = [f for f in flows if not f.flags & FlowFlag.TEARDOWN]
+            self._deferred.clear()
             for f in flows:
                 f.clear(FlowFlag.HW)
                 f.test_and_set(FlowFlag.PENDING)
@@ -346,9 +349,11 @@ class Daemon:
                 else:
                     await self._do_del(batch)
             except SwitchUnavailable as e:
-                log.warning("%s of %d flow(s) deferred: %s", op, len(batch), e)
-                await self.session.lost.wait()
-                if op == "del":
+                log.warning("%s of %d flow(s) deferred until the switch is back: %s", op, len(batch), e)
+                if op == "add":
+                    self._deferred.extend(batch)
+                else:
+                    # the pipeline pushed on reconnect starts with empty tables
                     for f in batch:
                         await self._handed_back(f)
 
@@ -402,8 +407,10 @@ class Daemon:
             await self.poll_once()
 
     async def poll_once(self) -> None:
+        if self.session.lost.is_set():
+            return   # never expire on missing information
         hw = [f for f in self.flowtables if f.flags & FlowFlag.HW and not f.flags & FlowFlag.TEARDOWN]
-        if hw and not self.session.lost.is_set():
+        if hw:
             try:
                 stats = await self.driver.stats(hw)
             except SwitchError as e:
