@@ -70,7 +70,8 @@ def run(sw, port, pkt):
 def punt_reason(schema, out):
     assert out.port == CPU
     reasons = {v: k for k, v in schema.enum("PuntReason").items()}
-    return reasons[out.data[1]]   # packet_in: 9 bits port, 8 bits reason, 7 pad
+    hdr = int.from_bytes(out.data[:3], "big")   # packet_in: 9 bits port, 8 bits reason, 7 pad
+    return reasons[(hdr >> 7) & 0xFF]
 
 
 def lan_tcp(flags="A", ttl=64, payload=b"x" * 100, **kw):

@@ -39,6 +39,8 @@ class Ports:
         self.names: dict[int, str] = {}
         self.rx: dict[int, int] = {}
         self.tx: dict[int, int] = {}
+        self._thread: threading.Thread | None = None
+        self._stop_r, self._stop_w = socket.socketpair()
         seen = set()
         for spec in specs:
             port, ifname = parse_port_spec(spec)
@@ -55,8 +57,6 @@ class Ports:
             self.socks[port], self.names[port] = s, ifname
             self.rx[port] = self.tx[port] = 0
             seen.add(ifname)
-        self._stop_r, self._stop_w = socket.socketpair()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="ports", daemon=True)
