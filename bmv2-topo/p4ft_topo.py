@@ -81,7 +81,8 @@ class P4RuntimeSwitch(Switch):
     kind = "?"
 
     def __init__(self, name, grpc_port: int = 9559, device_id: int = 1, **kw):
-        super().__init__(name, inNamespace=False, **kw)
+        kw["inNamespace"] = False
+        super().__init__(name, **kw)
         self.grpc_port, self.device_id = grpc_port, device_id
         self.proc: subprocess.Popen | None = None
         self.logfile = f"/tmp/p4ft-{name}-{self.kind}.log"

@@ -62,8 +62,11 @@ def cmd_daemon(args) -> int:
             log.error("cannot start: %s", e)
             return 1
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, d.stopping.set)
+        def on_signal(sig: signal.Signals) -> None:
+            log.info("%s: handing every flow back to the kernel and stopping", sig.name)
+            d.stopping.set()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, on_signal, sig)
         try:
             await d.run()
         except (PolicyError, SwitchError, ValueError, OSError) as e:

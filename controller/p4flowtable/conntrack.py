@@ -17,7 +17,7 @@ import logging
 import socket
 from dataclasses import dataclass
 
-from pyroute2.netlink import NLM_F_CREATE
+from pyroute2.netlink import NETLINK_NETFILTER, NLM_F_CREATE
 from pyroute2.netlink.nfnetlink import (NFNLGRP_CONNTRACK_DESTROY, NFNLGRP_CONNTRACK_NEW,
                                         NFNLGRP_CONNTRACK_UPDATE)
 from pyroute2.netlink.nfnetlink.nfctsocket import (IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_NEW,
@@ -134,13 +134,16 @@ class ConntrackMirror:
         self._cmd: AsyncNFCTSocket | None = None
 
     async def open(self) -> None:
-        kw = {"netns": self.netns} if self.netns else {}
-        self._events = AsyncNFCTSocket(socket.AF_INET, **kw)
+        # sockets made in the namespace by this thread: pyroute2's own netns
+        # support forks a helper per socket, which we do not need
+        def kw():
+            return {"use_socket": netns.netlink_socket(self.netns, NETLINK_NETFILTER)}
+        self._events = AsyncNFCTSocket(socket.AF_INET, **kw())
         groups = 0
         for g in (NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY):
             groups |= 1 << (g - 1)
         await self._events.bind(groups=groups)
-        self._cmd = AsyncNFCTSocket(socket.AF_INET, **kw)
+        self._cmd = AsyncNFCTSocket(socket.AF_INET, **kw())
 
     async def close(self) -> None:
         for s in (self._events, self._cmd):

@@ -20,8 +20,9 @@ from google.protobuf import text_format
 from p4.config.v1 import p4info_pb2
 from p4.v1 import p4runtime_pb2 as p4r
 from pyroute2 import AsyncIPRoute
+from pyroute2.netlink import NETLINK_ROUTE
 
-from . import nftables
+from . import netns, nftables
 from .conntrack import ConntrackMirror, CtEntry, CtEvent
 from .core import FlowtableConfig, Flowtables
 from .ip import Ipv4Routes, RouteError, parse_tuple
@@ -102,7 +103,7 @@ class Daemon:
             for ft in self.policy.flowtables.values():
                 ft.timeout = cfg.timeouts.get(ft.name, ft.timeout)
                 self.flowtables.add_table(ft)
-        self.ipr = AsyncIPRoute(**({"netns": cfg.netns} if cfg.netns else {}))
+        self.ipr = AsyncIPRoute(use_socket=netns.netlink_socket(cfg.netns, NETLINK_ROUTE))
         self.routes = Ipv4Routes(self.ipr, cfg.ports)
         await self.mirror.open()
         await self.mirror.dump()
@@ -129,11 +130,16 @@ class Daemon:
 
     async def run(self) -> None:
         await self.start()
-        done, _ = await asyncio.wait([asyncio.create_task(self.stopping.wait())] + self._tasks,
+        stop_task = asyncio.create_task(self.stopping.wait(), name="stop")
+        done, _ = await asyncio.wait([stop_task] + self._tasks,
                                      return_when=asyncio.FIRST_COMPLETED)
         for t in done:
-            if t in self._tasks and t.exception():
-                log.error("task %s failed: %r", t.get_name(), t.exception())
+            if t in self._tasks:
+                exc = t.exception()
+                if exc is not None:
+                    log.error("task %s failed: %r", t.get_name(), exc, exc_info=exc)
+                else:
+                    log.error("task %s ended unexpectedly", t.get_name())
         await self.stop()
 
     async def stop(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import socket
 import subprocess
 
 NETNS_RUN_DIR = "/run/netns"
@@ -45,6 +46,12 @@ def entered(name: str | None):
     finally:
         os.close(own)
         os.close(target)
+
+
+def netlink_socket(name: str | None, protocol: int) -> socket.socket:
+    """A netlink socket bound to the namespace (no helper process needed)."""
+    with entered(name):
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, protocol)
 
 
 def run(name: str | None, argv: list[str], input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
