@@ -173,7 +173,7 @@ class ConntrackMirror:
         return self.entries.get(t) or self._by_reply.get(t)
 
     async def events(self):
-        """Yield (CtEvent, CtEntry) as the kernel reports them."""
+        """Yield (CtEvent, entry, previous entry or None) as the kernel reports them."""
         while True:
             async for msg in self._events.get():
                 mtype = msg["header"]["type"] & 0xFF
@@ -181,8 +181,9 @@ class ConntrackMirror:
                 if e is None:
                     continue
                 if mtype == IPCTNL_MSG_CT_DELETE:
+                    old = self.entries.get(e.orig)
                     self._drop(e)
-                    yield CtEvent.DESTROY, e
+                    yield CtEvent.DESTROY, e, old
                 elif mtype == IPCTNL_MSG_CT_NEW:
                     new = bool(msg["header"]["flags"] & NLM_F_CREATE)
                     old = self.entries.get(e.orig)
@@ -192,7 +193,7 @@ class ConntrackMirror:
                         e.timeout = e.timeout if e.timeout is not None else old.timeout
                         e.helper = e.helper or old.helper
                     self._store(e)
-                    yield (CtEvent.NEW if new else CtEvent.UPDATE), e
+                    yield (CtEvent.NEW if new else CtEvent.UPDATE), e, old
 
     async def _set(self, e: CtEntry, **kw) -> None:
         await self._cmd.entry("set", tuple_orig=_attr_tuple(e.orig), **kw)

@@ -253,7 +253,7 @@ class Daemon:
 
     # -- conntrack -----------------------------------------------------------
     async def _ct_events(self) -> None:
-        async for ev, e in self.mirror.events():
+        async for ev, e, old in self.mirror.events():
             self._declined.pop(e.orig, None)
             flow = self._flow_of(e)
             if ev is CtEvent.DESTROY:
@@ -265,7 +265,13 @@ class Daemon:
                 if e.offloadable() is not None:
                     self.teardown(flow, TeardownReason.CT_STATE)
                 continue
-            self._maybe_offload(e)
+            # Offload on the transition a packet caused (reply seen, TCP
+            # established), as the kernel does when that packet reaches the
+            # forward chain. Updates that change nothing of that (our own
+            # timeout writes, say) do not: a handed-back flow comes back on
+            # its next packet, a miss, like in the kernel.
+            if old is None or old.offloadable() is not None:
+                self._maybe_offload(e)
 
     def _flow_of(self, e: CtEntry) -> Flow | None:
         for table in self.flowtables.tables.values():
