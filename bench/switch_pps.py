@@ -26,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "controller"))
+sys.path.insert(0, str(ROOT / "bmv2-topo"))
 
 from google.protobuf import text_format  # noqa: E402
 from p4.config.v1 import p4info_pb2  # noqa: E402
@@ -37,6 +38,7 @@ from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple  # noqa: E402
 from p4flowtable.offload import port_entry  # noqa: E402
 from p4flowtable.p4info import P4Schema  # noqa: E402
 from p4flowtable.p4runtime import Session  # noqa: E402
+from p4ft_topo import add_veth  # noqa: E402
 
 A = ipaddress.IPv4Address
 LINKS = [("p4ftb-sw1", "p4ftb-h1"), ("p4ftb-sw2", "p4ftb-h2")]
@@ -47,14 +49,8 @@ def sh(*a, check=True):
 
 
 def setup_links():
-    teardown_links()
     for sw, host in LINKS:
-        sh("ip", "link", "add", sw, "type", "veth", "peer", "name", host)
-        for dev in (sw, host):
-            sh("sysctl", "-q", "-w", f"net.ipv6.conf.{dev}.disable_ipv6=1", check=False)
-            sh("ip", "link", "set", dev, "up")
-            sh("ethtool", "-K", dev, "tx", "off", "rx", "off", "gro", "off", "gso", "off", "tso", "off",
-               check=False)
+        add_veth(sw, host)
 
 
 def teardown_links():

@@ -177,6 +177,17 @@ def sh(*argv: str, ns: str | None = ROUTER_NS, check: bool = True) -> str:
     return res.stdout
 
 
+def add_veth(a: str, b: str) -> None:
+    """A veth pair for a switch port, up, without IPv6 noise or offloads."""
+    subprocess.run(["ip", "link", "del", a], capture_output=True)
+    subprocess.run(["ip", "link", "add", a, "type", "veth", "peer", "name", b], check=True)
+    for dev in (a, b):
+        sh("sysctl", "-q", "-w", f"net.ipv6.conf.{dev}.disable_ipv6=1", ns=None, check=False)
+        sh("ethtool", "-K", dev, "tx", "off", "rx", "off", "gro", "off", "gso", "off", "tso", "off",
+           ns=None, check=False)
+        sh("ip", "link", "set", dev, "up", ns=None)
+
+
 class Router:
     """The slow path: a Linux network namespace with representors."""
 

@@ -26,6 +26,7 @@ from p4flowtable.offload import port_entry
 from p4flowtable.p4info import P4Schema
 from p4flowtable.p4runtime import Session
 from p4flowtable.target.soft.server import Pipeline, SoftSwitchServer
+from p4ft_topo import add_veth
 
 ROOT = Path(__file__).resolve().parents[1]
 N_PACKETS = 10_000
@@ -144,13 +145,7 @@ def sh(*a, check=True):
 @pytest.fixture
 def links():
     for _, sw, host in LINKS:
-        sh("ip", "link", "del", sw, check=False)
-        sh("ip", "link", "add", sw, "type", "veth", "peer", "name", host)
-        for dev in (sw, host):
-            sh("sysctl", "-q", "-w", f"net.ipv6.conf.{dev}.disable_ipv6=1", check=False)
-            sh("ethtool", "-K", dev, "tx", "off", "rx", "off", "gro", "off", "gso", "off", "tso", "off",
-               check=False)
-            sh("ip", "link", "set", dev, "up")
+        add_veth(sw, host)
     yield
     for _, sw, _ in LINKS:
         sh("ip", "link", "del", sw, check=False)
