@@ -135,3 +135,28 @@ def test_switch_restart_loses_no_flow(net, tmp_path):
     assert received["sha256"] == done["sha256"]
     src.wait(10)
     sink.wait(10)
+
+
+def test_flowtable_delete_hands_flows_back_and_add_restores_offload(net, tmp_path):
+    from p4ft_topo import p4ft
+    sink_out, src_out = str(tmp_path / "sink.json"), str(tmp_path / "src.json")
+    sink = host_tool(net.h2, "tcp-sink", "--port", "5003", "--out", sink_out)
+    read_json(sink_out + ".ready")
+    src = host_tool(net.h1, "tcp-source", "--host", "192.0.2.2", "--port", "5003", "--bytes", "1000",
+                    "--pause", "0", "--hold", "6", "--out", src_out)
+    sport = read_json(src_out + ".connected")["local"][1]
+    wait_for(lambda: (f := flow_for(net, "tcp", sport=sport)) and f["offload"], 5, "offload")
+    out = p4ft("flowtable", "delete", "ft", socket_path=net.socket)
+    assert "deleted flowtable ft (1 flow(s) handed back)" in out
+    wait_for(lambda: switch_flow_entries(net) == [], 5, "the flow's entries to leave the switch")
+    assert "flowtable" not in p4ft("flowtable", "list", socket_path=net.socket)
+    out = p4ft("flowtable", "add", "ft", "--devices", "lan0,wan0", "--timeout", "30", socket_path=net.socket)
+    assert "added flowtable ft on ports [1, 2]" in out
+    assert "flowtable ft family ip devices { lan0, wan0 } ports [1, 2] timeout 30s" in \
+        p4ft("flowtable", "list", socket_path=net.socket)
+    out = p4ft("flowtable", "add", "ft", "--devices", "lan0", socket_path=net.socket)
+    assert "flowtable 'ft' exists" in out
+    done = read_json(src_out, timeout=30)
+    assert read_json(sink_out)["sha256"] == done["sha256"]
+    src.wait(10)
+    sink.wait(10)
