@@ -165,66 +165,56 @@ class Program:
             raise PipelineError(f"unknown field {hname}.{fname}") from None
 
     # -- expressions ----------------------------------------------------------------
+    # An expression becomes Python source, compiled once into one function:
+    # no per-node calls at packet time.
+    _BINARY = {"+", "-", "*", "<<", ">>", "&", "|", "^", "==", "!=", ">", ">=", "<", "<="}
+
     def expr(self, tv) -> Callable:
         """Compile a type-value object to f(pkt, data) -> int | bool."""
+        return eval(f"lambda p, d: {self.expr_src(tv)}", {"_tcm": _two_comp_mod})  # noqa: S307
+
+    def expr_src(self, tv) -> str:
         t, v = tv["type"], tv["value"]
         if t == "field":
             hi, fi, _ = self._field_ref(v)
-            if fi < 0:
-                return lambda p, d: int(p.valid[hi])
-            return lambda p, d: p.vals[hi][fi]
+            return f"int(p.valid[{hi}])" if fi < 0 else f"p.vals[{hi}][{fi}]"
         if t == "hexstr":
-            n = _hex(v)
-            return lambda p, d: n
+            return str(_hex(v))
         if t == "bool":
-            b = bool(v)
-            return lambda p, d: b
+            return "True" if v else "False"
         if t in ("runtime_data", "local"):
-            i = int(v)
-            return lambda p, d: d[i]
+            return f"d[{int(v)}]"
         if t == "header":
-            hi = self.hidx[v]
-            return lambda p, d: hi
+            return str(self.hidx[v])
         if t == "expression":
             # p4c nests: {"type": "expression", "value": {"type": "expression", "value": {op...}}}
-            return self._op(v) if "op" in v else self.expr(v)
+            return self._op_src(v) if "op" in v else self.expr_src(v)
         raise UnsupportedConstruct(f"expression operand of type {t!r}")
 
-    def _op(self, e) -> Callable:
+    def _op_src(self, e) -> str:
         op = e["op"]
         if op == "?":
-            c, l, r = self.expr(e["cond"]), self.expr(e["left"]), self.expr(e["right"])
-            return lambda p, d: l(p, d) if c(p, d) else r(p, d)
+            c, l, r = (self.expr_src(e[k]) for k in ("cond", "left", "right"))
+            return f"(({l}) if ({c}) else ({r}))"
         if op == "valid":
-            hi = self.hidx[e["right"]["value"]]
-            return lambda p, d: p.valid[hi]
-        r = self.expr(e["right"])
+            return f"p.valid[{self.hidx[e['right']['value']]}]"
+        r = self.expr_src(e["right"])
         if e.get("left") is None:
-            unary = {"not": lambda p, d: not r(p, d), "~": lambda p, d: ~r(p, d),
-                     "-": lambda p, d: -r(p, d), "d2b": lambda p, d: bool(r(p, d)),
-                     "b2d": lambda p, d: int(bool(r(p, d)))}
+            unary = {"not": "(not {})", "~": "(~{})", "-": "(-{})", "d2b": "bool({})", "b2d": "int(bool({}))"}
             if op not in unary:
                 raise UnsupportedConstruct(f"unary operator {op!r}")
-            return unary[op]
-        l = self.expr(e["left"])
-        binary = {
-            "+": lambda p, d: l(p, d) + r(p, d), "-": lambda p, d: l(p, d) - r(p, d),
-            "*": lambda p, d: l(p, d) * r(p, d), "<<": lambda p, d: l(p, d) << r(p, d),
-            ">>": lambda p, d: l(p, d) >> r(p, d), "&": lambda p, d: l(p, d) & r(p, d),
-            "|": lambda p, d: l(p, d) | r(p, d), "^": lambda p, d: l(p, d) ^ r(p, d),
-            "==": lambda p, d: l(p, d) == r(p, d), "!=": lambda p, d: l(p, d) != r(p, d),
-            ">": lambda p, d: l(p, d) > r(p, d), ">=": lambda p, d: l(p, d) >= r(p, d),
-            "<": lambda p, d: l(p, d) < r(p, d), "<=": lambda p, d: l(p, d) <= r(p, d),
-            "and": lambda p, d: bool(l(p, d)) and bool(r(p, d)),
-            "or": lambda p, d: bool(l(p, d)) or bool(r(p, d)),
-            "two_comp_mod": lambda p, d: _two_comp_mod(l(p, d), r(p, d)),
-        }
-        if op not in binary:
-            raise UnsupportedConstruct(f"operator {op!r}")
-        return binary[op]
+            return unary[op].format(r)
+        l = self.expr_src(e["left"])
+        if op in self._BINARY:
+            return f"({l} {op} {r})"
+        if op in ("and", "or"):
+            return f"(bool({l}) {op} bool({r}))"
+        if op == "two_comp_mod":
+            return f"_tcm({l}, {r})"
+        raise UnsupportedConstruct(f"operator {op!r}")
 
-    def lvalue(self, tv) -> Callable:
-        """Compile an assignable field to set(pkt, value)."""
+    def lvalue_src(self, tv) -> tuple[str, int]:
+        """Target of an assignment as source, and its bit width."""
         while tv["type"] == "expression" and "op" not in tv["value"]:
             tv = tv["value"]
         if tv["type"] != "field":
@@ -232,11 +222,14 @@ class Program:
         hi, fi, w = self._field_ref(tv["value"])
         if fi < 0:
             raise PipelineError("assignment to $valid$")
-        mask = (1 << w) - 1
+        return f"p.vals[{hi}][{fi}]", w
 
-        def set_(p, v):
-            p.vals[hi][fi] = int(v) & mask
-        return set_
+    def lvalue(self, tv) -> Callable:
+        """Compile an assignable field to set(pkt, value)."""
+        target, w = self.lvalue_src(tv)
+        env: dict = {}
+        exec(f"def set_(p, v):\n    {target} = int(v) & {(1 << w) - 1}\n", env)  # noqa: S102
+        return env["set_"]
 
     # -- checksums --------------------------------------------------------------
     def _calculation(self, c) -> Callable:
@@ -569,8 +562,27 @@ class Action:
             else:
                 body.append(("op", compile_primitive(prog, prim, where), None))
         self.body = body
+        self.run = self._straight_line(prog, js) or self._interpret
 
-    def run(self, p: Packet, data: tuple) -> None:
+    def _straight_line(self, prog: Program, js: dict) -> Callable | None:
+        """One function for an action of plain assignments and calls (no jumps)."""
+        lines, env = [], {"_tcm": _two_comp_mod}
+        for i, prim in enumerate(js["primitives"]):
+            op = prim["op"]
+            if op in ("_jump", "_jump_if_zero"):
+                return None
+            if op == "assign" and prim["parameters"][0]["type"] != "header":
+                target, w = prog.lvalue_src(prim["parameters"][0])
+                lines.append(f"    {target} = int({prog.expr_src(prim['parameters'][1])}) & {(1 << w) - 1}")
+            else:
+                env[f"_op{i}"] = self.body[i][1]
+                lines.append(f"    _op{i}(p, d)")
+                lines.append("    if p.exit: return")
+        src = "def run(p, d):\n" + ("\n".join(lines) or "    pass") + "\n"
+        exec(src, env)  # noqa: S102
+        return env["run"]
+
+    def _interpret(self, p: Packet, data: tuple) -> None:
         body = self.body
         i = 0
         while i < len(body):
