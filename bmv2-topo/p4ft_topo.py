@@ -33,6 +33,8 @@ sys.path.insert(0, str(ROOT / "controller"))
 PYTHON = sys.executable
 CPU_PORT = 510
 ROUTER_NS = "p4ft-r"
+# Not /tmp/*.log: 'mn -c' deletes those.
+LOG_DIR = Path("/tmp/p4ft")
 
 LAN = dict(host="10.0.1.1/24", router="10.0.1.254", rep="lan0", rep_mac="02:00:00:00:01:fe", port=1)
 WAN = dict(host="192.0.2.2/24", router="192.0.2.1", rep="wan0", rep_mac="02:00:00:00:02:01", port=2)
@@ -85,7 +87,8 @@ class P4RuntimeSwitch(Switch):
         super().__init__(name, **kw)
         self.grpc_port, self.device_id = grpc_port, device_id
         self.proc: subprocess.Popen | None = None
-        self.logfile = f"/tmp/p4ft-{name}-{self.kind}.log"
+        LOG_DIR.mkdir(exist_ok=True)
+        self.logfile = str(LOG_DIR / f"{name}-{self.kind}.log")
 
     @property
     def grpc_addr(self) -> str:
@@ -226,8 +229,9 @@ class FlowtableNet:
         self.router = Router()
         self.net: Mininet | None = None
         self.daemon: subprocess.Popen | None = None
-        self.daemon_log = "/tmp/p4ft-daemon.log"
-        self.ruleset_path = Path("/tmp/p4ft-topo.nft")
+        LOG_DIR.mkdir(exist_ok=True)
+        self.daemon_log = str(LOG_DIR / "daemon.log")
+        self.ruleset_path = LOG_DIR / "topo.nft"
 
     @property
     def kind(self) -> str:
@@ -307,18 +311,47 @@ def p4ft(*args: str, socket_path: str) -> str:
 
 
 def demo(net: FlowtableNet) -> None:
+    """A 20 MB transfer h1 -> h2, the flow shown offloaded with its switch counters."""
+    import json
+    tool = str(ROOT / "tests" / "hosttool.py")
+    out = LOG_DIR / "demo"
+    for f in LOG_DIR.glob("demo.*"):
+        f.unlink()
+
+    def report(suffix: str, deadline: float = 60) -> dict:
+        path = Path(f"{out}.{suffix}")
+        end = time.monotonic() + deadline
+        while not path.exists():
+            if time.monotonic() > end:
+                raise TimeoutError(f"demo: no {path}")
+            time.sleep(0.05)
+        return json.loads(path.read_text())
+
     print(f"*** switch: {net.kind}")
     print("*** h1 -> h2: 20 MB over TCP through masquerade")
-    net.h2.cmd("nc -l -p 5001 > /tmp/p4ft-demo.recv &")
-    time.sleep(0.3)
-    sender = net.h1.popen("head -c 20000000 /dev/urandom | nc -N 192.0.2.2 5001", shell=True)
-    time.sleep(1.5)
-    print("*** p4ft flow list (during the transfer)")
+    sink = net.h2.popen([PYTHON, tool, "tcp-sink", "--port", "5001", "--out", f"{out}.sink"])
+    report("sink.ready")
+    src = net.h1.popen([PYTHON, tool, "tcp-source", "--host", "192.0.2.2", "--port", "5001",
+                        "--bytes", "20000000", "--hold", "2", "--out", f"{out}.src"])
+    report("src.sent")
+    end = time.monotonic() + 5
+    while time.monotonic() < end and not any(
+            f["offload"] and f.get("counters_age") is not None and f["packets"][0] > 1000
+            for f in net.api("flow_list")):
+        time.sleep(0.05)
+    print("*** p4ft flow list (data sent, connection still open)")
     print(p4ft("flow", "list", socket_path=net.socket))
-    sender.wait(120)
+    sent, got = report("src"), report("sink")
+    src.wait(10)
+    sink.wait(10)
+    print(f"*** sha256 sent {sent['sha256'][:16]}..., received {got['sha256'][:16]}... "
+          f"({got['bytes']} bytes): {'intact' if sent['sha256'] == got['sha256'] else 'DIFFERENT'}; "
+          f"h2 saw the connection from {got['peer'][0]}:{got['peer'][1]}")
+    print("*** p4ft flow list (after FIN: handed back to the kernel)")
+    print(p4ft("flow", "list", socket_path=net.socket))
     print("*** p4ft stats")
     print(p4ft("stats", socket_path=net.socket))
-    print("*** router forward-chain counter (slow-path packets)")
+    print("*** router forward-chain counter (packets the slow path forwarded)")
     print(sh("nft", "list", "chain", "ip", "p4ft", "forward"))
 
 

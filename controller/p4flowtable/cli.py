@@ -96,7 +96,8 @@ def cmd_flow_list(args) -> int:
             parts.append(f"packets={pk[1]} bytes={by[1]}")
         if r["offload"]:
             parts.append("[OFFLOAD]")
-            parts.append(f"flowtable={r['flowtable']} idle={r['idle']}s counters_age={r['counters_age']}s")
+            age = f"{r['counters_age']}s" if r["counters_age"] is not None else "never"
+            parts.append(f"flowtable={r['flowtable']} idle={r['idle']}s counters_age={age}")
         elif r.get("pending"):
             parts.append("[OFFLOAD PENDING]")
         print(" ".join(p for p in parts if p))
