@@ -23,7 +23,7 @@ from pyroute2.netlink.nfnetlink import (NFNLGRP_CONNTRACK_DESTROY, NFNLGRP_CONNT
 from pyroute2.netlink.nfnetlink.nfctsocket import (IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_NEW,
                                                    AsyncNFCTSocket, NFCTAttrTuple)
 
-from .model import IPPROTO_TCP, IPPROTO_UDP, FlowTuple
+from .model import IPPROTO_TCP, IPPROTO_UDP, FlowTuple, ipv4
 from . import netns
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def _tuple(nla) -> FlowTuple | None:
     src, dst = ip.get_attr("CTA_IP_V4_SRC"), ip.get_attr("CTA_IP_V4_DST")
     if src is None:
         return None
-    return FlowTuple(ipaddress.IPv4Address(src), ipaddress.IPv4Address(dst), proto.get_attr("CTA_PROTO_NUM"),
+    return FlowTuple(ipv4(src), ipv4(dst), proto.get_attr("CTA_PROTO_NUM"),
                      proto.get_attr("CTA_PROTO_SRC_PORT") or 0, proto.get_attr("CTA_PROTO_DST_PORT") or 0)
 
 

@@ -38,7 +38,9 @@ class Flowtables:
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self.tables: dict[str, FlowTable] = {}
-        self._by_tuple: dict[FlowTuple, tuple[Flow, Dir]] = {}
+        # both tuples of every flow; the direction is found by comparing,
+        # which costs less memory than storing a (flow, dir) pair per tuple
+        self._by_tuple: dict[FlowTuple, Flow] = {}
 
     # -- flowtables ------------------------------------------------------
     def add_table(self, config: FlowtableConfig) -> FlowTable:
@@ -75,7 +77,7 @@ class Flowtables:
         flow.last_used = self.clock()
         table.flows[flow.key] = flow
         for d in Dir:
-            self._by_tuple[flow.tuples[d]] = (flow, d)
+            self._by_tuple[flow.tuples[d]] = flow
 
     def delete(self, flow: Flow) -> bool:
         """Remove a flow; False if it was not there (safe to call twice)."""
@@ -88,11 +90,14 @@ class Flowtables:
 
     def _unindex(self, flow: Flow) -> None:
         for d in Dir:
-            if self._by_tuple.get(flow.tuples[d], (None,))[0] is flow:
+            if self._by_tuple.get(flow.tuples[d]) is flow:
                 del self._by_tuple[flow.tuples[d]]
 
     def lookup(self, t: FlowTuple) -> tuple[Flow, Dir] | None:
-        return self._by_tuple.get(t)
+        flow = self._by_tuple.get(t)
+        if flow is None:
+            return None
+        return flow, (Dir.ORIGINAL if flow.tuples[Dir.ORIGINAL] == t else Dir.REPLY)
 
     def refresh(self, flow: Flow, now: float | None = None) -> bool:
         """Traffic seen: push the deadline; True when it moved."""

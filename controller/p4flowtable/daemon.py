@@ -435,7 +435,7 @@ class Daemon:
                     continue
                 if sum(s.packets) != sum(f.packets):
                     f.last_used = now
-                f.packets, f.bytes, f.stats_at = list(s.packets), list(s.bytes), now
+                f.packets, f.bytes, f.stats_at = s.packets, s.bytes, now
         for f in self.flowtables.gc_step():
             if f.flags & FlowFlag.HW and not f.flags & FlowFlag.TEARDOWN:
                 self.stats["expired"] += 1

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass
 
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
@@ -23,6 +24,13 @@ class Dir(enum.IntEnum):
     @property
     def other(self) -> "Dir":
         return Dir(1 - self)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def ipv4(value: int | str) -> ipaddress.IPv4Address:
+    """An address object shared by every tuple that carries it (the WAN
+    address sits in every masqueraded reply tuple)."""
+    return ipaddress.IPv4Address(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +107,8 @@ class Flow:
     routes: tuple[FlowRoute, FlowRoute] | None = None
     flags: FlowFlag = FlowFlag.NONE
     last_used: float = 0.0                   # clock of last traffic seen
-    packets: list[int] = field(default_factory=lambda: [0, 0])
-    bytes: list[int] = field(default_factory=lambda: [0, 0])
+    packets: tuple[int, int] = (0, 0)       # per direction, from the switch
+    bytes: tuple[int, int] = (0, 0)
     stats_at: float = 0.0                    # when counters were last read
     reason: TeardownReason | None = None     # why it is being torn down
 
