@@ -45,7 +45,7 @@ def build(n: int):
         dst = ipv4(0xC6336400 + (i % 50000) // 200)
         sport, dport = 1024 + i % 60000, 80 + i % 200
         orig = FlowTuple(src, dst, 6, sport, dport)
-        reply = FlowTuple(dst, wan, 6, dport, 1024 + (i * 7) % 60000)
+        reply = FlowTuple(dst, wan, 6, dport, 1024 + i // 50000)   # unique: (dst, dport) repeat per 50k
         e = CtEntry(i, orig, reply, 0x0E, 3, 86400)
         mirror._store(e)
         f = Flow(i, (orig, reply), "ft", 30.0, iif=(1, 2), routes=(r1, r2))
