@@ -25,7 +25,7 @@ from pyroute2.netlink import NETLINK_ROUTE
 from . import netns, nftables
 from .conntrack import ConntrackMirror, CtEntry, CtEvent
 from .core import FlowtableConfig, Flowtables
-from .ip import Ipv4Routes, RouteError, parse_tuple
+from .ip import HOP_GROUPS, Ipv4Routes, RouteError, parse_tuple
 from .model import Dir, Flow, FlowFlag, L4PROTO_NAMES, TeardownReason
 from .offload import P4RuntimeDriver, port_entry
 from .p4info import P4Schema, decode, encode
@@ -83,12 +83,17 @@ class Daemon:
         self.queue = OffloadQueue()
         self._deferred: list[Flow] = []   # adds that met a lost switch
         self._considering: set = set()
+        self._since: dict = {}     # flow key -> clock when its offload was decided
+        self.offload_latency: collections.deque[float] = collections.deque(maxlen=100_000)
+        self.first_decided: float | None = None   # for setup-rate measurements
+        self.last_offloaded: float | None = None
         self._declined: dict = {}
         self._tasks: list[asyncio.Task] = []
         self._server: asyncio.AbstractServer | None = None
         self.ready = asyncio.Event()
         self.stopping = asyncio.Event()
         self.ipr: AsyncIPRoute | None = None
+        self._rt_monitor: AsyncIPRoute | None = None
         self.routes: Ipv4Routes | None = None
 
     # -- start and stop ----------------------------------------------------
@@ -111,7 +116,10 @@ class Daemon:
         self.relay.open()
         self._server = await asyncio.start_unix_server(self._api_client, path=self._socket_path())
         os.chmod(cfg.socket, 0o660)
+        self._rt_monitor = AsyncIPRoute(use_socket=netns.netlink_socket(cfg.netns, NETLINK_ROUTE))
+        await self._rt_monitor.bind(groups=HOP_GROUPS)
         for coro, name in ((self._ct_events(), "ct-events"), (self._packet_in(), "packet-in"),
+                           (self._route_events(), "route-events"),
                            (self._offload_worker(), "offload"), (self._aging(), "aging"),
                            (self._supervise(), "switch")):
             self._tasks.append(asyncio.create_task(coro, name=name))
@@ -168,8 +176,9 @@ class Daemon:
         self.relay.close()
         await self.session.close()
         await self.mirror.close()
-        if self.ipr:
-            self.ipr.close()
+        for sock in (self.ipr, self._rt_monitor):
+            if sock:
+                sock.close()
 
     def _check_devices(self, name: str, devices) -> None:
         unknown = [d for d in devices if d not in self.cfg.ports]
@@ -273,6 +282,12 @@ class Daemon:
             if old is None or old.offloadable() is not None:
                 self._maybe_offload(e)
 
+    async def _route_events(self) -> None:
+        """Any link, address, route or neighbour change drops cached next hops."""
+        while True:
+            async for _msg in self._rt_monitor.get():
+                self.routes.invalidate()
+
     def _flow_of(self, e: CtEntry) -> Flow | None:
         for table in self.flowtables.tables.values():
             f = table.flows.get(e.orig)
@@ -290,12 +305,14 @@ class Daemon:
         if declined is not None and self.clock() - declined < RETRY_DECLINED:
             return
         self._considering.add(e.orig)
+        self._since[e.orig] = self.clock()
         task = asyncio.create_task(self._consider(e))
         task.add_done_callback(lambda _t, k=e.orig: self._considering.discard(k))
 
     async def _consider(self, e: CtEntry) -> None:
         why = await self._try_offload(e)
         if why is not None:
+            self._since.pop(e.orig, None)
             self._declined[e.orig] = self.clock()
             self.stats[f"not_offloaded.{why}"] += 1
             log.debug("not offloading %s: %s", e.orig, why)
@@ -374,11 +391,18 @@ class Daemon:
         if not batch:
             return
         res = await self.driver.add(batch)
+        now = self.clock()
+        self.stats["offload_batches"] += 1
         for f in res.done:
             f.clear(FlowFlag.PENDING)
             f.test_and_set(FlowFlag.HW)
-            f.last_used = self.clock()
+            f.last_used = now
             self.stats["offloaded"] += 1
+            since = self._since.pop(f.key, None)
+            if since is not None:   # conntrack event or miss -> both entries written
+                self.offload_latency.append(now - since)
+                self.first_decided = min(self.first_decided or since, since)
+                self.last_offloaded = now
         for f, msg in res.failed:
             if msg.startswith("ALREADY_EXISTS"):
                 f.clear(FlowFlag.PENDING)
@@ -386,6 +410,7 @@ class Daemon:
                 continue
             log.error("switch refused flow %s: %s", f.key, msg)
             self.stats["offload_failed"] += 1
+            self._since.pop(f.key, None)
             self.flowtables.delete(f)
             ct = self.mirror.entries.get(f.key)
             if ct is not None:
@@ -472,6 +497,10 @@ class Daemon:
             return await self.flowtable_delete(args["name"])
         if cmd == "ping":
             return "pong"
+        if cmd == "offload_timing":
+            return {"latency": list(self.offload_latency), "first_decided": self.first_decided,
+                    "last_offloaded": self.last_offloaded, "offloaded": self.stats["offloaded"],
+                    "batches": self.stats["offload_batches"]}
         raise ValueError(f"unknown command {cmd!r}")
 
     def _ft_dict(self, t) -> dict:
@@ -499,6 +528,10 @@ class Daemon:
         for name in self.punt_names.values():
             d.setdefault(f"punt.{name}", 0)
         d["flows_offloaded_now"] = sum(1 for f in self.flowtables if f.flags & FlowFlag.HW)
+        lat = sorted(self.offload_latency)
+        if lat:
+            d["offload_latency_ms.p50"] = round(1000 * lat[len(lat) // 2], 2)
+            d["offload_latency_ms.p99"] = round(1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], 2)
         d["packet_in_dropped"] = self.session.dropped_packet_in
         return d
 

@@ -38,14 +38,39 @@ async def _all(coro) -> list:
     return list(res)
 
 
+# rtnetlink groups whose messages can change a next hop
+RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x1, 0x4, 0x10, 0x40
+HOP_GROUPS = RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
+
+
 class Ipv4Routes:
-    """Route, neighbour and link lookups in the router namespace."""
+    """Route, neighbour and link lookups in the router namespace.
+
+    Resolved hops are cached per destination, like the kernel's dst cache;
+    any link, address, route or neighbour change clears the cache
+    (`invalidate`, driven by the daemon's rtnetlink monitor).
+    """
 
     def __init__(self, ipr, ports: dict[str, int]):
         self.ipr = ipr          # pyroute2 AsyncIPRoute bound to the namespace
         self.ports = ports      # representor name -> switch port
+        self._cache: dict[ipaddress.IPv4Address, Hop] = {}
+        self.generation = 0     # bumped by every invalidation
+
+    def invalidate(self) -> None:
+        self._cache.clear()
+        self.generation += 1
 
     async def hop(self, dst: ipaddress.IPv4Address) -> Hop:
+        hop = self._cache.get(dst)
+        if hop is None:
+            gen = self.generation
+            hop = await self._resolve(dst)
+            if gen == self.generation:   # nothing changed while we asked
+                self._cache[dst] = hop
+        return hop
+
+    async def _resolve(self, dst: ipaddress.IPv4Address) -> Hop:
         try:
             routes = await _all(self.ipr.route("get", dst=str(dst)))
         except Exception as e:  # netlink error: unreachable, prohibited...
@@ -66,8 +91,10 @@ class Ipv4Routes:
         metrics = rt.get("RTA_METRICS")
         if metrics and metrics.get(RTAX_MTU):
             mtu = min(mtu, metrics.get(RTAX_MTU))
-        neigh = [n for n in await _all(self.ipr.neigh("dump", ifindex=oif))
-                 if n.get("NDA_DST") == nexthop]
+        try:
+            neigh = await _all(self.ipr.neigh("get", dst=nexthop, ifindex=oif))
+        except Exception:   # ENOENT: no entry yet
+            neigh = []
         if not neigh or not neigh[0]["state"] & NUD_USABLE or not neigh[0].get("NDA_LLADDR"):
             raise RouteError(f"next hop {nexthop} on {ifname} is not resolved")
         return Hop(ifname, FlowRoute(self.ports[ifname], link.get("IFLA_ADDRESS"),
