@@ -11,6 +11,7 @@ p4ft makes to the kernel's entries, as nf_flow_table does:
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import ipaddress
 import logging
@@ -133,17 +134,39 @@ class ConntrackMirror:
         self._events: AsyncNFCTSocket | None = None
         self._cmd: AsyncNFCTSocket | None = None
 
-    async def open(self) -> None:
-        # sockets made in the namespace by this thread: pyroute2's own netns
-        # support forks a helper per socket, which we do not need
-        def kw():
-            return {"use_socket": netns.netlink_socket(self.netns, NETLINK_NETFILTER)}
-        self._events = AsyncNFCTSocket(socket.AF_INET, **kw())
+    def _socket(self) -> AsyncNFCTSocket:
+        # made in the namespace by this thread: pyroute2's own netns support
+        # forks a helper per socket, which we do not need
+        return AsyncNFCTSocket(socket.AF_INET,
+                               use_socket=netns.netlink_socket(self.netns, NETLINK_NETFILTER))
+
+    async def _subscribe(self) -> None:
+        self._events = self._socket()
         groups = 0
         for g in (NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY):
             groups |= 1 << (g - 1)
         await self._events.bind(groups=groups)
-        self._cmd = AsyncNFCTSocket(socket.AF_INET, **kw())
+
+    async def open(self) -> None:
+        await self._subscribe()
+        self._cmd = self._socket()
+        # one request at a time: a pyroute2 socket does not take concurrent ones
+        self._cmd_lock = asyncio.Lock()
+
+    async def resync(self) -> tuple[list[CtEntry], list[CtEntry]]:
+        """After lost events (ENOBUFS): subscribe again, then dump.
+
+        Returns (entries now present, entries that vanished meanwhile).
+        """
+        if self._events is not None:
+            self._events.close()
+        await self._subscribe()
+        before = dict(self.entries)
+        self.entries.clear()
+        self._by_reply.clear()
+        now = await self.dump()
+        gone = [e for k, e in before.items() if k not in self.entries]
+        return now, gone
 
     async def close(self) -> None:
         for s in (self._events, self._cmd):
@@ -152,11 +175,12 @@ class ConntrackMirror:
 
     async def dump(self) -> list[CtEntry]:
         out = []
-        async for msg in await self._cmd.dump():
-            e = entry_from_msg(msg)
-            if e is not None:
-                self._store(e)
-                out.append(e)
+        async with self._cmd_lock:
+            async for msg in await self._cmd.dump():
+                e = entry_from_msg(msg)
+                if e is not None:
+                    self._store(e)
+                    out.append(e)
         return out
 
     def _store(self, e: CtEntry) -> None:
@@ -196,7 +220,8 @@ class ConntrackMirror:
                     yield (CtEvent.NEW if new else CtEvent.UPDATE), e, old
 
     async def _set(self, e: CtEntry, **kw) -> None:
-        await self._cmd.entry("set", tuple_orig=_attr_tuple(e.orig), **kw)
+        async with self._cmd_lock:
+            await self._cmd.entry("set", tuple_orig=_attr_tuple(e.orig), **kw)
 
     async def offloaded(self, e: CtEntry) -> None:
         """Kernel entry now carried by the switch: liberal TCP, one-day timeout."""
@@ -220,7 +245,8 @@ class ConntrackMirror:
     async def get(self, orig: FlowTuple) -> CtEntry | None:
         """The kernel's entry as it is now, not as last reported."""
         try:
-            msgs = await self._cmd.entry("get", tuple_orig=_attr_tuple(orig))
+            async with self._cmd_lock:
+                msgs = await self._cmd.entry("get", tuple_orig=_attr_tuple(orig))
         except Exception:  # ENOENT: gone
             return None
         for msg in msgs:

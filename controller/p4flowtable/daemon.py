@@ -83,6 +83,7 @@ class Daemon:
         self.queue = OffloadQueue()
         self._deferred: list[Flow] = []   # adds that met a lost switch
         self._considering: set = set()
+        self._consider_slots = asyncio.Semaphore(16)   # netlink requests in flight
         self._since: dict = {}     # flow key -> clock when its offload was decided
         self.offload_latency: collections.deque[float] = collections.deque(maxlen=100_000)
         self.first_decided: float | None = None   # for setup-rate measurements
@@ -262,6 +263,27 @@ class Daemon:
 
     # -- conntrack -----------------------------------------------------------
     async def _ct_events(self) -> None:
+        while True:
+            try:
+                await self._follow_ct()
+            except OSError as err:
+                # ENOBUFS: the kernel dropped events; the mirror resyncs by dump
+                self.stats["ct_resync"] += 1
+                log.warning("conntrack events lost (%s); resynchronising", err)
+                present, gone = await self.mirror.resync()
+                for e in gone:
+                    flow = self._flow_of(e)
+                    if flow is not None:
+                        flow.test_and_set(FlowFlag.DYING)
+                        self.teardown(flow, TeardownReason.CT_DESTROYED)
+                for e in present:
+                    flow = self._flow_of(e)
+                    if flow is None:
+                        self._maybe_offload(e)
+                    elif e.offloadable() is not None:
+                        self.teardown(flow, TeardownReason.CT_STATE)
+
+    async def _follow_ct(self) -> None:
         async for ev, e, old in self.mirror.events():
             self._declined.pop(e.orig, None)
             flow = self._flow_of(e)
@@ -310,7 +332,12 @@ class Daemon:
         task.add_done_callback(lambda _t, k=e.orig: self._considering.discard(k))
 
     async def _consider(self, e: CtEntry) -> None:
-        why = await self._try_offload(e)
+        try:
+            async with self._consider_slots:
+                why = await self._try_offload(e)
+        except Exception as err:  # netlink trouble: the flow stays in the slow path
+            log.warning("offload of %s failed: %r", e.orig, err)
+            why = "error"
         if why is not None:
             self._since.pop(e.orig, None)
             self._declined[e.orig] = self.clock()

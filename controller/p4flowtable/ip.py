@@ -7,6 +7,7 @@ flow into the two flow_table_v4 entries.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import struct
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ class Ipv4Routes:
         self.ports = ports      # representor name -> switch port
         self._cache: dict[ipaddress.IPv4Address, Hop] = {}
         self.generation = 0     # bumped by every invalidation
+        # one request at a time: a pyroute2 socket does not take concurrent ones
+        self._lock = asyncio.Lock()
 
     def invalidate(self) -> None:
         self._cache.clear()
@@ -63,11 +66,15 @@ class Ipv4Routes:
 
     async def hop(self, dst: ipaddress.IPv4Address) -> Hop:
         hop = self._cache.get(dst)
-        if hop is None:
-            gen = self.generation
-            hop = await self._resolve(dst)
-            if gen == self.generation:   # nothing changed while we asked
-                self._cache[dst] = hop
+        if hop is not None:
+            return hop
+        async with self._lock:
+            hop = self._cache.get(dst)     # resolved while we waited?
+            if hop is None:
+                gen = self.generation
+                hop = await self._resolve(dst)
+                if gen == self.generation:   # nothing changed while we asked
+                    self._cache[dst] = hop
         return hop
 
     async def _resolve(self, dst: ipaddress.IPv4Address) -> Hop:

@@ -48,10 +48,18 @@ def entered(name: str | None):
         os.close(target)
 
 
+NETLINK_RCVBUF = 8 << 20   # event bursts (thousands of new connections) fit
+
+
 def netlink_socket(name: str | None, protocol: int) -> socket.socket:
     """A netlink socket bound to the namespace (no helper process needed)."""
     with entered(name):
-        return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, protocol)
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, protocol)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, 33, NETLINK_RCVBUF)   # SO_RCVBUFFORCE (root)
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, NETLINK_RCVBUF)
+    return s
 
 
 def run(name: str | None, argv: list[str], input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:

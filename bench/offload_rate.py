@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""Offload setup rate and time-to-offload, on a real switch and real conntrack.
+
+Conntrack entries are created with ctnetlink (no traffic needed) in a router
+namespace whose routes and neighbours point at the switch's ports.
+
+1. time-to-offload: with the daemon running, FLOWS_LAT entries are created at
+   a steady pace; the daemon reports, per flow, conntrack event -> both
+   entries written (p50, p99).
+2. setup rate: N entries exist before the daemon starts; it offloads them in a
+   burst (rate = N / (last write - first decision)).
+3. baseline: a bare P4Runtime client writes the same 2N entries, in batches
+   of the daemon's mean batch size, to the same switch.
+
+    sudo .venv/bin/python bench/offload_rate.py [--flows 10000] [--switch bmv2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "controller"))
+sys.path.insert(0, str(ROOT / "bmv2-topo"))
+
+from p4.v1 import p4runtime_pb2 as p4r  # noqa: E402
+from pyroute2.netlink import NETLINK_NETFILTER  # noqa: E402
+from pyroute2.netlink.nfnetlink.nfctsocket import AsyncNFCTSocket, NFCTAttrTuple  # noqa: E402
+
+from p4flowtable import netns  # noqa: E402
+from p4flowtable.api import call  # noqa: E402
+from p4flowtable.ip import flow_entry  # noqa: E402
+from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple  # noqa: E402
+from p4flowtable.offload import port_entry  # noqa: E402
+from p4flowtable.p4info import P4Schema  # noqa: E402
+from p4flowtable.p4runtime import Session  # noqa: E402
+from p4ft_topo import LAN, WAN, Router, add_veth, make_ruleset  # noqa: E402
+
+NS = "p4ftb-r"
+SOCK = "/run/p4ftb.sock"
+LINKS = [("p4ftb-sw1", "p4ftb-h1"), ("p4ftb-sw2", "p4ftb-h2")]
+N_HOSTS = 200
+A = ipaddress.IPv4Address
+IPS_SEEN_REPLY, IPS_ASSURED, IPS_CONFIRMED = 2, 4, 8
+
+
+def lan_host(i: int) -> A:
+    return A(f"10.0.1.{1 + i % N_HOSTS}")
+
+
+def wan_host(i: int) -> A:
+    return A(f"192.0.2.{2 + (i // N_HOSTS) % N_HOSTS}")
+
+
+def tuples(i: int) -> tuple[FlowTuple, FlowTuple]:
+    """Flow i: a masqueraded TCP connection, all tuples distinct."""
+    orig = FlowTuple(lan_host(i), wan_host(i), 6, 10000 + i // (N_HOSTS * N_HOSTS), 80)
+    reply = FlowTuple(wan_host(i), A(WAN["router"]), 6, 80, 1024 + i % 60000)
+    return orig, reply
+
+
+def host_mac(prefix: int, i: int) -> str:
+    return f"02:{prefix:02x}:00:00:{i // 256:02x}:{i % 256:02x}"
+
+
+def setup_router() -> None:
+    r = Router(NS)
+    r.start()
+    cmds = []
+    for i in range(N_HOSTS):
+        cmds.append(f"neigh replace 10.0.1.{1 + i} lladdr {host_mac(1, i)} dev {LAN['rep']} nud permanent")
+        cmds.append(f"neigh replace 192.0.2.{2 + i} lladdr {host_mac(2, i)} dev {WAN['rep']} nud permanent")
+    subprocess.run(["ip", "-n", NS, "-batch", "-"], input="\n".join(cmds) + "\n", text=True, check=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_switch(kind: str, grpc: str) -> subprocess.Popen:
+    ports = ["-i", f"1@{LINKS[0][0]}", "-i", f"2@{LINKS[1][0]}"]
+    if kind == "bmv2":
+        cmd = ["simple_switch_grpc", "--device-id", "1", "--no-p4", *ports, "--", "--cpu-port", "510",
+               "--grpc-server-addr", grpc]
+    else:
+        cmd = [sys.executable, "-m", "p4flowtable.cli", "switch", *ports, "--grpc-addr", grpc]
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "controller"))
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
+def start_daemon(grpc: str, ruleset: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "controller"))
+    p = subprocess.Popen([sys.executable, "-m", "p4flowtable.cli", "--socket", SOCK, "daemon",
+                          "--grpc-addr", grpc, "--netns", NS, "--port", f"1={LAN['rep']}",
+                          "--port", f"2={WAN['rep']}", "--ruleset", str(ruleset), "--poll-interval", "5"],
+                         stdout=open("/tmp/p4ftb-daemon.out", "w"), stderr=subprocess.STDOUT, env=env)
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        if p.poll() is not None:
+            raise RuntimeError("daemon exited:\n" + Path("/tmp/p4ftb-daemon.out").read_text()[-2000:])
+        try:
+            call("ping", path=SOCK)
+            return p
+        except Exception:
+            time.sleep(0.1)
+    raise TimeoutError("daemon not ready")
+
+
+def stop(p: subprocess.Popen) -> None:
+    p.terminate()
+    try:
+        p.wait(60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+
+
+async def create_entries(idx: range, pace: float | None = None) -> float:
+    """ctnetlink-create ESTABLISHED TCP entries; returns entries per second."""
+    sock = AsyncNFCTSocket(socket.AF_INET, use_socket=netns.netlink_socket(NS, NETLINK_NETFILTER))
+    t0 = time.monotonic()
+    for n, i in enumerate(idx):
+        o, r = tuples(i)
+        await sock.entry(
+            "add", timeout=3600, status=IPS_SEEN_REPLY | IPS_ASSURED | IPS_CONFIRMED,
+            tuple_orig=NFCTAttrTuple(saddr=str(o.src), daddr=str(o.dst), proto=6, sport=o.sport, dport=o.dport),
+            tuple_reply=NFCTAttrTuple(saddr=str(r.src), daddr=str(r.dst), proto=6, sport=r.sport, dport=r.dport),
+            protoinfo={"attrs": [["CTA_PROTOINFO_TCP", {"attrs": [["CTA_PROTOINFO_TCP_STATE", 3]]}]]})
+        if pace:
+            await asyncio.sleep(max(0.0, t0 + (n + 1) / pace - time.monotonic()))
+    sock.close()
+    return len(idx) / (time.monotonic() - t0)
+
+
+def flush_conntrack() -> None:
+    subprocess.run(["ip", "netns", "exec", NS, "conntrack", "-F"], capture_output=True)
+
+
+def wait_offloaded(n: int, deadline: float) -> dict:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        t = call("offload_timing", path=SOCK)
+        if t["offloaded"] >= n:
+            return t
+        time.sleep(0.2)
+    raise TimeoutError(f"only {call('offload_timing', path=SOCK)['offloaded']} of {n} offloaded")
+
+
+async def bare_client(grpc: str, schema: P4Schema, n: int, batch_flows: int) -> float:
+    """The same entries written by a plain P4Runtime client: flows per second."""
+    s = Session(grpc, election_id=10)
+    await s.connect(10)
+    await s.set_pipeline(schema.p4info, (ROOT / "p4src/build/flowtable.json").read_bytes())
+    await s.write([p4r.Update(type=p4r.Update.INSERT, entity=p4r.Entity(table_entry=port_entry(schema, p, 1)))
+                   for p in (1, 2)])
+    routes = (FlowRoute(2, WAN["rep_mac"], "", 1500), FlowRoute(1, LAN["rep_mac"], "", 1500))
+    flows = []
+    for i in range(n):
+        o, r = tuples(i)
+        hi, wi = int(o.src) - int(A("10.0.1.1")), int(o.dst) - int(A("192.0.2.2"))
+        rt = (FlowRoute(2, WAN["rep_mac"], host_mac(2, wi), 1500), FlowRoute(1, LAN["rep_mac"], host_mac(1, hi), 1500))
+        flows.append(Flow(i, (o, r), "ft", 30, iif=(1, 2), routes=rt))
+    del routes
+    t0 = time.monotonic()
+    for k in range(0, n, batch_flows):
+        ups = [p4r.Update(type=p4r.Update.INSERT, entity=p4r.Entity(table_entry=flow_entry(schema, f, d)))
+               for f in flows[k:k + batch_flows] for d in Dir]
+        await s.write(ups)
+    dt = time.monotonic() - t0
+    await s.close()
+    return n / dt
+
+
+def percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * q))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--flows", type=int, default=10000)
+    ap.add_argument("--latency-flows", type=int, default=1000)
+    ap.add_argument("--pace", type=float, default=200.0, help="entries per second for the latency run")
+    ap.add_argument("--switch", default="bmv2" if shutil.which("simple_switch_grpc") else "soft")
+    ap.add_argument("--out", default=str(ROOT / "bench/results/offload_rate.json"))
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        print("offload_rate: needs root", file=sys.stderr)
+        return 1
+    schema = P4Schema.from_file(ROOT / "p4src/build/flowtable.p4info.txtpb")
+    ruleset = Path("/tmp/p4ftb.nft")
+    ruleset.write_text(make_ruleset())
+    for sw, host in LINKS:
+        add_veth(sw, host)
+    setup_router()
+    grpc = f"127.0.0.1:{free_port()}"
+    switch = start_switch(a.switch, grpc)
+    result = {"bench": "offload_rate", "switch": a.switch, "flows": a.flows}
+    d = None
+    try:
+        # 1. time-to-offload, daemon running, steady arrivals
+        d = start_daemon(grpc, ruleset)
+        asyncio.run(create_entries(range(a.latency_flows), a.pace))
+        t = wait_offloaded(a.latency_flows, 60)
+        lat = t["latency"]
+        result["latency"] = {"flows": len(lat), "pace_per_s": a.pace, "p50_ms": 1000 * percentile(lat, 0.5),
+                             "p99_ms": 1000 * percentile(lat, 0.99), "samples_ms": [1000 * x for x in lat]}
+        stop(d)
+        flush_conntrack()
+        # 2. setup rate: a burst of N established entries found at start
+        create_rate = asyncio.run(create_entries(range(a.flows)))
+        d = start_daemon(grpc, ruleset)
+        t = wait_offloaded(a.flows, 600)
+        rate = a.flows / (t["last_offloaded"] - t["first_decided"])
+        batch = max(1, round(t["offloaded"] / max(1, t["batches"])))
+        stop(d)
+        flush_conntrack()
+        # 3. a bare client, same entries, same batch size, same switch
+        bare = asyncio.run(bare_client(grpc, schema, a.flows, batch))
+        result["setup"] = {"daemon_flows_per_s": rate, "bare_flows_per_s": bare, "ratio": rate / bare,
+                           "mean_batch_flows": batch, "ctnetlink_create_per_s": create_rate}
+    finally:
+        if d is not None and d.poll() is None:
+            stop(d)
+        stop(switch)
+        Router(NS).stop()
+        for sw, _ in LINKS:
+            subprocess.run(["ip", "link", "del", sw], capture_output=True)
+    result["git"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                   capture_output=True, text=True).stdout.strip()
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
+    lt, st = result["latency"], result["setup"]
+    print(f"switch {a.switch}")
+    print(f"time-to-offload over {lt['flows']} flows: p50 {lt['p50_ms']:.2f} ms, p99 {lt['p99_ms']:.2f} ms")
+    print(f"setup rate: daemon {st['daemon_flows_per_s']:.0f} flows/s, bare client {st['bare_flows_per_s']:.0f} "
+          f"flows/s (batch {st['mean_batch_flows']} flows): ratio {st['ratio']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
