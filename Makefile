@@ -65,6 +65,14 @@ check-p4:
 	  rm -rf $$tmp; echo "P4 artifacts fresh (hash and recompiled with $(P4C))"; \
 	else echo "P4 artifacts fresh (hash; $(P4C) not installed, not recompiled)"; fi
 
+# Benchmarks (root): results in bench/results/, plots in docs/img/.
+bench: install
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) bench/memory.py
+	$(PY) bench/switch_pps.py
+	$(PY) bench/offload_rate.py
+	$(PY) bench/plot.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache controller/*.egg-info
 	find . -name __pycache__ -prune -exec rm -rf {} +

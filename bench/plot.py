@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Plots for docs/benchmarks.md from bench/results/*.json."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RES = ROOT / "bench" / "results"
+OUT = ROOT / "docs" / "img"
+
+
+def load(name: str) -> dict | None:
+    p = RES / f"{name}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    made = []
+    pps = load("switch_pps")
+    if pps and pps["results"]:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        names = [r["switch"] for r in pps["results"]]
+        ax.bar(names, [r["pps"] for r in pps["results"]], color=["#4477aa", "#ee6677"][:len(names)])
+        ax.set_ylabel("packets/s, offloaded path")
+        ax.set_title(f"{pps['frame_bytes']}-byte frames, {pps['packets']} packets (rev {pps['git']})")
+        fig.tight_layout()
+        fig.savefig(OUT / "switch_pps.png", dpi=110)
+        made.append("switch_pps.png")
+    mem = load("memory")
+    if mem:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        xs = [r["flows"] for r in mem["results"]]
+        ax.plot(xs, [r["bytes_per_flow"] for r in mem["results"]], "o-", label="measured")
+        ax.axhline(1024, color="grey", ls="--", label="target 1 KiB")
+        ax.set_xscale("log")
+        ax.set_xlabel("tracked flows")
+        ax.set_ylabel("controller RSS per flow (bytes)")
+        ax.set_ylim(0, 1400)
+        ax.legend()
+        ax.set_title(f"memory per flow (rev {mem['git']})")
+        fig.tight_layout()
+        fig.savefig(OUT / "memory.png", dpi=110)
+        made.append("memory.png")
+    rate = load("offload_rate")
+    if rate:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.hist(rate["latency"]["samples_ms"], bins=50, color="#228833")
+        ax.axvline(rate["latency"]["p50_ms"], color="k", ls="--", label=f"p50 {rate['latency']['p50_ms']:.1f} ms")
+        ax.axvline(rate["latency"]["p99_ms"], color="r", ls="--", label=f"p99 {rate['latency']['p99_ms']:.1f} ms")
+        ax.set_xlabel("conntrack event -> both entries written (ms)")
+        ax.set_ylabel("flows")
+        ax.legend()
+        ax.set_title(f"time-to-offload on {rate['switch']} (rev {rate['git']})")
+        fig.tight_layout()
+        fig.savefig(OUT / "time_to_offload.png", dpi=110)
+        made.append("time_to_offload.png")
+    print("plots:", ", ".join(made) or "none (no results yet)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
