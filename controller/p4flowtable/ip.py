@@ -127,12 +127,22 @@ def _mac(s: str) -> int:
     return int(s.replace(":", ""), 16)
 
 
+def _match(flow: Flow, d: Dir) -> dict[str, int]:
+    t = flow.tuples[d]
+    return {"ingress_port": flow.iif[d], "src_addr": int(t.src), "dst_addr": int(t.dst),
+            "l4proto": t.l4proto, "src_port": t.sport, "dst_port": t.dport}
+
+
+def flow_key(schema: P4Schema, flow: Flow, d: Dir) -> tuple:
+    """entry_key() of a direction's entry, without building the entry."""
+    table = schema.table("flow_table_v4")
+    return tuple(sorted((table.field(n).id, v) for n, v in _match(flow, d).items()))
+
+
 def flow_entry(schema: P4Schema, flow: Flow, d: Dir, with_action: bool = True) -> p4r.TableEntry:
     """The flow_table_v4 entry of one direction."""
     table = schema.table("flow_table_v4")
-    t = flow.tuples[d]
-    key = {"ingress_port": flow.iif[d], "src_addr": int(t.src), "dst_addr": int(t.dst),
-           "l4proto": t.l4proto, "src_port": t.sport, "dst_port": t.dport}
+    key = _match(flow, d)
     entry = p4r.TableEntry(table_id=table.id)
     for name, value in key.items():
         f = table.field(name)

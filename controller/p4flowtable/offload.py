@@ -7,13 +7,14 @@ the embedded target and Tofino alike, since all speak P4Runtime.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Protocol
 
 from p4.v1 import p4runtime_pb2 as p4r
 
-from .ip import entry_key, flow_entry
+from .ip import entry_key, flow_entry, flow_key
 from .model import Dir, Flow
 from .p4info import P4Schema, encode
 from .p4runtime import Session, WriteError
@@ -80,11 +81,15 @@ class P4RuntimeDriver:
         want = {}
         for flow in flows:
             for d in Dir:
-                want[entry_key(flow_entry(self.schema, flow, d, False))] = (flow, d)
+                want[flow_key(self.schema, flow, d)] = (flow, d)
         got: dict[int, list] = {}
         ent = p4r.Entity(direct_counter_entry=p4r.DirectCounterEntry(
             table_entry=p4r.TableEntry(table_id=self.table.id)))
+        n = 0
         async for e in self.session.read([ent]):
+            n += 1
+            if n % 256 == 0:
+                await asyncio.sleep(0)   # decoding a large read must not stall offloads
             dce = e.direct_counter_entry
             hit = want.get(entry_key(dce.table_entry))
             if hit is None:
