@@ -44,7 +44,8 @@ from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple  # noqa: E402
 from p4flowtable.offload import port_entry  # noqa: E402
 from p4flowtable.p4info import P4Schema  # noqa: E402
 from p4flowtable.p4runtime import Session  # noqa: E402
-from p4ft_topo import LAN, WAN, Router, add_veth, make_ruleset  # noqa: E402
+from p4ft_topo import (LAN, WAN, Router, add_veth, free_tcp_port, make_ruleset,  # noqa: E402
+                       start_switch_process)
 
 NS = "p4ftb-r"
 SOCK = "/run/p4ftb.sock"
@@ -81,23 +82,6 @@ def setup_router() -> None:
         cmds.append(f"neigh replace 10.0.1.{1 + i} lladdr {host_mac(1, i)} dev {LAN['rep']} nud permanent")
         cmds.append(f"neigh replace 192.0.2.{2 + i} lladdr {host_mac(2, i)} dev {WAN['rep']} nud permanent")
     subprocess.run(["ip", "-n", NS, "-batch", "-"], input="\n".join(cmds) + "\n", text=True, check=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_switch(kind: str, grpc: str) -> subprocess.Popen:
-    ports = ["-i", f"1@{LINKS[0][0]}", "-i", f"2@{LINKS[1][0]}"]
-    if kind == "bmv2":
-        cmd = ["simple_switch_grpc", "--device-id", "1", "--no-p4", *ports, "--", "--cpu-port", "510",
-               "--grpc-server-addr", grpc]
-    else:
-        cmd = [sys.executable, "-m", "p4flowtable.cli", "switch", *ports, "--grpc-addr", grpc]
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "controller"))
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 
 
 def start_daemon(grpc: str, ruleset: Path) -> subprocess.Popen:
@@ -204,8 +188,8 @@ def main() -> int:
     for sw, host in LINKS:
         add_veth(sw, host)
     setup_router()
-    grpc = f"127.0.0.1:{free_port()}"
-    switch = start_switch(a.switch, grpc)
+    grpc = f"127.0.0.1:{free_tcp_port()}"
+    switch = start_switch_process(a.switch, [(1, LINKS[0][0]), (2, LINKS[1][0])], grpc)
     result = {"bench": "offload_rate", "switch": a.switch, "flows": a.flows}
     d = None
     try:

@@ -28,8 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "controller"))
 sys.path.insert(0, str(ROOT / "bmv2-topo"))
 
-from google.protobuf import text_format  # noqa: E402
-from p4.config.v1 import p4info_pb2  # noqa: E402
 from p4.v1 import p4runtime_pb2 as p4r  # noqa: E402
 from scapy.all import IP, TCP, Ether, Raw  # noqa: E402
 
@@ -38,7 +36,7 @@ from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple  # noqa: E402
 from p4flowtable.offload import port_entry  # noqa: E402
 from p4flowtable.p4info import P4Schema  # noqa: E402
 from p4flowtable.p4runtime import Session  # noqa: E402
-from p4ft_topo import add_veth  # noqa: E402
+from p4ft_topo import add_veth, free_tcp_port, start_switch_process  # noqa: E402
 
 A = ipaddress.IPv4Address
 LINKS = [("p4ftb-sw1", "p4ftb-h1"), ("p4ftb-sw2", "p4ftb-h2")]
@@ -58,35 +56,9 @@ def teardown_links():
         sh("ip", "link", "del", sw, check=False)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_switch(kind: str, grpc: str) -> subprocess.Popen:
-    ports = ["-i", f"1@{LINKS[0][0]}", "-i", f"2@{LINKS[1][0]}"]
-    if kind == "bmv2":
-        cmd = ["simple_switch_grpc", "--device-id", "1", "--no-p4", *ports,
-               "--", "--cpu-port", "510", "--grpc-server-addr", grpc]
-    else:
-        cmd = [sys.executable, "-m", "p4flowtable.cli", "switch", *ports, "--cpu-port", "510",
-               "--grpc-addr", grpc]
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "controller"))
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-
-
 async def program(grpc: str, schema: P4Schema) -> None:
     s = Session(grpc)
-    end = time.monotonic() + 30
-    while True:
-        try:
-            await s.connect(2)
-            break
-        except Exception:
-            if time.monotonic() > end:
-                raise
-            await asyncio.sleep(0.2)
+    await s.connect(30)          # waits for the switch to come up
     await s.set_pipeline(schema.p4info, (ROOT / "p4src/build/flowtable.json").read_bytes())
     orig = FlowTuple(A("10.0.1.1"), A("192.0.2.2"), 6, 40000, 80)
     reply = FlowTuple(A("192.0.2.2"), A("192.0.2.1"), 6, 80, 61000)
@@ -150,8 +122,8 @@ def main() -> int:
             print(f"{kind}: skipped, simple_switch_grpc is not installed")
             continue
         setup_links()
-        grpc = f"127.0.0.1:{free_port()}"
-        sw = start_switch(kind, grpc)
+        grpc = f"127.0.0.1:{free_tcp_port()}"
+        sw = start_switch_process(kind, [(1, LINKS[0][0]), (2, LINKS[1][0])], grpc)
         try:
             asyncio.run(program(grpc, schema))
             r = blast(a.packets, a.size)

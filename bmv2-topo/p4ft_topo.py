@@ -76,6 +76,31 @@ def wait_port(host: str, port: int, deadline: float, proc: subprocess.Popen | No
     raise TimeoutError(f"nothing listens on {host}:{port} after {deadline}s")
 
 
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def switch_command(kind: str, ports: list[tuple[int, str]], grpc_addr: str, device_id: int = 1) -> list[str]:
+    """argv of a switch process: BMv2, or the embedded target with the same options."""
+    port_args = [a for port, ifname in ports for a in ("-i", f"{port}@{ifname}")]
+    if kind == "bmv2":
+        return (["simple_switch_grpc", "--device-id", str(device_id), "--no-p4"] + port_args
+                + ["--", "--cpu-port", str(CPU_PORT), "--grpc-server-addr", grpc_addr])
+    if kind == "soft":
+        return ([PYTHON, "-m", "p4flowtable.cli", "switch", "--device-id", str(device_id),
+                 "--cpu-port", str(CPU_PORT), "--grpc-addr", grpc_addr] + port_args)
+    raise ValueError(f"unknown switch kind {kind!r} (bmv2, soft)")
+
+
+def start_switch_process(kind: str, ports: list[tuple[int, str]], grpc_addr: str,
+                         log=subprocess.DEVNULL) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "controller"))
+    return subprocess.Popen(switch_command(kind, ports, grpc_addr), stdout=log, stderr=subprocess.STDOUT,
+                            env=env, start_new_session=True)
+
+
 class P4RuntimeSwitch(Switch):
     """A switch process serving P4Runtime on loopback; pipeline pushed by p4ft."""
 
@@ -94,24 +119,15 @@ class P4RuntimeSwitch(Switch):
     def grpc_addr(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
-    def port_args(self) -> list[str]:
-        args = []
-        for intf, port in sorted(((i, p) for i, p in self.ports.items() if p > 0), key=lambda x: x[1]):
-            if intf.name != "lo":
-                args += ["-i", f"{port}@{intf.name}"]
-        return args
-
-    def command(self) -> list[str]:
-        raise NotImplementedError
+    def port_list(self) -> list[tuple[int, str]]:
+        return sorted((p, i.name) for i, p in self.ports.items() if p > 0 and i.name != "lo")
 
     def start(self, controllers) -> None:
         for intf in self.intfList():
             if intf.name != "lo":
                 subprocess.run(["ethtool", "-K", intf.name, "tx", "off", "rx", "off", "tso", "off",
                                 "gso", "off", "gro", "off"], capture_output=True)
-        log = open(self.logfile, "w")
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = start_switch_process(self.kind, self.port_list(), self.grpc_addr, open(self.logfile, "w"))
         wait_port("127.0.0.1", self.grpc_port, 30, self.proc)
 
     def stop(self, deleteIntfs=True) -> None:
@@ -127,20 +143,11 @@ class P4RuntimeSwitch(Switch):
 class Bmv2Switch(P4RuntimeSwitch):
     kind = "bmv2"
 
-    def command(self) -> list[str]:
-        return (["simple_switch_grpc", "--device-id", str(self.device_id), "--no-p4"]
-                + self.port_args()
-                + ["--", "--cpu-port", str(CPU_PORT), "--grpc-server-addr", self.grpc_addr])
-
 
 class SoftSwitch(P4RuntimeSwitch):
     """The embedded target (p4ft switch): same JSON, same P4Runtime service."""
 
     kind = "soft"
-
-    def command(self) -> list[str]:
-        return ([PYTHON, "-m", "p4flowtable.cli", "switch", "--device-id", str(self.device_id),
-                 "--cpu-port", str(CPU_PORT), "--grpc-addr", self.grpc_addr] + self.port_args())
 
 
 def soft_switch_available() -> bool:

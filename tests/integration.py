@@ -27,7 +27,7 @@ def missing() -> str | None:
     if os.geteuid() != 0:
         return "needs root (network namespaces, Mininet)"
     try:
-        import mininet.net  # noqa: F401
+        import mininet.net  # noqa: F401  (availability check)
     except ImportError:
         return "needs Mininet (Debian package 'mininet'; its module lives in the system Python)"
     for tool in ("nft", "ip", "tcpdump"):

@@ -12,8 +12,6 @@ import random
 import shutil
 import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +24,7 @@ from p4flowtable.offload import port_entry
 from p4flowtable.p4info import P4Schema
 from p4flowtable.p4runtime import Session
 from p4flowtable.target.soft.server import Pipeline, SoftSwitchServer
-from p4ft_topo import add_veth
+from p4ft_topo import add_veth, free_tcp_port, start_switch_process
 
 ROOT = Path(__file__).resolve().parents[1]
 N_PACKETS = 10_000
@@ -151,30 +149,12 @@ def links():
         sh("ip", "link", "del", sw, check=False)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def bmv2_outputs(schema, packets):
-    grpc = f"127.0.0.1:{free_port()}"
-    args = ["simple_switch_grpc", "--device-id", "1", "--no-p4"]
-    for port, sw, _ in LINKS:
-        args += ["-i", f"{port}@{sw}"]
-    proc = subprocess.Popen(args + ["--", "--cpu-port", str(CPU), "--grpc-server-addr", grpc],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    grpc = f"127.0.0.1:{free_tcp_port()}"
+    proc = start_switch_process("bmv2", [(port, sw) for port, sw, _ in LINKS], grpc)
     try:
         s = Session(grpc)
-        end = time.monotonic() + 30
-        while True:
-            try:
-                await s.connect(2)
-                break
-            except Exception:
-                if time.monotonic() > end or proc.poll() is not None:
-                    raise
-                await asyncio.sleep(0.2)
+        await s.connect(30)      # waits for the switch to come up
         await s.set_pipeline(schema.p4info, (ROOT / "p4src/build/flowtable.json").read_bytes())
         await s.write(updates(schema))
         tx, rx = {}, {}

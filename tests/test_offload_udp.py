@@ -2,7 +2,7 @@
 wire versus the slow path, and MTU punts, on each available switch."""
 
 import pytest
-from scapy.all import IP, TCP, UDP, Ether, Raw, rdpcap
+from scapy.all import IP, Ether, rdpcap
 
 from integration import (capture, flow_for, forward_packets, host_tool, read_json, start_net, stats,
                          stop_capture, switch_flow_entries, targets, wait_for)

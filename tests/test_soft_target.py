@@ -19,7 +19,7 @@ from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple
 from p4flowtable.offload import port_entry
 from p4flowtable.p4info import P4Schema, encode
 from p4flowtable.p4runtime import Session, SwitchError, WriteError
-from p4flowtable.target.soft.pipeline import PipelineError, Program, UnsupportedConstruct
+from p4flowtable.target.soft.pipeline import Program, UnsupportedConstruct
 from p4flowtable.target.soft.ports import Ports, parse_port_spec
 from p4flowtable.target.soft.server import Pipeline, SoftSwitchServer, serve
 
@@ -48,7 +48,6 @@ def switch(schema):
     """A loaded pipeline with ports 1, 2 bound and one masqueraded TCP flow."""
     sw = SoftSwitchServer(1, CPU)
     sw.pipeline = Pipeline(schema.p4info, JSON.read_bytes(), CPU, 0)
-    tables = sw.pipeline.prog.tables
     for port in (1, 2):
         _write(sw, schema, port_entry(schema, port, 1))
     flow = masq_flow()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import ipaddress
 import logging
 import socket
 from dataclasses import dataclass

@@ -26,7 +26,7 @@ from . import netns, nftables
 from .conntrack import ConntrackMirror, CtEntry, CtEvent
 from .core import FlowtableConfig, Flowtables
 from .ip import HOP_GROUPS, Ipv4Routes, RouteError, parse_tuple
-from .model import Dir, Flow, FlowFlag, L4PROTO_NAMES, TeardownReason
+from .model import Flow, FlowFlag, L4PROTO_NAMES, TeardownReason
 from .offload import P4RuntimeDriver, port_entry
 from .p4info import P4Schema, decode, encode
 from .p4runtime import Session, SwitchError, SwitchUnavailable

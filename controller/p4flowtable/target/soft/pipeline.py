@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .tables import Table, TableError
+from .tables import Table
 
 DROP_PORT = 511  # v1model: egress_spec value that drops
 
