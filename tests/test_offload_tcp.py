@@ -111,16 +111,31 @@ def test_udp_is_never_offloaded_by_a_tcp_only_policy(net, tmp_path):
         echo.wait(5)
 
 
+class Connection:
+    """A TCP connection h1 -> h2 held open for `hold` seconds after its data."""
+
+    def __init__(self, net, tmp_path, port: int, nbytes: int, hold: float):
+        self.sink_out, self.src_out = str(tmp_path / "sink.json"), str(tmp_path / "src.json")
+        self.sink = host_tool(net.h2, "tcp-sink", "--port", str(port), "--out", self.sink_out)
+        read_json(self.sink_out + ".ready")
+        self.src = host_tool(net.h1, "tcp-source", "--host", "192.0.2.2", "--port", str(port),
+                             "--bytes", str(nbytes), "--pause", "0", "--hold", str(hold), "--out", self.src_out)
+        self.sport = read_json(self.src_out + ".connected")["local"][1]
+        wait_for(lambda: (f := flow_for(net, "tcp", sport=self.sport)) and f["offload"], 5, "offload")
+
+    def finish_intact(self) -> bool:
+        """Wait for the close; True when h2 got exactly what h1 sent."""
+        done = read_json(self.src_out, timeout=60)
+        received = read_json(self.sink_out, timeout=30)
+        self.src.wait(10)
+        self.sink.wait(10)
+        return received["sha256"] == done["sha256"]
+
+
 def test_switch_restart_loses_no_flow(net, tmp_path):
     """The switch goes away and comes back: the daemon reconnects, pushes the
     pipeline again and reinstalls what the switch carried."""
-    sink_out, src_out = str(tmp_path / "sink.json"), str(tmp_path / "src.json")
-    sink = host_tool(net.h2, "tcp-sink", "--port", "5002", "--out", sink_out)
-    read_json(sink_out + ".ready")
-    src = host_tool(net.h1, "tcp-source", "--host", "192.0.2.2", "--port", "5002", "--bytes", "100000",
-                    "--pause", "0", "--hold", "8", "--out", src_out)
-    sport = read_json(src_out + ".connected")["local"][1]
-    wait_for(lambda: (f := flow_for(net, "tcp", sport=sport)) and f["offload"], 5, "offload")
+    conn = Connection(net, tmp_path, 5002, 100000, hold=8)
     lost_before = stats(net).get("switch_lost", 0)
     s1 = net.net.get("s1")
     s1.proc.kill()
@@ -129,23 +144,13 @@ def test_switch_restart_loses_no_flow(net, tmp_path):
     s1.start([])
     wait_for(lambda: len(switch_flow_entries(net, missing_ok=True) or ()) == 2, 20,
              "the flow reinstalled in the new switch")
-    assert flow_for(net, "tcp", sport=sport)["offload"]
-    done = read_json(src_out, timeout=60)
-    received = read_json(sink_out, timeout=30)
-    assert received["sha256"] == done["sha256"]
-    src.wait(10)
-    sink.wait(10)
+    assert flow_for(net, "tcp", sport=conn.sport)["offload"]
+    assert conn.finish_intact()
 
 
 def test_flowtable_delete_hands_flows_back_and_add_restores_offload(net, tmp_path):
     from p4ft_topo import p4ft
-    sink_out, src_out = str(tmp_path / "sink.json"), str(tmp_path / "src.json")
-    sink = host_tool(net.h2, "tcp-sink", "--port", "5003", "--out", sink_out)
-    read_json(sink_out + ".ready")
-    src = host_tool(net.h1, "tcp-source", "--host", "192.0.2.2", "--port", "5003", "--bytes", "1000",
-                    "--pause", "0", "--hold", "6", "--out", src_out)
-    sport = read_json(src_out + ".connected")["local"][1]
-    wait_for(lambda: (f := flow_for(net, "tcp", sport=sport)) and f["offload"], 5, "offload")
+    conn = Connection(net, tmp_path, 5003, 1000, hold=6)
     out = p4ft("flowtable", "delete", "ft", socket_path=net.socket)
     assert "deleted flowtable ft (1 flow(s) handed back)" in out
     wait_for(lambda: switch_flow_entries(net) == [], 5, "the flow's entries to leave the switch")
@@ -156,7 +161,4 @@ def test_flowtable_delete_hands_flows_back_and_add_restores_offload(net, tmp_pat
         p4ft("flowtable", "list", socket_path=net.socket)
     out = p4ft("flowtable", "add", "ft", "--devices", "lan0", socket_path=net.socket)
     assert "flowtable 'ft' exists" in out
-    done = read_json(src_out, timeout=30)
-    assert read_json(sink_out)["sha256"] == done["sha256"]
-    src.wait(10)
-    sink.wait(10)
+    assert conn.finish_intact()
