@@ -41,11 +41,17 @@ test: install
 test-unit: install
 	$(PY) -m pytest -ra -m "not integration" tests
 
+# P4 programs: name:source. flowtable is the data plane; l3fwd the benchmark's yardstick.
+PROGRAMS := flowtable:p4src/flowtable.p4 l3fwd:p4src/bench/l3fwd.p4
+P4C_ARGS := --std p4-16 --arch v1model
+
 # Compile p4src/ with p4c into p4src/build/ and record the sources' hash.
 p4:
 	@command -v $(P4C) >/dev/null || { echo "$(P4C) not found: install p4c (BMv2 backend)"; exit 1; }
-	$(P4C) --std p4-16 --arch v1model -o $(P4BUILD)/flowtable.json \
-	  --p4runtime-files $(P4BUILD)/flowtable.p4info.txtpb p4src/flowtable.p4
+	@for prog in $(PROGRAMS); do name=$${prog%%:*}; src=$${prog#*:}; \
+	  echo "$(P4C) $$src"; \
+	  $(P4C) $(P4C_ARGS) -o $(P4BUILD)/$$name.json --p4runtime-files $(P4BUILD)/$$name.p4info.txtpb $$src \
+	  || exit 1; done
 	sha256sum $(P4SRC) > $(P4BUILD)/SOURCES.sha256
 	@echo "artifacts in $(P4BUILD)/, sources hash recorded"
 
@@ -56,13 +62,13 @@ check-p4:
 	  || { echo "P4 source files were added or removed: run 'make p4'"; exit 1; }
 	@if command -v $(P4C) >/dev/null; then \
 	  tmp=$$(mktemp -d); \
-	  $(P4C) --std p4-16 --arch v1model -o $$tmp/flowtable.json \
-	    --p4runtime-files $$tmp/flowtable.p4info.txtpb p4src/flowtable.p4 && \
-	  diff -q $$tmp/flowtable.p4info.txtpb $(P4BUILD)/flowtable.p4info.txtpb && \
-	  $(PY_SYS) -c 'import json,sys; a,b=(json.load(open(f)) for f in sys.argv[1:]); \
-	    [x.pop("__meta__",None) for x in (a,b)]; sys.exit(a!=b)' $$tmp/flowtable.json $(P4BUILD)/flowtable.json \
-	  || { echo "p4src/build differs from what $(P4C) produces: run 'make p4'"; rm -rf $$tmp; exit 1; }; \
-	  rm -rf $$tmp; echo "P4 artifacts fresh (hash and recompiled with $(P4C))"; \
+	  for prog in $(PROGRAMS); do name=$${prog%%:*}; src=$${prog#*:}; \
+	    $(P4C) $(P4C_ARGS) -o $$tmp/$$name.json --p4runtime-files $$tmp/$$name.p4info.txtpb $$src && \
+	    diff -q $$tmp/$$name.p4info.txtpb $(P4BUILD)/$$name.p4info.txtpb && \
+	    $(PY_SYS) -c 'import json,sys; a,b=(json.load(open(f)) for f in sys.argv[1:]); \
+	      [x.pop("__meta__",None) for x in (a,b)]; sys.exit(a!=b)' $$tmp/$$name.json $(P4BUILD)/$$name.json \
+	    || { echo "p4src/build/$$name differs from what $(P4C) produces: run 'make p4'"; rm -rf $$tmp; exit 1; }; \
+	  done; rm -rf $$tmp; echo "P4 artifacts fresh (hash and recompiled with $(P4C))"; \
 	else echo "P4 artifacts fresh (hash; $(P4C) not installed, not recompiled)"; fi
 
 # Benchmarks (root): results in bench/results/, plots in docs/img/.
@@ -71,6 +77,7 @@ bench: install
 	$(PY) bench/memory.py
 	$(PY) bench/switch_pps.py
 	$(PY) bench/offload_rate.py
+	$(PY) bench/paths.py
 	$(PY) bench/plot.py
 
 clean:

@@ -63,6 +63,17 @@ def main() -> int:
         fig.tight_layout()
         fig.savefig(OUT / "time_to_offload.png", dpi=110)
         made.append("time_to_offload.png")
+    paths = load("paths")
+    if paths:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        rs = paths["results"]
+        ax.bar([r["mode"] for r in rs], [r["bits_per_second"] / 1e6 for r in rs],
+               color=["#228833", "#ee6677", "#4477aa"][:len(rs)])
+        ax.set_ylabel("iperf3 TCP, Mbit/s")
+        ax.set_title(f"{rs[0]['switch']}: offloaded vs slow path vs L3 forwarder (rev {paths['git']})")
+        fig.tight_layout()
+        fig.savefig(OUT / "paths.png", dpi=110)
+        made.append("paths.png")
     print("plots:", ", ".join(made) or "none (no results yet)")
     return 0
 

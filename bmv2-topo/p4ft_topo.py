@@ -226,13 +226,14 @@ class FlowtableNet:
 
     def __init__(self, switch: str = "auto", ruleset: str = DEFAULT_RULESET,
                  timeouts: dict[str, float] | None = None, poll_interval: float = 0.5,
-                 socket_path: str = "/run/p4ft-topo.sock", grpc_port: int = 9559):
+                 socket_path: str = "/run/p4ft-topo.sock", grpc_port: int = 9559, daemon: bool = True):
         self.switch_cls = pick_switch(switch)
         self.ruleset_text = ruleset
         self.timeouts = timeouts or {}
         self.poll_interval = poll_interval
         self.socket = socket_path
         self.grpc_port = grpc_port
+        self.with_daemon = daemon
         self.router = Router()
         self.net: Mininet | None = None
         self.daemon: subprocess.Popen | None = None
@@ -259,7 +260,8 @@ class FlowtableNet:
             intf = h.defaultIntf().name
             h.cmd(f"ethtool -K {intf} tx off rx off tso off gso off gro off")
         self.ruleset_path.write_text(self.ruleset_text)
-        self.start_daemon()
+        if self.with_daemon:
+            self.start_daemon()
         return self
 
     def start_daemon(self) -> None:

@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Fast path vs slow path vs a minimal L3 forwarder, same switch, same hosts.
+
+iperf3 TCP from h1 to h2 in the Mininet topology, three ways:
+- offload: the seed ruleset; the flow is offloaded once established;
+- slow: a ruleset with no offload statement; every packet is punted, goes
+  through the router namespace's kernel and back out as a PacketOut;
+- l3fwd: the switch runs p4src/bench/l3fwd.p4 (one LPM table) instead, no
+  controller, no NAT.
+
+    sudo .venv/bin/python bench/paths.py [--switch auto|bmv2|soft] [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "controller"))
+sys.path.insert(0, str(ROOT / "bmv2-topo"))
+
+from mininet.log import setLogLevel  # noqa: E402
+from p4.v1 import p4runtime_pb2 as p4r  # noqa: E402
+
+from p4flowtable.p4info import P4Schema, encode  # noqa: E402
+from p4flowtable.p4runtime import Session  # noqa: E402
+from p4ft_topo import LAN, WAN, FlowtableNet, make_ruleset  # noqa: E402
+
+
+def iperf(net: FlowtableNet, seconds: float) -> dict:
+    server = net.h2.popen(["iperf3", "-s", "-1", "-p", "5201"])
+    try:
+        end = time.monotonic() + 10
+        while ":5201 " not in net.h2.cmd("ss -ltn"):
+            if time.monotonic() > end:
+                raise TimeoutError("iperf3 server did not start")
+            time.sleep(0.05)
+        out = net.h1.cmd(f"iperf3 -c 192.0.2.2 -p 5201 -t {seconds} -J")
+    finally:
+        server.wait(10)
+    js = json.loads(out)
+    end = js["end"]
+    return {"bits_per_second": end["sum_received"]["bits_per_second"],
+            "bytes": end["sum_received"]["bytes"], "retransmits": end["sum_sent"].get("retransmits")}
+
+
+async def program_l3fwd(net: FlowtableNet) -> None:
+    schema = P4Schema.from_file(ROOT / "p4src/build/l3fwd.p4info.txtpb")
+    s = Session(f"127.0.0.1:{net.grpc_port}")
+    await s.connect(30)
+    await s.set_pipeline(schema.p4info, (ROOT / "p4src/build/l3fwd.json").read_bytes())
+    table, action = schema.table("routes_v4"), schema.action("route")
+    ups = []
+    for prefix, port, src_mac, host in (("10.0.1.0", 1, LAN["rep_mac"], net.h1),
+                                          ("192.0.2.0", 2, WAN["rep_mac"], net.h2)):
+        e = p4r.TableEntry(table_id=table.id)
+        f = table.field("dst_addr")
+        e.match.add(field_id=f.id, lpm=p4r.FieldMatch.LPM(
+            value=encode(int(ipaddress.IPv4Address(prefix)), 32), prefix_len=24))
+        e.action.action.action_id = action.id
+        for name, v in (("port", port), ("src_mac", int(src_mac.replace(":", ""), 16)),
+                        ("dst_mac", int(host.defaultIntf().MAC().replace(":", ""), 16))):
+            p = action.param(name)
+            e.action.action.params.add(param_id=p.id, value=encode(v, p.bitwidth))
+        ups.append(p4r.Update(type=p4r.Update.INSERT, entity=p4r.Entity(table_entry=e)))
+    await s.write(ups)
+    await s.close()
+
+
+def run(mode: str, switch: str, seconds: float) -> dict:
+    if mode == "l3fwd":
+        net = FlowtableNet(switch, daemon=False).start()
+    else:
+        rules = make_ruleset() if mode == "offload" else make_ruleset("counter")
+        net = FlowtableNet(switch, ruleset=rules).start()
+    try:
+        if mode == "l3fwd":
+            asyncio.run(program_l3fwd(net))
+            net.h1.cmd(f"ip neigh replace {LAN['router']} lladdr {LAN['rep_mac']} dev h1-eth0")
+            net.h2.cmd(f"ip neigh replace {WAN['router']} lladdr {WAN['rep_mac']} dev h2-eth0")
+        r = iperf(net, seconds)
+        r.update(mode=mode, switch=net.kind)
+        return r
+    finally:
+        net.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--switch", default="auto")
+    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--out", default=str(ROOT / "bench/results/paths.json"))
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        print("paths: needs root (Mininet)", file=sys.stderr)
+        return 1
+    setLogLevel("warning")
+    results = [run(m, a.switch, a.seconds) for m in ("offload", "slow", "l3fwd")]
+    by = {r["mode"]: r["bits_per_second"] for r in results}
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True).stdout.strip()
+    out = {"bench": "paths", "git": rev, "seconds": a.seconds, "results": results,
+           "offload_over_slow": by["offload"] / by["slow"], "offload_over_l3fwd": by["offload"] / by["l3fwd"]}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
+    for r in results:
+        print(f"{r['switch']:<5} {r['mode']:<8} {r['bits_per_second'] / 1e6:8.1f} Mbit/s")
+    print(f"offloaded / slow path: {out['offload_over_slow']:.1f}x; "
+          f"offloaded / l3fwd: {out['offload_over_l3fwd']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
