@@ -70,7 +70,7 @@ def main() -> int:
         ax.bar([r["mode"] for r in rs], [r["bits_per_second"] / 1e6 for r in rs],
                color=["#228833", "#ee6677", "#4477aa"][:len(rs)])
         ax.set_ylabel("iperf3 TCP, Mbit/s")
-        ax.set_title(f"{rs[0]['switch']}: offloaded vs slow path vs L3 forwarder (rev {paths['git']})")
+        ax.set_title(f"{rs[0]['switch']}, h1 -> h2 (rev {paths['git']})")
         fig.tight_layout()
         fig.savefig(OUT / "paths.png", dpi=110)
         made.append("paths.png")
