@@ -78,6 +78,7 @@ bench: install
 	$(PY) bench/switch_pps.py
 	$(PY) bench/offload_rate.py
 	$(PY) bench/paths.py
+	$(PY) bench/poll_cost.py
 	$(PY) bench/plot.py
 
 clean:

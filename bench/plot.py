@@ -74,6 +74,21 @@ def main() -> int:
         fig.tight_layout()
         fig.savefig(OUT / "paths.png", dpi=110)
         made.append("paths.png")
+    poll = load("poll_cost")
+    if poll:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        rs = poll["results"]
+        ax.plot([r["flows"] for r in rs], [r["poll_seconds"] for r in rs], "o-", label="wall")
+        ax.plot([r["flows"] for r in rs], [r["poll_cpu_seconds"] for r in rs], "s--", label="controller CPU")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("offloaded flows (2 entries each)")
+        ax.set_ylabel("one counter poll, seconds")
+        ax.legend()
+        ax.set_title(f"{poll['switch']} (rev {poll['git']})")
+        fig.tight_layout()
+        fig.savefig(OUT / "poll_cost.png", dpi=110)
+        made.append("poll_cost.png")
     print("plots:", ", ".join(made) or "none (no results yet)")
     return 0
 
