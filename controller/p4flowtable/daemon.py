@@ -311,11 +311,8 @@ class Daemon:
                 self.routes.invalidate()
 
     def _flow_of(self, e: CtEntry) -> Flow | None:
-        for table in self.flowtables.tables.values():
-            f = table.flows.get(e.orig)
-            if f is not None:
-                return f
-        return None
+        hit = self.flowtables.lookup(e.orig)
+        return hit[0] if hit is not None and hit[0].key == e.orig else None
 
     # -- offload decision (nft_flow_offload_eval) -----------------------------
     def _maybe_offload(self, e: CtEntry) -> None:
