@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT / "controller"))
 from p4flowtable.conntrack import ConntrackMirror, CtEntry  # noqa: E402
 from p4flowtable.core import FlowtableConfig, Flowtables  # noqa: E402
 from p4flowtable.model import Flow, FlowFlag, FlowRoute, FlowTuple, ipv4  # noqa: E402
+from record import save  # noqa: E402
 
 
 def rss() -> int:
@@ -77,10 +78,7 @@ def main() -> int:
             print(res.stderr, file=sys.stderr)
             return 1
         results.append(json.loads(res.stdout))
-    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True).stdout.strip()
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps({"bench": "memory", "git": rev, "results": results}, indent=2) + "\n")
+    save(a.out, {"bench": "memory", "results": results})
     for r in results:
         print(f"{r['flows']:>9} flows: {r['rss_bytes'] / 2**20:8.1f} MiB, {r['bytes_per_flow']:7.0f} B per flow")
     return 0

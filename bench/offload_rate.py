@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
-import json
 import os
 import shutil
 import socket
@@ -44,8 +43,8 @@ from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple  # noqa: E402
 from p4flowtable.offload import port_entry  # noqa: E402
 from p4flowtable.p4info import P4Schema  # noqa: E402
 from p4flowtable.p4runtime import Session  # noqa: E402
-from p4ft_topo import (LAN, WAN, Router, add_veth, free_tcp_port, make_ruleset,  # noqa: E402
-                       start_switch_process)
+from p4ft_topo import LAN, WAN, Router, make_ruleset, switch_on_veths  # noqa: E402
+from record import save  # noqa: E402
 
 NS = "p4ftb-r"
 SOCK = "/run/p4ftb.sock"
@@ -185,46 +184,37 @@ def main() -> int:
     schema = P4Schema.from_file(ROOT / "p4src/build/flowtable.p4info.txtpb")
     ruleset = Path("/tmp/p4ftb.nft")
     ruleset.write_text(make_ruleset())
-    for sw, host in LINKS:
-        add_veth(sw, host)
     setup_router()
-    grpc = f"127.0.0.1:{free_tcp_port()}"
-    switch = start_switch_process(a.switch, [(1, LINKS[0][0]), (2, LINKS[1][0])], grpc)
     result = {"bench": "offload_rate", "switch": a.switch, "flows": a.flows}
     d = None
-    try:
-        # 1. time-to-offload, daemon running, steady arrivals
-        d = start_daemon(grpc, ruleset)
-        asyncio.run(create_entries(range(a.latency_flows), a.pace))
-        t = wait_offloaded(a.latency_flows, 60)
-        lat = t["latency"]
-        result["latency"] = {"flows": len(lat), "pace_per_s": a.pace, "p50_ms": 1000 * percentile(lat, 0.5),
-                             "p99_ms": 1000 * percentile(lat, 0.99), "samples_ms": [1000 * x for x in lat]}
-        stop(d)
-        flush_conntrack()
-        # 2. setup rate: a burst of N established entries found at start
-        create_rate = asyncio.run(create_entries(range(a.flows)))
-        d = start_daemon(grpc, ruleset)
-        t = wait_offloaded(a.flows, 600)
-        rate = a.flows / (t["last_offloaded"] - t["first_decided"])
-        batch = max(1, round(t["offloaded"] / max(1, t["batches"])))
-        stop(d)
-        flush_conntrack()
-        # 3. a bare client, same entries, same batch size, same switch
-        bare = asyncio.run(bare_client(grpc, schema, a.flows, batch))
-        result["setup"] = {"daemon_flows_per_s": rate, "bare_flows_per_s": bare, "ratio": rate / bare,
-                           "mean_batch_flows": batch, "ctnetlink_create_per_s": create_rate}
-    finally:
-        if d is not None and d.poll() is None:
+    with switch_on_veths(a.switch, LINKS) as grpc:
+        try:
+            # 1. time-to-offload, daemon running, steady arrivals
+            d = start_daemon(grpc, ruleset)
+            asyncio.run(create_entries(range(a.latency_flows), a.pace))
+            t = wait_offloaded(a.latency_flows, 60)
+            lat = t["latency"]
+            result["latency"] = {"flows": len(lat), "pace_per_s": a.pace, "p50_ms": 1000 * percentile(lat, 0.5),
+                                 "p99_ms": 1000 * percentile(lat, 0.99), "samples_ms": [1000 * x for x in lat]}
             stop(d)
-        stop(switch)
-        Router(NS).stop()
-        for sw, _ in LINKS:
-            subprocess.run(["ip", "link", "del", sw], capture_output=True)
-    result["git"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                   capture_output=True, text=True).stdout.strip()
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
+            flush_conntrack()
+            # 2. setup rate: a burst of N established entries found at start
+            create_rate = asyncio.run(create_entries(range(a.flows)))
+            d = start_daemon(grpc, ruleset)
+            t = wait_offloaded(a.flows, 600)
+            rate = a.flows / (t["last_offloaded"] - t["first_decided"])
+            batch = max(1, round(t["offloaded"] / max(1, t["batches"])))
+            stop(d)
+            flush_conntrack()
+            # 3. a bare client, same entries, same batch size, same switch
+            bare = asyncio.run(bare_client(grpc, schema, a.flows, batch))
+            result["setup"] = {"daemon_flows_per_s": rate, "bare_flows_per_s": bare, "ratio": rate / bare,
+                               "mean_batch_flows": batch, "ctnetlink_create_per_s": create_rate}
+        finally:
+            if d is not None and d.poll() is None:
+                stop(d)
+            Router(NS).stop()
+    save(a.out, result)
     lt, st = result["latency"], result["setup"]
     print(f"switch {a.switch}")
     print(f"time-to-offload over {lt['flows']} flows: p50 {lt['p50_ms']:.2f} ms, p99 {lt['p99_ms']:.2f} ms")

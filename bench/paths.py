@@ -18,7 +18,6 @@ import asyncio
 import ipaddress
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from p4.v1 import p4runtime_pb2 as p4r  # noqa: E402
 from p4flowtable.p4info import P4Schema, encode  # noqa: E402
 from p4flowtable.p4runtime import Session  # noqa: E402
 from p4ft_topo import LAN, WAN, FlowtableNet, make_ruleset  # noqa: E402
+from record import save  # noqa: E402
 
 
 def iperf(net: FlowtableNet, seconds: float) -> dict:
@@ -105,12 +105,9 @@ def main() -> int:
     setLogLevel("warning")
     results = [run(m, a.switch, a.seconds) for m in ("offload", "slow", "l3fwd")]
     by = {r["mode"]: r["bits_per_second"] for r in results}
-    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True).stdout.strip()
-    out = {"bench": "paths", "git": rev, "seconds": a.seconds, "results": results,
-           "offload_over_slow": by["offload"] / by["slow"], "offload_over_l3fwd": by["offload"] / by["l3fwd"]}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
+    out = save(a.out, {"bench": "paths", "seconds": a.seconds, "results": results,
+                       "offload_over_slow": by["offload"] / by["slow"],
+                       "offload_over_l3fwd": by["offload"] / by["l3fwd"]})
     for r in results:
         print(f"{r['switch']:<5} {r['mode']:<8} {r['bits_per_second'] / 1e6:8.1f} Mbit/s")
     print(f"offloaded / slow path: {out['offload_over_slow']:.1f}x; "

@@ -17,6 +17,13 @@ RES = ROOT / "bench" / "results"
 OUT = ROOT / "docs" / "img"
 
 
+def save(fig, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(OUT / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
 def load(name: str) -> dict | None:
     p = RES / f"{name}.json"
     return json.loads(p.read_text()) if p.exists() else None
@@ -32,9 +39,7 @@ def main() -> int:
         ax.bar(names, [r["pps"] for r in pps["results"]], color=["#4477aa", "#ee6677"][:len(names)])
         ax.set_ylabel("packets/s, offloaded path")
         ax.set_title(f"{pps['frame_bytes']}-byte frames, {pps['packets']} packets (rev {pps['git']})")
-        fig.tight_layout()
-        fig.savefig(OUT / "switch_pps.png", dpi=110)
-        made.append("switch_pps.png")
+        made.append(save(fig, "switch_pps.png"))
     mem = load("memory")
     if mem:
         fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -47,9 +52,7 @@ def main() -> int:
         ax.set_ylim(0, 1400)
         ax.legend()
         ax.set_title(f"memory per flow (rev {mem['git']})")
-        fig.tight_layout()
-        fig.savefig(OUT / "memory.png", dpi=110)
-        made.append("memory.png")
+        made.append(save(fig, "memory.png"))
     rate = load("offload_rate")
     if rate:
         fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -60,9 +63,7 @@ def main() -> int:
         ax.set_ylabel("flows")
         ax.legend()
         ax.set_title(f"time-to-offload on {rate['switch']} (rev {rate['git']})")
-        fig.tight_layout()
-        fig.savefig(OUT / "time_to_offload.png", dpi=110)
-        made.append("time_to_offload.png")
+        made.append(save(fig, "time_to_offload.png"))
     paths = load("paths")
     if paths:
         fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -71,9 +72,7 @@ def main() -> int:
                color=["#228833", "#ee6677", "#4477aa"][:len(rs)])
         ax.set_ylabel("iperf3 TCP, Mbit/s")
         ax.set_title(f"{rs[0]['switch']}, h1 -> h2 (rev {paths['git']})")
-        fig.tight_layout()
-        fig.savefig(OUT / "paths.png", dpi=110)
-        made.append("paths.png")
+        made.append(save(fig, "paths.png"))
     poll = load("poll_cost")
     if poll:
         fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -86,9 +85,7 @@ def main() -> int:
         ax.set_ylabel("one counter poll, seconds")
         ax.legend()
         ax.set_title(f"{poll['switch']} (rev {poll['git']})")
-        fig.tight_layout()
-        fig.savefig(OUT / "poll_cost.png", dpi=110)
-        made.append("poll_cost.png")
+        made.append(save(fig, "poll_cost.png"))
     print("plots:", ", ".join(made) or "none (no results yet)")
     return 0
 

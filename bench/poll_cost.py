@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
-import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +30,8 @@ from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple  # noqa: E402
 from p4flowtable.offload import P4RuntimeDriver  # noqa: E402
 from p4flowtable.p4info import P4Schema  # noqa: E402
 from p4flowtable.p4runtime import Session  # noqa: E402
-from p4ft_topo import add_veth, free_tcp_port, start_switch_process  # noqa: E402
+from p4ft_topo import switch_on_veths  # noqa: E402
+from record import save  # noqa: E402
 
 LINKS = [("p4ftb-sw1", "p4ftb-h1"), ("p4ftb-sw2", "p4ftb-h2")]
 A = ipaddress.IPv4Address
@@ -79,22 +78,9 @@ def main() -> int:
         print("poll_cost: needs root", file=sys.stderr)
         return 1
     schema = P4Schema.from_file(ROOT / "p4src/build/flowtable.p4info.txtpb")
-    for sw, host in LINKS:
-        add_veth(sw, host)
-    grpc = f"127.0.0.1:{free_tcp_port()}"
-    switch = start_switch_process(a.switch, [(1, LINKS[0][0]), (2, LINKS[1][0])], grpc)
-    try:
+    with switch_on_veths(a.switch, LINKS) as grpc:
         results = [asyncio.run(measure(grpc, schema, int(n))) for n in a.flows.split(",")]
-    finally:
-        switch.terminate()
-        switch.wait(30)
-        for sw, _ in LINKS:
-            subprocess.run(["ip", "link", "del", sw], capture_output=True)
-    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True).stdout.strip()
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps({"bench": "poll_cost", "git": rev, "switch": a.switch,
-                                       "results": results}, indent=2) + "\n")
+    save(a.out, {"bench": "poll_cost", "switch": a.switch, "results": results})
     print(f"switch {a.switch}")
     for r in results:
         print(f"{r['flows']:>7} flows: poll {r['poll_seconds']:.2f} s wall, {r['poll_cpu_seconds']:.2f} s "

@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
-import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,24 +34,12 @@ from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple  # noqa: E402
 from p4flowtable.offload import port_entry  # noqa: E402
 from p4flowtable.p4info import P4Schema  # noqa: E402
 from p4flowtable.p4runtime import Session  # noqa: E402
-from p4ft_topo import add_veth, free_tcp_port, start_switch_process  # noqa: E402
+from p4ft_topo import switch_on_veths  # noqa: E402
+from record import save  # noqa: E402
 
 A = ipaddress.IPv4Address
 LINKS = [("p4ftb-sw1", "p4ftb-h1"), ("p4ftb-sw2", "p4ftb-h2")]
 
-
-def sh(*a, check=True):
-    return subprocess.run(list(a), check=check, capture_output=True, text=True)
-
-
-def setup_links():
-    for sw, host in LINKS:
-        add_veth(sw, host)
-
-
-def teardown_links():
-    for sw, _ in LINKS:
-        sh("ip", "link", "del", sw, check=False)
 
 
 async def program(grpc: str, schema: P4Schema) -> None:
@@ -121,22 +107,12 @@ def main() -> int:
         if kind == "bmv2" and not shutil.which("simple_switch_grpc"):
             print(f"{kind}: skipped, simple_switch_grpc is not installed")
             continue
-        setup_links()
-        grpc = f"127.0.0.1:{free_tcp_port()}"
-        sw = start_switch_process(kind, [(1, LINKS[0][0]), (2, LINKS[1][0])], grpc)
-        try:
+        with switch_on_veths(kind, LINKS) as grpc:
             asyncio.run(program(grpc, schema))
             r = blast(a.packets, a.size)
             r["switch"] = kind
             results.append(r)
-        finally:
-            sw.terminate()
-            sw.wait(10)
-            teardown_links()
-    rev = sh("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD", check=False).stdout.strip()
-    out = {"bench": "switch_pps", "git": rev, "packets": a.packets, "frame_bytes": a.size, "results": results}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
+    save(a.out, {"bench": "switch_pps", "packets": a.packets, "frame_bytes": a.size, "results": results})
     print(f"{'switch':<8} {'sent':>8} {'received':>9} {'pps':>10}")
     for r in results:
         print(f"{r['switch']:<8} {r['sent']:>8} {r['received']:>9} {r['pps']:>10.0f}")

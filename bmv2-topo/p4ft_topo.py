@@ -15,6 +15,7 @@ Run: sudo python3 bmv2-topo/p4ft_topo.py [--switch auto|bmv2|soft] [--cli|--demo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import socket
@@ -196,6 +197,34 @@ def add_veth(a: str, b: str) -> None:
         sh("ethtool", "-K", dev, "tx", "off", "rx", "off", "gro", "off", "gso", "off", "tso", "off",
            ns=None, check=False)
         sh("ip", "link", "set", dev, "up", ns=None)
+
+
+@contextlib.contextmanager
+def veth_links(pairs: list[tuple[str, str]]):
+    """Fresh veth pairs for the block, deleted after it."""
+    try:
+        for a, b in pairs:
+            add_veth(a, b)
+        yield
+    finally:
+        for a, _ in pairs:
+            subprocess.run(["ip", "link", "del", a], capture_output=True)
+
+
+@contextlib.contextmanager
+def switch_on_veths(kind: str, pairs: list[tuple[str, str]]):
+    """A switch whose ports 1..n are the first ends of fresh veth pairs; yields its gRPC address."""
+    with veth_links(pairs):
+        grpc_addr = f"127.0.0.1:{free_tcp_port()}"
+        proc = start_switch_process(kind, [(i + 1, a) for i, (a, _) in enumerate(pairs)], grpc_addr)
+        try:
+            yield grpc_addr
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 class Router:

@@ -11,7 +11,6 @@ import os
 import random
 import shutil
 import socket
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from p4flowtable.offload import port_entry
 from p4flowtable.p4info import P4Schema
 from p4flowtable.p4runtime import Session
 from p4flowtable.target.soft.server import Pipeline, SoftSwitchServer
-from p4ft_topo import add_veth, free_tcp_port, start_switch_process
+from p4ft_topo import free_tcp_port, start_switch_process, veth_links
 
 ROOT = Path(__file__).resolve().parents[1]
 N_PACKETS = 10_000
@@ -136,17 +135,11 @@ def soft_outputs(schema, packets):
     return res, sorted((e.key, e.packets, e.bytes) for e in t.by_key.values())
 
 
-def sh(*a, check=True):
-    return subprocess.run(list(a), check=check, capture_output=True, text=True)
-
 
 @pytest.fixture
 def links():
-    for _, sw, host in LINKS:
-        add_veth(sw, host)
-    yield
-    for _, sw, _ in LINKS:
-        sh("ip", "link", "del", sw, check=False)
+    with veth_links([(sw, host) for _, sw, host in LINKS]):
+        yield
 
 
 async def bmv2_outputs(schema, packets):

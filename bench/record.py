@@ -1,0 +1,18 @@
+"""Where every benchmark writes its machine-readable result."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def save(path: str | Path, record: dict) -> dict:
+    """Write record as JSON, stamped with the git revision it measured."""
+    record["git"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                   capture_output=True, text=True).stdout.strip()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(record, indent=2) + "\n")
+    return record
