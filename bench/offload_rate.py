@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "controller"))
 sys.path.insert(0, str(ROOT / "bmv2-topo"))
 
+import p4flowtable  # noqa: E402,F401  (first: it loads the P4Runtime protobufs)
 from p4.v1 import p4runtime_pb2 as p4r  # noqa: E402
 from pyroute2.netlink import NETLINK_NETFILTER  # noqa: E402
 from pyroute2.netlink.nfnetlink.nfctsocket import AsyncNFCTSocket, NFCTAttrTuple  # noqa: E402

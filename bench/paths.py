@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT / "controller"))
 sys.path.insert(0, str(ROOT / "bmv2-topo"))
 
 from mininet.log import setLogLevel  # noqa: E402
+import p4flowtable  # noqa: E402,F401  (first: it loads the P4Runtime protobufs)
 from p4.v1 import p4runtime_pb2 as p4r  # noqa: E402
 
 from p4flowtable.p4info import P4Schema, encode  # noqa: E402
