@@ -17,14 +17,10 @@ import logging
 import socket
 from dataclasses import dataclass
 
-from pyroute2.netlink import NETLINK_NETFILTER, NLM_F_CREATE
-from pyroute2.netlink.nfnetlink import (NFNLGRP_CONNTRACK_DESTROY, NFNLGRP_CONNTRACK_NEW,
-                                        NFNLGRP_CONNTRACK_UPDATE)
-from pyroute2.netlink.nfnetlink.nfctsocket import (IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_NEW,
-                                                   AsyncNFCTSocket, NFCTAttrTuple)
+from . import ctnetlink as ctnl, netns
+from .model import IPPROTO_TCP, IPPROTO_UDP, FlowTuple
 
-from .model import IPPROTO_TCP, IPPROTO_UDP, FlowTuple, ipv4
-from . import netns
+NETLINK_NETFILTER = 12
 
 log = logging.getLogger(__name__)
 
@@ -90,37 +86,11 @@ class CtEntry:
         return None
 
 
-def _tuple(nla) -> FlowTuple | None:
-    ip = nla.get_attr("CTA_TUPLE_IP")
-    proto = nla.get_attr("CTA_TUPLE_PROTO")
-    if ip is None or proto is None:
-        return None
-    src, dst = ip.get_attr("CTA_IP_V4_SRC"), ip.get_attr("CTA_IP_V4_DST")
-    if src is None:
-        return None
-    return FlowTuple(ipv4(src), ipv4(dst), proto.get_attr("CTA_PROTO_NUM"),
-                     proto.get_attr("CTA_PROTO_SRC_PORT") or 0, proto.get_attr("CTA_PROTO_DST_PORT") or 0)
-
-
-def entry_from_msg(msg) -> CtEntry | None:
-    orig, reply = msg.get_attr("CTA_TUPLE_ORIG"), msg.get_attr("CTA_TUPLE_REPLY")
-    if orig is None or reply is None:
-        return None
-    o, r = _tuple(orig), _tuple(reply)
-    if o is None or r is None:
-        return None
-    tcp_state = None
-    pinfo = msg.get_attr("CTA_PROTOINFO")
-    if pinfo is not None:
-        tcp = pinfo.get_attr("CTA_PROTOINFO_TCP")
-        if tcp is not None:
-            tcp_state = tcp.get_attr("CTA_PROTOINFO_TCP_STATE")
-    return CtEntry(msg.get_attr("CTA_ID") or 0, o, r, msg.get_attr("CTA_STATUS") or 0, tcp_state,
-                   msg.get_attr("CTA_TIMEOUT"), msg.get_attr("CTA_HELP") is not None)
-
-
-def _attr_tuple(t: FlowTuple) -> NFCTAttrTuple:
-    return NFCTAttrTuple(saddr=str(t.src), daddr=str(t.dst), proto=t.l4proto, sport=t.sport, dport=t.dport)
+def entry_from_msg(m: ctnl.CtMsg) -> CtEntry | None:
+    """An IPv4 entry from a full message (a dump, a get, a NEW event)."""
+    if m.orig is None or m.reply is None or m.orig.src.version != 4:
+        return None   # IPv6 entries: issue 4
+    return CtEntry(m.id or 0, m.orig, m.reply, m.status or 0, m.tcp_state, m.timeout, m.helper)
 
 
 class ConntrackMirror:
@@ -130,27 +100,21 @@ class ConntrackMirror:
         self.netns = netns_name
         self.entries: dict[FlowTuple, CtEntry] = {}   # by original tuple
         self._by_reply: dict[FlowTuple, CtEntry] = {}
-        self._events: AsyncNFCTSocket | None = None
-        self._cmd: AsyncNFCTSocket | None = None
+        self._events: ctnl.CtnlSocket | None = None
+        self._cmd: ctnl.CtnlSocket | None = None
 
-    def _socket(self) -> AsyncNFCTSocket:
-        # made in the namespace by this thread: pyroute2's own netns support
-        # forks a helper per socket, which we do not need
-        return AsyncNFCTSocket(socket.AF_INET,
-                               use_socket=netns.netlink_socket(self.netns, NETLINK_NETFILTER))
+    def _socket(self) -> ctnl.CtnlSocket:
+        # made in the namespace by this thread: no helper process needed
+        return ctnl.CtnlSocket(netns.netlink_socket(self.netns, NETLINK_NETFILTER))
 
     async def _subscribe(self) -> None:
         self._events = self._socket()
-        groups = 0
-        for g in (NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY):
-            groups |= 1 << (g - 1)
-        await self._events.bind(groups=groups)
+        self._events.subscribe((ctnl.NFNLGRP_CONNTRACK_NEW, ctnl.NFNLGRP_CONNTRACK_UPDATE,
+                                ctnl.NFNLGRP_CONNTRACK_DESTROY))
 
     async def open(self) -> None:
         await self._subscribe()
-        self._cmd = self._socket()
-        # one request at a time: a pyroute2 socket does not take concurrent ones
-        self._cmd_lock = asyncio.Lock()
+        self._cmd = self._socket()   # requests are pipelined on it, no lock
 
     async def resync(self) -> tuple[list[CtEntry], list[CtEntry]]:
         """After lost events (ENOBUFS): subscribe again, then dump.
@@ -174,21 +138,20 @@ class ConntrackMirror:
 
     async def dump(self) -> list[CtEntry]:
         out = []
-        async with self._cmd_lock:
-            async for msg in await self._cmd.dump():
-                e = entry_from_msg(msg)
-                if e is not None:
-                    self._store(e)
-                    out.append(e)
+        for msg in await self._cmd.dump(socket.AF_INET):
+            e = entry_from_msg(msg)
+            if e is not None:
+                self._store(e)
+                out.append(e)
         return out
 
     def _store(self, e: CtEntry) -> None:
         self.entries[e.orig] = e
         self._by_reply[e.reply] = e
 
-    def _drop(self, e: CtEntry) -> None:
-        if self.entries.get(e.orig) is not None:
-            old = self.entries.pop(e.orig)
+    def _drop(self, orig: FlowTuple) -> None:
+        old = self.entries.pop(orig, None)
+        if old is not None:
             self._by_reply.pop(old.reply, None)
 
     def lookup(self, t: FlowTuple) -> CtEntry | None:
@@ -197,40 +160,39 @@ class ConntrackMirror:
 
     async def events(self):
         """Yield (CtEvent, entry, previous entry or None) as the kernel reports them."""
-        while True:
-            async for msg in self._events.get():
-                mtype = msg["header"]["type"] & 0xFF
-                e = entry_from_msg(msg)
-                if e is None:
-                    continue
-                if mtype == IPCTNL_MSG_CT_DELETE:
-                    old = self.entries.get(e.orig)
-                    self._drop(e)
-                    yield CtEvent.DESTROY, e, old
-                elif mtype == IPCTNL_MSG_CT_NEW:
-                    new = bool(msg["header"]["flags"] & NLM_F_CREATE)
-                    old = self.entries.get(e.orig)
-                    if old is not None:
-                        # events carry only what changed
-                        e.tcp_state = e.tcp_state if e.tcp_state is not None else old.tcp_state
-                        e.timeout = e.timeout if e.timeout is not None else old.timeout
-                        e.helper = e.helper or old.helper
-                    self._store(e)
-                    yield (CtEvent.NEW if new else CtEvent.UPDATE), e, old
+        async for m in self._events.messages():
+            if m.orig is None or m.orig.src.version != 4:
+                continue
+            old = self.entries.get(m.orig)
+            if m.msg_type == ctnl.IPCTNL_MSG_CT_DELETE:
+                self._drop(m.orig)
+                gone = old or entry_from_msg(m)
+                if gone is not None:
+                    yield CtEvent.DESTROY, gone, old
+                continue
+            if m.msg_type != ctnl.IPCTNL_MSG_CT_NEW or m.reply is None:
+                continue
+            e = CtEntry(m.id or 0, m.orig, m.reply, m.status or 0, m.tcp_state, m.timeout, m.helper)
+            if old is not None:
+                # an update carries only what changed
+                e.tcp_state = e.tcp_state if e.tcp_state is not None else old.tcp_state
+                e.timeout = e.timeout if e.timeout is not None else old.timeout
+                e.status = e.status if m.status is not None else old.status
+                e.helper = e.helper or old.helper
+            self._store(e)
+            yield (CtEvent.NEW if m.flags & ctnl.NLM_F_CREATE else CtEvent.UPDATE), e, old
 
-    async def _set(self, e: CtEntry, **kw) -> None:
-        async with self._cmd_lock:
-            await self._cmd.entry("set", tuple_orig=_attr_tuple(e.orig), **kw)
+    async def _set(self, e: CtEntry, *attrs: bytes) -> None:
+        """Change an existing entry (IPCTNL_MSG_CT_NEW without NLM_F_CREATE)."""
+        await self._cmd.request(ctnl.IPCTNL_MSG_CT_NEW, ctnl.family_of(e.orig),
+                                ctnl.tuple_attr(ctnl.CTA_TUPLE_ORIG, e.orig) + b"".join(attrs))
 
     async def offloaded(self, e: CtEntry) -> None:
         """Kernel entry now carried by the switch: liberal TCP, one-day timeout."""
-        kw = {"timeout": NF_CT_DAY}
+        attrs = [ctnl.timeout_attr(NF_CT_DAY)]
         if e.l4proto == IPPROTO_TCP:
-            flags = {"value": (IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_BE_LIBERAL)}
-            kw["protoinfo"] = {"attrs": [["CTA_PROTOINFO_TCP", {"attrs": [
-                ["CTA_PROTOINFO_TCP_FLAGS_ORIGINAL", flags],
-                ["CTA_PROTOINFO_TCP_FLAGS_REPLY", flags]]}]]}
-        await self._set(e, **kw)
+            attrs.append(ctnl.tcp_flags_attr(IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_BE_LIBERAL))
+        await self._set(e, *attrs)
 
     def state_timeout(self, e: CtEntry) -> int:
         if e.l4proto == IPPROTO_TCP:
@@ -244,9 +206,9 @@ class ConntrackMirror:
     async def get(self, orig: FlowTuple) -> CtEntry | None:
         """The kernel's entry as it is now, not as last reported."""
         try:
-            async with self._cmd_lock:
-                msgs = await self._cmd.entry("get", tuple_orig=_attr_tuple(orig))
-        except Exception:  # ENOENT: gone
+            msgs = await self._cmd.request(ctnl.IPCTNL_MSG_CT_GET, ctnl.family_of(orig),
+                                           ctnl.tuple_attr(ctnl.CTA_TUPLE_ORIG, orig))
+        except ctnl.CtnlError:  # ENOENT: gone
             return None
         for msg in msgs:
             e = entry_from_msg(msg)
@@ -265,7 +227,7 @@ class ConntrackMirror:
             return
         timeout = max(0, int(self.state_timeout(now) - idle))
         if now.timeout is None or now.timeout > timeout:
-            await self._set(now, timeout=timeout)
+            await self._set(now, ctnl.timeout_attr(timeout))
 
     async def keepalive(self, e: CtEntry) -> None:
-        await self._set(e, timeout=NF_CT_DAY)
+        await self._set(e, ctnl.timeout_attr(NF_CT_DAY))

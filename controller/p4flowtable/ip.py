@@ -8,6 +8,7 @@ flow into the two flow_table_v4 entries.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import struct
 from dataclasses import dataclass
@@ -139,26 +140,43 @@ def flow_key(schema: P4Schema, flow: Flow, d: Dir) -> tuple:
     return tuple(sorted((table.field(n).id, v) for n, v in _match(flow, d).items()))
 
 
-def flow_entry(schema: P4Schema, flow: Flow, d: Dir, with_action: bool = True) -> p4r.TableEntry:
-    """The flow_table_v4 entry of one direction."""
-    table = schema.table("flow_table_v4")
-    key = _match(flow, d)
-    entry = p4r.TableEntry(table_id=table.id)
-    for name, value in key.items():
-        f = table.field(name)
-        entry.match.add(field_id=f.id, exact=p4r.FieldMatch.Exact(value=encode(value, f.bitwidth)))
+_MATCH_FIELDS = ("ingress_port", "src_addr", "dst_addr", "l4proto", "src_port", "dst_port")
+_PARAMS = ("port", "src_mac", "dst_mac", "src_addr", "dst_addr", "src_port", "dst_port", "mtu")
+
+
+@functools.lru_cache(maxsize=8)
+def _layout(schema: P4Schema) -> tuple:
+    """Ids and byte widths of flow_table_v4's fields and forward_v4's parameters,
+    looked up (and checked against the P4Info) once per schema."""
+    table, action = schema.table("flow_table_v4"), schema.action("forward_v4")
+    fields = tuple((table.field(n).id, (table.field(n).bitwidth + 7) // 8) for n in _MATCH_FIELDS)
+    params = tuple((action.param(n).id, (action.param(n).bitwidth + 7) // 8) for n in _PARAMS)
+    return table.id, fields, action.id, params
+
+
+def flow_entry(schema: P4Schema, flow: Flow, d: Dir, with_action: bool = True,
+               idle_timeout_ns: int = 0) -> p4r.TableEntry:
+    """The flow_table_v4 entry of one direction (values big-endian, padded to
+    their field's width)."""
+    table_id, fields, action_id, params = _layout(schema)
+    t = flow.tuples[d]
+    values = (flow.iif[d], int(t.src), int(t.dst), t.l4proto, t.sport, t.dport)
+    entry = p4r.TableEntry(table_id=table_id, idle_timeout_ns=idle_timeout_ns, match=[
+        p4r.FieldMatch(field_id=fid, exact=p4r.FieldMatch.Exact(value=_bytes(v, n)))
+        for (fid, n), v in zip(fields, values)])
     if with_action:
         route = flow.routes[d]
         rw = rewrite_for(flow.tuples, d)
-        action = schema.action("forward_v4")
-        params = {"port": route.port, "src_mac": _mac(route.src_mac), "dst_mac": _mac(route.dst_mac),
-                  "src_addr": int(rw.src), "dst_addr": int(rw.dst), "src_port": rw.sport,
-                  "dst_port": rw.dport, "mtu": route.mtu}
-        entry.action.action.action_id = action.id
-        for name, value in params.items():
-            p = action.param(name)
-            entry.action.action.params.add(param_id=p.id, value=encode(value, p.bitwidth))
+        values = (route.port, _mac(route.src_mac), _mac(route.dst_mac), int(rw.src), int(rw.dst),
+                  rw.sport, rw.dport, route.mtu)
+        entry.action.action.action_id = action_id
+        entry.action.action.params.extend(p4r.Action.Param(param_id=pid, value=_bytes(v, n))
+                                          for (pid, n), v in zip(params, values))
     return entry
+
+
+def _bytes(value: int, nbytes: int) -> bytes:
+    return value.to_bytes(nbytes, "big")
 
 
 def entry_key(entry: p4r.TableEntry) -> tuple:

@@ -1,0 +1,298 @@
+"""ctnetlink on an asyncio loop: the conntrack messages p4ft reads and writes.
+
+Encodes and decodes only what the mirror uses (tuples, status, TCP state and
+flags, timeout, id, helper), from the layout in the kernel's uapi headers
+(linux/netfilter/nfnetlink_conntrack.h, linux/netlink.h). Requests are
+pipelined: any number may be in flight on one socket, each matched to its
+answer by sequence number.
+
+pyroute2's NFCTSocket did this job first; its general decoder cost more CPU
+per message than everything else the daemon does for a flow, and its sockets
+take one request at a time (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import os
+import socket
+import struct
+from dataclasses import dataclass
+
+from .model import FlowTuple, ipv4
+
+# linux/netlink.h
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
+NLM_F_DUMP = 0x300
+NLM_F_CREATE, NLM_F_EXCL = 0x400, 0x200
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLA_F_NESTED = 0x8000
+NLA_TYPE_MASK = 0x3FFF
+# linux/netfilter/nfnetlink.h, nfnetlink_conntrack.h
+NFNL_SUBSYS_CTNETLINK = 1
+IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 0, 1, 2
+NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY = 1, 2, 3
+CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO, CTA_HELP = 1, 2, 3, 4, 5
+CTA_TIMEOUT, CTA_ID = 7, 12
+CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
+CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
+CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
+CTA_PROTOINFO_TCP = 1
+CTA_PROTOINFO_TCP_STATE = 1
+CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, CTA_PROTOINFO_TCP_FLAGS_REPLY = 4, 5
+
+_NLMSGHDR = struct.Struct("=IHHII")
+_NFGENMSG = struct.Struct("!BBH")
+_NLA = struct.Struct("=HH")
+_BE16 = struct.Struct("!H")
+_BE32 = struct.Struct("!I")
+_ERRNO = struct.Struct("=i")
+HDR_LEN = _NLMSGHDR.size + _NFGENMSG.size
+RECV_SIZE = 1 << 17
+
+
+class CtnlError(OSError):
+    """The kernel refused a ctnetlink request."""
+
+
+@dataclass(slots=True)
+class CtMsg:
+    """One conntrack message; fields the kernel left out are None."""
+    msg_type: int          # IPCTNL_MSG_CT_*
+    flags: int             # nlmsghdr flags (NLM_F_CREATE on a NEW event)
+    orig: FlowTuple | None
+    reply: FlowTuple | None
+    status: int | None
+    tcp_state: int | None
+    timeout: int | None
+    id: int | None
+    helper: bool
+    tcp_flags: int | None = None   # the original direction's IP_CT_TCP_FLAG_* bits
+
+
+# -- decoding ------------------------------------------------------------------
+def attrs(buf: bytes, start: int, end: int) -> dict[int, tuple[int, int]]:
+    """Attribute type -> (payload start, payload end), one nesting level."""
+    out = {}
+    unpack = _NLA.unpack_from
+    while start + 4 <= end:
+        length, atype = unpack(buf, start)
+        if length < 4 or start + length > end:
+            break
+        out[atype & NLA_TYPE_MASK] = (start + 4, start + length)
+        start += (length + 3) & ~3
+    return out
+
+
+def _uint(buf: bytes, span: tuple[int, int] | None, size: int) -> int | None:
+    """A big-endian integer attribute; None if absent or too short."""
+    if span is None or span[1] - span[0] < size:
+        return None
+    return int.from_bytes(buf[span[0]:span[0] + size], "big")
+
+
+def _addr(buf: bytes, span: tuple[int, int] | None):
+    if span is None:
+        return None
+    raw = buf[span[0]:span[1]]
+    if len(raw) == 4:
+        return ipv4(raw)
+    return ipaddress.IPv6Address(raw) if len(raw) == 16 else None
+
+
+def _tuple(buf: bytes, span: tuple[int, int]) -> FlowTuple | None:
+    t = attrs(buf, *span)
+    ip, proto = t.get(CTA_TUPLE_IP), t.get(CTA_TUPLE_PROTO)
+    if ip is None or proto is None:
+        return None
+    a = attrs(buf, *ip)
+    src = _addr(buf, a.get(CTA_IP_V4_SRC) or a.get(CTA_IP_V6_SRC))
+    dst = _addr(buf, a.get(CTA_IP_V4_DST) or a.get(CTA_IP_V6_DST))
+    p = attrs(buf, *proto)
+    num = _uint(buf, p.get(CTA_PROTO_NUM), 1)
+    if src is None or dst is None or num is None or src.version != dst.version:
+        return None
+    return FlowTuple(src, dst, num, _uint(buf, p.get(CTA_PROTO_SRC_PORT), 2) or 0,
+                     _uint(buf, p.get(CTA_PROTO_DST_PORT), 2) or 0)
+
+
+def decode(buf: bytes, off: int, end: int, msg_type: int, flags: int) -> CtMsg:
+    """One ctnetlink message; attributes that are missing or malformed are None."""
+    top = attrs(buf, off + HDR_LEN, end)
+    o, r = top.get(CTA_TUPLE_ORIG), top.get(CTA_TUPLE_REPLY)
+    tcp_state = tcp_flags = None
+    pi = top.get(CTA_PROTOINFO)
+    if pi is not None:
+        tcp = attrs(buf, *pi).get(CTA_PROTOINFO_TCP)
+        if tcp is not None:
+            info = attrs(buf, *tcp)
+            tcp_state = _uint(buf, info.get(CTA_PROTOINFO_TCP_STATE), 1)
+            tcp_flags = _uint(buf, info.get(CTA_PROTOINFO_TCP_FLAGS_ORIGINAL), 1)
+    return CtMsg(msg_type, flags, _tuple(buf, o) if o else None, _tuple(buf, r) if r else None,
+                 _uint(buf, top.get(CTA_STATUS), 4), tcp_state, _uint(buf, top.get(CTA_TIMEOUT), 4),
+                 _uint(buf, top.get(CTA_ID), 4), CTA_HELP in top, tcp_flags)
+
+
+# -- encoding --------------------------------------------------------------------
+def nla(atype: int, payload: bytes) -> bytes:
+    n = 4 + len(payload)
+    return _NLA.pack(n, atype) + payload + b"\0" * ((-n) & 3)
+
+
+def nest(atype: int, *children: bytes) -> bytes:
+    return nla(atype | NLA_F_NESTED, b"".join(children))
+
+
+def tuple_attr(atype: int, t) -> bytes:
+    """CTA_TUPLE_ORIG/REPLY from anything with src, dst, l4proto, sport, dport."""
+    v6 = t.src.version == 6
+    return nest(atype,
+                nest(CTA_TUPLE_IP, nla(CTA_IP_V6_SRC if v6 else CTA_IP_V4_SRC, t.src.packed),
+                     nla(CTA_IP_V6_DST if v6 else CTA_IP_V4_DST, t.dst.packed)),
+                nest(CTA_TUPLE_PROTO, nla(CTA_PROTO_NUM, bytes([t.l4proto])),
+                     nla(CTA_PROTO_SRC_PORT, _BE16.pack(t.sport)), nla(CTA_PROTO_DST_PORT, _BE16.pack(t.dport))))
+
+
+def timeout_attr(seconds: int) -> bytes:
+    return nla(CTA_TIMEOUT, _BE32.pack(seconds))
+
+
+def status_attr(status: int) -> bytes:
+    return nla(CTA_STATUS, _BE32.pack(status))
+
+
+def tcp_state_attr(state: int) -> bytes:
+    return nest(CTA_PROTOINFO, nest(CTA_PROTOINFO_TCP, nla(CTA_PROTOINFO_TCP_STATE, bytes([state]))))
+
+
+def create_payload(orig, reply, status: int, timeout: int, tcp_state: int | None = None) -> bytes:
+    """Attributes of a new entry (IPCTNL_MSG_CT_NEW with NLM_F_CREATE): how the
+    tests and benchmarks make real kernel entries without traffic."""
+    p = tuple_attr(CTA_TUPLE_ORIG, orig) + tuple_attr(CTA_TUPLE_REPLY, reply) + status_attr(status) \
+        + timeout_attr(timeout)
+    return p + (tcp_state_attr(tcp_state) if tcp_state is not None else b"")
+
+
+def tcp_flags_attr(flags: int, mask: int) -> bytes:
+    """CTA_PROTOINFO with struct nf_ct_tcp_flags {u8 flags; u8 mask;} for both directions."""
+    f = bytes([flags, mask])
+    return nest(CTA_PROTOINFO, nest(CTA_PROTOINFO_TCP, nla(CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, f),
+                                    nla(CTA_PROTOINFO_TCP_FLAGS_REPLY, f)))
+
+
+def family_of(t) -> int:
+    return socket.AF_INET6 if t.src.version == 6 else socket.AF_INET
+
+
+# -- the socket --------------------------------------------------------------------
+class CtnlSocket:
+    """A NETLINK_NETFILTER socket on the running loop.
+
+    Either a command socket (request/dump) or, after subscribe(), an event
+    socket (messages()); not both.
+    """
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        sock.setblocking(False)
+        self._seq = 0
+        self._pending: dict[int, tuple[asyncio.Future, list[CtMsg]]] = {}
+        self._events: asyncio.Queue | None = None
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._readable)
+        self._closed = False
+
+    def subscribe(self, groups: tuple[int, ...]) -> None:
+        mask = 0
+        for g in groups:
+            mask |= 1 << (g - 1)
+        self.sock.bind((0, mask))
+        self._events = asyncio.Queue()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        err = CtnlError(errno.EBADF, "ctnetlink socket closed")
+        for fut, _ in self._pending.values():
+            if not fut.done():
+                fut.set_exception(err)
+        self._pending.clear()
+        if self._events is not None:
+            self._events.put_nowait(err)
+
+    async def request(self, msg_type: int, family: int, payload: bytes, flags: int = 0) -> list[CtMsg]:
+        """Send one request; the messages it answers with, after the kernel's ACK
+        or NLMSG_DONE. Raises CtnlError with the kernel's errno."""
+        self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
+        seq = self._seq
+        body = _NFGENMSG.pack(family, 0, 0) + payload
+        hdr = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), (NFNL_SUBSYS_CTNETLINK << 8) | msg_type,
+                             NLM_F_REQUEST | NLM_F_ACK | flags, seq, 0)
+        fut = self._loop.create_future()
+        self._pending[seq] = (fut, [])
+        try:
+            self.sock.send(hdr + body)
+        except OSError:
+            del self._pending[seq]
+            raise
+        return await fut
+
+    async def dump(self, family: int = socket.AF_UNSPEC) -> list[CtMsg]:
+        return await self.request(IPCTNL_MSG_CT_GET, family, b"", NLM_F_DUMP)
+
+    async def messages(self):
+        """Events as they come. Raises OSError(ENOBUFS) when the kernel dropped some."""
+        while True:
+            item = await self._events.get()
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    def _readable(self) -> None:
+        for _ in range(64):   # bounded: let other tasks run during a flood
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                return
+            except OSError as e:   # ENOBUFS: events were lost
+                if self._events is not None:
+                    self._events.put_nowait(e)
+                    return
+                raise
+            self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        off, n = 0, len(data)
+        while off + _NLMSGHDR.size <= n:
+            length, mtype, flags, seq, _pid = _NLMSGHDR.unpack_from(data, off)
+            if length < _NLMSGHDR.size or off + length > n:
+                break
+            end = off + length
+            if self._events is not None and seq == 0:
+                if mtype >> 8 == NFNL_SUBSYS_CTNETLINK:
+                    self._events.put_nowait(decode(data, off, end, mtype & 0xFF, flags))
+            else:
+                pend = self._pending.get(seq)
+                if pend is not None:
+                    fut, got = pend
+                    if mtype == NLMSG_ERROR:
+                        err = (-_ERRNO.unpack_from(data, off + _NLMSGHDR.size)[0]
+                               if length >= _NLMSGHDR.size + 4 else errno.EBADMSG)
+                        del self._pending[seq]
+                        if not fut.done():
+                            if err:
+                                fut.set_exception(CtnlError(err, os.strerror(err)))
+                            else:
+                                fut.set_result(got)
+                    elif mtype == NLMSG_DONE:
+                        del self._pending[seq]
+                        if not fut.done():
+                            fut.set_result(got)
+                    elif mtype >> 8 == NFNL_SUBSYS_CTNETLINK:
+                        got.append(decode(data, off, end, mtype & 0xFF, flags))
+            off += (length + 3) & ~3
