@@ -255,7 +255,8 @@ class FlowtableNet:
 
     def __init__(self, switch: str = "auto", ruleset: str = DEFAULT_RULESET,
                  timeouts: dict[str, float] | None = None, poll_interval: float = 0.5,
-                 socket_path: str = "/run/p4ft-topo.sock", grpc_port: int = 9559, daemon: bool = True):
+                 socket_path: str = "/run/p4ft-topo.sock", grpc_port: int = 9559, daemon: bool = True,
+                 daemon_args: list[str] | None = None):
         self.switch_cls = pick_switch(switch)
         self.ruleset_text = ruleset
         self.timeouts = timeouts or {}
@@ -263,6 +264,7 @@ class FlowtableNet:
         self.socket = socket_path
         self.grpc_port = grpc_port
         self.with_daemon = daemon
+        self.daemon_args = list(daemon_args or [])
         self.router = Router()
         self.net: Mininet | None = None
         self.daemon: subprocess.Popen | None = None
@@ -300,6 +302,7 @@ class FlowtableNet:
                 "--ruleset", str(self.ruleset_path), "--poll-interval", str(self.poll_interval)]
         for name, t in self.timeouts.items():
             argv += ["--timeout", f"{name}={t}"]
+        argv += self.daemon_args
         env = dict(os.environ, PYTHONPATH=str(ROOT / "controller"))
         self.daemon = subprocess.Popen(argv, stdout=open(self.daemon_log, "w"), stderr=subprocess.STDOUT,
                                        env=env, start_new_session=True)

@@ -65,7 +65,8 @@ def udp_echo(a):
         data, peer = s.recvfrom(65535)
         seen.append([peer[0], peer[1], len(data)])
         report(a.out, received=seen)
-        s.sendto(data[:64], peer)
+        if a.max_replies is None or len(seen) <= a.max_replies:
+            s.sendto(data[:64], peer)
 
 
 def udp_ping(a):
@@ -89,6 +90,17 @@ def udp_ping(a):
     report(a.out, replies=got, errors=errors)
 
 
+def udp_stream(a):
+    """One direction only: count datagrams, no replies expected."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", a.sport))
+    start = time.monotonic()
+    for i in range(a.count):
+        s.sendto(bytes([i % 256]) * a.size, (a.host, a.port))
+        time.sleep(max(0.0, start + (i + 1) * a.interval - time.monotonic()))
+    report(a.out, sent=a.count, last_sent_at=time.time())
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -105,6 +117,7 @@ def main():
     p.add_argument("--out", required=True)
     p = sub.add_parser("udp-echo")
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--max-replies", type=int, help="answer only the first N datagrams")
     p.add_argument("--out", required=True)
     p = sub.add_parser("udp-ping")
     p.add_argument("--host", required=True)
@@ -116,8 +129,17 @@ def main():
     p.add_argument("--wait", type=float, default=1.0)
     p.add_argument("--df", action="store_true")
     p.add_argument("--out", required=True)
+    p = sub.add_parser("udp-stream")
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--sport", type=int, required=True)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--interval", type=float, default=0.2)
+    p.add_argument("--size", type=int, default=100)
+    p.add_argument("--out", required=True)
     a = ap.parse_args()
-    {"tcp-sink": tcp_sink, "tcp-source": tcp_source, "udp-echo": udp_echo, "udp-ping": udp_ping}[a.cmd](a)
+    {"tcp-sink": tcp_sink, "tcp-source": tcp_source, "udp-echo": udp_echo, "udp-ping": udp_ping,
+     "udp-stream": udp_stream}[a.cmd](a)
 
 
 if __name__ == "__main__":

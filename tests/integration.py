@@ -85,12 +85,14 @@ def host_tool(host, *args: str):
     return host.popen([PY, HOSTTOOL, *args])
 
 
-def flows(net) -> list[dict]:
-    return net.api("flow_list")
+def flows(net, cached: bool = False) -> list[dict]:
+    """`p4ft flow list`; cached: without reading the switch's counters."""
+    return net.api("flow_list", {"refresh": not cached})
 
 
-def flow_for(net, proto: str, sport: int | None = None, dport: int | None = None) -> dict | None:
-    for r in flows(net):
+def flow_for(net, proto: str, sport: int | None = None, dport: int | None = None,
+             cached: bool = False) -> dict | None:
+    for r in flows(net, cached):
         if r["proto"] != proto:
             continue
         if sport is not None and r["orig"]["sport"] != sport:

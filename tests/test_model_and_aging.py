@@ -1,11 +1,16 @@
-"""NAT derivation from conntrack tuples, and flowtable aging on a fake clock."""
+"""NAT derivation from conntrack tuples, and flowtable aging on a fake clock.
+
+Aging is fed what a switch read returns (FlowRead); the reads themselves,
+idle notifications and expiry on real switches are in the integration tests."""
 
 import ipaddress
 
 import pytest
 
+from p4flowtable.aging import Aging
 from p4flowtable.core import FlowtableConfig, Flowtables
 from p4flowtable.model import Dir, Flow, FlowFlag, FlowTuple, rewrite_for
+from p4flowtable.offload import FlowRead
 
 A = ipaddress.IPv4Address
 
@@ -64,14 +69,61 @@ def make_flow():
     return Flow(1, (orig, reply), "ft", 30.0)
 
 
-def test_idle_flow_expires_after_its_timeout_not_before(table):
-    fts, clock = table
+def aging(fts, clock, idle_timeout=True):
+    expired = []
+
+    async def renew(f):
+        pass
+    return Aging(fts, None, clock, idle_timeout=idle_timeout, ct_lease=86400,
+                 expire=expired.append, renew=renew), expired
+
+
+def offloaded_flow(fts, ag, clock):
     flow = make_flow()
     fts.add(flow)
-    clock.t += 30.0
-    assert fts.gc_step() == []
-    clock.t += 0.5
-    assert fts.gc_step() == [flow]
+    flow.flags |= FlowFlag.HW
+    ag.track(flow, clock())
+    return flow
+
+
+def test_a_flow_expires_when_neither_direction_was_hit_within_its_timeout(table):
+    fts, clock = table
+    ag, expired = aging(fts, clock)
+    flow = offloaded_flow(fts, ag, clock)
+    clock.t += 31
+    # the notified direction idle 30.5 s, the other hit 0.2 s ago: the read
+    # reports the most recent hit of either
+    ag._apply(flow, FlowRead((10, 3), (1000, 300), 200_000_000), clock())
+    assert expired == [] and flow.last_used == clock() - 0.2
+    clock.t += 30
+    ag._apply(flow, FlowRead((10, 3), (1000, 300), 30_000_000_000), clock())
+    assert expired == [flow]    # idle == timeout: expired, as nf_flow_has_expired
+
+
+def test_idle_time_below_the_timeout_keeps_the_flow(table):
+    fts, clock = table
+    ag, expired = aging(fts, clock)
+    flow = offloaded_flow(fts, ag, clock)
+    clock.t += 40
+    ag._apply(flow, FlowRead((1, 1), (1, 1), 29_900_000_000), clock())
+    assert expired == [] and flow.stats_at == clock() and flow.packets == (1, 1)
+
+
+def test_without_idle_timeouts_counters_decide_and_reads_are_lazy(table):
+    fts, clock = table
+    ag, expired = aging(fts, clock, idle_timeout=False)
+    flow = offloaded_flow(fts, ag, clock)
+    # first read once 9/10 of the timeout has run, not before
+    assert ag._due[0][0] == pytest.approx(clock() + 27)
+    clock.t += 27
+    ag._apply(flow, FlowRead((5, 0), (500, 0), None), clock())   # packets moved: refreshed
+    assert expired == [] and flow.last_used == clock()
+    clock.t += 27
+    ag._apply(flow, FlowRead((5, 0), (500, 0), None), clock())   # no packets since
+    assert expired == []
+    clock.t += 3.1
+    ag._apply(flow, FlowRead((5, 0), (500, 0), None), clock())
+    assert expired == [flow]
 
 
 def test_traffic_refreshes_the_deadline(table):
@@ -80,10 +132,7 @@ def test_traffic_refreshes_the_deadline(table):
     fts.add(flow)
     clock.t += 20
     assert fts.refresh(flow)
-    clock.t += 20
-    assert fts.gc_step() == []
-    clock.t += 11
-    assert fts.gc_step() == [flow]
+    assert flow.last_used == clock()
 
 
 def test_refresh_within_a_second_does_not_move_the_deadline(table):

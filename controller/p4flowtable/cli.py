@@ -32,8 +32,10 @@ def _timeouts(items: list[str]) -> dict[str, float]:
             value = float(sec)
         except ValueError:
             value = -1
-        if not sep or value <= 0:
-            raise argparse.ArgumentTypeError(f"--timeout {item!r}: expected FLOWTABLE=SECONDS (> 0)")
+        table, slash, proto = name.partition("/")
+        if not sep or value <= 0 or not table or (slash and proto not in ("tcp", "udp")):
+            raise argparse.ArgumentTypeError(f"--timeout {item!r}: expected FLOWTABLE=SECONDS or "
+                                             "FLOWTABLE/tcp=SECONDS or FLOWTABLE/udp=SECONDS (> 0)")
         out[name] = value
     return out
 
@@ -47,7 +49,7 @@ def cmd_daemon(args) -> int:
                        election_id=args.election_id, netns=args.netns,
                        ports=_port_map(args.port), ruleset=Path(args.ruleset) if args.ruleset else None,
                        socket=args.socket, timeouts=_timeouts(args.timeout),
-                       poll_interval=args.poll_interval,
+                       poll_interval=args.poll_interval, ct_lease=args.ct_lease,
                        load_kernel_ruleset=not args.no_kernel_ruleset)
     if args.p4info:
         cfg.p4info = Path(args.p4info)
@@ -83,7 +85,8 @@ def _fmt_tuple(t: dict) -> str:
 
 
 def cmd_flow_list(args) -> int:
-    rows = call("flow_list", path=args.socket)
+    rows = call("flow_list", {"refresh": not args.cached}, path=args.socket,
+                timeout=10.0 if args.cached else 600.0)
     for r in rows:
         pk = r.get("packets") or [0, 0]
         by = r.get("bytes") or [0, 0]
@@ -151,9 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--port", action="append", default=[], metavar="PORT=REPRESENTOR",
                    help="switch port and its representor in the router namespace (repeat)")
     d.add_argument("--ruleset", help="nftables ruleset with flowtables and 'flow add' statements")
-    d.add_argument("--timeout", action="append", default=[], metavar="FLOWTABLE=SECONDS",
-                   help="idle timeout of a flowtable (default 30, the kernel's)")
-    d.add_argument("--poll-interval", type=float, default=1.0, help="counter poll period, seconds")
+    d.add_argument("--timeout", action="append", default=[], metavar="FLOWTABLE[/tcp|/udp]=SECONDS",
+                   help="idle timeout of a flowtable's flows, or of its TCP or UDP flows only "
+                        "(default 30, the kernel's)")
+    d.add_argument("--ct-lease", type=float, default=86400.0, metavar="SECONDS",
+                   help="conntrack timeout of an offloaded flow, renewed at half time (default one day, "
+                        "the kernel's)")
+    d.add_argument("--poll-interval", type=float, default=1.0,
+                   help="aging tick, seconds: lease renewals and, on a switch without idle timeouts, "
+                        "counter reads of flows near expiry")
     d.add_argument("--p4info", help="P4Info text file (default: p4src/build)")
     d.add_argument("--device-config", help="BMv2 JSON (default: p4src/build)")
     d.add_argument("--no-kernel-ruleset", action="store_true",
@@ -161,8 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_daemon)
 
     fl = sub.add_parser("flow", help="offloaded and tracked flows").add_subparsers(dest="sub", required=True)
-    fl.add_parser("list", help="like conntrack -L, with [OFFLOAD] and switch counters").set_defaults(
-        func=cmd_flow_list)
+    fll = fl.add_parser("list", help="like conntrack -L, with [OFFLOAD] and switch counters "
+                                     "(read from the switch for the flows listed)")
+    fll.add_argument("--cached", action="store_true",
+                     help="do not read the switch: show counters as last read (counters_age says how old)")
+    fll.set_defaults(func=cmd_flow_list)
 
     ft = sub.add_parser("flowtable", help="flowtables").add_subparsers(dest="sub", required=True)
     ft.add_parser("list").set_defaults(func=cmd_ft_list)

@@ -187,9 +187,9 @@ class ConntrackMirror:
         await self._cmd.request(ctnl.IPCTNL_MSG_CT_NEW, ctnl.family_of(e.orig),
                                 ctnl.tuple_attr(ctnl.CTA_TUPLE_ORIG, e.orig) + b"".join(attrs))
 
-    async def offloaded(self, e: CtEntry) -> None:
-        """Kernel entry now carried by the switch: liberal TCP, one-day timeout."""
-        attrs = [ctnl.timeout_attr(NF_CT_DAY)]
+    async def offloaded(self, e: CtEntry, lease: float = NF_CT_DAY) -> None:
+        """Kernel entry now carried by the switch: liberal TCP, a one-day timeout."""
+        attrs = [ctnl.timeout_attr(int(lease))]
         if e.l4proto == IPPROTO_TCP:
             attrs.append(ctnl.tcp_flags_attr(IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_BE_LIBERAL))
         await self._set(e, *attrs)
@@ -229,5 +229,6 @@ class ConntrackMirror:
         if now.timeout is None or now.timeout > timeout:
             await self._set(now, ctnl.timeout_attr(timeout))
 
-    async def keepalive(self, e: CtEntry) -> None:
-        await self._set(e, ctnl.timeout_attr(NF_CT_DAY))
+    async def keepalive(self, e: CtEntry, lease: float = NF_CT_DAY) -> None:
+        """Renew the timeout of an entry the switch still carries (nf_ct_offload_timeout)."""
+        await self._set(e, ctnl.timeout_attr(int(lease)))

@@ -1,8 +1,8 @@
 """Flowtable core and aging (the kernel's nf_flow_table_core.c).
 
 A FlowTable holds the flows of one flowtable; a Flowtables registry holds them
-all and indexes flows by both tuples. Timeouts are refreshed by traffic and the
-GC step returns the flows whose timeout ran out; it never blocks on the switch.
+all and indexes flows by both tuples. Timeouts are refreshed by what the
+switch reports; when a flow expires is decided in aging.py.
 """
 
 from __future__ import annotations
@@ -24,6 +24,12 @@ class FlowtableConfig:
     timeout: float = NF_FLOW_TIMEOUT
     family: str = "ip"
     id: int = 0
+    # per-protocol timeouts, like the kernel's nf_flowtable_tcp_timeout and
+    # nf_flowtable_udp_timeout; a protocol not listed gets `timeout`
+    proto_timeouts: dict[int, float] = field(default_factory=dict)
+
+    def timeout_for(self, l4proto: int) -> float:
+        return self.proto_timeouts.get(l4proto, self.timeout)
 
 
 @dataclass(slots=True)
@@ -113,19 +119,3 @@ class Flowtables:
 
     def __len__(self) -> int:
         return sum(len(t.flows) for t in self.tables.values())
-
-    # -- aging (nf_flow_offload_gc_step) ---------------------------------------
-    @staticmethod
-    def expired(flow: Flow, now: float) -> bool:
-        return now - flow.last_used > flow.timeout
-
-    def gc_step(self, now: float | None = None) -> list[Flow]:
-        """Flows to tear down: timed out, or already marked for teardown."""
-        now = self.clock() if now is None else now
-        out = []
-        for flow in self:
-            if flow.flags & (FlowFlag.TEARDOWN | FlowFlag.DYING):
-                out.append(flow)
-            elif self.expired(flow, now):
-                out.append(flow)
-        return out

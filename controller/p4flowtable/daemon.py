@@ -23,9 +23,10 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink import NETLINK_ROUTE
 
 from . import netns, nftables
-from .conntrack import ConntrackMirror, CtEntry, CtEvent
+from .aging import Aging
+from .conntrack import NF_CT_DAY, ConntrackMirror, CtEntry, CtEvent
 from .core import FlowtableConfig, Flowtables
-from .ip import HOP_GROUPS, Ipv4Routes, RouteError, parse_tuple
+from .ip import HOP_GROUPS, Ipv4Routes, RouteError, match_tuple, parse_tuple
 from .model import Flow, FlowFlag, L4PROTO_NAMES, TeardownReason
 from .offload import P4RuntimeDriver, port_entry
 from .p4info import P4Schema, decode, encode
@@ -55,7 +56,8 @@ class DaemonConfig:
     device_config: Path = DEFAULT_JSON
     socket: str = DEFAULT_SOCKET
     timeouts: dict[str, float] = field(default_factory=dict)
-    poll_interval: float = 1.0
+    poll_interval: float = 1.0     # aging tick: lease renewals, lazy reads
+    ct_lease: float = NF_CT_DAY    # conntrack timeout while the switch carries a flow
     load_kernel_ruleset: bool = True
     connect_timeout: float = 10.0
 
@@ -72,6 +74,8 @@ class Daemon:
         self.p4info = p4info
         self.schema = P4Schema(p4info)
         self.driver = P4RuntimeDriver(self.session, self.schema)
+        self.aging = Aging(self.flowtables, self.driver, clock, idle_timeout=self.driver.idle_timeout,
+                           ct_lease=cfg.ct_lease, expire=self._expired, renew=self._renew_lease)
         self.punt_names = {v: k for k, v in self.schema.enum("PuntReason").items()}
         pin = self.schema.packet_meta("packet_in")
         self._pin_port, self._pin_reason = pin["ingress_port"].id, pin["punt_reason"].id
@@ -108,6 +112,9 @@ class Daemon:
                 nftables.load(cfg.netns, self.policy)
             for ft in self.policy.flowtables.values():
                 ft.timeout = cfg.timeouts.get(ft.name, ft.timeout)
+                for proto, name in L4PROTO_NAMES.items():
+                    if f"{ft.name}/{name}" in cfg.timeouts:
+                        ft.proto_timeouts[proto] = cfg.timeouts[f"{ft.name}/{name}"]
                 self.flowtables.add_table(ft)
         self.ipr = AsyncIPRoute(use_socket=netns.netlink_socket(cfg.netns, NETLINK_ROUTE))
         self.routes = Ipv4Routes(self.ipr, cfg.ports)
@@ -121,7 +128,8 @@ class Daemon:
         await self._rt_monitor.bind(groups=HOP_GROUPS)
         for coro, name in ((self._ct_events(), "ct-events"), (self._packet_in(), "packet-in"),
                            (self._route_events(), "route-events"),
-                           (self._offload_worker(), "offload"), (self._aging(), "aging"),
+                           (self._offload_worker(), "offload"),
+                           (self.aging.run(cfg.poll_interval), "aging"), (self._idle_events(), "idle"),
                            (self._supervise(), "switch")):
             self._tasks.append(asyncio.create_task(coro, name=name))
         for e in list(self.mirror.entries.values()):
@@ -368,7 +376,7 @@ class Daemon:
         current = self.mirror.entries.get(e.orig)
         if current is None or current.offloadable() is not None or self._flow_of(e) is not None:
             return "changed"
-        flow = Flow(e.id, (e.orig, e.reply), ft, table.config.timeout,
+        flow = Flow(e.id, (e.orig, e.reply), ft, table.config.timeout_for(e.l4proto),
                     iif=(out_reply.route.port, out_orig.route.port),
                     routes=(out_orig.route, out_reply.route))
         try:
@@ -377,7 +385,7 @@ class Daemon:
             return "tuple_clash"
         flow.test_and_set(FlowFlag.PENDING)
         try:
-            await self.mirror.offloaded(current)
+            await self.mirror.offloaded(current, self.cfg.ct_lease)
         except Exception as err:
             self.flowtables.delete(flow)
             log.warning("conntrack refused offload marks for %s: %s", e.orig, err)
@@ -420,7 +428,7 @@ class Daemon:
         for f in res.done:
             f.clear(FlowFlag.PENDING)
             f.test_and_set(FlowFlag.HW)
-            f.last_used = now
+            self.aging.track(f, now)
             self.stats["offloaded"] += 1
             since = self._since.pop(f.key, None)
             if since is not None:   # conntrack event or miss -> both entries written
@@ -431,6 +439,7 @@ class Daemon:
             if msg.startswith("ALREADY_EXISTS"):
                 f.clear(FlowFlag.PENDING)
                 f.test_and_set(FlowFlag.HW)
+                self.aging.track(f, now)
                 continue
             log.error("switch refused flow %s: %s", f.key, msg)
             self.stats["offload_failed"] += 1
@@ -461,34 +470,27 @@ class Daemon:
             except Exception as e:  # the entry may have just died
                 log.debug("hand-back of %s: %s", f.key, e)
 
-    # -- aging ---------------------------------------------------------------------
-    async def _aging(self) -> None:
+    # -- aging (see aging.py) -------------------------------------------------------
+    async def _idle_events(self) -> None:
+        """IdleTimeoutNotifications: the entries named get their flow read."""
         while True:
-            await asyncio.sleep(self.cfg.poll_interval)
-            await self.poll_once()
-
-    async def poll_once(self) -> None:
-        if self.session.lost.is_set():
-            return   # never expire on missing information
-        hw = [f for f in self.flowtables if f.flags & FlowFlag.HW and not f.flags & FlowFlag.TEARDOWN]
-        if hw:
-            try:
-                stats = await self.driver.stats(hw)
-            except SwitchError as e:
-                log.warning("counter poll failed: %s", e)
-                return   # never expire on missing information
-            now = self.clock()
-            for f in hw:
-                s = stats.get(id(f))
-                if s is None:
+            note = await self.session.idle.get()
+            for te in note.table_entry:
+                hit = match_tuple(self.schema, te)
+                found = self.flowtables.lookup(hit[1]) if hit is not None else None
+                if found is None or found[0].iif[found[1]] != hit[0]:
+                    self.stats["idle_unknown_entry"] += 1
                     continue
-                if sum(s.packets) != sum(f.packets):
-                    f.last_used = now
-                f.packets, f.bytes, f.stats_at = s.packets, s.bytes, now
-        for f in self.flowtables.gc_step():
-            if f.flags & FlowFlag.HW and not f.flags & FlowFlag.TEARDOWN:
-                self.stats["expired"] += 1
-                self.teardown(f, TeardownReason.EXPIRED)
+                self.aging.idle(found[0])
+
+    def _expired(self, f: Flow) -> None:
+        self.stats["expired"] += 1
+        self.teardown(f, TeardownReason.EXPIRED)
+
+    async def _renew_lease(self, f: Flow) -> None:
+        ct = self.mirror.entries.get(f.key)
+        if ct is not None:
+            await self.mirror.keepalive(ct, self.cfg.ct_lease)
 
     # -- API -----------------------------------------------------------------------
     async def _api_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -509,6 +511,8 @@ class Daemon:
 
     async def handle(self, cmd: str, args: dict):
         if cmd == "flow_list":
+            if args.get("refresh", True):
+                await self.aging.read_now([f for f in self.flowtables if f.flags & FlowFlag.HW])
             return self.flow_list()
         if cmd == "stats":
             return self.stats_dict()
@@ -530,6 +534,7 @@ class Daemon:
     def _ft_dict(self, t) -> dict:
         return {"name": t.config.name, "family": t.config.family, "devices": list(t.config.devices),
                 "ports": [self.cfg.ports[d] for d in t.config.devices], "timeout": t.config.timeout,
+                "proto_timeouts": {L4PROTO_NAMES[p]: v for p, v in t.config.proto_timeouts.items()},
                 "flows": len(t.flows)}
 
     def flow_list(self) -> list[dict]:
@@ -557,6 +562,8 @@ class Daemon:
             d["offload_latency_ms.p50"] = round(1000 * lat[len(lat) // 2], 2)
             d["offload_latency_ms.p99"] = round(1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], 2)
         d["packet_in_dropped"] = self.session.dropped_packet_in
+        for k, v in self.aging.stats.items():
+            d[f"aging.{k}"] = v
         return d
 
     async def flowtable_add(self, name: str, devices: list[str], timeout: float) -> dict:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from p4.v1 import p4runtime_pb2 as p4r
 
-from .model import Dir, Flow, FlowRoute, FlowTuple, IPPROTO_TCP, IPPROTO_UDP, rewrite_for
+from .model import Dir, Flow, FlowRoute, FlowTuple, IPPROTO_TCP, IPPROTO_UDP, ipv4, rewrite_for
 from .p4info import P4Schema, encode
 
 # Neighbour states the kernel would transmit to without resolving again.
@@ -173,6 +173,30 @@ def flow_entry(schema: P4Schema, flow: Flow, d: Dir, with_action: bool = True,
         entry.action.action.params.extend(p4r.Action.Param(param_id=pid, value=_bytes(v, n))
                                           for (pid, n), v in zip(params, values))
     return entry
+
+
+def entry_query(schema: P4Schema, flow: Flow, d: Dir, last_hit: bool) -> p4r.TableEntry:
+    """A read of one direction's entry asking for its direct counter and,
+    where the table ages entries, the time since its last hit."""
+    entry = flow_entry(schema, flow, d, with_action=False)
+    entry.counter_data.SetInParent()
+    if last_hit:
+        entry.time_since_last_hit.SetInParent()
+    return entry
+
+
+def match_tuple(schema: P4Schema, entry: p4r.TableEntry) -> tuple[int, FlowTuple] | None:
+    """(ingress port, tuple) of a flow_table_v4 entry, e.g. from an idle
+    notification; None when a field is missing."""
+    table_id, fields, _, _ = _layout(schema)
+    if entry.table_id != table_id:
+        return None
+    by_id = {m.field_id: int.from_bytes(m.exact.value, "big") for m in entry.match}
+    try:
+        port, src, dst, proto, sport, dport = (by_id[fid] for fid, _ in fields)
+    except KeyError:
+        return None
+    return port, FlowTuple(ipv4(src), ipv4(dst), proto, sport, dport)
 
 
 def _bytes(value: int, nbytes: int) -> bytes:

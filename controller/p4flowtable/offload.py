@@ -14,10 +14,10 @@ from typing import Protocol
 
 from p4.v1 import p4runtime_pb2 as p4r
 
-from .ip import entry_key, flow_entry, flow_key
+from .ip import entry_key, entry_query, flow_entry, flow_key
 from .model import Dir, Flow
 from .p4info import P4Schema, encode
-from .p4runtime import Session, WriteError
+from .p4runtime import Session, SwitchError, SwitchUnavailable, WriteError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class OffloadDriver(Protocol):
     async def add(self, flows: list[Flow]) -> BatchResult: ...
     async def delete(self, flows: list[Flow]) -> BatchResult: ...
     async def stats(self, flows: list[Flow]) -> dict[int, FlowStats]: ...
+    async def read(self, flows: list[Flow], last_hit: bool) -> dict[int, "FlowRead"]: ...
 
 
 class P4RuntimeDriver:
@@ -47,14 +48,18 @@ class P4RuntimeDriver:
         self.session = session
         self.schema = schema
         self.table = schema.table("flow_table_v4")
+        # entries carry the flow's timeout as idle_timeout_ns where the table
+        # ages entries itself (BMv2, Tofino, the embedded target)
+        self.idle_timeout = self.table.supports_idle_timeout
 
     async def _batch(self, flows: list[Flow], kind: int, with_action: bool, what: str,
                      tolerate: tuple[str, ...] = ()) -> BatchResult:
         updates = []
         for flow in flows:
             for d in Dir:
+                ttl = int(flow.timeout * 1e9) if with_action and self.idle_timeout else 0
                 updates.append(p4r.Update(type=kind, entity=p4r.Entity(
-                    table_entry=flow_entry(self.schema, flow, d, with_action))))
+                    table_entry=flow_entry(self.schema, flow, d, with_action, ttl))))
         try:
             await self.session.write(updates, what)
         except WriteError as e:
@@ -76,8 +81,30 @@ class P4RuntimeDriver:
         # NOT_FOUND is fine: teardown may repeat, or the switch restarted.
         return await self._batch(flows, p4r.Update.DELETE, False, "flow delete", ("NOT_FOUND",))
 
+    async def read(self, flows: list[Flow], last_hit: bool) -> dict[int, FlowRead]:
+        """Both entries of each flow, read by their match (not a table walk)."""
+        ents = [p4r.Entity(table_entry=entry_query(self.schema, f, d, last_hit)) for f in flows for d in Dir]
+        want = {}
+        for f in flows:
+            for d in Dir:
+                want[flow_key(self.schema, f, d)] = (f, d)
+        got: dict[int, list] = {}
+        async for e in self.session.read(ents):
+            te = e.table_entry
+            hit = want.get(entry_key(te))
+            if hit is None:
+                continue
+            f, d = hit
+            acc = got.setdefault(id(f), [[0, 0], [0, 0], []])
+            acc[0][d], acc[1][d] = te.counter_data.packet_count, te.counter_data.byte_count
+            if te.HasField("time_since_last_hit"):
+                acc[2].append(te.time_since_last_hit.elapsed_ns)
+        return {k: FlowRead(tuple(v[0]), tuple(v[1]), min(v[2]) if len(v[2]) == 2 else None)
+                for k, v in got.items()}
+
     async def stats(self, flows: list[Flow]) -> dict[int, FlowStats]:
-        """Direct counters of every entry, read in one wildcard request."""
+        """Direct counters of every entry, read in one wildcard request (the
+        full poll; bench/poll_cost.py measures what it costs)."""
         want = {}
         for flow in flows:
             for d in Dir:
@@ -99,6 +126,38 @@ class P4RuntimeDriver:
             acc[0][d] = dce.data.packet_count
             acc[1][d] = dce.data.byte_count
         return {k: FlowStats(tuple(v[0]), tuple(v[1])) for k, v in got.items()}
+
+
+@dataclass(slots=True)
+class FlowRead:
+    """What the switch said of a flow's two entries."""
+    packets: tuple[int, int]
+    bytes: tuple[int, int]
+    idle_ns: int | None     # time since the most recent hit of either entry, if the table ages
+
+
+async def read_flows(driver: "P4RuntimeDriver", flows: list[Flow], last_hit: bool) -> dict[int, FlowRead]:
+    """Counters (and time since last hit) of these flows' entries, in one read.
+
+    A target refuses the whole read when one entry is missing (PI reads each
+    entry by its match); then each flow is read alone and the missing ones are
+    left out of the result."""
+    try:
+        return await driver.read(flows, last_hit)
+    except SwitchUnavailable:
+        raise
+    except SwitchError:
+        if len(flows) == 1:
+            return {}
+    out: dict[int, FlowRead] = {}
+    for f in flows:
+        try:
+            out.update(await driver.read([f], last_hit))
+        except SwitchUnavailable:
+            raise
+        except SwitchError:
+            continue
+    return out
 
 
 def port_entry(schema: P4Schema, port: int, flowtable_id: int) -> p4r.TableEntry:

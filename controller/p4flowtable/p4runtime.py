@@ -74,7 +74,9 @@ class Session:
         self.device_id = device_id
         self.election_id = election_id
         self.packet_in: asyncio.Queue[p4runtime_pb2.PacketIn] = asyncio.Queue(queue_size)
-        self.idle: asyncio.Queue[p4runtime_pb2.IdleTimeoutNotification] = asyncio.Queue(queue_size)
+        # unbounded: a lost notification is a flow that never expires; there
+        # are at most as many as entries
+        self.idle: asyncio.Queue[p4runtime_pb2.IdleTimeoutNotification] = asyncio.Queue()
         self.dropped_packet_in = 0
         self.lost = asyncio.Event()
         self._channel: grpc.aio.Channel | None = None

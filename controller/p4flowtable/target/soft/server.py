@@ -502,8 +502,16 @@ class SoftSwitchServer(p4runtime_pb2_grpc.P4RuntimeServicer):
                     msg.is_default_action = True
                     res.append(p4r.Entity(table_entry=msg))
                     continue
+                since = te.HasField("time_since_last_hit")
+                if since and not tm.table.support_timeout:
+                    raise RequestError("INVALID_ARGUMENT", f"table {tm.info.preamble.name} does not support "
+                                                           "idle timeout: do not ask for time_since_last_hit")
+                now = time.monotonic()
                 for e in self._entries(pipe, tm, te):
-                    res.append(p4r.Entity(table_entry=pipe.entry_msg(tm, e, counters)))
+                    msg = pipe.entry_msg(tm, e, counters)
+                    if since:
+                        msg.time_since_last_hit.elapsed_ns = int((now - e.last_hit) * 1e9)
+                    res.append(p4r.Entity(table_entry=msg))
             return res
         if kind == "direct_counter_entry":
             te = ent.direct_counter_entry.table_entry
@@ -557,12 +565,10 @@ class SoftSwitchServer(p4runtime_pb2_grpc.P4RuntimeServicer):
                 continue
             idle = []
             with pipe.prog.lock:
-                for e in tm.table.by_key.values():
-                    if e.idle_timeout_ns and not e.idle_notified and (now - e.last_hit) * 1e9 > e.idle_timeout_ns:
-                        e.idle_notified = True
-                        msg = pipe.entry_msg(tm, e, False)
-                        msg.ClearField("action")
-                        idle.append(msg)
+                for e in tm.table.sweep(now):
+                    msg = pipe.entry_msg(tm, e, False)
+                    msg.ClearField("action")
+                    idle.append(msg)
             for i in range(0, len(idle), 1000):
                 self.primary.send(p4r.StreamMessageResponse(
                     idle_timeout_notification=p4r.IdleTimeoutNotification(

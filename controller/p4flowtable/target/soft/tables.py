@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -87,6 +88,8 @@ class Table:
         self.initial_default = self.default
         self.by_key: dict[tuple, Entry] = {}
         self.n_aging = 0                     # entries with an idle timeout
+        self._aging: list = []               # heap, see sweep()
+        self._seq = 0
         self.ordered: list[Entry] = []       # non-exact tables, best first
         self.const_entries = False
         for e in js.get("entries", []):
@@ -153,7 +156,9 @@ class Table:
             e.bytes += self.prog.get_sm(p, "packet_length")
         if self.support_timeout:
             e.last_hit = time.monotonic()
-            e.idle_notified = False
+            if e.idle_notified:   # idle, now hit again: age it anew
+                e.idle_notified = False
+                self._age(e)
         return True, e.action, e.data
 
     # -- control plane -------------------------------------------------------------
@@ -191,6 +196,7 @@ class Table:
             raise TableError("RESOURCE_EXHAUSTED", f"table {self.name} is full ({self.max_size} entries)")
         self._add(e)
         self.n_aging += bool(e.idle_timeout_ns)
+        self._age(e)
 
     def modify(self, e: Entry) -> None:
         old = self.by_key.get(self._ident(e.key, e.priority))
@@ -199,6 +205,7 @@ class Table:
         old.action, old.data = e.action, e.data
         self.n_aging += bool(e.idle_timeout_ns) - bool(old.idle_timeout_ns)
         old.idle_timeout_ns = e.idle_timeout_ns
+        self._age(old)
 
     def delete(self, key: tuple, priority: int) -> None:
         if self.const_entries:
@@ -212,6 +219,34 @@ class Table:
 
     def get(self, key: tuple, priority: int) -> Entry | None:
         return self.by_key.get(self._ident(key, priority))
+
+    # -- idle timeout ------------------------------------------------------------
+    # A heap of (deadline, seq, entry) instead of a scan of every entry: an
+    # entry hit since it was pushed is pushed again at its real deadline when
+    # popped, so the cost is per expiry and per timeout period of an active
+    # entry, never per entry per sweep.
+    def _age(self, e: Entry) -> None:
+        if self.support_timeout and e.idle_timeout_ns:
+            self._seq += 1
+            heapq.heappush(self._aging, (e.last_hit + e.idle_timeout_ns / 1e9, self._seq, e))
+
+    def sweep(self, now: float) -> list[Entry]:
+        """Entries idle for longer than their idle_timeout_ns, each reported
+        once until it is hit again (as BMv2's ageing monitor does)."""
+        out = []
+        heap = self._aging
+        while heap and heap[0][0] <= now:
+            _, _, e = heapq.heappop(heap)
+            if e.idle_notified or not e.idle_timeout_ns or self.by_key.get(self._ident(e.key, e.priority)) is not e:
+                continue   # already reported, ageing off, or deleted
+            deadline = e.last_hit + e.idle_timeout_ns / 1e9
+            if deadline > now:
+                self._seq += 1
+                heapq.heappush(heap, (deadline, self._seq, e))
+            else:
+                e.idle_notified = True
+                out.append(e)
+        return out
 
     def set_default(self, action_name: str | None, data: tuple) -> None:
         if self.default_const:
