@@ -79,6 +79,7 @@ bench: install
 	$(PY) bench/offload_rate.py
 	$(PY) bench/paths.py
 	$(PY) bench/poll_cost.py
+	$(PY) bench/aging.py
 	$(PY) bench/plot.py
 
 clean:

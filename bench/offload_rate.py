@@ -58,13 +58,15 @@ def lan_host(i: int) -> A:
 
 
 def wan_host(i: int) -> A:
-    return A(f"192.0.2.{2 + (i // N_HOSTS) % N_HOSTS}")
+    return A(f"192.0.2.{2 + (i // 60000) % N_HOSTS}")
 
 
-def tuples(i: int) -> tuple[FlowTuple, FlowTuple]:
-    """Flow i: a masqueraded TCP connection, all tuples distinct."""
-    orig = FlowTuple(lan_host(i), wan_host(i), 6, 10000 + i // (N_HOSTS * N_HOSTS), 80)
-    reply = FlowTuple(wan_host(i), A(WAN["router"]), 6, 80, 1024 + i % 60000)
+def tuples(i: int, proto: int = 6) -> tuple[FlowTuple, FlowTuple]:
+    """Flow i: a masqueraded TCP (or UDP) connection; all tuples distinct for
+    i below ten million (i picks the LAN host and source port, and the WAN
+    host and masquerade port)."""
+    orig = FlowTuple(lan_host(i), wan_host(i), proto, 10000 + i // N_HOSTS, 80)
+    reply = FlowTuple(wan_host(i), A(WAN["router"]), proto, 80, 1024 + i % 60000)
     return orig, reply
 
 
@@ -82,11 +84,11 @@ def setup_router() -> None:
     subprocess.run(["ip", "-n", NS, "-batch", "-"], input="\n".join(cmds) + "\n", text=True, check=True)
 
 
-def start_daemon(grpc: str, ruleset: Path) -> subprocess.Popen:
+def start_daemon(grpc: str, ruleset: Path, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "controller"))
     p = subprocess.Popen([sys.executable, "-m", "p4flowtable.cli", "--socket", SOCK, "daemon",
                           "--grpc-addr", grpc, "--netns", NS, "--port", f"1={LAN['rep']}",
-                          "--port", f"2={WAN['rep']}", "--ruleset", str(ruleset), "--poll-interval", "5"],
+                          "--port", f"2={WAN['rep']}", "--ruleset", str(ruleset), "--poll-interval", "5", *extra],
                          stdout=open("/tmp/p4ftb-daemon.out", "w"), stderr=subprocess.STDOUT, env=env)
     end = time.monotonic() + 60
     while time.monotonic() < end:
@@ -108,17 +110,18 @@ def stop(p: subprocess.Popen) -> None:
         p.kill()
 
 
-async def create_entries(idx: range, pace: float | None = None) -> float:
-    """ctnetlink-create ESTABLISHED TCP entries; returns entries per second.
-    Unpaced, up to 256 requests are in flight."""
+async def create_entries(idx: range, pace: float | None = None, proto: int = 6) -> float:
+    """ctnetlink-create ESTABLISHED TCP (or replied UDP) entries; returns
+    entries per second. Unpaced, up to 256 requests are in flight."""
     sock = ctnl.CtnlSocket(netns.netlink_socket(NS, 12))   # NETLINK_NETFILTER
     slots = asyncio.Semaphore(1 if pace else 256)
 
     async def one(i: int) -> None:
-        o, r = tuples(i)
+        o, r = tuples(i, proto)
         async with slots:
             await sock.request(ctnl.IPCTNL_MSG_CT_NEW, socket.AF_INET,
-                               ctnl.create_payload(o, r, IPS_SEEN_REPLY | IPS_ASSURED | IPS_CONFIRMED, 3600, 3),
+                               ctnl.create_payload(o, r, IPS_SEEN_REPLY | IPS_ASSURED | IPS_CONFIRMED, 3600,
+                                                   3 if proto == 6 else None),
                                ctnl.NLM_F_CREATE | ctnl.NLM_F_EXCL)
     t0 = time.monotonic()
     if pace:
@@ -140,7 +143,7 @@ def wait_offloaded(n: int, deadline: float) -> dict:
     while time.monotonic() < end:
         t = call("offload_timing", path=SOCK)
         if t["offloaded"] >= n:
-            return t
+            return call("offload_timing", {"samples": True}, path=SOCK)
         time.sleep(0.2)
     raise TimeoutError(f"only {call('offload_timing', path=SOCK)['offloaded']} of {n} offloaded")
 

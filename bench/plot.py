@@ -86,6 +86,31 @@ def main() -> int:
         ax.legend()
         ax.set_title(f"{poll['switch']} (rev {poll['git']})")
         made.append(save(fig, "poll_cost.png"))
+    aging = load("aging")
+    if aging and aging["runs"]:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+        for sw, color in (("bmv2", "#4477aa"), ("soft", "#ee6677")):
+            rs = sorted((r for r in aging["runs"] if r["switch"] == sw), key=lambda r: r["flows"])
+            if not rs:
+                continue
+            xs = [max(r["flows"], 100) for r in rs]   # N = 0 drawn at 100 on the log axis
+            lag = [r["expiry"]["lag_over_timeout_s"] for r in rs]
+            ax1.errorbar(xs, [x["p50"] for x in lag], yerr=[[0] * len(lag), [x["max"] - x["p50"] for x in lag]],
+                         fmt="o-", color=color, capsize=3, label=f"{sw} (p50, bar to max)")
+            ax2.plot(xs, [r["burst"]["ratio_to_fewest_flows"] for r in rs], "s-", color=color, label=sw)
+        ax1.axhline(2.0, color="grey", ls="--", label="bound: timeout + 2 s")
+        ax1.set_xscale("log")
+        ax1.set_xlabel("offloaded flows being aged (0 drawn at 100)")
+        ax1.set_ylabel("expiry lag beyond the timeout (s)")
+        ax1.legend(fontsize=7)
+        ax2.axhline(0.8, color="grey", ls="--", label="target 0.8")
+        ax2.set_xscale("log")
+        ax2.set_ylim(0, 1.5)
+        ax2.set_xlabel("offloaded flows being aged (0 drawn at 100)")
+        ax2.set_ylabel("setup rate / rate with none")
+        ax2.legend(fontsize=7)
+        fig.suptitle(f"aging on the switch's idle timeouts (rev {aging['git']})", fontsize=10)
+        made.append(save(fig, "aging.png"))
     print("plots:", ", ".join(made) or "none (no results yet)")
     return 0
 

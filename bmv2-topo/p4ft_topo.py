@@ -211,12 +211,19 @@ def veth_links(pairs: list[tuple[str, str]]):
             subprocess.run(["ip", "link", "del", a], capture_output=True)
 
 
+class SwitchAddr(str):
+    """A switch's gRPC address, which also knows the switch's process id."""
+    pid: int = 0
+
+
 @contextlib.contextmanager
 def switch_on_veths(kind: str, pairs: list[tuple[str, str]]):
-    """A switch whose ports 1..n are the first ends of fresh veth pairs; yields its gRPC address."""
+    """A switch whose ports 1..n are the first ends of fresh veth pairs; yields
+    its gRPC address (a SwitchAddr: .pid is the switch process)."""
     with veth_links(pairs):
-        grpc_addr = f"127.0.0.1:{free_tcp_port()}"
+        grpc_addr = SwitchAddr(f"127.0.0.1:{free_tcp_port()}")
         proc = start_switch_process(kind, [(i + 1, a) for i, (a, _) in enumerate(pairs)], grpc_addr)
+        grpc_addr.pid = proc.pid
         try:
             yield grpc_addr
         finally:

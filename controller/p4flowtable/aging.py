@@ -65,6 +65,10 @@ class Aging:
         self._read_lock = asyncio.Lock()        # one read in flight
         self._wake = asyncio.Event()
         self.stats: collections.Counter[str] = collections.Counter()
+        # expired flows: [idle since, packets seen, expiry decided, entries removed]
+        # (the daemon fills in the last); for measuring expiry lag
+        self.expiry_log: collections.deque[list] = collections.deque(maxlen=100_000)
+        self._expiring: dict[int, list] = {}
 
     @staticmethod
     def _live(f: Flow) -> bool:
@@ -91,6 +95,12 @@ class Aging:
         flows = [f for f in flows if self._live(f)]
         for i in range(0, len(flows), READ_BATCH):
             await self._read(flows[i:i + READ_BATCH])
+
+    def removed(self, f: Flow, now: float) -> None:
+        """The switch no longer holds f's entries."""
+        record = self._expiring.pop(id(f), None)
+        if record is not None:
+            record[3] = now
 
     # -- the task -------------------------------------------------------------------
     async def run(self, tick: float) -> None:
@@ -146,6 +156,7 @@ class Aging:
 
     def _apply(self, f: Flow, r: FlowRead, now: float) -> None:
         """flow_offload_work_stats: the switch's last use pushes the timeout."""
+        before = f.last_used
         if r.idle_ns is not None:
             last = now - r.idle_ns / 1e9
             if last > f.last_used:
@@ -158,6 +169,9 @@ class Aging:
         # most the idle timeout itself as time since the last hit
         if idle >= f.timeout:
             self.stats["expired"] += 1
+            record = [before, sum(r.packets), now, None]
+            self.expiry_log.append(record)
+            self._expiring[id(f)] = record
             self._expire(f)
         elif not self.idle_timeout:
             # active: again when 9/10 of the timeout has run; idle already:

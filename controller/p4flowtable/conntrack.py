@@ -119,14 +119,14 @@ class ConntrackMirror:
     async def resync(self) -> tuple[list[CtEntry], list[CtEntry]]:
         """After lost events (ENOBUFS): subscribe again, then dump.
 
+        The table stays readable meanwhile: the dump fills new indexes that
+        replace the old ones when it is complete.
         Returns (entries now present, entries that vanished meanwhile).
         """
         if self._events is not None:
             self._events.close()
         await self._subscribe()
-        before = dict(self.entries)
-        self.entries.clear()
-        self._by_reply.clear()
+        before = self.entries
         now = await self.dump()
         gone = [e for k, e in before.items() if k not in self.entries]
         return now, gone
@@ -138,11 +138,14 @@ class ConntrackMirror:
 
     async def dump(self) -> list[CtEntry]:
         out = []
+        entries: dict[FlowTuple, CtEntry] = {}
+        by_reply: dict[FlowTuple, CtEntry] = {}
         for msg in await self._cmd.dump(socket.AF_INET):
             e = entry_from_msg(msg)
             if e is not None:
-                self._store(e)
+                entries[e.orig] = by_reply[e.reply] = e
                 out.append(e)
+        self.entries, self._by_reply = entries, by_reply
         return out
 
     def _store(self, e: CtEntry) -> None:

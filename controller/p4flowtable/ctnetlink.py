@@ -51,6 +51,7 @@ _BE32 = struct.Struct("!I")
 _ERRNO = struct.Struct("=i")
 HDR_LEN = _NLMSGHDR.size + _NFGENMSG.size
 RECV_SIZE = 1 << 17
+EVENT_DRAIN = 8192      # datagrams read per wake-up on an event socket
 
 
 class CtnlError(OSError):
@@ -247,14 +248,25 @@ class CtnlSocket:
 
     async def messages(self):
         """Events as they come. Raises OSError(ENOBUFS) when the kernel dropped some."""
+        n = 0
         while True:
             item = await self._events.get()
             if isinstance(item, Exception):
                 raise item
-            yield item
+            for m in self._decode_events(item):
+                yield m
+            n += 1
+            if n % 256 == 0:
+                # a get() from a non-empty queue does not give the loop a
+                # turn; the socket must be drained meanwhile
+                await asyncio.sleep(0)
 
     def _readable(self) -> None:
-        for _ in range(64):   # bounded: let other tasks run during a flood
+        # Events are queued raw and decoded by their consumer: draining the
+        # socket must outpace a burst (thousands of new connections) even
+        # while the loop is busy, or the kernel drops events (ENOBUFS).
+        limit = EVENT_DRAIN if self._events is not None else 64
+        for _ in range(limit):
             try:
                 data = self.sock.recv(RECV_SIZE)
             except BlockingIOError:
@@ -264,35 +276,46 @@ class CtnlSocket:
                     self._events.put_nowait(e)
                     return
                 raise
-            self._parse(data)
+            if self._events is not None:
+                self._events.put_nowait(data)
+            else:
+                self._parse(data)
+
+    @staticmethod
+    def _decode_events(data: bytes):
+        off, n = 0, len(data)
+        while off + _NLMSGHDR.size <= n:
+            length, mtype, flags, _seq, _pid = _NLMSGHDR.unpack_from(data, off)
+            if length < _NLMSGHDR.size or off + length > n:
+                return
+            if mtype >> 8 == NFNL_SUBSYS_CTNETLINK:
+                yield decode(data, off, off + length, mtype & 0xFF, flags)
+            off += (length + 3) & ~3
 
     def _parse(self, data: bytes) -> None:
+        """Answers to requests, matched by sequence number."""
         off, n = 0, len(data)
         while off + _NLMSGHDR.size <= n:
             length, mtype, flags, seq, _pid = _NLMSGHDR.unpack_from(data, off)
             if length < _NLMSGHDR.size or off + length > n:
                 break
-            end = off + length
-            if self._events is not None and seq == 0:
-                if mtype >> 8 == NFNL_SUBSYS_CTNETLINK:
-                    self._events.put_nowait(decode(data, off, end, mtype & 0xFF, flags))
-            else:
-                pend = self._pending.get(seq)
-                if pend is not None:
-                    fut, got = pend
-                    if mtype == NLMSG_ERROR:
-                        err = (-_ERRNO.unpack_from(data, off + _NLMSGHDR.size)[0]
-                               if length >= _NLMSGHDR.size + 4 else errno.EBADMSG)
-                        del self._pending[seq]
-                        if not fut.done():
-                            if err:
-                                fut.set_exception(CtnlError(err, os.strerror(err)))
-                            else:
-                                fut.set_result(got)
-                    elif mtype == NLMSG_DONE:
-                        del self._pending[seq]
-                        if not fut.done():
-                            fut.set_result(got)
-                    elif mtype >> 8 == NFNL_SUBSYS_CTNETLINK:
-                        got.append(decode(data, off, end, mtype & 0xFF, flags))
-            off += (length + 3) & ~3
+            off, start = off + ((length + 3) & ~3), off
+            pend = self._pending.get(seq)
+            if pend is None:
+                continue
+            fut, got = pend
+            if mtype == NLMSG_ERROR:
+                err = (-_ERRNO.unpack_from(data, start + _NLMSGHDR.size)[0]
+                       if length >= _NLMSGHDR.size + 4 else errno.EBADMSG)
+                del self._pending[seq]
+                if not fut.done():
+                    if err:
+                        fut.set_exception(CtnlError(err, os.strerror(err)))
+                    else:
+                        fut.set_result(got)
+            elif mtype == NLMSG_DONE:
+                del self._pending[seq]
+                if not fut.done():
+                    fut.set_result(got)
+            elif mtype >> 8 == NFNL_SUBSYS_CTNETLINK:
+                got.append(decode(data, start, start + length, mtype & 0xFF, flags))

@@ -451,6 +451,9 @@ class Daemon:
 
     async def _do_del(self, batch: list[Flow]) -> None:
         res = await self.driver.delete(batch)
+        now = self.clock()
+        for f in batch:
+            self.aging.removed(f, now)
         for f, msg in res.failed:
             log.error("switch refused to delete flow %s: %s", f.key, msg)
             self.stats["delete_failed"] += 1
@@ -525,10 +528,21 @@ class Daemon:
             return await self.flowtable_delete(args["name"])
         if cmd == "ping":
             return "pong"
+        if cmd == "expiry_timing":
+            return [r for r in self.aging.expiry_log if r[3] is not None]
         if cmd == "offload_timing":
-            return {"latency": list(self.offload_latency), "first_decided": self.first_decided,
+            if args.get("reset"):
+                self.offload_latency.clear()
+                self.first_decided = self.last_offloaded = None
+                return {}
+            # cheap unless the samples are asked for: benchmarks poll it
+            return {"latency": list(self.offload_latency) if args.get("samples") else None,
+                    "first_decided": self.first_decided,
                     "last_offloaded": self.last_offloaded, "offloaded": self.stats["offloaded"],
                     "batches": self.stats["offload_batches"]}
+        if cmd == "counters":
+            # the event counters of `stats` without what costs O(flows)
+            return {**self.stats, **{f"aging.{k}": v for k, v in self.aging.stats.items()}}
         raise ValueError(f"unknown command {cmd!r}")
 
     def _ft_dict(self, t) -> dict:
