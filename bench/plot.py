@@ -100,6 +100,7 @@ def main() -> int:
             ax2.plot(xs, [r["burst"]["ratio_to_fewest_flows"] for r in rs], "s-", color=color, label=sw)
         ax1.axhline(2.0, color="grey", ls="--", label="bound: timeout + 2 s")
         ax1.set_xscale("log")
+        ax1.set_ylim(0, 2.3)
         ax1.set_xlabel("offloaded flows being aged (0 drawn at 100)")
         ax1.set_ylabel("expiry lag beyond the timeout (s)")
         ax1.legend(fontsize=7)

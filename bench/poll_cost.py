@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Cost of one counter poll (the daemon's aging input) at N offloaded flows.
+"""Cost of one full counter poll at N offloaded flows (aging's input before it
+moved to the switch's idle timeouts; kept as the comparison).
 
 N flows' entries are written to the switch, then the daemon's own driver reads
 every direct counter once (`P4RuntimeDriver.stats`, one wildcard read), timed
