@@ -11,7 +11,6 @@ p4ft makes to the kernel's entries, as nf_flow_table does:
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 import socket

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from .model import Dir, Flow, FlowFlag, FlowTuple
+from .model import Dir, Flow, FlowTuple
 
 NF_FLOW_TIMEOUT = 30.0  # seconds, the kernel's default flowtable timeout
 REFRESH_SLACK = 1.0     # a refresh moves the deadline only by more than this

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from p4.v1 import p4runtime_pb2 as p4r
 
 from .model import Dir, Flow, FlowRoute, FlowTuple, IPPROTO_TCP, IPPROTO_UDP, ipv4, rewrite_for
-from .p4info import P4Schema, encode
+from .p4info import P4Schema
 
 # Neighbour states the kernel would transmit to without resolving again.
 NUD_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # REACHABLE STALE DELAY PROBE NOARP PERMANENT
@@ -155,23 +155,30 @@ def _layout(schema: P4Schema) -> tuple:
 
 
 def flow_entry(schema: P4Schema, flow: Flow, d: Dir, with_action: bool = True,
-               idle_timeout_ns: int = 0) -> p4r.TableEntry:
+               idle_timeout_ns: int = 0, entry: p4r.TableEntry | None = None) -> p4r.TableEntry:
     """The flow_table_v4 entry of one direction (values big-endian, padded to
-    their field's width)."""
+    their field's width). Fills `entry` in place when given, e.g. the one
+    inside an Update: building a message and then wrapping it copies it."""
     table_id, fields, action_id, params = _layout(schema)
+    entry = p4r.TableEntry() if entry is None else entry
+    entry.table_id = table_id
+    if idle_timeout_ns:
+        entry.idle_timeout_ns = idle_timeout_ns
     t = flow.tuples[d]
-    values = (flow.iif[d], int(t.src), int(t.dst), t.l4proto, t.sport, t.dport)
-    entry = p4r.TableEntry(table_id=table_id, idle_timeout_ns=idle_timeout_ns, match=[
-        p4r.FieldMatch(field_id=fid, exact=p4r.FieldMatch.Exact(value=_bytes(v, n)))
-        for (fid, n), v in zip(fields, values)])
+    for (fid, n), v in zip(fields, (flow.iif[d], int(t.src), int(t.dst), t.l4proto, t.sport, t.dport)):
+        m = entry.match.add()
+        m.field_id = fid
+        m.exact.value = v.to_bytes(n, "big")
     if with_action:
         route = flow.routes[d]
         rw = rewrite_for(flow.tuples, d)
-        values = (route.port, _mac(route.src_mac), _mac(route.dst_mac), int(rw.src), int(rw.dst),
-                  rw.sport, rw.dport, route.mtu)
-        entry.action.action.action_id = action_id
-        entry.action.action.params.extend(p4r.Action.Param(param_id=pid, value=_bytes(v, n))
-                                          for (pid, n), v in zip(params, values))
+        action = entry.action.action
+        action.action_id = action_id
+        for (pid, n), v in zip(params, (route.port, _mac(route.src_mac), _mac(route.dst_mac), int(rw.src),
+                                        int(rw.dst), rw.sport, rw.dport, route.mtu)):
+            p = action.params.add()
+            p.param_id = pid
+            p.value = v.to_bytes(n, "big")
     return entry
 
 
@@ -198,9 +205,6 @@ def match_tuple(schema: P4Schema, entry: p4r.TableEntry) -> tuple[int, FlowTuple
         return None
     return port, FlowTuple(ipv4(src), ipv4(dst), proto, sport, dport)
 
-
-def _bytes(value: int, nbytes: int) -> bytes:
-    return value.to_bytes(nbytes, "big")
 
 
 def entry_key(entry: p4r.TableEntry) -> tuple:

@@ -58,8 +58,9 @@ class P4RuntimeDriver:
         for flow in flows:
             for d in Dir:
                 ttl = int(flow.timeout * 1e9) if with_action and self.idle_timeout else 0
-                updates.append(p4r.Update(type=kind, entity=p4r.Entity(
-                    table_entry=flow_entry(self.schema, flow, d, with_action, ttl))))
+                u = p4r.Update(type=kind)
+                flow_entry(self.schema, flow, d, with_action, ttl, entry=u.entity.table_entry)
+                updates.append(u)
         try:
             await self.session.write(updates, what)
         except WriteError as e:
