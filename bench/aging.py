@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from offload_rate import (NS, SOCK, LINKS, Router, call, create_entries, flush_conntrack,  # noqa: E402
                           make_ruleset, percentile, setup_router, start_daemon, stop, switch_on_veths)
+from p4ft_topo import wait_until  # noqa: E402
 from record import save  # noqa: E402
 
 UDP = 17
@@ -47,16 +48,6 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of a process and its threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def wait_until(pred, deadline: float, what: str, interval: float = 0.2):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    raise TimeoutError(f"{what} within {deadline:.0f}s")
 
 
 def offloaded_now() -> int:
@@ -75,7 +66,7 @@ def one_size(switch: str, n: int, burst: int, probes: int, timeout: float) -> di
             # 1. N background flows
             t0 = time.monotonic()
             asyncio.run(create_entries(range(n)))
-            wait_until(lambda: offloaded_now() >= n, 60 + n / 200, f"{n} background flows offloaded")
+            wait_until(lambda: offloaded_now() >= n, 60 + n / 200, f"{n} background flows offloaded", 0.2)
             setup_s = time.monotonic() - t0
             # 2. setup rate of a burst while the N are aged. Warm first, for
             # every N alike: the burst's hosts' next hops are looked up and
@@ -83,19 +74,19 @@ def one_size(switch: str, n: int, burst: int, probes: int, timeout: float) -> di
             warm_expired = call("counters", path=SOCK).get("expired", 0) + WARM
             asyncio.run(create_entries(range(BASE_BURST - WARM, BASE_BURST), proto=UDP))
             wait_until(lambda: call("counters", path=SOCK).get("expired", 0) >= warm_expired, timeout + 30,
-                       "warm-up flows expired")
+                       "warm-up flows expired", 0.2)
             base = offloaded_now()
             call("offload_timing", {"reset": True}, path=SOCK)
             asyncio.run(create_entries(range(BASE_BURST, BASE_BURST + burst)))
             t = wait_until(lambda: (x := call("offload_timing", path=SOCK))["offloaded"] >= base + burst and x,
-                           120, "burst offloaded")
+                           120, "burst offloaded", 0.2)
             rate = burst / (t["last_offloaded"] - t["first_decided"])
             # 3. probes: offloaded, never hit, expire after `timeout`
             s0 = call("counters", path=SOCK)
             c0 = (time.monotonic(), cpu_seconds(d.pid), cpu_seconds(grpc.pid))
             asyncio.run(create_entries(range(BASE_PROBE, BASE_PROBE + probes), proto=UDP))
             wait_until(lambda: call("counters", path=SOCK).get("expired", 0) >= s0.get("expired", 0) + probes,
-                       timeout + 60, "probes expired")
+                       timeout + 60, "probes expired", 0.2)
             c1 = (time.monotonic(), cpu_seconds(d.pid), cpu_seconds(grpc.pid))
             s1 = call("counters", path=SOCK)
             log = call("expiry_timing", path=SOCK)

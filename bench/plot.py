@@ -98,18 +98,15 @@ def main() -> int:
             ax1.errorbar(xs, [x["p50"] for x in lag], yerr=[[0] * len(lag), [x["max"] - x["p50"] for x in lag]],
                          fmt="o-", color=color, capsize=3, label=f"{sw} (p50, bar to max)")
             ax2.plot(xs, [r["burst"]["ratio_to_fewest_flows"] for r in rs], "s-", color=color, label=sw)
-        ax1.axhline(2.0, color="grey", ls="--", label="bound: timeout + 2 s")
-        ax1.set_xscale("log")
-        ax1.set_ylim(0, 2.3)
-        ax1.set_xlabel("offloaded flows being aged (0 drawn at 100)")
-        ax1.set_ylabel("expiry lag beyond the timeout (s)")
-        ax1.legend(fontsize=7)
-        ax2.axhline(0.8, color="grey", ls="--", label="target 0.8")
-        ax2.set_xscale("log")
-        ax2.set_ylim(0, 1.5)
-        ax2.set_xlabel("offloaded flows being aged (0 drawn at 100)")
-        ax2.set_ylabel("setup rate / rate with none")
-        ax2.legend(fontsize=7)
+        for ax, line, label, top, ylabel in (
+                (ax1, 2.0, "bound: timeout + 2 s", 2.3, "expiry lag beyond the timeout (s)"),
+                (ax2, 0.8, "target 0.8", 1.5, "setup rate / rate with none")):
+            ax.axhline(line, color="grey", ls="--", label=label)
+            ax.set_xscale("log")
+            ax.set_ylim(0, top)
+            ax.set_xlabel("offloaded flows being aged (0 drawn at 100)")
+            ax.set_ylabel(ylabel)
+            ax.legend(fontsize=7)
         fig.suptitle(f"aging on the switch's idle timeouts (rev {aging['git']})", fontsize=10)
         made.append(save(fig, "aging.png"))
     print("plots:", ", ".join(made) or "none (no results yet)")

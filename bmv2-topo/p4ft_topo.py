@@ -64,6 +64,19 @@ table ip p4ft {{
 DEFAULT_RULESET = make_ruleset()
 
 
+def wait_until(pred, timeout: float, what: str, interval: float = 0.05, error=TimeoutError):
+    """Poll pred until it returns something true (returned), or raise error
+    after timeout seconds naming what was awaited and the last value seen."""
+    end = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < end:
+        last = pred()
+        if last:
+            return last
+        time.sleep(interval)
+    raise error(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
 def wait_port(host: str, port: int, deadline: float, proc: subprocess.Popen | None = None) -> None:
     end = time.monotonic() + deadline
     while time.monotonic() < end:

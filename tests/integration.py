@@ -13,7 +13,6 @@ import select
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -66,14 +65,8 @@ def start_net(kind: str, **kw):
 
 
 def wait_for(pred, timeout: float, what: str, interval: float = 0.05):
-    end = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < end:
-        last = pred()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+    from p4ft_topo import wait_until
+    return wait_until(pred, timeout, what, interval, error=AssertionError)
 
 
 def read_json(path: str, timeout: float = 30):
