@@ -6,7 +6,7 @@ For each switch and each N (1k, 10k, 100k), one daemon and one switch:
 1. N background TCP flows are offloaded (ctnetlink-created conntrack
    entries; TCP timeout 3600 s, so they stay for the run, their entries
    ageing in the switch the whole time).
-2. Setup rate while those N are aged: a burst of BURST more TCP flows,
+2. Setup rate while those N are aged: a burst of 10,000 more TCP flows,
    flows per second from first decision to last write (after warm-up flows
    over the same hosts have come and gone, so next hops are cached for
    every N alike).
@@ -119,7 +119,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--flows", default="0,1000,10000,100000")
     ap.add_argument("--switch", default="bmv2,soft" if shutil.which("simple_switch_grpc") else "soft")
-    ap.add_argument("--burst", type=int, default=5000)
+    ap.add_argument("--burst", type=int, default=10000)
     ap.add_argument("--probes", type=int, default=200)
     ap.add_argument("--timeout", type=float, default=5.0, help="probe flows' timeout, seconds")
     ap.add_argument("--out", default=str(ROOT / "bench/results/aging.json"))
