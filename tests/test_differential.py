@@ -1,7 +1,7 @@
 """Differential test: BMv2 and the embedded target, same pipeline, same table
-writes, same 10,000 generated packets (valid and malformed, every punt
-reason): identical output packets on identical ports, identical PacketIns,
-identical counters. Runs where BMv2 is installed (and as root)."""
+writes, same 10,000 generated packets (IPv4 and IPv6, valid and malformed,
+every punt reason): identical output packets on identical ports, identical
+PacketIns, identical counters. Runs where BMv2 is installed (and as root)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from p4.v1 import p4runtime_pb2 as p4r
 from scapy.all import ARP, ICMP, IP, IPv6, TCP, UDP, Ether, Raw
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 
 from p4flowtable.ip import flow_entry
 from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple
@@ -29,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 N_PACKETS = 10_000
 CPU = 510
 A = ipaddress.IPv4Address
+A6 = ipaddress.IPv6Address
 LINKS = [(1, "p4ftd-sw1", "p4ftd-h1"), (2, "p4ftd-sw2", "p4ftd-h2"), (3, "p4ftd-sw3", "p4ftd-h3")]
 MACS = {1: "02:00:00:00:01:fe", 2: "02:00:00:00:02:01"}
 
@@ -47,6 +49,13 @@ def flows() -> list[Flow]:
         reply = FlowTuple(A("192.0.2.2"), A("192.0.2.1"), proto, 80 + i, 61000 + i)
         mtu = 600 if i == 2 else 1500
         out.append(Flow(i, (orig, reply), "ft", 30, iif=(1, 2),
+                        routes=(FlowRoute(2, MACS[2], "00:00:00:00:00:02", mtu),
+                                FlowRoute(1, MACS[1], "00:00:00:00:00:01", mtu))))
+    for i, proto in enumerate((6, 17, 6)):     # IPv6, masqueraded (NAT66)
+        orig = FlowTuple(A6(f"2001:db8:1::{i + 1}"), A6("2001:db8:2::2"), proto, 41000 + i, 80 + i)
+        reply = FlowTuple(A6("2001:db8:2::2"), A6("2001:db8:2::fe"), proto, 80 + i, 62000 + i)
+        mtu = 600 if i == 2 else 1500
+        out.append(Flow(10 + i, (orig, reply), "ft", 30, iif=(1, 2),
                         routes=(FlowRoute(2, MACS[2], "00:00:00:00:00:02", mtu),
                                 FlowRoute(1, MACS[1], "00:00:00:00:00:01", mtu))))
     return out
@@ -77,35 +86,46 @@ def generate(n: int, seed: int = 7) -> list[tuple[int, bytes]]:
         payload = Raw(rng.randbytes(rng.randint(0, 700 if kind == "big" else 200)))
         ttl = rng.choice([0, 1, 2]) if kind == "ttl" else rng.randint(2, 255)
         eth = Ether(src="00:00:00:00:00:0%d" % port, dst=MACS.get(port, "02:00:00:00:00:03"))
-        ip = IP(src=str(t.src), dst=str(t.dst), ttl=ttl, id=rng.randint(0, 65535))
-        if kind == "miss":
-            ip.dst = "198.51.100.%d" % rng.randint(1, 254)
-        if kind == "opts":
-            ip.options = [b"\x94\x04\x00\x00"]
-        if kind == "frag":
-            ip.flags, ip.frag = rng.choice([("MF", 0), (0, 10), ("MF", 20)])
+        v6 = t.src.version == 6
+        iplen = 40 if v6 else 20
+        ext = None
+        if v6:
+            ip = IPv6(src=str(t.src), dst=str(t.dst), hlim=ttl, fl=rng.getrandbits(20))
+            if kind == "miss":
+                ip.dst = "2001:db8:9::%x" % rng.randint(1, 0xffff)
+            if kind in ("opts", "frag"):
+                ext = IPv6ExtHdrHopByHop() if kind == "opts" else IPv6ExtHdrFragment(m=rng.randint(0, 1))
+        else:
+            ip = IP(src=str(t.src), dst=str(t.dst), ttl=ttl, id=rng.randint(0, 65535))
+            if kind == "miss":
+                ip.dst = "198.51.100.%d" % rng.randint(1, 254)
+            if kind == "opts":
+                ip.options = [b"\x94\x04\x00\x00"]
+            if kind == "frag":
+                ip.flags, ip.frag = rng.choice([("MF", 0), (0, 10), ("MF", 20)])
         if t.l4proto == 6:
             flags = rng.choice(["F", "R", "FA", "RA"]) if kind == "finrst" else rng.choice(["A", "PA", "S", "SA"])
             l4 = TCP(sport=t.sport, dport=t.dport, flags=flags, seq=rng.getrandbits(32), ack=rng.getrandbits(32))
         else:
             l4 = UDP(sport=t.sport, dport=t.dport)
-        pkt = eth / ip / l4 / payload
+        pkt = eth / ip / (ext / l4 if ext is not None else l4) / payload
         raw = bytearray(bytes(pkt))
-        if kind == "badip":
+        if kind == "badip" and not v6:     # IPv6 has no header checksum
             raw[24] ^= 0x5A
-        if kind == "badl4":
-            off = 14 + 20 + (16 if t.l4proto == 6 else 6)
+        if kind == "badl4" and ext is None:
+            off = 14 + iplen + (16 if t.l4proto == 6 else 6)
             raw[off] ^= 0xA5
-        if kind == "udp0" and t.l4proto == 17:
-            raw[14 + 20 + 6:14 + 20 + 8] = b"\x00\x00"
+        if kind == "udp0" and t.l4proto == 17 and ext is None:
+            raw[14 + iplen + 6:14 + iplen + 8] = b"\x00\x00"
         if kind == "trunc":
             raw = raw[:rng.choice([20, 30, 40, 50])]
         if kind == "arp":
-            raw = bytearray(bytes(eth / ARP(psrc=str(t.src), pdst=str(t.dst))))
+            raw = bytearray(bytes(eth / ARP(psrc="10.0.1.1", pdst="10.0.1.254")))
         if kind == "v6":
             raw = bytearray(bytes(Ether(src=eth.src, dst=eth.dst) / IPv6() / UDP() / payload))
         if kind == "icmp":
-            raw = bytearray(bytes(eth / IP(src=str(t.src), dst=str(t.dst)) / ICMP()))
+            raw = bytearray(bytes(eth / (IPv6(src=str(t.src), dst=str(t.dst)) / ICMPv6EchoRequest() if v6
+                                         else IP(src=str(t.src), dst=str(t.dst)) / ICMP())))
         if kind == "unbound":
             port = 3
         if kind == "cpuhdr":    # bytes shaped like a packet_out header, on a front port
@@ -131,8 +151,11 @@ def soft_outputs(schema, packets):
             res.append(("cpu", out.data[:nbytes], out.data[nbytes:]))
         else:
             res.append((out.port, out.data))
-    t = sw.pipeline.prog.tables[schema.table("flow_table_v4").name]
-    return res, sorted((e.key, e.packets, e.bytes) for e in t.by_key.values())
+    counters = []
+    for name in ("flow_table_v4", "flow_table_v6"):
+        t = sw.pipeline.prog.tables[schema.table(name).name]
+        counters += [(name, tuple(e.key), e.packets, e.bytes) for e in t.by_key.values()]
+    return res, sorted(counters)
 
 
 
@@ -195,12 +218,13 @@ async def bmv2_outputs(schema, packets):
             else:
                 res.append(wire.result())
         counters = []
-        ent = p4r.Entity(direct_counter_entry=p4r.DirectCounterEntry(
-            table_entry=p4r.TableEntry(table_id=schema.table("flow_table_v4").id)))
-        async for e in s.read([ent]):
-            dce = e.direct_counter_entry
-            key = tuple(int.from_bytes(m.exact.value, "big") for m in dce.table_entry.match)
-            counters.append((key, dce.data.packet_count, dce.data.byte_count))
+        for name in ("flow_table_v4", "flow_table_v6"):
+            ent = p4r.Entity(direct_counter_entry=p4r.DirectCounterEntry(
+                table_entry=p4r.TableEntry(table_id=schema.table(name).id)))
+            async for e in s.read([ent]):
+                dce = e.direct_counter_entry
+                key = tuple(int.from_bytes(m.exact.value, "big") for m in dce.table_entry.match)
+                counters.append((name, key, dce.data.packet_count, dce.data.byte_count))
         await s.close()
         return res, sorted(counters)
     finally:
@@ -217,4 +241,6 @@ def test_bmv2_and_embedded_target_agree_packet_for_packet(links):
     assert not diffs, f"{len(diffs)} of {len(packets)} differ; first: {diffs[0]!r}"
     kinds = {r[0] if r else None for r in soft}
     assert {"cpu", 1, 2} <= kinds
+    # IPv6 went both ways through the fast path, not only to the CPU
+    assert any(r and r[0] in (1, 2) and r[1][12:14] == b"\x86\xdd" for r in soft)
     assert soft_counters == bmv2_counters

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from p4.v1 import p4runtime_pb2 as p4r
 from scapy.all import ICMP, IP, TCP, UDP, Ether, Raw
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 
 from p4flowtable.ip import flow_entry
 from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple
@@ -310,3 +311,65 @@ def test_bad_port_specs_are_refused(spec):
 
 def test_port_spec_syntax_is_simple_switch_s():
     assert parse_port_spec("1@veth1") == (1, "veth1")
+
+
+# -- IPv6 (flow_table_v6): NAT66 masquerade, hop limit, punts -----------------
+A6 = ipaddress.IPv6Address
+
+
+def masq_flow6(l4proto=6, mtu=1500):
+    orig = FlowTuple(A6("2001:db8:1::1"), A6("2001:db8:2::2"), l4proto, 40000, 80)
+    reply = FlowTuple(A6("2001:db8:2::2"), A6("2001:db8:2::fe"), l4proto, 80, 61000)
+    return Flow(2, (orig, reply), "ft", 30, iif=(1, 2),
+                routes=(FlowRoute(2, WAN_MAC, H2_MAC, mtu), FlowRoute(1, LAN_MAC, H1_MAC, mtu)))
+
+
+@pytest.fixture
+def switch6(switch, schema):
+    flow = masq_flow6()
+    for d in Dir:
+        _write(switch, schema, flow_entry(schema, flow, d))
+    return switch
+
+
+def lan_tcp6(flags="A", hlim=64, payload=b"x" * 100, ext=None):
+    ip = IPv6(src="2001:db8:1::1", dst="2001:db8:2::2", hlim=hlim)
+    return Ether(src=H1_MAC, dst=LAN_MAC) / ip / (ext if ext is not None else TCP(
+        sport=40000, dport=80, flags=flags, seq=1000, ack=2000) / Raw(payload))
+
+
+def test_ipv6_hit_rewrites_nat66_hop_limit_macs_and_checksum(switch6):
+    out = run(switch6, 1, lan_tcp6())
+    assert out.port == 2
+    pkt = Ether(out.data)
+    assert (pkt.src, pkt.dst) == (WAN_MAC, H2_MAC)
+    assert (pkt[IPv6].src, pkt[IPv6].dst, pkt[IPv6].hlim) == ("2001:db8:2::fe", "2001:db8:2::2", 63)
+    assert (pkt[TCP].sport, pkt[TCP].dport) == (61000, 80)
+    fresh = pkt.copy()
+    del fresh[TCP].chksum
+    assert Ether(bytes(fresh))[TCP].chksum == pkt[TCP].chksum   # valid over the new pseudo-header
+
+
+def test_ipv6_reply_direction_is_un_nated_and_other_flows_miss(switch6, schema):
+    pkt = (Ether(src=H2_MAC, dst=WAN_MAC) / IPv6(src="2001:db8:2::2", dst="2001:db8:2::fe", hlim=9)
+           / UDP(sport=1, dport=2) / Raw(b"u"))
+    assert punt_reason(schema, run(switch6, 2, pkt)) == "MISS"
+    pkt = (Ether(src=H2_MAC, dst=WAN_MAC) / IPv6(src="2001:db8:2::2", dst="2001:db8:2::fe", hlim=9)
+           / TCP(sport=80, dport=61000, flags="A") / Raw(b"y" * 10))
+    out = run(switch6, 2, pkt)
+    got = Ether(out.data)
+    assert out.port == 1
+    assert (got[IPv6].src, got[IPv6].dst, got[IPv6].hlim) == ("2001:db8:2::2", "2001:db8:1::1", 8)
+    assert (got[TCP].sport, got[TCP].dport) == (80, 40000)
+
+
+@pytest.mark.parametrize("make,reason", [
+    (lambda: lan_tcp6(flags="FA"), "TCP_FIN_RST"),
+    (lambda: lan_tcp6(hlim=1), "TTL_EXPIRED"),
+    (lambda: lan_tcp6(payload=b"z" * 1500), "MTU_EXCEEDED"),
+    (lambda: lan_tcp6(ext=IPv6ExtHdrHopByHop() / TCP(sport=40000, dport=80)), "IP_OPTIONS"),
+    (lambda: lan_tcp6(ext=IPv6ExtHdrFragment() / TCP(sport=40000, dport=80)), "IP_OPTIONS"),
+    (lambda: lan_tcp6(ext=ICMPv6EchoRequest()), "NOT_OFFLOADABLE"),
+])
+def test_ipv6_punts_what_the_kernel_keeps(switch6, schema, make, reason):
+    assert punt_reason(schema, run(switch6, 1, make())) == reason

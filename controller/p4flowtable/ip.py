@@ -128,44 +128,46 @@ def _mac(s: str) -> int:
     return int(s.replace(":", ""), 16)
 
 
-def _match(flow: Flow, d: Dir) -> dict[str, int]:
-    t = flow.tuples[d]
-    return {"ingress_port": flow.iif[d], "src_addr": int(t.src), "dst_addr": int(t.dst),
-            "l4proto": t.l4proto, "src_port": t.sport, "dst_port": t.dport}
-
-
-def flow_key(schema: P4Schema, flow: Flow, d: Dir) -> tuple:
-    """entry_key() of a direction's entry, without building the entry."""
-    table = schema.table("flow_table_v4")
-    return tuple(sorted((table.field(n).id, v) for n, v in _match(flow, d).items()))
-
-
 _MATCH_FIELDS = ("ingress_port", "src_addr", "dst_addr", "l4proto", "src_port", "dst_port")
 _PARAMS = ("port", "src_mac", "dst_mac", "src_addr", "dst_addr", "src_port", "dst_port", "mtu")
+# one table and one action per family, with the same field and parameter names
+_FAMILY = {4: ("flow_table_v4", "forward_v4"), 6: ("flow_table_v6", "forward_v6")}
 
 
-@functools.lru_cache(maxsize=8)
-def _layout(schema: P4Schema) -> tuple:
-    """Ids and byte widths of flow_table_v4's fields and forward_v4's parameters,
-    looked up (and checked against the P4Info) once per schema."""
-    table, action = schema.table("flow_table_v4"), schema.action("forward_v4")
+@functools.lru_cache(maxsize=16)
+def _layout(schema: P4Schema, version: int) -> tuple:
+    """Ids and byte widths of a family's flow table fields and forward
+    parameters, looked up (and checked against the P4Info) once per schema."""
+    table_name, action_name = _FAMILY[version]
+    table, action = schema.table(table_name), schema.action(action_name)
     fields = tuple((table.field(n).id, (table.field(n).bitwidth + 7) // 8) for n in _MATCH_FIELDS)
     params = tuple((action.param(n).id, (action.param(n).bitwidth + 7) // 8) for n in _PARAMS)
     return table.id, fields, action.id, params
 
 
+def _key_values(flow: Flow, d: Dir) -> tuple[int, ...]:
+    t = flow.tuples[d]
+    return flow.iif[d], int(t.src), int(t.dst), t.l4proto, t.sport, t.dport
+
+
+def flow_key(schema: P4Schema, flow: Flow, d: Dir) -> tuple:
+    """entry_key() of a direction's entry, without building the entry."""
+    table_id, fields, _, _ = _layout(schema, flow.tuples[d].src.version)
+    return table_id, tuple(sorted(zip((fid for fid, _ in fields), _key_values(flow, d))))
+
+
 def flow_entry(schema: P4Schema, flow: Flow, d: Dir, with_action: bool = True,
                idle_timeout_ns: int = 0, entry: p4r.TableEntry | None = None) -> p4r.TableEntry:
-    """The flow_table_v4 entry of one direction (values big-endian, padded to
-    their field's width). Fills `entry` in place when given, e.g. the one
-    inside an Update: building a message and then wrapping it copies it."""
-    table_id, fields, action_id, params = _layout(schema)
+    """The entry of one direction in its family's flow table (values
+    big-endian, padded to their field's width). Fills `entry` in place when
+    given, e.g. the one inside an Update: building a message and then
+    wrapping it copies it."""
+    table_id, fields, action_id, params = _layout(schema, flow.tuples[d].src.version)
     entry = p4r.TableEntry() if entry is None else entry
     entry.table_id = table_id
     if idle_timeout_ns:
         entry.idle_timeout_ns = idle_timeout_ns
-    t = flow.tuples[d]
-    for (fid, n), v in zip(fields, (flow.iif[d], int(t.src), int(t.dst), t.l4proto, t.sport, t.dport)):
+    for (fid, n), v in zip(fields, _key_values(flow, d)):
         m = entry.match.add()
         m.field_id = fid
         m.exact.value = v.to_bytes(n, "big")
@@ -193,20 +195,23 @@ def entry_query(schema: P4Schema, flow: Flow, d: Dir, last_hit: bool) -> p4r.Tab
 
 
 def match_tuple(schema: P4Schema, entry: p4r.TableEntry) -> tuple[int, FlowTuple] | None:
-    """(ingress port, tuple) of a flow_table_v4 entry, e.g. from an idle
-    notification; None when a field is missing."""
-    table_id, fields, _, _ = _layout(schema)
-    if entry.table_id != table_id:
+    """(ingress port, tuple) of a flow table entry of either family, e.g. from
+    an idle notification; None when it is not one or a field is missing."""
+    for version, address in ((4, ipv4), (6, ipaddress.IPv6Address)):
+        table_id, fields, _, _ = _layout(schema, version)
+        if entry.table_id == table_id:
+            break
+    else:
         return None
     by_id = {m.field_id: int.from_bytes(m.exact.value, "big") for m in entry.match}
     try:
         port, src, dst, proto, sport, dport = (by_id[fid] for fid, _ in fields)
     except KeyError:
         return None
-    return port, FlowTuple(ipv4(src), ipv4(dst), proto, sport, dport)
-
+    return port, FlowTuple(address(src), address(dst), proto, sport, dport)
 
 
 def entry_key(entry: p4r.TableEntry) -> tuple:
-    """Hashable identity of an entry's match, independent of byte padding."""
-    return tuple(sorted((m.field_id, int.from_bytes(m.exact.value, "big")) for m in entry.match))
+    """Hashable identity of an entry (table and match), independent of byte padding."""
+    return entry.table_id, tuple(sorted((m.field_id, int.from_bytes(m.exact.value, "big"))
+                                        for m in entry.match))

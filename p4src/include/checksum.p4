@@ -25,7 +25,7 @@ control FtComputeChecksum(inout headers_t hdr, inout metadata_t meta) {
         // Only packets the fast path rewrote; punted packets leave untouched.
         // For a header whose checksum was valid, recomputing gives the same
         // value as the kernel's incremental csum_replace4/ip_decrease_ttl.
-        update_checksum(meta.rw.apply,
+        update_checksum(meta.rw.apply && hdr.ipv4.isValid(),
             { hdr.ipv4.version, hdr.ipv4.ihl, hdr.ipv4.diffserv,
               hdr.ipv4.total_len, hdr.ipv4.identification,
               hdr.ipv4.reserved, hdr.ipv4.dont_fragment,

@@ -5,6 +5,7 @@
 typedef bit<9>  PortId_t;      // v1model port width
 typedef bit<48> MacAddr_t;
 typedef bit<32> Ipv4Addr_t;
+typedef bit<128> Ipv6Addr_t;
 typedef bit<16> L4Port_t;
 typedef bit<8>  FlowtableId_t;
 
@@ -12,6 +13,7 @@ typedef bit<8>  FlowtableId_t;
 const PortId_t CPU_PORT = 510;
 
 const bit<16> ETHERTYPE_IPV4 = 0x0800;
+const bit<16> ETHERTYPE_IPV6 = 0x86dd;
 const bit<8>  IP_PROTO_TCP = 6;
 const bit<8>  IP_PROTO_UDP = 17;
 
@@ -21,10 +23,10 @@ enum bit<8> PuntReason {
     MISS            = 1,  // no flow entry: the slow path decides
     TCP_FIN_RST     = 2,  // hit, but FIN or RST: tear the flow down
     MTU_EXCEEDED    = 3,  // longer than the egress MTU: kernel fragments or sends ICMP
-    TTL_EXPIRED     = 4,  // TTL <= 1: kernel sends ICMP time exceeded
-    IP_OPTIONS      = 5,  // IHL != 5: the fast path does not walk options
+    TTL_EXPIRED     = 4,  // TTL or hop limit <= 1: kernel sends ICMP time exceeded
+    IP_OPTIONS      = 5,  // IHL != 5, or an IPv6 extension header: the fast path walks neither
     IP_FRAGMENT     = 6,  // MF set or offset != 0
-    NOT_OFFLOADABLE = 7,  // not IPv4 TCP/UDP (ARP, ICMP, truncated L4, ...)
+    NOT_OFFLOADABLE = 7,  // not IPv4/IPv6 TCP/UDP (ARP, ICMP, ND, truncated L4, ...)
     PORT_UNBOUND    = 8,  // ingress port bound to no flowtable
     BAD_CHECKSUM    = 9   // IPv4 header checksum wrong: the kernel drops it
 }

@@ -39,6 +39,17 @@ header ipv4_t {
     Ipv4Addr_t dst_addr;
 }
 
+header ipv6_t {
+    bit<4>     version;
+    bit<8>     traffic_class;
+    bit<20>    flow_label;
+    bit<16>    payload_len;
+    bit<8>     next_hdr;
+    bit<8>     hop_limit;
+    Ipv6Addr_t src_addr;
+    Ipv6Addr_t dst_addr;
+}
+
 header tcp_t {
     L4Port_t src_port;
     L4Port_t dst_port;
@@ -71,6 +82,7 @@ struct headers_t {
     packet_out_t packet_out;
     ethernet_t   ethernet;
     ipv4_t       ipv4;
+    ipv6_t       ipv6;
     tcp_t        tcp;
     udp_t        udp;
 }
@@ -83,6 +95,8 @@ struct rewrite_t {
     MacAddr_t  dst_mac;
     Ipv4Addr_t src_addr;
     Ipv4Addr_t dst_addr;
+    Ipv6Addr_t src_addr6;     // forward_v6 sets these instead of the two above
+    Ipv6Addr_t dst_addr6;
     L4Port_t   src_port;
     L4Port_t   dst_port;
     bit<16>    mtu;

@@ -25,6 +25,7 @@ parser FtParser(packet_in pkt,
         pkt.extract(hdr.ethernet);
         transition select(hdr.ethernet.ether_type) {
             ETHERTYPE_IPV4: parse_ipv4;
+            ETHERTYPE_IPV6: parse_ipv6;
             default: accept;
         }
     }
@@ -36,6 +37,16 @@ parser FtParser(packet_in pkt,
                           hdr.ipv4.frag_offset, hdr.ipv4.protocol) {
             (5, 0, 0, IP_PROTO_TCP): parse_tcp;
             (5, 0, 0, IP_PROTO_UDP): parse_udp;
+            default: accept;
+        }
+    }
+    state parse_ipv6 {
+        pkt.extract(hdr.ipv6);
+        // L4 only right behind the fixed header, as nf_flow_tuple_ipv6:
+        // extension headers are not walked, the ingress punts them.
+        transition select(hdr.ipv6.next_hdr) {
+            IP_PROTO_TCP: parse_tcp;
+            IP_PROTO_UDP: parse_udp;
             default: accept;
         }
     }
@@ -58,6 +69,7 @@ control FtDeparser(packet_out pkt, in headers_t hdr) {
         pkt.emit(hdr.packet_in);
         pkt.emit(hdr.ethernet);
         pkt.emit(hdr.ipv4);
+        pkt.emit(hdr.ipv6);
         pkt.emit(hdr.tcp);
         pkt.emit(hdr.udp);
     }
