@@ -179,3 +179,33 @@ def test_decoder_survives_every_truncation_and_garbage():
     for _ in range(2000):
         junk = bytes(rnd.randrange(256) for _ in range(rnd.randrange(80)))
         ctnl.decode(b"\0" * 16 + junk, 0, 16 + len(junk), 0, 0)
+
+
+@kernel
+def test_ipv6_entries_are_mirrored_too(ns):
+    orig6 = FlowTuple(ipaddress.IPv6Address("2001:db8:1::1"), ipaddress.IPv6Address("2001:db8:2::2"), 17, 5000, 53)
+    reply6 = FlowTuple(ipaddress.IPv6Address("2001:db8:2::2"), ipaddress.IPv6Address("2001:db8:2::fe"), 17, 53, 61000)
+
+    async def run():
+        mirror = ConntrackMirror(ns)
+        await mirror.open()
+        writer = ctnl.CtnlSocket(netlink_socket(ns, 12))
+        events = mirror.events()
+        try:
+            await writer.request(ctnl.IPCTNL_MSG_CT_NEW, socket.AF_INET6,
+                                 ctnl.create_payload(orig6, reply6, IPS_SEEN_REPLY | IPS_CONFIRMED, 30),
+                                 ctnl.NLM_F_CREATE | ctnl.NLM_F_EXCL)
+            await create(writer)    # and an IPv4 one
+            e, _ = await next_event(events, CtEvent.NEW, orig6)
+            assert e.reply == reply6 and e.offloadable() is None
+            assert "src=2001:db8:1::1 dst=2001:db8:2::2 sport=5000 dport=53" in conntrack_cli("-L", "-f", "ipv6")
+            other = ConntrackMirror(ns)
+            await other.open()
+            assert {d.orig for d in await other.dump()} == {orig6, ORIG}
+            await other.close()
+            await mirror.offloaded(e)
+            assert (await mirror.get(orig6)).timeout > NF_CT_DAY - 5
+        finally:
+            writer.close()
+            await mirror.close()
+    asyncio.run(run())

@@ -172,3 +172,16 @@ def test_same_tuple_cannot_be_offloaded_twice(table):
     fts.add(make_flow())
     with pytest.raises(ValueError):
         fts.add(make_flow())
+
+
+def test_punted_frames_give_their_tuple_in_both_families():
+    from scapy.all import IP, TCP, UDP, Ether
+    from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
+    from p4flowtable.ip import parse_tuple
+    v4 = bytes(Ether() / IP(src="10.0.1.1", dst="192.0.2.2") / TCP(sport=40000, dport=80))
+    v6 = bytes(Ether() / IPv6(src="2001:db8:1::1", dst="2001:db8:2::2") / UDP(sport=5, dport=6))
+    ext = bytes(Ether() / IPv6(src="2001:db8:1::1", dst="2001:db8:2::2") / IPv6ExtHdrHopByHop() / UDP())
+    assert parse_tuple(v4) == FlowTuple(A("10.0.1.1"), A("192.0.2.2"), 6, 40000, 80)
+    assert parse_tuple(v6) == FlowTuple(ipaddress.IPv6Address("2001:db8:1::1"),
+                                        ipaddress.IPv6Address("2001:db8:2::2"), 17, 5, 6)
+    assert parse_tuple(ext) is None and parse_tuple(v6[:50]) is None

@@ -141,3 +141,36 @@ def test_unsupported_expressions_outside_forward_chains_are_left_to_the_kernel()
     src = SEED.replace('oifname "eth1" masquerade', 'meta mark 0x1 oifname "eth1" masquerade')
     p = parse_ruleset(src)
     assert "meta mark 0x1" in p.kernel_text
+
+
+INET = """table inet x {
+    flowtable ft {
+        hook ingress priority filter; devices = { eth0, eth1 };
+    }
+    chain y {
+        type filter hook forward priority filter; policy accept;
+        meta nfproto ipv6 ip6 daddr 2001:db8:2::/64 flow add @ft
+        meta nfproto ipv4 meta l4proto { tcp, udp } flow add @ft
+    }
+}
+"""
+
+
+def test_one_inet_flowtable_serves_both_families():
+    p = parse_ruleset(INET)
+    assert list(p.flowtables) == ["ft"]
+    assert p.select([view()]) == "ft"
+    assert p.select([view(nfproto="ipv6", saddr="2001:db8:1::1", daddr="2001:db8:2::2")]) == "ft"
+    assert p.select([view(nfproto="ipv6", saddr="2001:db8:1::1", daddr="2001:db8:3::2")]) is None
+    assert p.select([view(proto=1)]) is None
+
+
+def test_family_tables_see_only_their_family():
+    ip6 = INET.replace("table inet x", "table ip6 x").replace(
+        "meta nfproto ipv4 meta l4proto { tcp, udp } flow add @ft", "ip6 nexthdr tcp flow add @ft")
+    p = parse_ruleset(ip6)
+    assert p.select([view()]) is None                       # an IPv4 packet never sees an ip6 table
+    assert p.select([view(nfproto="ipv6", saddr="2001:db8:1::1", daddr="2001:db8:9::1")]) == "ft"
+    assert p.select([view(nfproto="ipv6", proto=17, saddr="2001:db8:1::1", daddr="2001:db8:9::1")]) is None
+    assert parse_ruleset(SEED).select([view(nfproto="ipv6", saddr="2001:db8:1::1",
+                                            daddr="2001:db8:2::2")]) is None

@@ -86,9 +86,9 @@ class CtEntry:
 
 
 def entry_from_msg(m: ctnl.CtMsg) -> CtEntry | None:
-    """An IPv4 entry from a full message (a dump, a get, a NEW event)."""
-    if m.orig is None or m.reply is None or m.orig.src.version != 4:
-        return None   # IPv6 entries: issue 4
+    """An entry from a full message (a dump, a get, a NEW event), IPv4 or IPv6."""
+    if m.orig is None or m.reply is None:
+        return None
     return CtEntry(m.id or 0, m.orig, m.reply, m.status or 0, m.tcp_state, m.timeout, m.helper)
 
 
@@ -139,7 +139,7 @@ class ConntrackMirror:
         out = []
         entries: dict[FlowTuple, CtEntry] = {}
         by_reply: dict[FlowTuple, CtEntry] = {}
-        for msg in await self._cmd.dump(socket.AF_INET):
+        for msg in await self._cmd.dump(socket.AF_UNSPEC):   # both families
             e = entry_from_msg(msg)
             if e is not None:
                 entries[e.orig] = by_reply[e.reply] = e
@@ -163,7 +163,7 @@ class ConntrackMirror:
     async def events(self):
         """Yield (CtEvent, entry, previous entry or None) as the kernel reports them."""
         async for m in self._events.messages():
-            if m.orig is None or m.orig.src.version != 4:
+            if m.orig is None:
                 continue
             old = self.entries.get(m.orig)
             if m.msg_type == ctnl.IPCTNL_MSG_CT_DELETE:

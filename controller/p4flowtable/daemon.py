@@ -26,7 +26,7 @@ from . import netns, nftables
 from .aging import Aging
 from .conntrack import NF_CT_DAY, ConntrackMirror, CtEntry, CtEvent
 from .core import FlowtableConfig, Flowtables
-from .ip import HOP_GROUPS, Ipv4Routes, RouteError, match_tuple, parse_tuple
+from .ip import HOP_GROUPS, Routes, RouteError, match_tuple, parse_tuple
 from .model import Flow, FlowFlag, L4PROTO_NAMES, TeardownReason
 from .offload import P4RuntimeDriver, port_entry
 from .p4info import P4Schema, decode, encode
@@ -99,7 +99,7 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.ipr: AsyncIPRoute | None = None
         self._rt_monitor: AsyncIPRoute | None = None
-        self.routes: Ipv4Routes | None = None
+        self.routes: Routes | None = None
 
     # -- start and stop ----------------------------------------------------
     async def start(self) -> None:
@@ -117,7 +117,7 @@ class Daemon:
                         ft.proto_timeouts[proto] = cfg.timeouts[f"{ft.name}/{name}"]
                 self.flowtables.add_table(ft)
         self.ipr = AsyncIPRoute(use_socket=netns.netlink_socket(cfg.netns, NETLINK_ROUTE))
-        self.routes = Ipv4Routes(self.ipr, cfg.ports)
+        self.routes = Routes(self.ipr, cfg.ports)
         await self.mirror.open()
         await self.mirror.dump()
         await self._connect_switch()
@@ -359,10 +359,11 @@ class Daemon:
         except RouteError as err:
             log.debug("%s", err)
             return "no_route"
+        nfproto = "ipv6" if e.orig.src.version == 6 else "ipv4"
         views = [
-            PacketView("ipv4", e.l4proto, e.orig.src, e.orig.dst, e.orig.sport, e.orig.dport,
+            PacketView(nfproto, e.l4proto, e.orig.src, e.orig.dst, e.orig.sport, e.orig.dport,
                        out_reply.ifname, out_orig.ifname),
-            PacketView("ipv4", e.l4proto, e.reply.src, e.reply.dst, e.reply.sport, e.reply.dport,
+            PacketView(nfproto, e.l4proto, e.reply.src, e.reply.dst, e.reply.sport, e.reply.dport,
                        out_orig.ifname, out_reply.ifname),
         ]
         ft = self.policy.select(views)

@@ -1,8 +1,8 @@
-"""IPv4 datapath glue (the kernel's nf_flow_table_ip.c, controller side).
+"""Datapath glue of both families (the kernel's nf_flow_table_ip.c, controller side).
 
 Reads routes, neighbours and links of the router namespace to find where each
 direction of a flow leaves, builds the tuple of a punted packet, and turns a
-flow into the two flow_table_v4 entries.
+flow into its two entries of flow_table_v4 or flow_table_v6.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -42,10 +43,12 @@ async def _all(coro) -> list:
 
 # rtnetlink groups whose messages can change a next hop
 RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x1, 0x4, 0x10, 0x40
-HOP_GROUPS = RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
+RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE = 0x100, 0x400
+HOP_GROUPS = (RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
+              | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE)
 
 
-class Ipv4Routes:
+class Routes:
     """Route, neighbour and link lookups in the router namespace.
 
     Resolved hops are cached per destination, like the kernel's dst cache;
@@ -56,7 +59,7 @@ class Ipv4Routes:
     def __init__(self, ipr, ports: dict[str, int]):
         self.ipr = ipr          # pyroute2 AsyncIPRoute bound to the namespace
         self.ports = ports      # representor name -> switch port
-        self._cache: dict[ipaddress.IPv4Address, Hop] = {}
+        self._cache: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, Hop] = {}
         self.generation = 0     # bumped by every invalidation
         # one request at a time: a pyroute2 socket does not take concurrent ones
         self._lock = asyncio.Lock()
@@ -65,7 +68,7 @@ class Ipv4Routes:
         self._cache.clear()
         self.generation += 1
 
-    async def hop(self, dst: ipaddress.IPv4Address) -> Hop:
+    async def hop(self, dst: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Hop:
         hop = self._cache.get(dst)
         if hop is not None:
             return hop
@@ -78,9 +81,10 @@ class Ipv4Routes:
                     self._cache[dst] = hop
         return hop
 
-    async def _resolve(self, dst: ipaddress.IPv4Address) -> Hop:
+    async def _resolve(self, dst: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Hop:
+        family = socket.AF_INET6 if dst.version == 6 else socket.AF_INET
         try:
-            routes = await _all(self.ipr.route("get", dst=str(dst)))
+            routes = await _all(self.ipr.route("get", dst=str(dst), family=family))
         except Exception as e:  # netlink error: unreachable, prohibited...
             raise RouteError(f"no route to {dst}: {e}") from None
         if not routes:
@@ -100,7 +104,7 @@ class Ipv4Routes:
         if metrics and metrics.get(RTAX_MTU):
             mtu = min(mtu, metrics.get(RTAX_MTU))
         try:
-            neigh = await _all(self.ipr.neigh("get", dst=nexthop, ifindex=oif))
+            neigh = await _all(self.ipr.neigh("get", dst=nexthop, ifindex=oif, family=family))
         except Exception:   # ENOENT: no entry yet
             neigh = []
         if not neigh or not neigh[0]["state"] & NUD_USABLE or not neigh[0].get("NDA_LLADDR"):
@@ -110,7 +114,15 @@ class Ipv4Routes:
 
 
 def parse_tuple(frame: bytes) -> FlowTuple | None:
-    """The tuple of an Ethernet/IPv4/TCP-or-UDP frame, or None."""
+    """The tuple of an Ethernet/IPv4-or-IPv6/TCP-or-UDP frame, or None (as
+    nf_flow_tuple_ip/_ipv6: no options walked, no fragments)."""
+    if len(frame) >= 58 and frame[12:14] == b"\x86\xdd":
+        proto = frame[20]
+        if proto not in (IPPROTO_TCP, IPPROTO_UDP):
+            return None     # extension headers are not walked
+        sport, dport = struct.unpack_from("!HH", frame, 54)
+        return FlowTuple(ipaddress.IPv6Address(frame[22:38]), ipaddress.IPv6Address(frame[38:54]),
+                         proto, sport, dport)
     if len(frame) < 34 or frame[12:14] != b"\x08\x00":
         return None
     ihl = (frame[14] & 0x0F) * 4

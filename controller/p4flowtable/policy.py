@@ -150,6 +150,9 @@ _SELECTORS: dict[tuple[str, ...], tuple] = {
     ("meta", "nfproto"): (lambda t, s: t.value, lambda p, v: p.nfproto == v),
     ("ip", "saddr"): (_network, _in_net("saddr")),
     ("ip", "daddr"): (_network, _in_net("daddr")),
+    ("ip6", "saddr"): (_network, _in_net("saddr")),
+    ("ip6", "daddr"): (_network, _in_net("daddr")),
+    ("ip6", "nexthdr"): (_proto, lambda p, v: p.nfproto == "ipv6" and p.l4proto == v),
     ("tcp", "sport"): (_port, _in_range("sport", (6,))),
     ("tcp", "dport"): (_port, _in_range("dport", (6,))),
     ("udp", "sport"): (_port, _in_range("sport", (17,))),
@@ -460,7 +463,7 @@ class _Parser:
             if tuple(x.value for x in toks[i:i + n]) == sel:
                 return self.match(toks, i + n, " ".join(sel), parse, test, rule)
         raise self.err(f"p4ft cannot evaluate {v!r} in a forward chain (supported: "
-                       "ip protocol/saddr/daddr, meta l4proto/nfproto/iifname/oifname, "
+                       "ip protocol/saddr/daddr, ip6 nexthdr/saddr/daddr, meta l4proto/nfproto/iifname/oifname, "
                        "tcp/udp/th sport/dport, iifname, oifname, ct state, counter, "
                        "verdicts, jump/goto, flow add)", t)
 
