@@ -37,14 +37,20 @@ ROUTER_NS = "p4ft-r"
 # Not /tmp/*.log: 'mn -c' deletes those.
 LOG_DIR = Path("/tmp/p4ft")
 
-LAN = dict(host="10.0.1.1/24", router="10.0.1.254", rep="lan0", rep_mac="02:00:00:00:01:fe", port=1)
-WAN = dict(host="192.0.2.2/24", router="192.0.2.1", rep="wan0", rep_mac="02:00:00:00:02:01", port=2)
+# Dual stack: static IPv6 addresses and routes (no RA), neighbours found by
+# the kernels' own neighbour discovery through the switch's punt path.
+LAN = dict(host="10.0.1.1/24", router="10.0.1.254", rep="lan0", rep_mac="02:00:00:00:01:fe", port=1,
+           host6="2001:db8:1::1/64", router6="2001:db8:1::fe")
+WAN = dict(host="192.0.2.2/24", router="192.0.2.1", rep="wan0", rep_mac="02:00:00:00:02:01", port=2,
+           host6="2001:db8:2::2/64", router6="2001:db8:2::fe")
 
 
-def make_ruleset(offload_rule: str = "ip protocol tcp flow offload @ft") -> str:
-    """The router's ruleset: masquerade on the WAN side, one offload rule."""
+def make_ruleset(offload_rule: str = "ip protocol tcp flow offload @ft", family: str = "ip") -> str:
+    """The router's ruleset: masquerade on the WAN side, one offload rule.
+    family "inet" makes one table, and one flowtable, for IPv4 and IPv6
+    (masquerade then also does NAT66)."""
     return f"""flush ruleset
-table ip p4ft {{
+table {family} p4ft {{
     flowtable ft {{
         hook ingress priority filter; devices = {{ {LAN['rep']}, {WAN['rep']} }};
     }}
@@ -261,8 +267,10 @@ class Router:
             sh("ip", "tuntap", "add", "dev", side["rep"], "mode", "tap", ns=self.name)
             sh("ip", "link", "set", side["rep"], "address", side["rep_mac"], ns=self.name)
             sh("ip", "addr", "add", f"{side['router']}/24", "dev", side["rep"], ns=self.name)
+            sh("ip", "-6", "addr", "add", f"{side['router6']}/64", "dev", side["rep"], "nodad", ns=self.name)
             sh("ip", "link", "set", side["rep"], "up", ns=self.name)
         sh("sysctl", "-q", "-w", "net.ipv4.ip_forward=1", ns=self.name)
+        sh("sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1", ns=self.name)
         sh("sysctl", "-q", "-w", "net.netfilter.nf_conntrack_events=1", ns=self.name, check=False)
 
     def stop(self) -> None:
@@ -307,9 +315,12 @@ class FlowtableNet:
 
         self.net = Mininet(topo=FlowtableTopo(Sw), controller=None, autoSetMacs=True)
         self.net.start()
-        for h in (self.h1, self.h2):
+        for h, side in ((self.h1, LAN), (self.h2, WAN)):
             intf = h.defaultIntf().name
             h.cmd(f"ethtool -K {intf} tx off rx off tso off gso off gro off")
+            h.cmd(f"sysctl -q -w net.ipv6.conf.{intf}.disable_ipv6=0 net.ipv6.conf.{intf}.accept_ra=0")
+            h.cmd(f"ip -6 addr add {side['host6']} dev {intf} nodad")
+            h.cmd(f"ip -6 route add default via {side['router6']} dev {intf}")
         self.ruleset_path.write_text(self.ruleset_text)
         if self.with_daemon:
             self.start_daemon()

@@ -21,9 +21,9 @@ def report(path, **kw):
 
 
 def tcp_sink(a):
-    srv = socket.socket()
+    srv = socket.socket(socket.AF_INET6 if a.ipv6 else socket.AF_INET)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("0.0.0.0", a.port))
+    srv.bind(("::" if a.ipv6 else "0.0.0.0", a.port))
     srv.listen(1)
     report(a.out + ".ready", listening=True)
     conn, peer = srv.accept()
@@ -32,13 +32,12 @@ def tcp_sink(a):
         h.update(chunk)
         n += len(chunk)
     conn.close()
-    report(a.out, peer=list(peer), sha256=h.hexdigest(), bytes=n, eof_at=time.time())
+    report(a.out, peer=list(peer)[:2], sha256=h.hexdigest(), bytes=n, eof_at=time.time())
 
 
 def tcp_source(a):
-    s = socket.socket()
-    s.connect((a.host, a.port))
-    report(a.out + ".connected", local=list(s.getsockname()), connected_at=time.time())
+    s = socket.create_connection((a.host, a.port))    # either family, by the address
+    report(a.out + ".connected", local=list(s.getsockname())[:2], connected_at=time.time())
     time.sleep(a.pause)
     rng = random.Random(a.seed)
     h, left = hashlib.sha256(), a.bytes
@@ -57,8 +56,8 @@ def tcp_source(a):
 
 
 def udp_echo(a):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", a.port))
+    s = socket.socket(socket.AF_INET6 if a.ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("::" if a.ipv6 else "0.0.0.0", a.port))
     report(a.out + ".ready", listening=True)
     seen = []
     while True:
@@ -70,12 +69,12 @@ def udp_echo(a):
 
 
 def udp_ping(a):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", a.sport))
-    if a.df:
-        s.setsockopt(socket.IPPROTO_IP, 10, 2)   # IP_MTU_DISCOVER = IP_PMTUDISC_DO
-    else:
-        s.setsockopt(socket.IPPROTO_IP, 10, 0)   # IP_PMTUDISC_DONT: may be fragmented
+    v6 = ":" in a.host
+    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("::" if v6 else "0.0.0.0", a.sport))
+    if not v6:   # IPv6 routers never fragment: nothing to choose
+        # IP_MTU_DISCOVER: IP_PMTUDISC_DO, or IP_PMTUDISC_DONT (may be fragmented)
+        s.setsockopt(socket.IPPROTO_IP, 10, 2 if a.df else 0)
     s.settimeout(a.wait)
     got = 0
     errors = []
@@ -106,6 +105,7 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("tcp-sink")
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--ipv6", action="store_true")
     p.add_argument("--out", required=True)
     p = sub.add_parser("tcp-source")
     p.add_argument("--host", required=True)
@@ -117,6 +117,7 @@ def main():
     p.add_argument("--out", required=True)
     p = sub.add_parser("udp-echo")
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--ipv6", action="store_true")
     p.add_argument("--max-replies", type=int, help="answer only the first N datagrams")
     p.add_argument("--out", required=True)
     p = sub.add_parser("udp-ping")
