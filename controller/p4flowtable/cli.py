@@ -50,6 +50,7 @@ def cmd_daemon(args) -> int:
                        ports=_port_map(args.port), ruleset=Path(args.ruleset) if args.ruleset else None,
                        socket=args.socket, timeouts=_timeouts(args.timeout),
                        poll_interval=args.poll_interval, ct_lease=args.ct_lease,
+                       idle_timeouts=not args.no_idle_timeouts,
                        load_kernel_ruleset=not args.no_kernel_ruleset)
     if args.p4info:
         cfg.p4info = Path(args.p4info)
@@ -160,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--ct-lease", type=float, default=86400.0, metavar="SECONDS",
                    help="conntrack timeout of an offloaded flow, renewed at half time (default one day, "
                         "the kernel's)")
+    d.add_argument("--no-idle-timeouts", action="store_true",
+                   help="do not give entries idle timeouts; age flows by reading their counters when "
+                        "less than a tenth of their timeout is left (for targets that cannot age entries)")
     d.add_argument("--poll-interval", type=float, default=1.0,
                    help="aging tick, seconds: lease renewals and, on a switch without idle timeouts, "
                         "counter reads of flows near expiry")

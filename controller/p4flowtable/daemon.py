@@ -58,6 +58,7 @@ class DaemonConfig:
     timeouts: dict[str, float] = field(default_factory=dict)
     poll_interval: float = 1.0     # aging tick: lease renewals, lazy reads
     ct_lease: float = NF_CT_DAY    # conntrack timeout while the switch carries a flow
+    idle_timeouts: bool = True     # False: age by reading counters near expiry instead
     load_kernel_ruleset: bool = True
     connect_timeout: float = 10.0
 
@@ -74,6 +75,7 @@ class Daemon:
         self.p4info = p4info
         self.schema = P4Schema(p4info)
         self.driver = P4RuntimeDriver(self.session, self.schema)
+        self.driver.idle_timeout = self.driver.idle_timeout and cfg.idle_timeouts
         self.aging = Aging(self.flowtables, self.driver, clock, idle_timeout=self.driver.idle_timeout,
                            ct_lease=cfg.ct_lease, expire=self._expired, renew=self._renew_lease)
         self.punt_names = {v: k for k, v in self.schema.enum("PuntReason").items()}
