@@ -15,16 +15,17 @@
 control FtIngress(inout headers_t hdr,
                   inout metadata_t meta,
                   inout standard_metadata_t std_meta) {
-    bool from_cpu;
     apply {
         meta.punt = false;
-        meta.rw.apply = false;
-        meta.port_bound = false;
-        PacketIoIngress.apply(hdr, meta, std_meta, from_cpu);
-        if (!from_cpu) {
+        if (hdr.packet_out.isValid()) {
+            PacketIoIngress.apply(hdr, meta, std_meta);
+        } else {
             FlowtableIngress.apply(hdr, meta, std_meta);
-            ApplyRewrites.apply(hdr, meta, std_meta);
-            PuntIngress.apply(hdr, meta, std_meta);
+            if (meta.punt) {
+                PuntIngress.apply(hdr, meta, std_meta);
+            } else {
+                RewriteL4.apply(hdr, meta, std_meta);
+            }
         }
     }
 }

@@ -28,13 +28,15 @@ def test_p4info_has_what_the_controller_looks_up():
     assert set(flow.fields) == {"ingress_port", "src_addr", "dst_addr", "l4proto", "src_port", "dst_port"}
     assert flow.direct_counter is not None and flow.supports_idle_timeout
     assert set(s.action("forward_v4").params) == {"port", "src_mac", "dst_mac", "src_addr", "dst_addr",
-                                                  "src_port", "dst_port", "mtu"}
+                                                  "src_port", "dst_port", "mtu", "ip_csum_delta",
+                                                  "l4_csum_delta"}
+    assert set(s.action("forward_v6").params) == set(s.action("forward_v4").params) - {"ip_csum_delta"}
     assert set(s.table("port_table").fields) == {"ingress_port"}
     assert set(s.action("set_flowtable").params) == {"flowtable_id"}
     assert {"ingress_port", "punt_reason"} <= set(s.packet_meta("packet_in"))
     assert "egress_port" in s.packet_meta("packet_out")
     assert set(s.enum("PuntReason")) == {"MISS", "TCP_FIN_RST", "MTU_EXCEEDED", "TTL_EXPIRED", "IP_OPTIONS",
-                                         "IP_FRAGMENT", "NOT_OFFLOADABLE", "PORT_UNBOUND", "BAD_CHECKSUM"}
+                                         "IP_FRAGMENT", "NOT_OFFLOADABLE", "PORT_UNBOUND"}
 
 
 def test_unknown_names_fail_with_a_suggestion():

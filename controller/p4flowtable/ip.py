@@ -60,12 +60,14 @@ class Routes:
         self.ipr = ipr          # pyroute2 AsyncIPRoute bound to the namespace
         self.ports = ports      # representor name -> switch port
         self._cache: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, Hop] = {}
+        self._links: dict[int, tuple[str, int, str]] = {}   # ifindex -> (name, mtu, MAC)
         self.generation = 0     # bumped by every invalidation
         # one request at a time: a pyroute2 socket does not take concurrent ones
         self._lock = asyncio.Lock()
 
     def invalidate(self) -> None:
         self._cache.clear()
+        self._links.clear()
         self.generation += 1
 
     async def hop(self, dst: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Hop:
@@ -94,12 +96,16 @@ class Routes:
             raise RouteError(f"route to {dst} is not unicast (type {rt['type']})")
         oif = rt.get("RTA_OIF")
         nexthop = rt.get("RTA_GATEWAY") or str(dst)
-        links = await _all(self.ipr.link("get", index=oif))
-        link = links[0]
-        ifname = link.get("IFLA_IFNAME")
+        link = self._links.get(oif)
+        if link is None:
+            gen = self.generation
+            got = (await _all(self.ipr.link("get", index=oif)))[0]
+            link = (got.get("IFLA_IFNAME"), got.get("IFLA_MTU"), got.get("IFLA_ADDRESS"))
+            if gen == self.generation:
+                self._links[oif] = link
+        ifname, mtu, mac = link
         if ifname not in self.ports:
             raise RouteError(f"route to {dst} leaves via {ifname}, which is no switch port")
-        mtu = link.get("IFLA_MTU")
         metrics = rt.get("RTA_METRICS")
         if metrics and metrics.get(RTAX_MTU):
             mtu = min(mtu, metrics.get(RTAX_MTU))
@@ -109,8 +115,7 @@ class Routes:
             neigh = []
         if not neigh or not neigh[0]["state"] & NUD_USABLE or not neigh[0].get("NDA_LLADDR"):
             raise RouteError(f"next hop {nexthop} on {ifname} is not resolved")
-        return Hop(ifname, FlowRoute(self.ports[ifname], link.get("IFLA_ADDRESS"),
-                                     neigh[0].get("NDA_LLADDR"), mtu))
+        return Hop(ifname, FlowRoute(self.ports[ifname], mac, neigh[0].get("NDA_LLADDR"), mtu))
 
 
 def parse_tuple(frame: bytes) -> FlowTuple | None:
@@ -142,18 +147,51 @@ def _mac(s: str) -> int:
 
 _MATCH_FIELDS = ("ingress_port", "src_addr", "dst_addr", "l4proto", "src_port", "dst_port")
 _PARAMS = ("port", "src_mac", "dst_mac", "src_addr", "dst_addr", "src_port", "dst_port", "mtu")
-# one table and one action per family, with the same field and parameter names
-_FAMILY = {4: ("flow_table_v4", "forward_v4"), 6: ("flow_table_v6", "forward_v6")}
+# one table and one action per family, with the same field and parameter
+# names; IPv4 adds its header checksum's delta
+_FAMILY = {4: ("flow_table_v4", "forward_v4", _PARAMS + ("ip_csum_delta", "l4_csum_delta")),
+           6: ("flow_table_v6", "forward_v6", _PARAMS + ("l4_csum_delta",))}
+TTL_DECREMENT_DELTA = 0xFEFF   # ~m + m' for the (ttl, protocol) word when ttl drops by one
+
+
+def _words(value: int, nbytes: int):
+    return ((value >> shift) & 0xFFFF for shift in range(0, nbytes * 8, 16))
+
+
+def csum_delta(changes, extra: int = 0) -> int:
+    """One's-complement sum of ~m + m' over (old, new, bytes) values (RFC 1624
+    eqn. 3), folded to 16 bits: what the data plane adds to ~checksum when
+    those words change, plus `extra`, a delta already summed. Words that
+    stay the same add 0xffff, i.e. nothing."""
+    s = extra
+    for old, new, nbytes in changes:
+        for m, m2 in zip(_words(old, nbytes), _words(new, nbytes)):
+            s += (m ^ 0xFFFF) + m2
+    while s > 0xFFFF:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def checksum_deltas(t: FlowTuple, rw) -> tuple[int, int]:
+    """(IPv4 header, TCP/UDP) checksum deltas of a direction whose packets
+    have tuple t and are rewritten by rw: the header's covers the addresses
+    and the TTL decrement, the transport's the addresses (pseudo-header) and
+    ports. The kernel applies the same changes one by one
+    (csum_replace4, inet_proto_csum_replace4/2, ip_decrease_ttl)."""
+    n = 4 if t.src.version == 4 else 16
+    addrs = ((int(t.src), int(rw.src), n), (int(t.dst), int(rw.dst), n))
+    ip = csum_delta(addrs, TTL_DECREMENT_DELTA) if n == 4 else 0
+    return ip, csum_delta(addrs + ((t.sport, rw.sport, 2), (t.dport, rw.dport, 2)))
 
 
 @functools.lru_cache(maxsize=16)
 def _layout(schema: P4Schema, version: int) -> tuple:
     """Ids and byte widths of a family's flow table fields and forward
     parameters, looked up (and checked against the P4Info) once per schema."""
-    table_name, action_name = _FAMILY[version]
+    table_name, action_name, param_names = _FAMILY[version]
     table, action = schema.table(table_name), schema.action(action_name)
     fields = tuple((table.field(n).id, (table.field(n).bitwidth + 7) // 8) for n in _MATCH_FIELDS)
-    params = tuple((action.param(n).id, (action.param(n).bitwidth + 7) // 8) for n in _PARAMS)
+    params = tuple((action.param(n).id, (action.param(n).bitwidth + 7) // 8) for n in param_names)
     return table.id, fields, action.id, params
 
 
@@ -185,11 +223,14 @@ def flow_entry(schema: P4Schema, flow: Flow, d: Dir, with_action: bool = True,
         m.exact.value = v.to_bytes(n, "big")
     if with_action:
         route = flow.routes[d]
+        t = flow.tuples[d]
         rw = rewrite_for(flow.tuples, d)
+        ip_delta, l4_delta = checksum_deltas(t, rw)
+        values = (route.port, _mac(route.src_mac), _mac(route.dst_mac), int(rw.src), int(rw.dst),
+                  rw.sport, rw.dport, route.mtu) + ((ip_delta, l4_delta) if t.src.version == 4 else (l4_delta,))
         action = entry.action.action
         action.action_id = action_id
-        for (pid, n), v in zip(params, (route.port, _mac(route.src_mac), _mac(route.dst_mac), int(rw.src),
-                                        int(rw.dst), rw.sport, rw.dport, route.mtu)):
+        for (pid, n), v in zip(params, values):
             p = action.params.add()
             p.param_id = pid
             p.value = v.to_bytes(n, "big")

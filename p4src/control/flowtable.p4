@@ -22,10 +22,9 @@ control FlowtableIngress(inout headers_t hdr,
 
     action nop() {}
 
-    // Binds a front port to a flowtable (the flowtable's `devices`).
-    action set_flowtable(FlowtableId_t flowtable_id) {
-        meta.port_bound = true;
-        meta.flowtable_id = flowtable_id;
+    // Binds a front port to a flowtable (the flowtable's `devices`). A hit
+    // is all the fast path needs: entries carry their ingress port.
+    action set_flowtable(@unused FlowtableId_t flowtable_id) {
     }
 
     table port_table {
@@ -42,20 +41,32 @@ control FlowtableIngress(inout headers_t hdr,
 
     direct_counter(CounterType.packets_and_bytes) flow_table_v4_counter;
 
-    // One direction of an offloaded flow. The NAT rewrite comes from the
-    // other direction's tuple, as in the kernel.
+    // One direction of an offloaded flow, as nf_flow_offload_ip_hook after
+    // its lookup: the MTU check, then NAT, TTL and next hop. The NAT rewrite
+    // comes from the other direction's tuple, as in the kernel; the two
+    // checksum deltas are constants of the entry (the controller computes
+    // them), so a packet costs two additions, not a sum over every word.
     action forward_v4(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac,
                       Ipv4Addr_t src_addr, Ipv4Addr_t dst_addr,
-                      L4Port_t src_port, L4Port_t dst_port, bit<16> mtu) {
+                      L4Port_t src_port, L4Port_t dst_port, bit<16> mtu,
+                      bit<16> ip_csum_delta, bit<16> l4_csum_delta) {
         flow_table_v4_counter.count();
-        meta.rw.port = port;
-        meta.rw.src_mac = src_mac;
-        meta.rw.dst_mac = dst_mac;
-        meta.rw.src_addr = src_addr;
-        meta.rw.dst_addr = dst_addr;
-        meta.rw.src_port = src_port;
-        meta.rw.dst_port = dst_port;
-        meta.rw.mtu = mtu;
+        meta.rw_src_port = src_port;
+        meta.rw_dst_port = dst_port;
+        meta.l4_csum_delta = l4_csum_delta;
+        if (hdr.ipv4.total_len > mtu) {     // nf_flow_exceeds_mtu
+            meta.punt = true;
+            meta.punt_reason = PuntReason.MTU_EXCEEDED;
+        } else {
+            hdr.ipv4.src_addr = src_addr;
+            hdr.ipv4.dst_addr = dst_addr;
+            hdr.ipv4.ttl = hdr.ipv4.ttl - 1;
+            // addresses and ip_decrease_ttl in one delta
+            hdr.ipv4.hdr_checksum = CSUM_UPDATE(hdr.ipv4.hdr_checksum, ip_csum_delta);
+            hdr.ethernet.src_addr = src_mac;
+            hdr.ethernet.dst_addr = dst_mac;
+            std_meta.egress_spec = port;
+        }
     }
 
     @defaultonly
@@ -65,19 +76,27 @@ control FlowtableIngress(inout headers_t hdr,
 
     direct_counter(CounterType.packets_and_bytes) flow_table_v6_counter;
 
-    // The IPv6 twin of forward_v4: same parameters, 128-bit addresses.
+    // The IPv6 twin of forward_v4 (nf_flow_offload_ipv6_hook): 128-bit
+    // addresses, hop limit, no header checksum.
     action forward_v6(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac,
                       Ipv6Addr_t src_addr, Ipv6Addr_t dst_addr,
-                      L4Port_t src_port, L4Port_t dst_port, bit<16> mtu) {
+                      L4Port_t src_port, L4Port_t dst_port, bit<16> mtu,
+                      bit<16> l4_csum_delta) {
         flow_table_v6_counter.count();
-        meta.rw.port = port;
-        meta.rw.src_mac = src_mac;
-        meta.rw.dst_mac = dst_mac;
-        meta.rw.src_addr6 = src_addr;
-        meta.rw.dst_addr6 = dst_addr;
-        meta.rw.src_port = src_port;
-        meta.rw.dst_port = dst_port;
-        meta.rw.mtu = mtu;
+        meta.rw_src_port = src_port;
+        meta.rw_dst_port = dst_port;
+        meta.l4_csum_delta = l4_csum_delta;
+        if (hdr.ipv6.payload_len + 40 > mtu) {   // nf_flow_exceeds_mtu on the IPv6 packet length
+            meta.punt = true;
+            meta.punt_reason = PuntReason.MTU_EXCEEDED;
+        } else {
+            hdr.ipv6.src_addr = src_addr;
+            hdr.ipv6.dst_addr = dst_addr;
+            hdr.ipv6.hop_limit = hdr.ipv6.hop_limit - 1;
+            hdr.ethernet.src_addr = src_mac;
+            hdr.ethernet.dst_addr = dst_mac;
+            std_meta.egress_spec = port;
+        }
     }
 
     @defaultonly
@@ -125,9 +144,13 @@ control FlowtableIngress(inout headers_t hdr,
         size = FLOW_TABLE_V4_SIZE;
     }
 
+    // The kernel checks FIN/RST (nf_flow_state_check) after the lookup and
+    // the MTU; here it comes before the lookup, so that a hit can rewrite the
+    // packet at once. Such packets leave the fast path either way, and as in
+    // the kernel they neither refresh nor count on the flow (the kernel's
+    // check precedes flow_offload_refresh and the accounting).
     apply {
-        port_table.apply();
-        if (!meta.port_bound) {
+        if (!port_table.apply().hit) {
             punt(PuntReason.PORT_UNBOUND);
         } else if (hdr.ipv6.isValid()) {
             if (!hdr.tcp.isValid() && !hdr.udp.isValid()) {
@@ -140,28 +163,13 @@ control FlowtableIngress(inout headers_t hdr,
                 }
             } else if (hdr.ipv6.hop_limit <= 1) {
                 punt(PuntReason.TTL_EXPIRED);
-            } else {
-                switch (flow_table_v6.apply().action_run) {
-                    forward_v6: {
-                        // nf_flow_exceeds_mtu on the IPv6 packet length
-                        if (hdr.ipv6.payload_len + 40 > meta.rw.mtu) {
-                            punt(PuntReason.MTU_EXCEEDED);
-                        } else if (hdr.tcp.isValid() &&
-                                   (hdr.tcp.fin == 1 || hdr.tcp.rst == 1)) {
-                            punt(PuntReason.TCP_FIN_RST);
-                        } else {
-                            meta.rw.apply = true;
-                        }
-                    }
-                    default: {
-                        punt(PuntReason.MISS);
-                    }
-                }
+            } else if (hdr.tcp.isValid() && (hdr.tcp.fin == 1 || hdr.tcp.rst == 1)) {
+                punt(PuntReason.TCP_FIN_RST);
+            } else if (!flow_table_v6.apply().hit) {
+                punt(PuntReason.MISS);
             }
         } else if (!hdr.ipv4.isValid()) {
             punt(PuntReason.NOT_OFFLOADABLE);
-        } else if (std_meta.checksum_error == 1) {
-            punt(PuntReason.BAD_CHECKSUM);
         } else if (hdr.ipv4.ihl != 5) {
             punt(PuntReason.IP_OPTIONS);
         } else if (hdr.ipv4.more_fragments == 1 || hdr.ipv4.frag_offset != 0) {
@@ -170,24 +178,10 @@ control FlowtableIngress(inout headers_t hdr,
             punt(PuntReason.NOT_OFFLOADABLE);
         } else if (hdr.ipv4.ttl <= 1) {
             punt(PuntReason.TTL_EXPIRED);
-        } else {
-            switch (flow_table_v4.apply().action_run) {
-                forward_v4: {
-                    // Same order as nf_flow_offload_ip_hook: MTU first,
-                    // then the TCP state check that tears down on FIN/RST.
-                    if (hdr.ipv4.total_len > meta.rw.mtu) {
-                        punt(PuntReason.MTU_EXCEEDED);
-                    } else if (hdr.tcp.isValid() &&
-                               (hdr.tcp.fin == 1 || hdr.tcp.rst == 1)) {
-                        punt(PuntReason.TCP_FIN_RST);
-                    } else {
-                        meta.rw.apply = true;
-                    }
-                }
-                default: {
-                    punt(PuntReason.MISS);
-                }
-            }
+        } else if (hdr.tcp.isValid() && (hdr.tcp.fin == 1 || hdr.tcp.rst == 1)) {
+            punt(PuntReason.TCP_FIN_RST);
+        } else if (!flow_table_v4.apply().hit) {
+            punt(PuntReason.MISS);
         }
     }
 }

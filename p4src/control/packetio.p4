@@ -5,18 +5,14 @@
 #include <v1model.p4>
 #include "../include/header.p4"
 
-// Packets from the controller go out of the port it names, untouched.
+// Packets from the controller (a valid packet_out header, which only the CPU
+// port can carry) go out of the port it names, untouched.
 control PacketIoIngress(inout headers_t hdr,
                         inout metadata_t meta,
-                        inout standard_metadata_t std_meta,
-                        out bool handled) {
+                        inout standard_metadata_t std_meta) {
     apply {
-        handled = false;
-        if (hdr.packet_out.isValid()) {
-            std_meta.egress_spec = hdr.packet_out.egress_port;
-            hdr.packet_out.setInvalid();
-            handled = true;
-        }
+        std_meta.egress_spec = hdr.packet_out.egress_port;
+        hdr.packet_out.setInvalid();
     }
 }
 

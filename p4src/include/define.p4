@@ -27,8 +27,15 @@ enum bit<8> PuntReason {
     IP_OPTIONS      = 5,  // IHL != 5, or an IPv6 extension header: the fast path walks neither
     IP_FRAGMENT     = 6,  // MF set or offset != 0
     NOT_OFFLOADABLE = 7,  // not IPv4/IPv6 TCP/UDP (ARP, ICMP, ND, truncated L4, ...)
-    PORT_UNBOUND    = 8,  // ingress port bound to no flowtable
-    BAD_CHECKSUM    = 9   // IPv4 header checksum wrong: the kernel drops it
+    PORT_UNBOUND    = 8   // ingress port bound to no flowtable
 }
+
+// One's-complement update of a checksum by a precomputed delta (RFC 1624
+// eqn. 3: HC' = ~(~HC + sum of ~m + m') over the changed words). The
+// controller computes each entry's delta from its tuple and rewrite; the
+// 17-bit sum needs one end-around carry. Same result as the kernel's
+// csum_replace4/inet_proto_csum_replace4 and ip_decrease_ttl.
+#define CSUM_UPDATE(csum, delta) \
+    (~(((bit<17>)(~(csum)) + (bit<17>)(delta))[15:0] + (bit<16>)(((bit<17>)(~(csum)) + (bit<17>)(delta))[16:16])))
 
 #endif

@@ -87,31 +87,17 @@ struct headers_t {
     udp_t        udp;
 }
 
-// Rewrites decided by the lookup, applied in one place (ApplyRewrites).
-struct rewrite_t {
-    bool       apply;
-    PortId_t   port;
-    MacAddr_t  src_mac;
-    MacAddr_t  dst_mac;
-    Ipv4Addr_t src_addr;
-    Ipv4Addr_t dst_addr;
-    Ipv6Addr_t src_addr6;     // forward_v6 sets these instead of the two above
-    Ipv6Addr_t dst_addr6;
-    L4Port_t   src_port;
-    L4Port_t   dst_port;
-    bit<16>    mtu;
-}
-
 struct metadata_t {
-    bool          port_bound;
-    FlowtableId_t flowtable_id;
     // Lookup key built once (the kernel's nf_flow_tuple_ip).
     L4Port_t      l4_src_port;
     L4Port_t      l4_dst_port;
-    bool          tcp_fin_or_rst;
     bool          punt;
     PuntReason    punt_reason;
-    rewrite_t     rw;
+    // What a hit leaves for the transport header (RewriteL4): new ports and
+    // the entry's checksum delta.
+    L4Port_t      rw_src_port;
+    L4Port_t      rw_dst_port;
+    bit<16>       l4_csum_delta;
 }
 
 #endif
