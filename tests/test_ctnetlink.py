@@ -17,7 +17,7 @@ import subprocess
 import pytest
 
 from p4flowtable import ctnetlink as ctnl
-from p4flowtable.conntrack import (IP_CT_TCP_FLAG_BE_LIBERAL, NF_CT_DAY, ConntrackMirror, CtEvent,
+from p4flowtable.conntrack import (IP_CT_TCP_FLAG_BE_LIBERAL, NF_CT_DAY, ConntrackMirror, CtEntry, CtEvent,
                                    TCP_ESTABLISHED)
 from p4flowtable.model import FlowTuple, ipv4
 from p4flowtable.netns import netlink_socket
@@ -90,10 +90,16 @@ def test_mirror_follows_the_kernel_table(ns):
             assert "src=10.0.1.1 dst=192.0.2.2 sport=40000 dport=80" in listed
             assert "src=192.0.2.2 dst=198.51.100.1 sport=80 dport=61000" in listed
 
-            # offload marks: one-day timeout; the kernel reports the change
-            await mirror.offloaded(e)
+            # offload marks: one-day timeout. The kernel's event for it names
+            # the mirror's own port and is not decoded; a change from another
+            # socket is, and is the first UPDATE the mirror reports.
+            assert await mirror.offloaded([e]) == [None]
+            await writer.request(ctnl.IPCTNL_MSG_CT_NEW, socket.AF_INET,
+                                 ctnl.tuple_attr(ctnl.CTA_TUPLE_ORIG, ORIG) + ctnl.timeout_attr(NF_CT_DAY - 1000))
             upd, old = await next_event(events, CtEvent.UPDATE, ORIG)
             assert old is e and upd.tcp_state == TCP_ESTABLISHED   # kept from before
+            assert NF_CT_DAY - 1005 <= upd.timeout <= NF_CT_DAY - 1000
+            assert await mirror.offloaded([e]) == [None]
             now = await mirror.get(ORIG)
             assert now is not None and NF_CT_DAY - 5 <= now.timeout <= NF_CT_DAY
             raw = await writer.request(ctnl.IPCTNL_MSG_CT_GET, socket.AF_INET,
@@ -203,8 +209,11 @@ def test_ipv6_entries_are_mirrored_too(ns):
             await other.open()
             assert {d.orig for d in await other.dump()} == {orig6, ORIG}
             await other.close()
-            await mirror.offloaded(e)
+            assert await mirror.offloaded([e]) == [None]
             assert (await mirror.get(orig6)).timeout > NF_CT_DAY - 5
+            gone = FlowTuple(orig6.src, orig6.dst, 17, 5001, 53)
+            err, = await mirror.offloaded([CtEntry(0, gone, gone, 0, None, None)])
+            assert isinstance(err, ctnl.CtnlError) and err.errno == errno.ENOENT
         finally:
             writer.close()
             await mirror.close()

@@ -110,10 +110,15 @@ class ConntrackMirror:
         self._events = self._socket()
         self._events.subscribe((ctnl.NFNLGRP_CONNTRACK_NEW, ctnl.NFNLGRP_CONNTRACK_UPDATE,
                                 ctnl.NFNLGRP_CONNTRACK_DESTROY))
+        # The updates p4ft makes itself (offload marks, lease renewals,
+        # hand-back timeouts) come back as events naming the command socket's
+        # port; they change nothing the mirror follows, so they are not
+        # decoded. Changes made by packets meanwhile are events of their own.
+        self._events.skip_pid = self._cmd.portid
 
     async def open(self) -> None:
-        await self._subscribe()
         self._cmd = self._socket()   # requests are pipelined on it, no lock
+        await self._subscribe()
 
     async def resync(self) -> tuple[list[CtEntry], list[CtEntry]]:
         """After lost events (ENOBUFS): subscribe again, then dump.
@@ -189,12 +194,22 @@ class ConntrackMirror:
         await self._cmd.request(ctnl.IPCTNL_MSG_CT_NEW, ctnl.family_of(e.orig),
                                 ctnl.tuple_attr(ctnl.CTA_TUPLE_ORIG, e.orig) + b"".join(attrs))
 
-    async def offloaded(self, e: CtEntry, lease: float = NF_CT_DAY) -> None:
-        """Kernel entry now carried by the switch: liberal TCP, a one-day timeout."""
-        attrs = [ctnl.timeout_attr(int(lease))]
-        if e.l4proto == IPPROTO_TCP:
-            attrs.append(ctnl.tcp_flags_attr(IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_BE_LIBERAL))
-        await self._set(e, *attrs)
+    async def offloaded(self, entries: list[CtEntry], lease: float = NF_CT_DAY) -> list[Exception | None]:
+        """Kernel entries now carried by the switch: liberal TCP, a one-day
+        timeout. All requests in flight together; per entry None or the error."""
+        timeout = ctnl.timeout_attr(int(lease))
+        liberal = ctnl.tcp_flags_attr(IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_BE_LIBERAL)
+        reqs = [(ctnl.IPCTNL_MSG_CT_NEW, ctnl.family_of(e.orig),
+                 ctnl.tuple_attr(ctnl.CTA_TUPLE_ORIG, e.orig) + timeout
+                 + (liberal if e.l4proto == IPPROTO_TCP else b""), 0) for e in entries]
+        out = []
+        for e, res in zip(entries, await self._cmd.requests(reqs)):
+            if isinstance(res, Exception):
+                out.append(res)
+            else:
+                e.timeout = int(lease)
+                out.append(None)
+        return out
 
     def state_timeout(self, e: CtEntry) -> int:
         if e.l4proto == IPPROTO_TCP:
@@ -234,3 +249,4 @@ class ConntrackMirror:
     async def keepalive(self, e: CtEntry, lease: float = NF_CT_DAY) -> None:
         """Renew the timeout of an entry the switch still carries (nf_ct_offload_timeout)."""
         await self._set(e, ctnl.timeout_attr(int(lease)))
+        e.timeout = int(lease)

@@ -204,6 +204,16 @@ class CtnlSocket:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._readable)
         self._closed = False
+        self.skip_pid = 0      # events caused by this netlink port are not decoded
+
+    @property
+    def portid(self) -> int:
+        """This socket's netlink port id (bound on first use if need be)."""
+        pid = self.sock.getsockname()[0]
+        if pid == 0:
+            self.sock.bind((0, 0))
+            pid = self.sock.getsockname()[0]
+        return pid
 
     def subscribe(self, groups: tuple[int, ...]) -> None:
         mask = 0
@@ -226,9 +236,7 @@ class CtnlSocket:
         if self._events is not None:
             self._events.put_nowait(err)
 
-    async def request(self, msg_type: int, family: int, payload: bytes, flags: int = 0) -> list[CtMsg]:
-        """Send one request; the messages it answers with, after the kernel's ACK
-        or NLMSG_DONE. Raises CtnlError with the kernel's errno."""
+    def _send(self, msg_type: int, family: int, payload: bytes, flags: int) -> asyncio.Future:
         self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
         seq = self._seq
         body = _NFGENMSG.pack(family, 0, 0) + payload
@@ -241,7 +249,25 @@ class CtnlSocket:
         except OSError:
             del self._pending[seq]
             raise
-        return await fut
+        return fut
+
+    async def request(self, msg_type: int, family: int, payload: bytes, flags: int = 0) -> list[CtMsg]:
+        """Send one request; the messages it answers with, after the kernel's ACK
+        or NLMSG_DONE. Raises CtnlError with the kernel's errno."""
+        return await self._send(msg_type, family, payload, flags)
+
+    async def requests(self, reqs: list[tuple[int, int, bytes, int]]) -> list:
+        """Several requests in flight together, (msg_type, family, payload,
+        flags) each: per request its messages or its error, in order."""
+        futs = []
+        for req in reqs:
+            try:
+                futs.append(self._send(*req))
+            except OSError as e:
+                fut = self._loop.create_future()
+                fut.set_exception(e)
+                futs.append(fut)
+        return await asyncio.gather(*futs, return_exceptions=True)
 
     async def dump(self, family: int = socket.AF_UNSPEC) -> list[CtMsg]:
         return await self.request(IPCTNL_MSG_CT_GET, family, b"", NLM_F_DUMP)
@@ -253,7 +279,7 @@ class CtnlSocket:
             item = await self._events.get()
             if isinstance(item, Exception):
                 raise item
-            for m in self._decode_events(item):
+            for m in self._decode_events(item, self.skip_pid):
                 yield m
             n += 1
             if n % 256 == 0:
@@ -282,13 +308,15 @@ class CtnlSocket:
                 self._parse(data)
 
     @staticmethod
-    def _decode_events(data: bytes):
+    def _decode_events(data: bytes, skip_pid: int = 0):
+        # An event carries the port id of the netlink request that caused it
+        # (ctnetlink_conntrack_event puts item->portid); 0 for packets.
         off, n = 0, len(data)
         while off + _NLMSGHDR.size <= n:
-            length, mtype, flags, _seq, _pid = _NLMSGHDR.unpack_from(data, off)
+            length, mtype, flags, _seq, pid = _NLMSGHDR.unpack_from(data, off)
             if length < _NLMSGHDR.size or off + length > n:
                 return
-            if mtype >> 8 == NFNL_SUBSYS_CTNETLINK:
+            if mtype >> 8 == NFNL_SUBSYS_CTNETLINK and not (skip_pid and pid == skip_pid):
                 yield decode(data, off, off + length, mtype & 0xFF, flags)
             off += (length + 3) & ~3
 

@@ -41,6 +41,7 @@ DEFAULT_P4INFO = REPO / "p4src" / "build" / "flowtable.p4info.txtpb"
 DEFAULT_JSON = REPO / "p4src" / "build" / "flowtable.json"
 from .api import DEFAULT_SOCKET  # noqa: E402
 MAX_BATCH_FLOWS = 512
+WRITES_IN_FLIGHT = 2   # add batches at the switch at once (see _offload_worker)
 RETRY_DECLINED = 1.0   # seconds before a declined flow is considered again
 
 
@@ -89,11 +90,14 @@ class Daemon:
         self.queue = OffloadQueue()
         self._deferred: list[Flow] = []   # adds that met a lost switch
         self._considering: set = set()
-        self._consider_slots = asyncio.Semaphore(16)   # netlink requests in flight
+        self._candidates: collections.deque[CtEntry] = collections.deque()
+        self._candidates_ready = asyncio.Event()
         self._since: dict = {}     # flow key -> clock when its offload was decided
         self.offload_latency: collections.deque[float] = collections.deque(maxlen=100_000)
         self.first_decided: float | None = None   # for setup-rate measurements
         self.last_offloaded: float | None = None
+        self.cpu_first: float | None = None       # process CPU time at the first decision
+        self.cpu_last: float | None = None        # ... and at the last offload since a reset
         self._declined: dict = {}
         self._tasks: list[asyncio.Task] = []
         self._server: asyncio.AbstractServer | None = None
@@ -130,7 +134,7 @@ class Daemon:
         await self._rt_monitor.bind(groups=HOP_GROUPS)
         for coro, name in ((self._ct_events(), "ct-events"), (self._packet_in(), "packet-in"),
                            (self._route_events(), "route-events"),
-                           (self._offload_worker(), "offload"),
+                           (self._decide_worker(), "decide"), (self._offload_worker(), "offload"),
                            (self.aging.run(cfg.poll_interval), "aging"), (self._idle_events(), "idle"),
                            (self._supervise(), "switch")):
             self._tasks.append(asyncio.create_task(coro, name=name))
@@ -335,23 +339,63 @@ class Daemon:
             return
         self._considering.add(e.orig)
         self._since[e.orig] = self.clock()
-        task = asyncio.create_task(self._consider(e))
-        task.add_done_callback(lambda _t, k=e.orig: self._considering.discard(k))
+        if self.cpu_first is None:
+            self.cpu_first = time.process_time()
+        self._candidates.append(e)
+        self._candidates_ready.set()
 
-    async def _consider(self, e: CtEntry) -> None:
+    async def _decide_worker(self) -> None:
+        """Offload decisions in batches: each candidate is judged in turn
+        (next hops, policy, devices); the conntrack marks of those chosen are
+        then written together, and their adds queued. A burst of new flows
+        thus costs one pass and one round of netlink requests per batch."""
+        while True:
+            while not self._candidates:
+                self._candidates_ready.clear()
+                await self._candidates_ready.wait()
+            n = min(len(self._candidates), MAX_BATCH_FLOWS)
+            batch = [self._candidates.popleft() for _ in range(n)]
+            try:
+                await self._decide_batch(batch)
+            finally:
+                for e in batch:
+                    self._considering.discard(e.orig)
+
+    async def _decide_batch(self, batch: list[CtEntry]) -> None:
+        chosen: list[tuple[Flow, CtEntry]] = []
+        for e in batch:
+            try:
+                got = await self._decide(e)
+            except Exception as err:  # netlink trouble: the flow stays in the slow path
+                log.warning("offload of %s failed: %r", e.orig, err)
+                got = "error"
+            if isinstance(got, str):
+                self._decline(e, got)
+            else:
+                chosen.append(got)
+        if not chosen:
+            return
         try:
-            async with self._consider_slots:
-                why = await self._try_offload(e)
-        except Exception as err:  # netlink trouble: the flow stays in the slow path
-            log.warning("offload of %s failed: %r", e.orig, err)
-            why = "error"
-        if why is not None:
-            self._since.pop(e.orig, None)
-            self._declined[e.orig] = self.clock()
-            self.stats[f"not_offloaded.{why}"] += 1
-            log.debug("not offloading %s: %s", e.orig, why)
+            errors = await self.mirror.offloaded([ct for _, ct in chosen], self.cfg.ct_lease)
+        except Exception as err:
+            errors = [err] * len(chosen)
+        for (flow, ct), err in zip(chosen, errors):
+            if err is None:
+                self.queue.put_nowait(("add", flow))
+                continue
+            self.flowtables.delete(flow)
+            log.warning("conntrack refused offload marks for %s: %s", ct.orig, err)
+            self._decline(ct, "ct_update_failed")
 
-    async def _try_offload(self, e: CtEntry) -> str | None:
+    def _decline(self, e: CtEntry, why: str) -> None:
+        self._since.pop(e.orig, None)
+        self._declined[e.orig] = self.clock()
+        self.stats[f"not_offloaded.{why}"] += 1
+        log.debug("not offloading %s: %s", e.orig, why)
+
+    async def _decide(self, e: CtEntry) -> tuple[Flow, CtEntry] | str:
+        """The flow to offload for this entry (added to its flowtable, pending),
+        or why not."""
         if self.policy is None:
             return "no_policy"
         try:
@@ -387,14 +431,7 @@ class Daemon:
         except ValueError:
             return "tuple_clash"
         flow.test_and_set(FlowFlag.PENDING)
-        try:
-            await self.mirror.offloaded(current, self.cfg.ct_lease)
-        except Exception as err:
-            self.flowtables.delete(flow)
-            log.warning("conntrack refused offload marks for %s: %s", e.orig, err)
-            return "ct_update_failed"
-        self.queue.put_nowait(("add", flow))
-        return None
+        return flow, current
 
     # -- teardown (flow_offload_teardown) -----------------------------------------
     def teardown(self, flow: Flow, reason: TeardownReason) -> None:
@@ -405,21 +442,45 @@ class Daemon:
         self.queue.put_nowait(("del", flow))
 
     async def _offload_worker(self) -> None:
-        while True:
-            op, batch = await self.queue.next_batch(MAX_BATCH_FLOWS)
-            try:
-                if op == "add":
-                    await self._do_add(batch)
-                else:
-                    await self._do_del(batch)
-            except SwitchUnavailable as e:
-                log.warning("%s of %d flow(s) deferred until the switch is back: %s", op, len(batch), e)
-                if op == "add":
-                    self._deferred.extend(batch)
-                else:
-                    # the pipeline pushed on reconnect starts with empty tables
-                    for f in batch:
-                        await self._handed_back(f)
+        """Writes the queue's batches in order. Adds of distinct flows do not
+        depend on each other, so up to WRITES_IN_FLIGHT add batches are at the
+        switch together: it works on one while the daemon prepares the next.
+        A delete waits until every earlier write is answered, and the next
+        batch waits for the delete, which keeps each flow's operations in order."""
+        inflight: set[asyncio.Task] = set()
+
+        async def settle(limit: int) -> None:
+            while len(inflight) > limit:
+                done, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    inflight.discard(t)
+                    t.result()      # a bug in a write: the daemon's task fails as before
+
+        try:
+            while True:
+                op, batch = await self.queue.next_batch(MAX_BATCH_FLOWS)
+                await settle(WRITES_IN_FLIGHT - 1 if op == "add" else 0)
+                inflight.add(asyncio.create_task(self._write(op, batch)))
+                if op != "add":
+                    await settle(0)
+        finally:
+            for t in inflight:
+                t.cancel()
+
+    async def _write(self, op: str, batch: list[Flow]) -> None:
+        try:
+            if op == "add":
+                await self._do_add(batch)
+            else:
+                await self._do_del(batch)
+        except SwitchUnavailable as e:
+            log.warning("%s of %d flow(s) deferred until the switch is back: %s", op, len(batch), e)
+            if op == "add":
+                self._deferred.extend(batch)
+            else:
+                # the pipeline pushed on reconnect starts with empty tables
+                for f in batch:
+                    await self._handed_back(f)
 
     async def _do_add(self, batch: list[Flow]) -> None:
         batch = [f for f in batch if not f.flags & FlowFlag.TEARDOWN]
@@ -428,6 +489,7 @@ class Daemon:
         res = await self.driver.add(batch)
         now = self.clock()
         self.stats["offload_batches"] += 1
+        timed = False
         for f in res.done:
             f.clear(FlowFlag.PENDING)
             f.test_and_set(FlowFlag.HW)
@@ -438,6 +500,9 @@ class Daemon:
                 self.offload_latency.append(now - since)
                 self.first_decided = min(self.first_decided or since, since)
                 self.last_offloaded = now
+                timed = True
+        if timed:
+            self.cpu_last = time.process_time()
         for f, msg in res.failed:
             if msg.startswith("ALREADY_EXISTS"):
                 f.clear(FlowFlag.PENDING)
@@ -537,11 +602,14 @@ class Daemon:
             if args.get("reset"):
                 self.offload_latency.clear()
                 self.first_decided = self.last_offloaded = None
+                self.cpu_first = self.cpu_last = None
                 return {}
             # cheap unless the samples are asked for: benchmarks poll it
             return {"latency": list(self.offload_latency) if args.get("samples") else None,
                     "first_decided": self.first_decided,
                     "last_offloaded": self.last_offloaded, "offloaded": self.stats["offloaded"],
+                    "cpu_seconds": (self.cpu_last - self.cpu_first
+                                    if self.cpu_first is not None and self.cpu_last is not None else None),
                     "batches": self.stats["offload_batches"]}
         if cmd == "counters":
             # the event counters of `stats` without what costs O(flows)
