@@ -154,22 +154,14 @@ _FAMILY = {4: ("flow_table_v4", "forward_v4", _PARAMS + ("ip_csum_delta", "l4_cs
 TTL_DECREMENT_DELTA = 0xFEFF   # ~m + m' for the (ttl, protocol) word when ttl drops by one
 
 
-def _words(value: int, nbytes: int):
-    return ((value >> shift) & 0xFFFF for shift in range(0, nbytes * 8, 16))
-
-
-def csum_delta(changes, extra: int = 0) -> int:
-    """One's-complement sum of ~m + m' over (old, new, bytes) values (RFC 1624
-    eqn. 3), folded to 16 bits: what the data plane adds to ~checksum when
-    those words change, plus `extra`, a delta already summed. Words that
-    stay the same add 0xffff, i.e. nothing."""
-    s = extra
-    for old, new, nbytes in changes:
-        for m, m2 in zip(_words(old, nbytes), _words(new, nbytes)):
-            s += (m ^ 0xFFFF) + m2
-    while s > 0xFFFF:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
+def csum_delta(old: int, new: int, extra: int = 0) -> int:
+    """One's-complement sum of ~m + m' over the 16-bit words of values that
+    change from `old` to `new` (sums of the values), plus `extra`, a delta
+    already summed: what the data plane adds to ~checksum (RFC 1624 eqn. 3).
+    A 16-bit one's-complement sum of words is their value mod 0xffff (2^16 is
+    1 mod 0xffff), and ~m + m' is m' - m; a folded sum is never 0, so 0 is
+    written 0xffff (which adds nothing)."""
+    return (new - old + extra) % 0xFFFF or 0xFFFF
 
 
 def checksum_deltas(t: FlowTuple, rw) -> tuple[int, int]:
@@ -178,10 +170,9 @@ def checksum_deltas(t: FlowTuple, rw) -> tuple[int, int]:
     and the TTL decrement, the transport's the addresses (pseudo-header) and
     ports. The kernel applies the same changes one by one
     (csum_replace4, inet_proto_csum_replace4/2, ip_decrease_ttl)."""
-    n = 4 if t.src.version == 4 else 16
-    addrs = ((int(t.src), int(rw.src), n), (int(t.dst), int(rw.dst), n))
-    ip = csum_delta(addrs, TTL_DECREMENT_DELTA) if n == 4 else 0
-    return ip, csum_delta(addrs + ((t.sport, rw.sport, 2), (t.dport, rw.dport, 2)))
+    old, new = int(t.src) + int(t.dst), int(rw.src) + int(rw.dst)
+    l4 = csum_delta(old + t.sport + t.dport, new + rw.sport + rw.dport)
+    return (csum_delta(old, new, TTL_DECREMENT_DELTA) if t.src.version == 4 else 0), l4
 
 
 @functools.lru_cache(maxsize=16)

@@ -23,8 +23,10 @@ control FlowtableIngress(inout headers_t hdr,
     action nop() {}
 
     // Binds a front port to a flowtable (the flowtable's `devices`). A hit
-    // is all the fast path needs: entries carry their ingress port.
-    action set_flowtable(@unused FlowtableId_t flowtable_id) {
+    // is all the fast path needs (entries carry their ingress port); the id
+    // is kept for whoever reads the packet's metadata.
+    action set_flowtable(FlowtableId_t flowtable_id) {
+        meta.flowtable_id = flowtable_id;
     }
 
     table port_table {
@@ -170,12 +172,16 @@ control FlowtableIngress(inout headers_t hdr,
             }
         } else if (!hdr.ipv4.isValid()) {
             punt(PuntReason.NOT_OFFLOADABLE);
-        } else if (hdr.ipv4.ihl != 5) {
-            punt(PuntReason.IP_OPTIONS);
-        } else if (hdr.ipv4.more_fragments == 1 || hdr.ipv4.frag_offset != 0) {
-            punt(PuntReason.IP_FRAGMENT);
         } else if (!hdr.tcp.isValid() && !hdr.udp.isValid()) {
-            punt(PuntReason.NOT_OFFLOADABLE);
+            // The parser reads TCP/UDP only behind a plain header of an
+            // unfragmented packet, so a packet with either is neither.
+            if (hdr.ipv4.ihl != 5) {
+                punt(PuntReason.IP_OPTIONS);
+            } else if (hdr.ipv4.more_fragments == 1 || hdr.ipv4.frag_offset != 0) {
+                punt(PuntReason.IP_FRAGMENT);
+            } else {
+                punt(PuntReason.NOT_OFFLOADABLE);
+            }
         } else if (hdr.ipv4.ttl <= 1) {
             punt(PuntReason.TTL_EXPIRED);
         } else if (hdr.tcp.isValid() && (hdr.tcp.fin == 1 || hdr.tcp.rst == 1)) {

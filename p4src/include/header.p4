@@ -88,6 +88,7 @@ struct headers_t {
 }
 
 struct metadata_t {
+    FlowtableId_t flowtable_id;
     // Lookup key built once (the kernel's nf_flow_tuple_ip).
     L4Port_t      l4_src_port;
     L4Port_t      l4_dst_port;
