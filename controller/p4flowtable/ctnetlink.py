@@ -52,6 +52,7 @@ _ERRNO = struct.Struct("=i")
 HDR_LEN = _NLMSGHDR.size + _NFGENMSG.size
 RECV_SIZE = 1 << 17
 EVENT_DRAIN = 8192      # datagrams read per wake-up on an event socket
+REQUEST_BATCH = 64      # requests per datagram
 
 
 class CtnlError(OSError):
@@ -236,7 +237,7 @@ class CtnlSocket:
         if self._events is not None:
             self._events.put_nowait(err)
 
-    def _send(self, msg_type: int, family: int, payload: bytes, flags: int) -> asyncio.Future:
+    def _message(self, msg_type: int, family: int, payload: bytes, flags: int) -> tuple[int, bytes, asyncio.Future]:
         self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
         seq = self._seq
         body = _NFGENMSG.pack(family, 0, 0) + payload
@@ -244,30 +245,33 @@ class CtnlSocket:
                              NLM_F_REQUEST | NLM_F_ACK | flags, seq, 0)
         fut = self._loop.create_future()
         self._pending[seq] = (fut, [])
+        return seq, hdr + body + b"\0" * (-len(body) & 3), fut
+
+    def _send_all(self, msgs: list[tuple[int, bytes, asyncio.Future]]) -> None:
+        """One datagram for many requests: the kernel handles each message in
+        turn (netlink_rcv_skb) and acknowledges each."""
         try:
-            self.sock.send(hdr + body)
-        except OSError:
-            del self._pending[seq]
-            raise
-        return fut
+            self.sock.send(b"".join(m for _, m, _ in msgs))
+        except OSError as e:
+            for seq, _, fut in msgs:
+                del self._pending[seq]
+                fut.set_exception(e)
 
     async def request(self, msg_type: int, family: int, payload: bytes, flags: int = 0) -> list[CtMsg]:
         """Send one request; the messages it answers with, after the kernel's ACK
         or NLMSG_DONE. Raises CtnlError with the kernel's errno."""
-        return await self._send(msg_type, family, payload, flags)
+        msg = self._message(msg_type, family, payload, flags)
+        self._send_all([msg])
+        return await msg[2]
 
     async def requests(self, reqs: list[tuple[int, int, bytes, int]]) -> list:
         """Several requests in flight together, (msg_type, family, payload,
-        flags) each: per request its messages or its error, in order."""
-        futs = []
-        for req in reqs:
-            try:
-                futs.append(self._send(*req))
-            except OSError as e:
-                fut = self._loop.create_future()
-                fut.set_exception(e)
-                futs.append(fut)
-        return await asyncio.gather(*futs, return_exceptions=True)
+        flags) each, sent REQUEST_BATCH to a datagram: per request its
+        messages or its error, in order."""
+        msgs = [self._message(*req) for req in reqs]
+        for i in range(0, len(msgs), REQUEST_BATCH):
+            self._send_all(msgs[i:i + REQUEST_BATCH])
+        return await asyncio.gather(*(fut for _, _, fut in msgs), return_exceptions=True)
 
     async def dump(self, family: int = socket.AF_UNSPEC) -> list[CtMsg]:
         return await self.request(IPCTNL_MSG_CT_GET, family, b"", NLM_F_DUMP)
