@@ -10,7 +10,9 @@ namespace whose routes and neighbours point at the switch's ports.
 2. setup rate: N entries exist before the daemon starts; it offloads them in a
    burst (rate = N / (last write - first decision)).
 3. baseline: a bare P4Runtime client writes the same 2N entries, in batches
-   of the daemon's mean batch size, to the same switch.
+   of the daemon's mean batch size, to the same switch: one batch at a time,
+   and as many at once as the daemon keeps in flight. The ratio is taken
+   against the faster.
 
     sudo .venv/bin/python bench/offload_rate.py [--flows 10000] [--switch bmv2]
 """
