@@ -10,7 +10,6 @@
 #include "include/checksum.p4"
 #include "control/packetio.p4"
 #include "control/flowtable.p4"
-#include "control/rewrite.p4"
 
 control FtIngress(inout headers_t hdr,
                   inout metadata_t meta,
@@ -23,8 +22,6 @@ control FtIngress(inout headers_t hdr,
             FlowtableIngress.apply(hdr, meta, std_meta);
             if (meta.punt) {
                 PuntIngress.apply(hdr, meta, std_meta);
-            } else {
-                RewriteL4.apply(hdr, meta, std_meta);
             }
         }
     }

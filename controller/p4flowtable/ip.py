@@ -147,10 +147,11 @@ def _mac(s: str) -> int:
 
 _MATCH_FIELDS = ("ingress_port", "src_addr", "dst_addr", "l4proto", "src_port", "dst_port")
 _PARAMS = ("port", "src_mac", "dst_mac", "src_addr", "dst_addr", "src_port", "dst_port", "mtu")
-# one table and one action per family, with the same field and parameter
-# names; IPv4 adds its header checksum's delta
-_FAMILY = {4: ("flow_table_v4", "forward_v4", _PARAMS + ("ip_csum_delta", "l4_csum_delta")),
-           6: ("flow_table_v6", "forward_v6", _PARAMS + ("l4_csum_delta",))}
+# one table per family and one action per family and transport, with the
+# same field and parameter names; IPv4 adds its header checksum's delta
+_TABLES = {4: "flow_table_v4", 6: "flow_table_v6"}
+_PARAMS_OF = {4: _PARAMS + ("ip_csum_delta", "l4_csum_delta"), 6: _PARAMS + ("l4_csum_delta",)}
+_TRANSPORT = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp"}
 TTL_DECREMENT_DELTA = 0xFEFF   # ~m + m' for the (ttl, protocol) word when ttl drops by one
 
 
@@ -176,13 +177,14 @@ def checksum_deltas(t: FlowTuple, rw) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=16)
-def _layout(schema: P4Schema, version: int) -> tuple:
-    """Ids and byte widths of a family's flow table fields and forward
-    parameters, looked up (and checked against the P4Info) once per schema."""
-    table_name, action_name, param_names = _FAMILY[version]
-    table, action = schema.table(table_name), schema.action(action_name)
+def _layout(schema: P4Schema, version: int, l4proto: int = IPPROTO_TCP) -> tuple:
+    """Ids and byte widths of a family's flow table fields and of the forward
+    action's parameters for a transport, looked up (and checked against the
+    P4Info) once per schema."""
+    table = schema.table(_TABLES[version])
+    action = schema.action(f"forward_{_TRANSPORT[l4proto]}_v{version}")
     fields = tuple((table.field(n).id, (table.field(n).bitwidth + 7) // 8) for n in _MATCH_FIELDS)
-    params = tuple((action.param(n).id, (action.param(n).bitwidth + 7) // 8) for n in param_names)
+    params = tuple((action.param(n).id, (action.param(n).bitwidth + 7) // 8) for n in _PARAMS_OF[version])
     return table.id, fields, action.id, params
 
 
@@ -203,7 +205,8 @@ def flow_entry(schema: P4Schema, flow: Flow, d: Dir, with_action: bool = True,
     big-endian, padded to their field's width). Fills `entry` in place when
     given, e.g. the one inside an Update: building a message and then
     wrapping it copies it."""
-    table_id, fields, action_id, params = _layout(schema, flow.tuples[d].src.version)
+    t = flow.tuples[d]
+    table_id, fields, action_id, params = _layout(schema, t.src.version, t.l4proto)
     entry = p4r.TableEntry() if entry is None else entry
     entry.table_id = table_id
     if idle_timeout_ns:
@@ -214,7 +217,6 @@ def flow_entry(schema: P4Schema, flow: Flow, d: Dir, with_action: bool = True,
         m.exact.value = v.to_bytes(n, "big")
     if with_action:
         route = flow.routes[d]
-        t = flow.tuples[d]
         rw = rewrite_for(flow.tuples, d)
         ip_delta, l4_delta = checksum_deltas(t, rw)
         values = (route.port, _mac(route.src_mac), _mac(route.dst_mac), int(rw.src), int(rw.dst),

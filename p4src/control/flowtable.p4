@@ -41,33 +41,91 @@ control FlowtableIngress(inout headers_t hdr,
         size = PORT_TABLE_SIZE;
     }
 
+    // The parts of a hit's rewrite (nf_flow_offload_ip_hook after its
+    // lookup), composed by the forward actions below. NAT comes from the
+    // other direction's tuple, as in the kernel; the checksum deltas are
+    // constants of the entry (the controller computes them), so a packet
+    // costs one addition per checksum, not a sum over every changed word.
+    // nf_flow_exceeds_mtu; the reason is read only when punt is set
+    @hidden
+    action check_mtu(bool oversize) {
+        meta.punt = oversize;
+        meta.punt_reason = PuntReason.MTU_EXCEEDED;
+    }
+
+    @hidden
+    action rewrite_l2(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac) {
+        hdr.ethernet.src_addr = src_mac;
+        hdr.ethernet.dst_addr = dst_mac;
+        std_meta.egress_spec = port;
+    }
+
+    @hidden
+    action rewrite_ipv4(Ipv4Addr_t src_addr, Ipv4Addr_t dst_addr, bit<16> ip_csum_delta) {
+        hdr.ipv4.src_addr = src_addr;
+        hdr.ipv4.dst_addr = dst_addr;
+        hdr.ipv4.ttl = hdr.ipv4.ttl - 1;
+        // the addresses and ip_decrease_ttl in one delta
+        hdr.ipv4.hdr_checksum = CSUM_UPDATE(hdr.ipv4.hdr_checksum, ip_csum_delta);
+    }
+
+    @hidden
+    action rewrite_ipv6(Ipv6Addr_t src_addr, Ipv6Addr_t dst_addr) {
+        hdr.ipv6.src_addr = src_addr;
+        hdr.ipv6.dst_addr = dst_addr;
+        hdr.ipv6.hop_limit = hdr.ipv6.hop_limit - 1;
+    }
+
+    // inet_proto_csum_replace4/2: a packet whose checksum arrived wrong leaves
+    // exactly as wrong as the kernel would send it
+    @hidden
+    action rewrite_tcp(L4Port_t src_port, L4Port_t dst_port, bit<16> l4_csum_delta) {
+        hdr.tcp.src_port = src_port;
+        hdr.tcp.dst_port = dst_port;
+        hdr.tcp.checksum = CSUM_UPDATE(hdr.tcp.checksum, l4_csum_delta);
+    }
+
+    // A zero UDP checksum means "none" and stays zero; a computed zero is
+    // sent as 0xffff (CSUM_MANGLED_0), as nf_flow_nat_ip_udp does.
+    @hidden
+    action rewrite_udp(L4Port_t src_port, L4Port_t dst_port, bit<16> l4_csum_delta) {
+        hdr.udp.src_port = src_port;
+        hdr.udp.dst_port = dst_port;
+        if (hdr.udp.checksum != 0) {
+            hdr.udp.checksum = CSUM_UPDATE(hdr.udp.checksum, l4_csum_delta);
+            if (hdr.udp.checksum == 0) {
+                hdr.udp.checksum = 0xffff;
+            }
+        }
+    }
+
     direct_counter(CounterType.packets_and_bytes) flow_table_v4_counter;
 
-    // One direction of an offloaded flow, as nf_flow_offload_ip_hook after
-    // its lookup: the MTU check, then NAT, TTL and next hop. The NAT rewrite
-    // comes from the other direction's tuple, as in the kernel; the two
-    // checksum deltas are constants of the entry (the controller computes
-    // them), so a packet costs two additions, not a sum over every word.
-    action forward_v4(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac,
-                      Ipv4Addr_t src_addr, Ipv4Addr_t dst_addr,
-                      L4Port_t src_port, L4Port_t dst_port, bit<16> mtu,
-                      bit<16> ip_csum_delta, bit<16> l4_csum_delta) {
+    // One direction of an offloaded TCP or UDP flow over IPv4 (the entry's
+    // l4proto picks the action). MTU first, then the rewrite.
+    action forward_tcp_v4(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac,
+                          Ipv4Addr_t src_addr, Ipv4Addr_t dst_addr,
+                          L4Port_t src_port, L4Port_t dst_port, bit<16> mtu,
+                          bit<16> ip_csum_delta, bit<16> l4_csum_delta) {
         flow_table_v4_counter.count();
-        meta.rw_src_port = src_port;
-        meta.rw_dst_port = dst_port;
-        meta.l4_csum_delta = l4_csum_delta;
-        if (hdr.ipv4.total_len > mtu) {     // nf_flow_exceeds_mtu
-            meta.punt = true;
-            meta.punt_reason = PuntReason.MTU_EXCEEDED;
-        } else {
-            hdr.ipv4.src_addr = src_addr;
-            hdr.ipv4.dst_addr = dst_addr;
-            hdr.ipv4.ttl = hdr.ipv4.ttl - 1;
-            // addresses and ip_decrease_ttl in one delta
-            hdr.ipv4.hdr_checksum = CSUM_UPDATE(hdr.ipv4.hdr_checksum, ip_csum_delta);
-            hdr.ethernet.src_addr = src_mac;
-            hdr.ethernet.dst_addr = dst_mac;
-            std_meta.egress_spec = port;
+        check_mtu(hdr.ipv4.total_len > mtu);
+        if (!meta.punt) {
+            rewrite_ipv4(src_addr, dst_addr, ip_csum_delta);
+            rewrite_tcp(src_port, dst_port, l4_csum_delta);
+            rewrite_l2(port, src_mac, dst_mac);
+        }
+    }
+
+    action forward_udp_v4(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac,
+                          Ipv4Addr_t src_addr, Ipv4Addr_t dst_addr,
+                          L4Port_t src_port, L4Port_t dst_port, bit<16> mtu,
+                          bit<16> ip_csum_delta, bit<16> l4_csum_delta) {
+        flow_table_v4_counter.count();
+        check_mtu(hdr.ipv4.total_len > mtu);
+        if (!meta.punt) {
+            rewrite_ipv4(src_addr, dst_addr, ip_csum_delta);
+            rewrite_udp(src_port, dst_port, l4_csum_delta);
+            rewrite_l2(port, src_mac, dst_mac);
         }
     }
 
@@ -78,26 +136,31 @@ control FlowtableIngress(inout headers_t hdr,
 
     direct_counter(CounterType.packets_and_bytes) flow_table_v6_counter;
 
-    // The IPv6 twin of forward_v4 (nf_flow_offload_ipv6_hook): 128-bit
-    // addresses, hop limit, no header checksum.
-    action forward_v6(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac,
-                      Ipv6Addr_t src_addr, Ipv6Addr_t dst_addr,
-                      L4Port_t src_port, L4Port_t dst_port, bit<16> mtu,
-                      bit<16> l4_csum_delta) {
+    // The IPv6 twins (nf_flow_offload_ipv6_hook): 128-bit addresses, hop
+    // limit, no header checksum; the MTU check is on the IPv6 packet length.
+    action forward_tcp_v6(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac,
+                          Ipv6Addr_t src_addr, Ipv6Addr_t dst_addr,
+                          L4Port_t src_port, L4Port_t dst_port, bit<16> mtu,
+                          bit<16> l4_csum_delta) {
         flow_table_v6_counter.count();
-        meta.rw_src_port = src_port;
-        meta.rw_dst_port = dst_port;
-        meta.l4_csum_delta = l4_csum_delta;
-        if (hdr.ipv6.payload_len + 40 > mtu) {   // nf_flow_exceeds_mtu on the IPv6 packet length
-            meta.punt = true;
-            meta.punt_reason = PuntReason.MTU_EXCEEDED;
-        } else {
-            hdr.ipv6.src_addr = src_addr;
-            hdr.ipv6.dst_addr = dst_addr;
-            hdr.ipv6.hop_limit = hdr.ipv6.hop_limit - 1;
-            hdr.ethernet.src_addr = src_mac;
-            hdr.ethernet.dst_addr = dst_mac;
-            std_meta.egress_spec = port;
+        check_mtu(hdr.ipv6.payload_len + 40 > mtu);
+        if (!meta.punt) {
+            rewrite_ipv6(src_addr, dst_addr);
+            rewrite_tcp(src_port, dst_port, l4_csum_delta);
+            rewrite_l2(port, src_mac, dst_mac);
+        }
+    }
+
+    action forward_udp_v6(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac,
+                          Ipv6Addr_t src_addr, Ipv6Addr_t dst_addr,
+                          L4Port_t src_port, L4Port_t dst_port, bit<16> mtu,
+                          bit<16> l4_csum_delta) {
+        flow_table_v6_counter.count();
+        check_mtu(hdr.ipv6.payload_len + 40 > mtu);
+        if (!meta.punt) {
+            rewrite_ipv6(src_addr, dst_addr);
+            rewrite_udp(src_port, dst_port, l4_csum_delta);
+            rewrite_l2(port, src_mac, dst_mac);
         }
     }
 
@@ -116,7 +179,8 @@ control FlowtableIngress(inout headers_t hdr,
             meta.l4_dst_port:      exact @name("dst_port");
         }
         actions = {
-            forward_v6;
+            forward_tcp_v6;
+            forward_udp_v6;
             @defaultonly miss_v6;
         }
         const default_action = miss_v6();
@@ -135,7 +199,8 @@ control FlowtableIngress(inout headers_t hdr,
             meta.l4_dst_port:      exact @name("dst_port");
         }
         actions = {
-            forward_v4;
+            forward_tcp_v4;
+            forward_udp_v4;
             @defaultonly miss;
         }
         const default_action = miss();
@@ -147,8 +212,8 @@ control FlowtableIngress(inout headers_t hdr,
     }
 
     // The kernel checks FIN/RST (nf_flow_state_check) after the lookup and
-    // the MTU; here it comes before the lookup, so that a hit can rewrite the
-    // packet at once. Such packets leave the fast path either way, and as in
+    // the MTU; here it comes before the lookup, so that a hit's action can
+    // rewrite the packet at once. Such packets leave the fast path either way, and as in
     // the kernel they neither refresh nor count on the flow (the kernel's
     // check precedes flow_offload_refresh and the accounting).
     apply {

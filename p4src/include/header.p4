@@ -94,11 +94,6 @@ struct metadata_t {
     L4Port_t      l4_dst_port;
     bool          punt;
     PuntReason    punt_reason;
-    // What a hit leaves for the transport header (RewriteL4): new ports and
-    // the entry's checksum delta.
-    L4Port_t      rw_src_port;
-    L4Port_t      rw_dst_port;
-    bit<16>       l4_csum_delta;
 }
 
 #endif
