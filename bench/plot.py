@@ -36,7 +36,7 @@ def main() -> int:
     if pps and pps["results"]:
         fig, ax = plt.subplots(figsize=(5, 3.2))
         names = [r["switch"] for r in pps["results"]]
-        ax.bar(names, [r["pps"] for r in pps["results"]], color=["#4477aa", "#ee6677"][:len(names)])
+        ax.bar(names, [r["pps"] for r in pps["results"]], color=["#4477aa", "#228833", "#ee6677"][:len(names)])
         ax.set_ylabel("packets/s, offloaded path")
         ax.set_title(f"{pps['frame_bytes']}-byte frames, {pps['packets']} packets (rev {pps['git']})")
         made.append(save(fig, "switch_pps.png"))

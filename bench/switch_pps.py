@@ -7,7 +7,10 @@ entries over P4Runtime; a burst of that flow's packets is sent into port 1
 and counted as it leaves port 2. Writes JSON (git revision, switch) and prints
 a table.
 
-    sudo .venv/bin/python bench/switch_pps.py [--packets 20000] [--switch bmv2,soft]
+    sudo .venv/bin/python bench/switch_pps.py [--packets 20000] [--switch bmv2,soft] [--rounds 3]
+
+On BMv2 the same burst also goes through p4src/bench/l3fwd.p4 (one LPM
+table), the yardstick of the offloaded path's packets/s.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from scapy.all import IP, TCP, Ether, Raw  # noqa: E402
 from p4flowtable.ip import flow_entry  # noqa: E402
 from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple  # noqa: E402
 from p4flowtable.offload import port_entry  # noqa: E402
-from p4flowtable.p4info import P4Schema  # noqa: E402
+from p4flowtable.p4info import P4Schema, encode  # noqa: E402
 from p4flowtable.p4runtime import Session  # noqa: E402
 from p4ft_topo import switch_on_veths  # noqa: E402
 from record import save  # noqa: E402
@@ -41,6 +44,24 @@ from record import save  # noqa: E402
 A = ipaddress.IPv4Address
 LINKS = [("p4ftb-sw1", "p4ftb-h1"), ("p4ftb-sw2", "p4ftb-h2")]
 
+
+
+async def program_l3fwd(grpc: str) -> None:
+    """The yardstick p4src/bench/l3fwd.p4 with a route to port 2."""
+    schema = P4Schema.from_file(ROOT / "p4src/build/l3fwd.p4info.txtpb")
+    s = Session(grpc)
+    await s.connect(30)
+    await s.set_pipeline(schema.p4info, (ROOT / "p4src/build/l3fwd.json").read_bytes())
+    table, action = schema.table("routes_v4"), schema.action("route")
+    e = p4r.TableEntry(table_id=table.id)
+    f = table.field("dst_addr")
+    e.match.add(field_id=f.id, lpm=p4r.FieldMatch.LPM(value=encode(int(A("192.0.2.0")), 32), prefix_len=24))
+    e.action.action.action_id = action.id
+    for name, v in (("port", 2), ("src_mac", 0x020000000201), ("dst_mac", 0x000000000002)):
+        p = action.param(name)
+        e.action.action.params.add(param_id=p.id, value=encode(v, p.bitwidth))
+    await s.write([p4r.Update(type=p4r.Update.INSERT, entity=p4r.Entity(table_entry=e))])
+    await s.close()
 
 
 async def program(grpc: str, schema: P4Schema) -> None:
@@ -58,6 +79,18 @@ async def program(grpc: str, schema: P4Schema) -> None:
             for d in Dir]
     await s.write(ups)
     await s.close()
+
+
+def process_cpu_ns(pid: int) -> int:
+    """CPU time of all of a process's threads so far (schedstat, ns)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except OSError:     # the thread ended meanwhile
+            pass
+    return total
 
 
 def blast(n: int, size: int) -> dict:
@@ -97,29 +130,55 @@ def main() -> int:
     ap.add_argument("--packets", type=int, default=20000)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--switch", default="bmv2,soft")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-l3fwd", dest="l3fwd", action="store_false",
+                    help="skip the minimal L3 forwarder on BMv2")
     ap.add_argument("--out", default=str(ROOT / "bench/results/switch_pps.json"))
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("switch_pps: needs root (network namespace, raw sockets)", file=sys.stderr)
         return 1
     schema = P4Schema.from_file(ROOT / "p4src/build/flowtable.p4info.txtpb")
-    results = []
-    for kind in a.switch.split(","):
-        if kind == "bmv2" and not shutil.which("simple_switch_grpc"):
-            print(f"{kind}: skipped, simple_switch_grpc is not installed")
-            continue
-        with switch_on_veths(kind, LINKS) as grpc:
-            asyncio.run(program(grpc, schema))
-            r = blast(a.packets, a.size)
+    kinds = a.switch.split(",")
+    if "bmv2" in kinds and not shutil.which("simple_switch_grpc"):
+        print("bmv2: skipped, simple_switch_grpc is not installed")
+        kinds.remove("bmv2")
+    if "bmv2" in kinds and a.l3fwd:
+        kinds.insert(kinds.index("bmv2") + 1, "bmv2-l3fwd")
+    # Kinds take turns, round after round; each kind's median is reported.
+    samples = []
+    for _ in range(a.rounds):
+        for kind in kinds:
+            with switch_on_veths(kind.split("-")[0], LINKS) as grpc:
+                asyncio.run(program_l3fwd(grpc) if kind.endswith("-l3fwd") else program(grpc, schema))
+                cpu0 = process_cpu_ns(grpc.pid)
+                r = blast(a.packets, a.size)
+                r["switch_cpu_us_per_packet"] = (process_cpu_ns(grpc.pid) - cpu0) / 1e3 / max(1, r["received"])
             r["switch"] = kind
-            results.append(r)
-    save(a.out, {"bench": "switch_pps", "packets": a.packets, "frame_bytes": a.size, "results": results})
-    print(f"{'switch':<8} {'sent':>8} {'received':>9} {'pps':>10}")
+            samples.append(r)
+    results = []
+    for kind in kinds:
+        rs = sorted((r for r in samples if r["switch"] == kind), key=lambda r: r["pps"])
+        results.append(dict(rs[len(rs) // 2], rounds=[r["pps"] for r in rs]))
+    by = {r["switch"]: r["pps"] for r in results}
+    ratios = {}
+    if "soft" in by and "bmv2" in by:
+        ratios["embedded_over_bmv2"] = by["soft"] / by["bmv2"]
+    if "bmv2-l3fwd" in by:
+        ratios["flowtable_over_l3fwd"] = by["bmv2"] / by["bmv2-l3fwd"]
+        cpu = {r["switch"]: r["switch_cpu_us_per_packet"] for r in results}
+        ratios["cpu_per_packet_flowtable_over_l3fwd"] = cpu["bmv2"] / cpu["bmv2-l3fwd"]
+    save(a.out, {"bench": "switch_pps", "packets": a.packets, "frame_bytes": a.size, "rounds": a.rounds,
+                 "results": results, "samples": samples, **ratios})
+    print(f"{'switch':<11} {'sent':>8} {'received':>9} {'pps':>10} {'switch CPU/packet':>18}")
     for r in results:
-        print(f"{r['switch']:<8} {r['sent']:>8} {r['received']:>9} {r['pps']:>10.0f}")
-    if len(results) == 2:
-        by = {r["switch"]: r["pps"] for r in results}
-        print(f"embedded/bmv2 ratio: {by['soft'] / by['bmv2']:.2f}")
+        print(f"{r['switch']:<11} {r['sent']:>8} {r['received']:>9} {r['pps']:>10.0f} "
+              f"{r['switch_cpu_us_per_packet']:>15.1f} us")
+    if "embedded_over_bmv2" in ratios:
+        print(f"embedded/bmv2 ratio: {ratios['embedded_over_bmv2']:.2f}")
+    if "flowtable_over_l3fwd" in ratios:
+        print(f"offloaded path / l3fwd on BMv2: {ratios['flowtable_over_l3fwd']:.2f} in packets/s, "
+              f"{ratios['cpu_per_packet_flowtable_over_l3fwd']:.2f}x the switch CPU per packet")
     return 0
 
 
