@@ -114,14 +114,25 @@ def test_udp_is_never_offloaded_by_a_tcp_only_policy(net, tmp_path):
 class Connection:
     """A TCP connection h1 -> h2 held open for `hold` seconds after its data."""
 
-    def __init__(self, net, tmp_path, port: int, nbytes: int, hold: float):
+    def __init__(self, tmp_path):
         self.sink_out, self.src_out = str(tmp_path / "sink.json"), str(tmp_path / "src.json")
+        self.sink = self.src = None
+
+    def start(self, net, port: int, nbytes: int, hold: float) -> "Connection":
         self.sink = host_tool(net.h2, "tcp-sink", "--port", str(port), "--out", self.sink_out)
         read_json(self.sink_out + ".ready")
         self.src = host_tool(net.h1, "tcp-source", "--host", "192.0.2.2", "--port", str(port),
                              "--bytes", str(nbytes), "--pause", "0", "--hold", str(hold), "--out", self.src_out)
         self.sport = read_json(self.src_out + ".connected")["local"][1]
         wait_for(lambda: (f := flow_for(net, "tcp", sport=self.sport)) and f["offload"], 5, "offload")
+        return self
+
+    def close(self) -> None:
+        """Host processes a failed test left running are stopped."""
+        for p in (self.src, self.sink):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(5)
 
     def finish_intact(self) -> bool:
         """Wait for the close; True when h2 got exactly what h1 sent."""
@@ -132,10 +143,23 @@ class Connection:
         return received["sha256"] == done["sha256"]
 
 
-def test_switch_restart_loses_no_flow(net, tmp_path):
+@pytest.fixture
+def connection(net, tmp_path):
+    """Connection(...).start(...) whose host processes go with the test."""
+    made = []
+
+    def start(port: int, nbytes: int, hold: float) -> Connection:
+        made.append(Connection(tmp_path))
+        return made[-1].start(net, port, nbytes, hold)
+    yield start
+    for c in made:
+        c.close()
+
+
+def test_switch_restart_loses_no_flow(net, connection):
     """The switch goes away and comes back: the daemon reconnects, pushes the
     pipeline again and reinstalls what the switch carried."""
-    conn = Connection(net, tmp_path, 5002, 100000, hold=8)
+    conn = connection(5002, 100000, hold=8)
     lost_before = stats(net).get("switch_lost", 0)
     s1 = net.net.get("s1")
     s1.proc.kill()
@@ -148,9 +172,9 @@ def test_switch_restart_loses_no_flow(net, tmp_path):
     assert conn.finish_intact()
 
 
-def test_flowtable_delete_hands_flows_back_and_add_restores_offload(net, tmp_path):
+def test_flowtable_delete_hands_flows_back_and_add_restores_offload(net, connection):
     from p4ft_topo import p4ft
-    conn = Connection(net, tmp_path, 5003, 1000, hold=6)
+    conn = connection(5003, 1000, hold=6)
     out = p4ft("flowtable", "delete", "ft", socket_path=net.socket)
     assert "deleted flowtable ft (1 flow(s) handed back)" in out
     wait_for(lambda: switch_flow_entries(net) == [], 5, "the flow's entries to leave the switch")
