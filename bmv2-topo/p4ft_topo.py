@@ -96,6 +96,12 @@ def wait_port(host: str, port: int, deadline: float, proc: subprocess.Popen | No
     raise TimeoutError(f"nothing listens on {host}:{port} after {deadline}s")
 
 
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
 def free_tcp_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -147,6 +153,11 @@ class P4RuntimeSwitch(Switch):
             if intf.name != "lo":
                 subprocess.run(["ethtool", "-K", intf.name, "tx", "off", "rx", "off", "tso", "off",
                                 "gso", "off", "gro", "off"], capture_output=True)
+        if port_in_use("127.0.0.1", self.grpc_port):
+            # otherwise the wait below would find the other process and the
+            # daemon would program it instead of this switch
+            raise RuntimeError(f"{self.grpc_addr} is already served by another process (a switch left "
+                               f"running by an earlier run?); stop it first")
         self.proc = start_switch_process(self.kind, self.port_list(), self.grpc_addr, open(self.logfile, "w"))
         wait_port("127.0.0.1", self.grpc_port, 30, self.proc)
 
