@@ -35,19 +35,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 from offload_rate import (NS, SOCK, LINKS, Router, call, create_entries, flush_conntrack,  # noqa: E402
                           make_ruleset, percentile, setup_router, start_daemon, stop, switch_on_veths)
 from p4ft_topo import wait_until  # noqa: E402
-from record import save  # noqa: E402
+from record import cpu_seconds, save  # noqa: E402
 
 UDP = 17
 BASE_PROBE = 1_000_000     # probe and burst flow indices start above every N
 BASE_BURST = 2_000_000
 WARM = 400                 # UDP flows over the burst's hosts, expired before it
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def offloaded_now() -> int:

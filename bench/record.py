@@ -1,8 +1,10 @@
-"""Where every benchmark writes its machine-readable result."""
+"""Where every benchmark writes its machine-readable result, and how it
+reads a process's CPU time."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -16,3 +18,12 @@ def save(path: str | Path, record: dict) -> dict:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its threads (those that ended included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK

@@ -39,7 +39,7 @@ from p4flowtable.offload import port_entry  # noqa: E402
 from p4flowtable.p4info import P4Schema, encode  # noqa: E402
 from p4flowtable.p4runtime import Session  # noqa: E402
 from p4ft_topo import switch_on_veths  # noqa: E402
-from record import save  # noqa: E402
+from record import cpu_seconds, save  # noqa: E402
 
 A = ipaddress.IPv4Address
 LINKS = [("p4ftb-sw1", "p4ftb-h1"), ("p4ftb-sw2", "p4ftb-h2")]
@@ -79,18 +79,6 @@ async def program(grpc: str, schema: P4Schema) -> None:
             for d in Dir]
     await s.write(ups)
     await s.close()
-
-
-def process_cpu_ns(pid: int) -> int:
-    """CPU time of all of a process's threads so far (schedstat, ns)."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except OSError:     # the thread ended meanwhile
-            pass
-    return total
 
 
 def blast(n: int, size: int) -> dict:
@@ -151,9 +139,9 @@ def main() -> int:
         for kind in kinds:
             with switch_on_veths(kind.split("-")[0], LINKS) as grpc:
                 asyncio.run(program_l3fwd(grpc) if kind.endswith("-l3fwd") else program(grpc, schema))
-                cpu0 = process_cpu_ns(grpc.pid)
+                cpu0 = cpu_seconds(grpc.pid)
                 r = blast(a.packets, a.size)
-                r["switch_cpu_us_per_packet"] = (process_cpu_ns(grpc.pid) - cpu0) / 1e3 / max(1, r["received"])
+                r["switch_cpu_us_per_packet"] = (cpu_seconds(grpc.pid) - cpu0) * 1e6 / max(1, r["received"])
             r["switch"] = kind
             samples.append(r)
     results = []
