@@ -88,10 +88,8 @@ def wait_port(host: str, port: int, deadline: float, proc: subprocess.Popen | No
     while time.monotonic() < end:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening on {host}:{port}")
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            if s.connect_ex((host, port)) == 0:
-                return
+        if port_in_use(host, port):
+            return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on {host}:{port} after {deadline}s")
 
