@@ -189,19 +189,21 @@ class ConntrackMirror:
             self._store(e)
             yield (CtEvent.NEW if m.flags & ctnl.NLM_F_CREATE else CtEvent.UPDATE), e, old
 
+    @staticmethod
+    def _change(e: CtEntry, *attrs: bytes) -> tuple[int, int, bytes, int]:
+        """The request changing an existing entry (IPCTNL_MSG_CT_NEW without NLM_F_CREATE)."""
+        return (ctnl.IPCTNL_MSG_CT_NEW, ctnl.family_of(e.orig),
+                ctnl.tuple_attr(ctnl.CTA_TUPLE_ORIG, e.orig) + b"".join(attrs), 0)
+
     async def _set(self, e: CtEntry, *attrs: bytes) -> None:
-        """Change an existing entry (IPCTNL_MSG_CT_NEW without NLM_F_CREATE)."""
-        await self._cmd.request(ctnl.IPCTNL_MSG_CT_NEW, ctnl.family_of(e.orig),
-                                ctnl.tuple_attr(ctnl.CTA_TUPLE_ORIG, e.orig) + b"".join(attrs))
+        await self._cmd.request(*self._change(e, *attrs))
 
     async def offloaded(self, entries: list[CtEntry], lease: float = NF_CT_DAY) -> list[Exception | None]:
         """Kernel entries now carried by the switch: liberal TCP, a one-day
         timeout. All requests in flight together; per entry None or the error."""
         timeout = ctnl.timeout_attr(int(lease))
         liberal = ctnl.tcp_flags_attr(IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_BE_LIBERAL)
-        reqs = [(ctnl.IPCTNL_MSG_CT_NEW, ctnl.family_of(e.orig),
-                 ctnl.tuple_attr(ctnl.CTA_TUPLE_ORIG, e.orig) + timeout
-                 + (liberal if e.l4proto == IPPROTO_TCP else b""), 0) for e in entries]
+        reqs = [self._change(e, timeout, liberal if e.l4proto == IPPROTO_TCP else b"") for e in entries]
         out = []
         for e, res in zip(entries, await self._cmd.requests(reqs)):
             if isinstance(res, Exception):
