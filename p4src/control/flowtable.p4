@@ -46,6 +46,7 @@ control FlowtableIngress(inout headers_t hdr,
     // other direction's tuple, as in the kernel; the checksum deltas are
     // constants of the entry (the controller computes them), so a packet
     // costs one addition per checksum, not a sum over every changed word.
+
     // nf_flow_exceeds_mtu; the reason is read only when punt is set
     @hidden
     action check_mtu(bool oversize) {
@@ -213,9 +214,9 @@ control FlowtableIngress(inout headers_t hdr,
 
     // The kernel checks FIN/RST (nf_flow_state_check) after the lookup and
     // the MTU; here it comes before the lookup, so that a hit's action can
-    // rewrite the packet at once. Such packets leave the fast path either way, and as in
-    // the kernel they neither refresh nor count on the flow (the kernel's
-    // check precedes flow_offload_refresh and the accounting).
+    // rewrite the packet at once. Such packets leave the fast path either
+    // way, and as in the kernel they neither refresh nor count on the flow
+    // (the kernel's check precedes flow_offload_refresh and the accounting).
     apply {
         if (!port_table.apply().hit) {
             punt(PuntReason.PORT_UNBOUND);
