@@ -118,7 +118,7 @@ def generate(n: int, seed: int = 7) -> list[tuple[int, bytes]]:
         if kind == "udp0" and t.l4proto == 17 and ext is None:
             raw[14 + iplen + 6:14 + iplen + 8] = b"\x00\x00"
         if kind == "trunc":
-            raw = raw[:rng.choice([20, 30, 40, 50])]
+            raw = raw[:rng.choice([20, 30, 40, 44, 50, 58])]   # 40, 58: ports but no more
         if kind == "arp":
             raw = bytearray(bytes(eth / ARP(psrc="10.0.1.1", pdst="10.0.1.254")))
         if kind == "v6":

@@ -22,9 +22,10 @@ control FlowtableIngress(inout headers_t hdr,
 
     action nop() {}
 
-    // Binds a front port to a flowtable (the flowtable's `devices`). A hit
-    // is all the fast path needs (entries carry their ingress port); the id
-    // is kept for whoever reads the packet's metadata.
+    // Binds a front port to a flowtable (the flowtable's `devices`). Only a
+    // punted packet asks it, to tell "no flowtable here" from the other
+    // reasons: flow entries carry their ingress port (the kernel's tuple has
+    // iifidx) and exist only for bound ports, so a hit needs no port check.
     action set_flowtable(FlowtableId_t flowtable_id) {
         meta.flowtable_id = flowtable_id;
     }
@@ -45,7 +46,8 @@ control FlowtableIngress(inout headers_t hdr,
     // lookup), composed by the forward actions below. NAT comes from the
     // other direction's tuple, as in the kernel; the checksum deltas are
     // constants of the entry (the controller computes them), so a packet
-    // costs one addition per checksum, not a sum over every changed word.
+    // costs one subtraction and one comparison per checksum (CSUM_UPDATE),
+    // not a sum over every changed word.
 
     // nf_flow_exceeds_mtu; the reason is read only when punt is set
     @hidden
@@ -81,8 +83,8 @@ control FlowtableIngress(inout headers_t hdr,
     // exactly as wrong as the kernel would send it
     @hidden
     action rewrite_tcp(L4Port_t src_port, L4Port_t dst_port, bit<16> l4_csum_delta) {
-        hdr.tcp.src_port = src_port;
-        hdr.tcp.dst_port = dst_port;
+        hdr.l4.src_port = src_port;
+        hdr.l4.dst_port = dst_port;
         hdr.tcp.checksum = CSUM_UPDATE(hdr.tcp.checksum, l4_csum_delta);
     }
 
@@ -90,8 +92,8 @@ control FlowtableIngress(inout headers_t hdr,
     // sent as 0xffff (CSUM_MANGLED_0), as nf_flow_nat_ip_udp does.
     @hidden
     action rewrite_udp(L4Port_t src_port, L4Port_t dst_port, bit<16> l4_csum_delta) {
-        hdr.udp.src_port = src_port;
-        hdr.udp.dst_port = dst_port;
+        hdr.l4.src_port = src_port;
+        hdr.l4.dst_port = dst_port;
         if (hdr.udp.checksum != 0) {
             hdr.udp.checksum = CSUM_UPDATE(hdr.udp.checksum, l4_csum_delta);
             if (hdr.udp.checksum == 0) {
@@ -176,8 +178,8 @@ control FlowtableIngress(inout headers_t hdr,
             hdr.ipv6.src_addr:     exact @name("src_addr");
             hdr.ipv6.dst_addr:     exact @name("dst_addr");
             hdr.ipv6.next_hdr:     exact @name("l4proto");
-            meta.l4_src_port:      exact @name("src_port");
-            meta.l4_dst_port:      exact @name("dst_port");
+            hdr.l4.src_port:       exact @name("src_port");
+            hdr.l4.dst_port:       exact @name("dst_port");
         }
         actions = {
             forward_tcp_v6;
@@ -196,8 +198,8 @@ control FlowtableIngress(inout headers_t hdr,
             hdr.ipv4.src_addr:     exact @name("src_addr");
             hdr.ipv4.dst_addr:     exact @name("dst_addr");
             hdr.ipv4.protocol:     exact @name("l4proto");
-            meta.l4_src_port:      exact @name("src_port");
-            meta.l4_dst_port:      exact @name("dst_port");
+            hdr.l4.src_port:       exact @name("src_port");
+            hdr.l4.dst_port:       exact @name("dst_port");
         }
         actions = {
             forward_tcp_v4;
@@ -218,9 +220,7 @@ control FlowtableIngress(inout headers_t hdr,
     // way, and as in the kernel they neither refresh nor count on the flow
     // (the kernel's check precedes flow_offload_refresh and the accounting).
     apply {
-        if (!port_table.apply().hit) {
-            punt(PuntReason.PORT_UNBOUND);
-        } else if (hdr.ipv6.isValid()) {
+        if (hdr.ipv6.isValid()) {
             if (!hdr.tcp.isValid() && !hdr.udp.isValid()) {
                 if (hdr.ipv6.next_hdr == 0 || hdr.ipv6.next_hdr == 43 || hdr.ipv6.next_hdr == 44 ||
                     hdr.ipv6.next_hdr == 60 || hdr.ipv6.next_hdr == 51 || hdr.ipv6.next_hdr == 50) {
@@ -231,7 +231,7 @@ control FlowtableIngress(inout headers_t hdr,
                 }
             } else if (hdr.ipv6.hop_limit <= 1) {
                 punt(PuntReason.TTL_EXPIRED);
-            } else if (hdr.tcp.isValid() && (hdr.tcp.fin == 1 || hdr.tcp.rst == 1)) {
+            } else if (hdr.tcp.isValid() && (hdr.tcp.flags & TCP_FLAGS_FIN_RST) != 0) {
                 punt(PuntReason.TCP_FIN_RST);
             } else if (!flow_table_v6.apply().hit) {
                 punt(PuntReason.MISS);
@@ -243,17 +243,24 @@ control FlowtableIngress(inout headers_t hdr,
             // unfragmented packet, so a packet with either is neither.
             if (hdr.ipv4.ihl != 5) {
                 punt(PuntReason.IP_OPTIONS);
-            } else if (hdr.ipv4.more_fragments == 1 || hdr.ipv4.frag_offset != 0) {
+            } else if ((hdr.ipv4.flags_frag & IPV4_FRAG_MASK) != 0) {
                 punt(PuntReason.IP_FRAGMENT);
             } else {
                 punt(PuntReason.NOT_OFFLOADABLE);
             }
         } else if (hdr.ipv4.ttl <= 1) {
             punt(PuntReason.TTL_EXPIRED);
-        } else if (hdr.tcp.isValid() && (hdr.tcp.fin == 1 || hdr.tcp.rst == 1)) {
+        } else if (hdr.tcp.isValid() && (hdr.tcp.flags & TCP_FLAGS_FIN_RST) != 0) {
             punt(PuntReason.TCP_FIN_RST);
         } else if (!flow_table_v4.apply().hit) {
             punt(PuntReason.MISS);
+        }
+        // Whatever the reason, a packet from a port bound to no flowtable
+        // is reported as such: the kernel never saw it at a flowtable hook.
+        if (meta.punt) {
+            if (!port_table.apply().hit) {
+                punt(PuntReason.PORT_UNBOUND);
+            }
         }
     }
 }

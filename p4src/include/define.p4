@@ -16,6 +16,8 @@ const bit<16> ETHERTYPE_IPV4 = 0x0800;
 const bit<16> ETHERTYPE_IPV6 = 0x86dd;
 const bit<8>  IP_PROTO_TCP = 6;
 const bit<8>  IP_PROTO_UDP = 17;
+const bit<16> IPV4_FRAG_MASK = 0x3fff;     // MF and the fragment offset
+const bit<8>  TCP_FLAGS_FIN_RST = 0x05;    // FIN (0x01) and RST (0x04)
 
 // Why a packet left the fast path. The controller reads these names and
 // values from P4Info (type_info.serializable_enums), never from here.
@@ -30,12 +32,14 @@ enum bit<8> PuntReason {
     PORT_UNBOUND    = 8   // ingress port bound to no flowtable
 }
 
-// One's-complement update of a checksum by a precomputed delta (RFC 1624
-// eqn. 3: HC' = ~(~HC + sum of ~m + m') over the changed words). The
-// controller computes each entry's delta from its tuple and rewrite; the
-// 17-bit sum needs one end-around carry. Same result as the kernel's
-// csum_replace4/inet_proto_csum_replace4 and ip_decrease_ttl.
+// One's-complement update of a checksum by a precomputed delta d (RFC 1624
+// eqn. 3: HC' = ~(~HC + d), d the sum of ~m + m' over the changed words,
+// d in 1..0xffff). The controller computes each entry's d from its tuple and
+// rewrite. Written out, ~(~HC +' d) is HC - d when d <= HC, and HC - d - 1
+// (mod 2^16) when d > HC (the end-around carry): one subtraction, one
+// comparison, no 17-bit sum. Same result as the kernel's csum_replace4,
+// inet_proto_csum_replace4 and ip_decrease_ttl, -0 included.
 #define CSUM_UPDATE(csum, delta) \
-    (~(((bit<17>)(~(csum)) + (bit<17>)(delta))[15:0] + (bit<16>)(((bit<17>)(~(csum)) + (bit<17>)(delta))[16:16])))
+    ((csum) - (delta) - ((delta) > (csum) ? 16w1 : 16w0))
 
 #endif

@@ -33,10 +33,9 @@ parser FtParser(packet_in pkt,
         pkt.extract(hdr.ipv4);
         // L4 only behind a plain header (no options) of an unfragmented
         // packet; the rest is punted by the ingress checks.
-        transition select(hdr.ipv4.ihl, hdr.ipv4.more_fragments,
-                          hdr.ipv4.frag_offset, hdr.ipv4.protocol) {
-            (5, 0, 0, IP_PROTO_TCP): parse_tcp;
-            (5, 0, 0, IP_PROTO_UDP): parse_udp;
+        transition select(hdr.ipv4.ihl, hdr.ipv4.flags_frag & IPV4_FRAG_MASK, hdr.ipv4.protocol) {
+            (5, 0, IP_PROTO_TCP): parse_tcp;
+            (5, 0, IP_PROTO_UDP): parse_udp;
             default: accept;
         }
     }
@@ -51,15 +50,13 @@ parser FtParser(packet_in pkt,
         }
     }
     state parse_tcp {
+        pkt.extract(hdr.l4);
         pkt.extract(hdr.tcp);
-        meta.l4_src_port = hdr.tcp.src_port;
-        meta.l4_dst_port = hdr.tcp.dst_port;
         transition accept;
     }
     state parse_udp {
+        pkt.extract(hdr.l4);
         pkt.extract(hdr.udp);
-        meta.l4_src_port = hdr.udp.src_port;
-        meta.l4_dst_port = hdr.udp.dst_port;
         transition accept;
     }
 }
@@ -70,6 +67,7 @@ control FtDeparser(packet_out pkt, in headers_t hdr) {
         pkt.emit(hdr.ethernet);
         pkt.emit(hdr.ipv4);
         pkt.emit(hdr.ipv6);
+        pkt.emit(hdr.l4);
         pkt.emit(hdr.tcp);
         pkt.emit(hdr.udp);
     }

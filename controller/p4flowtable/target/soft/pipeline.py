@@ -55,6 +55,7 @@ class Packet:
 class ParserError(Exception):
     def __init__(self, code: int):
         self.code = code
+        self.cursor: tuple[bytes, int] | None = None   # where parsing stopped
 
 
 @dataclass(slots=True)
@@ -431,11 +432,17 @@ class Parser:
             return acc
 
         def run(p, c):
-            for op in ops:
-                c = op(p, c)
-            if not trans:
-                return None, c
-            k = key_of(p, c) if keys else 0
+            try:
+                for op in ops:
+                    c = op(p, c)
+                if not trans:
+                    return None, c
+                k = key_of(p, c) if keys else 0
+            except ParserError as e:
+                # what the state extracted before the error stays parsed, as
+                # in BMv2 (bytes_parsed counts each extract as it is done)
+                e.cursor = c
+                raise
             for value, mask, nxt in trans:
                 if value is None or (k & mask if mask is not None else k) == value:
                     return nxt, c
@@ -472,6 +479,7 @@ class Parser:
                 state, c = self.states[state](p, c)
         except ParserError as e:
             p.error = e.code
+            c = e.cursor or c
         p.payload = data[c[1]:]
 
 
