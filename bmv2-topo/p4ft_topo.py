@@ -45,10 +45,17 @@ WAN = dict(host="192.0.2.2/24", router="192.0.2.1", rep="wan0", rep_mac="02:00:0
            host6="2001:db8:2::2/64", router6="2001:db8:2::fe")
 
 
-def make_ruleset(offload_rule: str = "ip protocol tcp flow offload @ft", family: str = "ip") -> str:
+def make_ruleset(offload_rule: str = "ip protocol tcp flow offload @ft", family: str = "ip",
+                 nat: bool = True) -> str:
     """The router's ruleset: masquerade on the WAN side, one offload rule.
     family "inet" makes one table, and one flowtable, for IPv4 and IPv6
-    (masquerade then also does NAT66)."""
+    (masquerade then also does NAT66). nat=False: routing only, no
+    masquerade (h2 then sees h1's own address)."""
+    masquerade = f"""
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "{WAN['rep']}" masquerade
+    }}""" if nat else ""
     return f"""flush ruleset
 table {family} p4ft {{
     flowtable ft {{
@@ -58,11 +65,7 @@ table {family} p4ft {{
         type filter hook forward priority filter; policy accept;
         counter
         {offload_rule}
-    }}
-    chain postrouting {{
-        type nat hook postrouting priority srcnat; policy accept;
-        oifname "{WAN['rep']}" masquerade
-    }}
+    }}{masquerade}
 }}
 """
 

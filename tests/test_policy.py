@@ -49,6 +49,17 @@ def test_kernel_text_hides_flowtables_and_offload_statements_in_place():
     assert [len(l) for l in p.kernel_text.split("\n")] == [len(l) for l in SEED.split("\n")]
 
 
+def test_kernel_text_keeps_conntrack_where_the_offload_statement_was():
+    # the kernel's offload statement holds conntrack for the family; without
+    # NAT nothing else would, and no flow would ever be established
+    routed = SEED[:SEED.index("    chain nat")] + "}\n"
+    for stmt in ("flow offload @ft", "flow add @f"):
+        src = routed.replace("flow offload @ft", stmt).replace("flowtable ft", f"flowtable {stmt.split('@')[1]}")
+        line = next(l for l in parse_ruleset(src).kernel_text.split("\n") if "ip protocol tcp" in l)
+        assert line.strip() == "ip protocol tcp ct state!=0"
+        assert len(line) == len(next(l for l in src.split("\n") if "ip protocol tcp" in l))
+
+
 def test_flow_add_is_accepted_like_flow_offload():
     p = parse_ruleset(SEED.replace("flow offload @ft", "flow add @ft"))
     assert p.select([view()]) == "ft"

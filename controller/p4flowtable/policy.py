@@ -22,6 +22,9 @@ from typing import Callable, Iterable
 from .core import NF_FLOW_TIMEOUT, FlowtableConfig
 
 
+KEEP_CONNTRACK = "ct state!=0"
+
+
 class PolicyError(ValueError):
     """A ruleset p4ft cannot take; names the place in the file."""
 
@@ -222,6 +225,7 @@ class _Parser:
         self.toks = tokenize(text, source)
         self.i = 0
         self.blank: list[tuple[int, int]] = []   # spans hidden from the kernel
+        self.keep_ct: list[int] = []              # where an offload statement began
         self.tables: list[Table] = []
 
     # token helpers
@@ -440,6 +444,7 @@ class _Parser:
                 raise self.err(f"flowtable {ft!r} is not defined in table {table.name!r}", toks[i + 2])
             rule.offload = ft
             self.blank.append((t.start, toks[i + 2].end))
+            self.keep_ct.append(t.start)
             return i + 3
         if v in VERDICTS:
             rule.verdict = v
@@ -602,4 +607,13 @@ def parse_ruleset(text: str, source: str = "ruleset") -> Policy:
         for k in range(a, b):
             if chars[k] != "\n":
                 chars[k] = " "
+    # The kernel's offload statement holds conntrack for the table's family
+    # (nf_ct_netns_get in nft_flow_offload_init); with it gone, a ruleset
+    # without NAT or ct rules would track nothing and nothing would be
+    # offloaded. A ct match every packet passes (every packet has a state,
+    # untracked and invalid included) holds it instead, in the statement's
+    # place: 11 characters, as short as the shortest 'flow add @x'.
+    for a in p.keep_ct:
+        if "\n" not in text[a:a + len(KEEP_CONNTRACK)]:   # a statement split over lines stays blank
+            chars[a:a + len(KEEP_CONNTRACK)] = KEEP_CONNTRACK
     return Policy(source, text, "".join(chars), p.tables)
