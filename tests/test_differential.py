@@ -58,6 +58,14 @@ def flows() -> list[Flow]:
         out.append(Flow(10 + i, (orig, reply), "ft", 30, iif=(1, 2),
                         routes=(FlowRoute(2, MACS[2], "00:00:00:00:00:02", mtu),
                                 FlowRoute(1, MACS[1], "00:00:00:00:00:01", mtu))))
+    for i, (proto, src, dst) in enumerate(((6, A("10.0.1.20"), A("192.0.2.20")),      # routed, no NAT
+                                            (17, A("10.0.1.21"), A("192.0.2.21")),
+                                            (6, A6("2001:db8:1::20"), A6("2001:db8:2::20")))):
+        orig = FlowTuple(src, dst, proto, 42000 + i, 443)
+        reply = FlowTuple(dst, src, proto, 443, 42000 + i)
+        out.append(Flow(20 + i, (orig, reply), "ft", 30, iif=(1, 2),
+                        routes=(FlowRoute(2, MACS[2], "00:00:00:00:00:02", 1500),
+                                FlowRoute(1, MACS[1], "00:00:00:00:00:01", 1500))))
     return out
 
 

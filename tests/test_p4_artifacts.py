@@ -32,6 +32,8 @@ def test_p4info_has_what_the_controller_looks_up():
     for l4 in ("tcp", "udp"):
         assert set(s.action(f"forward_{l4}_v4").params) == v4
         assert set(s.action(f"forward_{l4}_v6").params) == v4 - {"ip_csum_delta"}
+    for family in ("v4", "v6"):
+        assert set(s.action(f"route_{family}").params) == {"port", "src_mac", "dst_mac", "mtu"}
     assert set(s.table("port_table").fields) == {"ingress_port"}
     assert set(s.action("set_flowtable").params) == {"flowtable_id"}
     assert {"ingress_port", "punt_reason"} <= set(s.packet_meta("packet_in"))

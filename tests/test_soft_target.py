@@ -8,6 +8,7 @@ import asyncio
 import copy
 import ipaddress
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,47 @@ def test_reply_direction_is_un_nated(switch):
     got = Ether(out.data)
     assert out.port == 1
     assert (got[IP].src, got[IP].dst, got[TCP].sport, got[TCP].dport) == ("192.0.2.2", "10.0.1.1", 80, 40000)
+
+
+def routed_flow(l4proto=6, version=4, mtu=1500):
+    """A flow without NAT: the reply tuple is the original one reversed."""
+    if version == 4:
+        orig = FlowTuple(A("10.0.1.7"), A("192.0.2.9"), l4proto, 40007, 443)
+    else:
+        orig = FlowTuple(A6("2001:db8:1::7"), A6("2001:db8:2::9"), l4proto, 40007, 443)
+    reply = FlowTuple(orig.dst, orig.src, l4proto, orig.dport, orig.sport)
+    return Flow(7, (orig, reply), "ft", 30, iif=(1, 2),
+                routes=(FlowRoute(2, WAN_MAC, H2_MAC, mtu), FlowRoute(1, LAN_MAC, H1_MAC, mtu)))
+
+
+@pytest.mark.parametrize("l4proto,version", [(6, 4), (17, 4), (6, 6), (17, 6)])
+def test_flow_without_nat_only_loses_a_ttl_and_gets_next_hop_macs(switch, schema, l4proto, version):
+    flow = routed_flow(l4proto, version)
+    for d in Dir:
+        entry = flow_entry(schema, flow, d)
+        assert entry.action.action.action_id == schema.action(f"route_v{version}").id
+        _write(switch, schema, entry)
+    rng = random.Random(l4proto * 10 + version)
+    for ttl in [2, 3, 64, 255] + [rng.randint(2, 255) for _ in range(40)]:
+        for d in Dir:
+            t = flow.tuples[d]
+            ip = (IP(src=str(t.src), dst=str(t.dst), ttl=ttl, id=rng.getrandbits(16)) if version == 4
+                  else IPv6(src=str(t.src), dst=str(t.dst), hlim=ttl))
+            l4 = (TCP(sport=t.sport, dport=t.dport, flags="A", seq=rng.getrandbits(32)) if l4proto == 6
+                  else UDP(sport=t.sport, dport=t.dport))
+            macs = (H1_MAC, LAN_MAC) if d is Dir.ORIGINAL else (H2_MAC, WAN_MAC)
+            sent = Ether(bytes(Ether(src=macs[0], dst=macs[1]) / ip / l4 / Raw(rng.randbytes(rng.randint(0, 60)))))
+            out = run(switch, flow.iif[d], sent)
+            route = flow.routes[d]
+            assert out.port == route.port
+            want = sent.copy()
+            want.src, want.dst = route.src_mac, route.dst_mac
+            if version == 4:
+                want[IP].ttl -= 1
+                del want[IP].chksum        # scapy recomputes it: the kernel's result
+            else:
+                want[IPv6].hlim -= 1
+            assert out.data == bytes(want)  # transport header and payload untouched
 
 
 def test_wrong_tcp_checksum_stays_wrong_by_the_same_amount(switch):

@@ -147,10 +147,12 @@ def _mac(s: str) -> int:
 
 _MATCH_FIELDS = ("ingress_port", "src_addr", "dst_addr", "l4proto", "src_port", "dst_port")
 _PARAMS = ("port", "src_mac", "dst_mac", "src_addr", "dst_addr", "src_port", "dst_port", "mtu")
-# one table per family and one action per family and transport, with the
-# same field and parameter names; IPv4 adds its header checksum's delta
+# one table per family and one NAT action per family and transport, with the
+# same field and parameter names; IPv4 adds its header checksum's delta.
+# A flow without NAT takes its family's route action: next hop and MTU only.
 _TABLES = {4: "flow_table_v4", 6: "flow_table_v6"}
 _PARAMS_OF = {4: _PARAMS + ("ip_csum_delta", "l4_csum_delta"), 6: _PARAMS + ("l4_csum_delta",)}
+_ROUTE_PARAMS = ("port", "src_mac", "dst_mac", "mtu")
 _TRANSPORT = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp"}
 TTL_DECREMENT_DELTA = 0xFEFF   # ~m + m' for the (ttl, protocol) word when ttl drops by one
 
@@ -177,15 +179,26 @@ def checksum_deltas(t: FlowTuple, rw) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=16)
-def _layout(schema: P4Schema, version: int, l4proto: int = IPPROTO_TCP) -> tuple:
-    """Ids and byte widths of a family's flow table fields and of the forward
-    action's parameters for a transport, looked up (and checked against the
-    P4Info) once per schema."""
+def _layout(schema: P4Schema, version: int, l4proto: int = IPPROTO_TCP, nat: bool = True) -> tuple:
+    """Ids and byte widths of a family's flow table fields and of the
+    parameters of the action for a transport (with NAT) or of the route
+    action (without), looked up (and checked against the P4Info) once per
+    schema."""
     table = schema.table(_TABLES[version])
-    action = schema.action(f"forward_{_TRANSPORT[l4proto]}_v{version}")
+    if nat:
+        action, names = schema.action(f"forward_{_TRANSPORT[l4proto]}_v{version}"), _PARAMS_OF[version]
+    else:
+        action, names = schema.action(f"route_v{version}"), _ROUTE_PARAMS
     fields = tuple((table.field(n).id, (table.field(n).bitwidth + 7) // 8) for n in _MATCH_FIELDS)
-    params = tuple((action.param(n).id, (action.param(n).bitwidth + 7) // 8) for n in _PARAMS_OF[version])
+    params = tuple((action.param(n).id, (action.param(n).bitwidth + 7) // 8) for n in names)
     return table.id, fields, action.id, params
+
+
+def has_nat(tuples: tuple[FlowTuple, FlowTuple]) -> bool:
+    """Whether either direction is rewritten: the reply tuple is not the
+    original one reversed (the kernel's NF_FLOW_SNAT / NF_FLOW_DNAT)."""
+    o, r = tuples
+    return not (r.src == o.dst and r.dst == o.src and r.sport == o.dport and r.dport == o.sport)
 
 
 def _key_values(flow: Flow, d: Dir) -> tuple[int, ...]:
@@ -206,7 +219,8 @@ def flow_entry(schema: P4Schema, flow: Flow, d: Dir, with_action: bool = True,
     given, e.g. the one inside an Update: building a message and then
     wrapping it copies it."""
     t = flow.tuples[d]
-    table_id, fields, action_id, params = _layout(schema, t.src.version, t.l4proto)
+    nat = has_nat(flow.tuples)
+    table_id, fields, action_id, params = _layout(schema, t.src.version, t.l4proto, nat)
     entry = p4r.TableEntry() if entry is None else entry
     entry.table_id = table_id
     if idle_timeout_ns:
@@ -217,10 +231,13 @@ def flow_entry(schema: P4Schema, flow: Flow, d: Dir, with_action: bool = True,
         m.exact.value = v.to_bytes(n, "big")
     if with_action:
         route = flow.routes[d]
-        rw = rewrite_for(flow.tuples, d)
-        ip_delta, l4_delta = checksum_deltas(t, rw)
-        values = (route.port, _mac(route.src_mac), _mac(route.dst_mac), int(rw.src), int(rw.dst),
-                  rw.sport, rw.dport, route.mtu) + ((ip_delta, l4_delta) if t.src.version == 4 else (l4_delta,))
+        if nat:
+            rw = rewrite_for(flow.tuples, d)
+            ip_delta, l4_delta = checksum_deltas(t, rw)
+            values = (route.port, _mac(route.src_mac), _mac(route.dst_mac), int(rw.src), int(rw.dst),
+                      rw.sport, rw.dport, route.mtu) + ((ip_delta, l4_delta) if t.src.version == 4 else (l4_delta,))
+        else:
+            values = (route.port, _mac(route.src_mac), _mac(route.dst_mac), route.mtu)
         action = entry.action.action
         action.action_id = action_id
         for (pid, n), v in zip(params, values):

@@ -132,6 +132,19 @@ control FlowtableIngress(inout headers_t hdr,
         }
     }
 
+    // A flow without NAT: the kernel's nf_flow_nat_ip rewrites nothing
+    // unless the flow has NF_FLOW_SNAT or NF_FLOW_DNAT, so the packet only
+    // loses a TTL and gets the next hop's MACs. TCP and UDP alike.
+    action route_v4(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac, bit<16> mtu) {
+        flow_table_v4_counter.count();
+        check_mtu(hdr.ipv4.total_len > mtu);
+        if (!meta.punt) {
+            hdr.ipv4.ttl = hdr.ipv4.ttl - 1;
+            hdr.ipv4.hdr_checksum = CSUM_UPDATE(hdr.ipv4.hdr_checksum, TTL_DECREMENT_DELTA);
+            rewrite_l2(port, src_mac, dst_mac);
+        }
+    }
+
     @defaultonly
     action miss() {
         flow_table_v4_counter.count();
@@ -167,6 +180,15 @@ control FlowtableIngress(inout headers_t hdr,
         }
     }
 
+    action route_v6(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac, bit<16> mtu) {
+        flow_table_v6_counter.count();
+        check_mtu(hdr.ipv6.payload_len + 40 > mtu);
+        if (!meta.punt) {
+            hdr.ipv6.hop_limit = hdr.ipv6.hop_limit - 1;
+            rewrite_l2(port, src_mac, dst_mac);
+        }
+    }
+
     @defaultonly
     action miss_v6() {
         flow_table_v6_counter.count();
@@ -184,6 +206,7 @@ control FlowtableIngress(inout headers_t hdr,
         actions = {
             forward_tcp_v6;
             forward_udp_v6;
+            route_v6;
             @defaultonly miss_v6;
         }
         const default_action = miss_v6();
@@ -204,6 +227,7 @@ control FlowtableIngress(inout headers_t hdr,
         actions = {
             forward_tcp_v4;
             forward_udp_v4;
+            route_v4;
             @defaultonly miss;
         }
         const default_action = miss();

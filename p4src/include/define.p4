@@ -42,4 +42,9 @@ enum bit<8> PuntReason {
 #define CSUM_UPDATE(csum, delta) \
     ((csum) - (delta) - ((delta) > (csum) ? 16w1 : 16w0))
 
+// The header checksum's delta when the TTL drops by one and nothing else
+// changes: ~m + m' for the (ttl, protocol) word, as ip_decrease_ttl adds
+// htons(0x0100). The controller folds it into a NAT flow's delta.
+const bit<16> TTL_DECREMENT_DELTA = 0xfeff;
+
 #endif
