@@ -15,7 +15,9 @@ control FtIngress(inout headers_t hdr,
                   inout metadata_t meta,
                   inout standard_metadata_t std_meta) {
     apply {
-        meta.punt = false;
+        // meta starts zeroed, punt false: simple_switch resets all metadata
+        // of every packet it receives (phv->reset_metadata() in receive_),
+        // and the embedded target does the same
         if (hdr.packet_out.isValid()) {
             PacketIoIngress.apply(hdr, meta, std_meta);
         } else {

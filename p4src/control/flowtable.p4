@@ -244,7 +244,26 @@ control FlowtableIngress(inout headers_t hdr,
     // way, and as in the kernel they neither refresh nor count on the flow
     // (the kernel's check precedes flow_offload_refresh and the accounting).
     apply {
-        if (hdr.ipv6.isValid()) {
+        // IPv4 first: the common case meets the fewest conditions
+        if (hdr.ipv4.isValid()) {
+            if (!hdr.tcp.isValid() && !hdr.udp.isValid()) {
+                // The parser reads TCP/UDP only behind a plain header of an
+                // unfragmented packet, so a packet with either is neither.
+                if (hdr.ipv4.ihl != 5) {
+                    punt(PuntReason.IP_OPTIONS);
+                } else if ((hdr.ipv4.flags_frag & IPV4_FRAG_MASK) != 0) {
+                    punt(PuntReason.IP_FRAGMENT);
+                } else {
+                    punt(PuntReason.NOT_OFFLOADABLE);
+                }
+            } else if (hdr.ipv4.ttl <= 1) {
+                punt(PuntReason.TTL_EXPIRED);
+            } else if (hdr.tcp.isValid() && (hdr.tcp.flags & TCP_FLAGS_FIN_RST) != 0) {
+                punt(PuntReason.TCP_FIN_RST);
+            } else if (!flow_table_v4.apply().hit) {
+                punt(PuntReason.MISS);
+            }
+        } else if (hdr.ipv6.isValid()) {
             if (!hdr.tcp.isValid() && !hdr.udp.isValid()) {
                 if (hdr.ipv6.next_hdr == 0 || hdr.ipv6.next_hdr == 43 || hdr.ipv6.next_hdr == 44 ||
                     hdr.ipv6.next_hdr == 60 || hdr.ipv6.next_hdr == 51 || hdr.ipv6.next_hdr == 50) {
@@ -260,24 +279,8 @@ control FlowtableIngress(inout headers_t hdr,
             } else if (!flow_table_v6.apply().hit) {
                 punt(PuntReason.MISS);
             }
-        } else if (!hdr.ipv4.isValid()) {
+        } else {
             punt(PuntReason.NOT_OFFLOADABLE);
-        } else if (!hdr.tcp.isValid() && !hdr.udp.isValid()) {
-            // The parser reads TCP/UDP only behind a plain header of an
-            // unfragmented packet, so a packet with either is neither.
-            if (hdr.ipv4.ihl != 5) {
-                punt(PuntReason.IP_OPTIONS);
-            } else if ((hdr.ipv4.flags_frag & IPV4_FRAG_MASK) != 0) {
-                punt(PuntReason.IP_FRAGMENT);
-            } else {
-                punt(PuntReason.NOT_OFFLOADABLE);
-            }
-        } else if (hdr.ipv4.ttl <= 1) {
-            punt(PuntReason.TTL_EXPIRED);
-        } else if (hdr.tcp.isValid() && (hdr.tcp.flags & TCP_FLAGS_FIN_RST) != 0) {
-            punt(PuntReason.TCP_FIN_RST);
-        } else if (!flow_table_v4.apply().hit) {
-            punt(PuntReason.MISS);
         }
         // Whatever the reason, a packet from a port bound to no flowtable
         // is reported as such: the kernel never saw it at a flowtable hook.

@@ -33,9 +33,9 @@ parser FtParser(packet_in pkt,
         pkt.extract(hdr.ipv4);
         // L4 only behind a plain header (no options) of an unfragmented
         // packet; the rest is punted by the ingress checks.
-        transition select(hdr.ipv4.ihl, hdr.ipv4.flags_frag & IPV4_FRAG_MASK, hdr.ipv4.protocol) {
-            (5, 0, IP_PROTO_TCP): parse_tcp;
-            (5, 0, IP_PROTO_UDP): parse_udp;
+        transition select(hdr.ipv4.ihl, hdr.ipv4.flags_frag, hdr.ipv4.protocol) {
+            (5, 0 &&& IPV4_FRAG_MASK, IP_PROTO_TCP): parse_tcp;
+            (5, 0 &&& IPV4_FRAG_MASK, IP_PROTO_UDP): parse_udp;
             default: accept;
         }
     }
