@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Fast path vs slow path vs a minimal L3 forwarder, same switch, same hosts.
 
-iperf3 TCP from h1 to h2 in the Mininet topology, three ways:
-- offload: the seed ruleset; the flow is offloaded once established;
+iperf3 TCP from h1 to h2 in the Mininet topology, four ways:
+- offload: the seed ruleset; the flow is masqueraded, and offloaded once
+  established (the NAT action);
+- routed: the seed ruleset without masquerade; the flow is offloaded as a
+  routed one (the route action: TTL and next hop, like the forwarder);
 - slow: a ruleset with no offload statement; every packet is punted, goes
   through the router namespace's kernel and back out as a PacketOut;
 - l3fwd: the switch runs p4src/bench/l3fwd.p4 (one LPM table) instead, no
@@ -80,7 +83,8 @@ def run(mode: str, switch: str, seconds: float) -> dict:
     if mode == "l3fwd":
         net = FlowtableNet(switch, daemon=False).start()
     else:
-        rules = make_ruleset() if mode == "offload" else make_ruleset("counter")
+        rules = {"offload": make_ruleset(), "routed": make_ruleset(nat=False),
+                 "slow": make_ruleset("counter")}[mode]
         net = FlowtableNet(switch, ruleset=rules).start()
     try:
         if mode == "l3fwd":
@@ -98,7 +102,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--switch", default="auto")
     ap.add_argument("--seconds", type=float, default=5)
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of the three modes, interleaved")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the four modes, interleaved")
     ap.add_argument("--out", default=str(ROOT / "bench/results/paths.json"))
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -107,21 +111,25 @@ def main() -> int:
     setLogLevel("warning")
     # The modes take turns, so that a slow spell of the shared machine hits
     # them alike; each mode's median over the rounds makes the ratios.
-    samples = [run(m, a.switch, a.seconds) for _ in range(a.rounds) for m in ("offload", "slow", "l3fwd")]
+    modes = ("offload", "routed", "slow", "l3fwd")
+    samples = [run(m, a.switch, a.seconds) for _ in range(a.rounds) for m in modes]
     results = []
-    for mode in ("offload", "slow", "l3fwd"):
+    for mode in modes:
         rs = sorted((r for r in samples if r["mode"] == mode), key=lambda r: r["bits_per_second"])
         results.append(dict(rs[len(rs) // 2], rounds=[r["bits_per_second"] for r in rs]))
     by = {r["mode"]: r["bits_per_second"] for r in results}
     out = save(a.out, {"bench": "paths", "seconds": a.seconds, "rounds": a.rounds, "results": results,
                        "samples": samples,
                        "offload_over_slow": by["offload"] / by["slow"],
-                       "offload_over_l3fwd": by["offload"] / by["l3fwd"]})
+                       "offload_over_l3fwd": by["offload"] / by["l3fwd"],
+                       "routed_over_slow": by["routed"] / by["slow"],
+                       "routed_over_l3fwd": by["routed"] / by["l3fwd"]})
     for r in results:
         spread = ", ".join(f"{x / 1e6:.0f}" for x in r["rounds"])
         print(f"{r['switch']:<5} {r['mode']:<8} {r['bits_per_second'] / 1e6:8.1f} Mbit/s (median of {spread})")
     print(f"offloaded / slow path: {out['offload_over_slow']:.1f}x; "
-          f"offloaded / l3fwd: {out['offload_over_l3fwd']:.2f}x")
+          f"offloaded / l3fwd: {out['offload_over_l3fwd']:.2f}x; "
+          f"routed offloaded / l3fwd: {out['routed_over_l3fwd']:.2f}x")
     return 0
 
 

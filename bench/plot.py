@@ -36,7 +36,9 @@ def main() -> int:
     if pps and pps["results"]:
         fig, ax = plt.subplots(figsize=(5, 3.2))
         names = [r["switch"] for r in pps["results"]]
-        ax.bar(names, [r["pps"] for r in pps["results"]], color=["#4477aa", "#228833", "#ee6677"][:len(names)])
+        ax.bar(names, [r["pps"] for r in pps["results"]],
+               color=["#4477aa", "#66ccee", "#228833", "#ee6677"][:len(names)])
+        ax.tick_params(axis="x", labelsize=8)
         ax.set_ylabel("packets/s, offloaded path")
         ax.set_title(f"{pps['frame_bytes']}-byte frames, {pps['packets']} packets (rev {pps['git']})")
         made.append(save(fig, "switch_pps.png"))
@@ -69,7 +71,7 @@ def main() -> int:
         fig, ax = plt.subplots(figsize=(5, 3.2))
         rs = paths["results"]
         ax.bar([r["mode"] for r in rs], [r["bits_per_second"] / 1e6 for r in rs],
-               color=["#228833", "#ee6677", "#4477aa"][:len(rs)])
+               color=["#228833", "#66ccee", "#ee6677", "#4477aa"][:len(rs)])
         ax.set_ylabel("iperf3 TCP, Mbit/s")
         ax.set_title(f"{rs[0]['switch']}, h1 -> h2 (rev {paths['git']})")
         made.append(save(fig, "paths.png"))

@@ -10,7 +10,9 @@ a table.
     sudo .venv/bin/python bench/switch_pps.py [--packets 20000] [--switch bmv2,soft] [--rounds 3]
 
 On BMv2 the same burst also goes through p4src/bench/l3fwd.p4 (one LPM
-table), the yardstick of the offloaded path's packets/s.
+table), the yardstick of the offloaded path's packets/s, and through the
+flowtable program with the flow offloaded as a routed one (no NAT: the
+route action, like for like with the forwarder).
 """
 
 from __future__ import annotations
@@ -64,12 +66,15 @@ async def program_l3fwd(grpc: str) -> None:
     await s.close()
 
 
-async def program(grpc: str, schema: P4Schema) -> None:
+async def program(grpc: str, schema: P4Schema, nat: bool = True) -> None:
+    """The flowtable program with the burst's flow offloaded: masqueraded
+    (the NAT action), or routed without NAT (the route action)."""
     s = Session(grpc)
     await s.connect(30)          # waits for the switch to come up
     await s.set_pipeline(schema.p4info, (ROOT / "p4src/build/flowtable.json").read_bytes())
     orig = FlowTuple(A("10.0.1.1"), A("192.0.2.2"), 6, 40000, 80)
-    reply = FlowTuple(A("192.0.2.2"), A("192.0.2.1"), 6, 80, 61000)
+    reply = (FlowTuple(A("192.0.2.2"), A("192.0.2.1"), 6, 80, 61000) if nat
+             else FlowTuple(A("192.0.2.2"), A("10.0.1.1"), 6, 80, 40000))
     flow = Flow(1, (orig, reply), "ft", 30, iif=(1, 2),
                 routes=(FlowRoute(2, "02:00:00:00:02:01", "00:00:00:00:00:02", 1500),
                         FlowRoute(1, "02:00:00:00:01:fe", "00:00:00:00:00:01", 1500)))
@@ -132,13 +137,14 @@ def main() -> int:
         print("bmv2: skipped, simple_switch_grpc is not installed")
         kinds.remove("bmv2")
     if "bmv2" in kinds and a.l3fwd:
-        kinds.insert(kinds.index("bmv2") + 1, "bmv2-l3fwd")
+        kinds[kinds.index("bmv2") + 1:kinds.index("bmv2") + 1] = ["bmv2-routed", "bmv2-l3fwd"]
     # Kinds take turns, round after round; each kind's median is reported.
     samples = []
     for _ in range(a.rounds):
         for kind in kinds:
             with switch_on_veths(kind.split("-")[0], LINKS) as grpc:
-                asyncio.run(program_l3fwd(grpc) if kind.endswith("-l3fwd") else program(grpc, schema))
+                asyncio.run(program_l3fwd(grpc) if kind.endswith("-l3fwd")
+                            else program(grpc, schema, nat=not kind.endswith("-routed")))
                 cpu0 = cpu_seconds(grpc.pid)
                 r = blast(a.packets, a.size)
                 r["switch_cpu_us_per_packet"] = (cpu_seconds(grpc.pid) - cpu0) * 1e6 / max(1, r["received"])
@@ -156,17 +162,21 @@ def main() -> int:
         ratios["flowtable_over_l3fwd"] = by["bmv2"] / by["bmv2-l3fwd"]
         cpu = {r["switch"]: r["switch_cpu_us_per_packet"] for r in results}
         ratios["cpu_per_packet_flowtable_over_l3fwd"] = cpu["bmv2"] / cpu["bmv2-l3fwd"]
+        ratios["routed_over_l3fwd"] = by["bmv2-routed"] / by["bmv2-l3fwd"]
+        ratios["cpu_per_packet_routed_over_l3fwd"] = cpu["bmv2-routed"] / cpu["bmv2-l3fwd"]
     save(a.out, {"bench": "switch_pps", "packets": a.packets, "frame_bytes": a.size, "rounds": a.rounds,
                  "results": results, "samples": samples, **ratios})
-    print(f"{'switch':<11} {'sent':>8} {'received':>9} {'pps':>10} {'switch CPU/packet':>18}")
+    print(f"{'switch':<12} {'sent':>8} {'received':>9} {'pps':>10} {'switch CPU/packet':>18}")
     for r in results:
-        print(f"{r['switch']:<11} {r['sent']:>8} {r['received']:>9} {r['pps']:>10.0f} "
+        print(f"{r['switch']:<12} {r['sent']:>8} {r['received']:>9} {r['pps']:>10.0f} "
               f"{r['switch_cpu_us_per_packet']:>15.1f} us")
     if "embedded_over_bmv2" in ratios:
         print(f"embedded/bmv2 ratio: {ratios['embedded_over_bmv2']:.2f}")
     if "flowtable_over_l3fwd" in ratios:
         print(f"offloaded path / l3fwd on BMv2: {ratios['flowtable_over_l3fwd']:.2f} in packets/s, "
-              f"{ratios['cpu_per_packet_flowtable_over_l3fwd']:.2f}x the switch CPU per packet")
+              f"{ratios['cpu_per_packet_flowtable_over_l3fwd']:.2f}x the switch CPU per packet (NAT flow); "
+              f"{ratios['routed_over_l3fwd']:.2f}, {ratios['cpu_per_packet_routed_over_l3fwd']:.2f}x "
+              f"(routed flow)")
     return 0
 
 
