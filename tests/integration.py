@@ -64,6 +64,17 @@ def start_net(kind: str, **kw):
     return net
 
 
+def net_per_switch(**kw):
+    """A module's `net` fixture: one FlowtableNet per available switch kind,
+    started with these FlowtableNet arguments, shared by the module's tests."""
+    @pytest.fixture(scope="module", params=targets())
+    def net(request):
+        n = start_net(request.param, **kw)
+        yield n
+        n.stop()
+    return net
+
+
 def wait_for(pred, timeout: float, what: str, interval: float = 0.05):
     from p4ft_topo import wait_until
     return wait_until(pred, timeout, what, interval, error=AssertionError)

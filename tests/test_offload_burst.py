@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from integration import ROOT, start_net, switch_flow_entries, targets, wait_for
+from integration import ROOT, net_per_switch, switch_flow_entries, wait_for
 from p4flowtable import ctnetlink as ctnl
 from p4flowtable.conntrack import IPS_ASSURED, IPS_CONFIRMED, IPS_SEEN_REPLY, NF_CT_DAY, TCP_ESTABLISHED
 from p4flowtable.model import FlowTuple, ipv4
@@ -22,11 +22,7 @@ N = 600          # connections in the burst; over one decision batch (512)
 GONE = 50        # of them deleted from conntrack afterwards
 
 
-@pytest.fixture(scope="module", params=targets())
-def net(request):
-    n = start_net(request.param)
-    yield n
-    n.stop()
+net = net_per_switch()
 
 
 def tuples(i: int) -> tuple[FlowTuple, FlowTuple]:

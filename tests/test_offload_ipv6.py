@@ -13,8 +13,8 @@ import pytest
 from scapy.all import UDP, Ether, rdpcap
 from scapy.layers.inet6 import IPv6
 
-from integration import (capture, flow_for, forward_packets, host_tool, read_json, start_net, stats,
-                         stop_capture, switch_flow_entries, targets, wait_for)
+from integration import (capture, flow_for, forward_packets, host_tool, net_per_switch, read_json, stats,
+                         stop_capture, switch_flow_entries, wait_for)
 from p4ft_topo import LAN, WAN, make_ruleset, sh
 
 pytestmark = pytest.mark.integration
@@ -26,11 +26,7 @@ ROUTER_WAN6 = WAN["router6"]
 RULESET = make_ruleset("meta l4proto { tcp, udp } flow add @ft", family="inet")
 
 
-@pytest.fixture(scope="module", params=targets())
-def net(request):
-    n = start_net(request.param, ruleset=RULESET, timeouts={"ft/udp": TIMEOUT}, poll_interval=0.25)
-    yield n
-    n.stop()
+net = net_per_switch(ruleset=RULESET, timeouts={"ft/udp": TIMEOUT}, poll_interval=0.25)
 
 
 @pytest.fixture(scope="module")

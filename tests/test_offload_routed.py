@@ -5,19 +5,14 @@ transfer arrives intact with h1's own address."""
 
 import pytest
 
-from integration import (ROOT, flow_for, host_tool, read_json, start_net, switch_flow_entries, targets,
-                         wait_for)
+from integration import ROOT, flow_for, host_tool, net_per_switch, read_json, switch_flow_entries, wait_for
 from p4ft_topo import make_ruleset
 
 pytestmark = pytest.mark.integration
 BULK = 4 * 1000 * 1000
 
 
-@pytest.fixture(scope="module", params=targets())
-def net(request):
-    n = start_net(request.param, ruleset=make_ruleset(nat=False))
-    yield n
-    n.stop()
+net = net_per_switch(ruleset=make_ruleset(nat=False))
 
 
 @pytest.fixture(scope="module")

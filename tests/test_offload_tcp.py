@@ -5,18 +5,14 @@ import time
 
 import pytest
 
-from integration import (flow_for, forward_packets, host_tool, read_json, start_net, stats,
-                         switch_flow_entries, targets, wait_for)
+from integration import (flow_for, forward_packets, host_tool, net_per_switch, read_json, stats,
+                         switch_flow_entries, wait_for)
 
 pytestmark = pytest.mark.integration
 BULK = 12 * 1000 * 1000
 
 
-@pytest.fixture(scope="module", params=targets())
-def net(request):
-    n = start_net(request.param)
-    yield n
-    n.stop()
+net = net_per_switch()
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ wire versus the slow path, and MTU punts, on each available switch."""
 import pytest
 from scapy.all import IP, Ether, rdpcap
 
-from integration import (capture, flow_for, forward_packets, host_tool, read_json, start_net, stats,
-                         stop_capture, switch_flow_entries, targets, wait_for)
+from integration import (capture, flow_for, forward_packets, host_tool, net_per_switch, read_json, stats,
+                         stop_capture, switch_flow_entries, wait_for)
 from p4ft_topo import LAN, WAN, make_ruleset, sh
 
 pytestmark = pytest.mark.integration
@@ -14,11 +14,7 @@ TIMEOUT = 2.0
 RULESET = make_ruleset("meta l4proto { tcp, udp } flow add @ft")
 
 
-@pytest.fixture(scope="module", params=targets())
-def net(request):
-    n = start_net(request.param, ruleset=RULESET, timeouts={"ft": TIMEOUT}, poll_interval=0.25)
-    yield n
-    n.stop()
+net = net_per_switch(ruleset=RULESET, timeouts={"ft": TIMEOUT}, poll_interval=0.25)
 
 
 @pytest.fixture
