@@ -11,7 +11,7 @@ iperf3 TCP from h1 to h2 in the Mininet topology, four ways:
 - l3fwd: the switch runs p4src/bench/l3fwd.p4 (one LPM table) instead, no
   controller, no NAT.
 
-    sudo .venv/bin/python bench/paths.py [--switch auto|bmv2|soft] [--seconds 5] [--rounds 3]
+    sudo .venv/bin/python bench/paths.py [--switch auto|bmv2|soft] [--seconds 5] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--switch", default="auto")
     ap.add_argument("--seconds", type=float, default=5)
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of the four modes, interleaved")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of the four modes, interleaved")
     ap.add_argument("--out", default=str(ROOT / "bench/results/paths.json"))
     a = ap.parse_args()
     if os.geteuid() != 0:

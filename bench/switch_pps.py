@@ -7,7 +7,7 @@ entries over P4Runtime; a burst of that flow's packets is sent into port 1
 and counted as it leaves port 2. Writes JSON (git revision, switch) and prints
 a table.
 
-    sudo .venv/bin/python bench/switch_pps.py [--packets 20000] [--switch bmv2,soft] [--rounds 3]
+    sudo .venv/bin/python bench/switch_pps.py [--packets 50000] [--switch bmv2,soft] [--rounds 5]
 
 On BMv2 the same burst also goes through p4src/bench/l3fwd.p4 (one LPM
 table), the yardstick of the offloaded path's packets/s, and through the
@@ -120,10 +120,10 @@ def blast(n: int, size: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--packets", type=int, default=20000)
+    ap.add_argument("--packets", type=int, default=50000)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--switch", default="bmv2,soft")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-l3fwd", dest="l3fwd", action="store_false",
                     help="skip the minimal L3 forwarder on BMv2")
     ap.add_argument("--out", default=str(ROOT / "bench/results/switch_pps.json"))
