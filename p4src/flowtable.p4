@@ -15,14 +15,14 @@ control FtIngress(inout headers_t hdr,
                   inout metadata_t meta,
                   inout standard_metadata_t std_meta) {
     apply {
-        // meta starts zeroed, punt false: simple_switch resets all metadata
+        // meta starts zeroed, punt_reason NONE: simple_switch resets all metadata
         // of every packet it receives (phv->reset_metadata() in receive_),
         // and the embedded target does the same
         if (hdr.packet_out.isValid()) {
             PacketIoIngress.apply(hdr, meta, std_meta);
         } else {
             FlowtableIngress.apply(hdr, meta, std_meta);
-            if (meta.punt) {
+            if (meta.punt_reason != PuntReason.NONE) {
                 PuntIngress.apply(hdr, meta, std_meta);
             }
         }

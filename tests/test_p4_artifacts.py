@@ -38,8 +38,8 @@ def test_p4info_has_what_the_controller_looks_up():
     assert set(s.action("set_flowtable").params) == {"flowtable_id"}
     assert {"ingress_port", "punt_reason"} <= set(s.packet_meta("packet_in"))
     assert "egress_port" in s.packet_meta("packet_out")
-    assert set(s.enum("PuntReason")) == {"MISS", "TCP_FIN_RST", "MTU_EXCEEDED", "TTL_EXPIRED", "IP_OPTIONS",
-                                         "IP_FRAGMENT", "NOT_OFFLOADABLE", "PORT_UNBOUND"}
+    assert set(s.enum("PuntReason")) == {"NONE", "MISS", "TCP_FIN_RST", "MTU_EXCEEDED", "TTL_EXPIRED",
+                                         "IP_OPTIONS", "IP_FRAGMENT", "NOT_OFFLOADABLE", "PORT_UNBOUND"}
 
 
 def test_unknown_names_fail_with_a_suggestion():

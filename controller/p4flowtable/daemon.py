@@ -79,7 +79,8 @@ class Daemon:
         self.driver.idle_timeout = self.driver.idle_timeout and cfg.idle_timeouts
         self.aging = Aging(self.flowtables, self.driver, clock, idle_timeout=self.driver.idle_timeout,
                            ct_lease=cfg.ct_lease, expire=self._expired, renew=self._renew_lease)
-        self.punt_names = {v: k for k, v in self.schema.enum("PuntReason").items()}
+        # NONE (0) is the data plane's "not punted"; a PacketIn never carries it
+        self.punt_names = {v: k for k, v in self.schema.enum("PuntReason").items() if k != "NONE"}
         pin = self.schema.packet_meta("packet_in")
         self._pin_port, self._pin_reason = pin["ingress_port"].id, pin["punt_reason"].id
         pout = self.schema.packet_meta("packet_out")["egress_port"]

@@ -16,7 +16,6 @@ control FlowtableIngress(inout headers_t hdr,
 
     @hidden
     action punt(PuntReason reason) {
-        meta.punt = true;
         meta.punt_reason = reason;
     }
 
@@ -49,11 +48,13 @@ control FlowtableIngress(inout headers_t hdr,
     // costs one subtraction and one comparison per checksum (CSUM_UPDATE),
     // not a sum over every changed word.
 
-    // nf_flow_exceeds_mtu; the reason is read only when punt is set
+    // nf_flow_exceeds_mtu. The forward actions below test the same
+    // condition again for their rewrite instead of reading the reason back:
+    // p4c turns an if inside an action into a select on every write, and a
+    // select on this comparison is cheaper than one on the reason.
     @hidden
     action check_mtu(bool oversize) {
-        meta.punt = oversize;
-        meta.punt_reason = PuntReason.MTU_EXCEEDED;
+        meta.punt_reason = oversize ? PuntReason.MTU_EXCEEDED : PuntReason.NONE;
     }
 
     @hidden
@@ -112,7 +113,7 @@ control FlowtableIngress(inout headers_t hdr,
                           bit<16> ip_csum_delta, bit<16> l4_csum_delta) {
         flow_table_v4_counter.count();
         check_mtu(hdr.ipv4.total_len > mtu);
-        if (!meta.punt) {
+        if (hdr.ipv4.total_len <= mtu) {
             rewrite_ipv4(src_addr, dst_addr, ip_csum_delta);
             rewrite_tcp(src_port, dst_port, l4_csum_delta);
             rewrite_l2(port, src_mac, dst_mac);
@@ -125,7 +126,7 @@ control FlowtableIngress(inout headers_t hdr,
                           bit<16> ip_csum_delta, bit<16> l4_csum_delta) {
         flow_table_v4_counter.count();
         check_mtu(hdr.ipv4.total_len > mtu);
-        if (!meta.punt) {
+        if (hdr.ipv4.total_len <= mtu) {
             rewrite_ipv4(src_addr, dst_addr, ip_csum_delta);
             rewrite_udp(src_port, dst_port, l4_csum_delta);
             rewrite_l2(port, src_mac, dst_mac);
@@ -138,7 +139,7 @@ control FlowtableIngress(inout headers_t hdr,
     action route_v4(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac, bit<16> mtu) {
         flow_table_v4_counter.count();
         check_mtu(hdr.ipv4.total_len > mtu);
-        if (!meta.punt) {
+        if (hdr.ipv4.total_len <= mtu) {
             hdr.ipv4.ttl = hdr.ipv4.ttl - 1;
             hdr.ipv4.hdr_checksum = CSUM_UPDATE(hdr.ipv4.hdr_checksum, TTL_DECREMENT_DELTA);
             rewrite_l2(port, src_mac, dst_mac);
@@ -160,7 +161,7 @@ control FlowtableIngress(inout headers_t hdr,
                           bit<16> l4_csum_delta) {
         flow_table_v6_counter.count();
         check_mtu(hdr.ipv6.payload_len + 40 > mtu);
-        if (!meta.punt) {
+        if (hdr.ipv6.payload_len + 40 <= mtu) {
             rewrite_ipv6(src_addr, dst_addr);
             rewrite_tcp(src_port, dst_port, l4_csum_delta);
             rewrite_l2(port, src_mac, dst_mac);
@@ -173,7 +174,7 @@ control FlowtableIngress(inout headers_t hdr,
                           bit<16> l4_csum_delta) {
         flow_table_v6_counter.count();
         check_mtu(hdr.ipv6.payload_len + 40 > mtu);
-        if (!meta.punt) {
+        if (hdr.ipv6.payload_len + 40 <= mtu) {
             rewrite_ipv6(src_addr, dst_addr);
             rewrite_udp(src_port, dst_port, l4_csum_delta);
             rewrite_l2(port, src_mac, dst_mac);
@@ -183,7 +184,7 @@ control FlowtableIngress(inout headers_t hdr,
     action route_v6(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac, bit<16> mtu) {
         flow_table_v6_counter.count();
         check_mtu(hdr.ipv6.payload_len + 40 > mtu);
-        if (!meta.punt) {
+        if (hdr.ipv6.payload_len + 40 <= mtu) {
             hdr.ipv6.hop_limit = hdr.ipv6.hop_limit - 1;
             rewrite_l2(port, src_mac, dst_mac);
         }
@@ -284,7 +285,7 @@ control FlowtableIngress(inout headers_t hdr,
         }
         // Whatever the reason, a packet from a port bound to no flowtable
         // is reported as such: the kernel never saw it at a flowtable hook.
-        if (meta.punt) {
+        if (meta.punt_reason != PuntReason.NONE) {
             if (!port_table.apply().hit) {
                 punt(PuntReason.PORT_UNBOUND);
             }

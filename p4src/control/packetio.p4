@@ -21,7 +21,7 @@ control PuntIngress(inout headers_t hdr,
                     inout metadata_t meta,
                     inout standard_metadata_t std_meta) {
     apply {
-        if (meta.punt) {
+        if (meta.punt_reason != PuntReason.NONE) {
             hdr.packet_in.setValid();
             hdr.packet_in.ingress_port = std_meta.ingress_port;
             hdr.packet_in.punt_reason = meta.punt_reason;

@@ -22,6 +22,7 @@ const bit<8>  TCP_FLAGS_FIN_RST = 0x05;    // FIN (0x01) and RST (0x04)
 // Why a packet left the fast path. The controller reads these names and
 // values from P4Info (type_info.serializable_enums), never from here.
 enum bit<8> PuntReason {
+    NONE            = 0,  // not punted: metadata starts zeroed, so every packet starts here
     MISS            = 1,  // no flow entry: the slow path decides
     TCP_FIN_RST     = 2,  // hit, but FIN or RST: tear the flow down
     MTU_EXCEEDED    = 3,  // longer than the egress MTU: kernel fragments or sends ICMP

@@ -87,7 +87,6 @@ struct headers_t {
 
 struct metadata_t {
     FlowtableId_t flowtable_id;
-    bool          punt;
     PuntReason    punt_reason;
 }
 
