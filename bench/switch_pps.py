@@ -74,7 +74,7 @@ async def program(grpc: str, schema: P4Schema, nat: bool = True) -> None:
     await s.set_pipeline(schema.p4info, (ROOT / "p4src/build/flowtable.json").read_bytes())
     orig = FlowTuple(A("10.0.1.1"), A("192.0.2.2"), 6, 40000, 80)
     reply = (FlowTuple(A("192.0.2.2"), A("192.0.2.1"), 6, 80, 61000) if nat
-             else FlowTuple(A("192.0.2.2"), A("10.0.1.1"), 6, 80, 40000))
+             else orig.reversed())
     flow = Flow(1, (orig, reply), "ft", 30, iif=(1, 2),
                 routes=(FlowRoute(2, "02:00:00:00:02:01", "00:00:00:00:00:02", 1500),
                         FlowRoute(1, "02:00:00:00:01:fe", "00:00:00:00:00:01", 1500)))

@@ -62,8 +62,7 @@ def flows() -> list[Flow]:
                                             (17, A("10.0.1.21"), A("192.0.2.21")),
                                             (6, A6("2001:db8:1::20"), A6("2001:db8:2::20")))):
         orig = FlowTuple(src, dst, proto, 42000 + i, 443)
-        reply = FlowTuple(dst, src, proto, 443, 42000 + i)
-        out.append(Flow(20 + i, (orig, reply), "ft", 30, iif=(1, 2),
+        out.append(Flow(20 + i, (orig, orig.reversed()), "ft", 30, iif=(1, 2),
                         routes=(FlowRoute(2, MACS[2], "00:00:00:00:00:02", 1500),
                                 FlowRoute(1, MACS[1], "00:00:00:00:00:01", 1500))))
     return out

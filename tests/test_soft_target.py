@@ -108,8 +108,7 @@ def routed_flow(l4proto=6, version=4, mtu=1500):
         orig = FlowTuple(A("10.0.1.7"), A("192.0.2.9"), l4proto, 40007, 443)
     else:
         orig = FlowTuple(A6("2001:db8:1::7"), A6("2001:db8:2::9"), l4proto, 40007, 443)
-    reply = FlowTuple(orig.dst, orig.src, l4proto, orig.dport, orig.sport)
-    return Flow(7, (orig, reply), "ft", 30, iif=(1, 2),
+    return Flow(7, (orig, orig.reversed()), "ft", 30, iif=(1, 2),
                 routes=(FlowRoute(2, WAN_MAC, H2_MAC, mtu), FlowRoute(1, LAN_MAC, H1_MAC, mtu)))
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from p4.v1 import p4runtime_pb2 as p4r
 
-from .model import Dir, Flow, FlowRoute, FlowTuple, IPPROTO_TCP, IPPROTO_UDP, ipv4, rewrite_for
+from .model import Dir, Flow, FlowRoute, FlowTuple, IPPROTO_TCP, IPPROTO_UDP, has_nat, ipv4, rewrite_for
 from .p4info import P4Schema
 
 # Neighbour states the kernel would transmit to without resolving again.
@@ -192,13 +192,6 @@ def _layout(schema: P4Schema, version: int, l4proto: int = IPPROTO_TCP, nat: boo
     fields = tuple((table.field(n).id, (table.field(n).bitwidth + 7) // 8) for n in _MATCH_FIELDS)
     params = tuple((action.param(n).id, (action.param(n).bitwidth + 7) // 8) for n in names)
     return table.id, fields, action.id, params
-
-
-def has_nat(tuples: tuple[FlowTuple, FlowTuple]) -> bool:
-    """Whether either direction is rewritten: the reply tuple is not the
-    original one reversed (the kernel's NF_FLOW_SNAT / NF_FLOW_DNAT)."""
-    o, r = tuples
-    return not (r.src == o.dst and r.dst == o.src and r.sport == o.dport and r.dport == o.sport)
 
 
 def _key_values(flow: Flow, d: Dir) -> tuple[int, ...]:

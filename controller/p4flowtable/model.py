@@ -76,6 +76,12 @@ def rewrite_for(tuples: tuple[FlowTuple, FlowTuple], d: Dir) -> Rewrite:
     return Rewrite(src=o.dst, dst=o.src, sport=o.dport, dport=o.sport)
 
 
+def has_nat(tuples: tuple[FlowTuple, FlowTuple]) -> bool:
+    """Whether either direction is rewritten: the reply tuple is not the
+    original one reversed (the kernel's NF_FLOW_SNAT / NF_FLOW_DNAT)."""
+    return tuples[1] != tuples[0].reversed()
+
+
 class FlowFlag(enum.Flag):
     """State bits, set and cleared test-and-set style (NF_FLOW_*)."""
 
