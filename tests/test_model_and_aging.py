@@ -188,9 +188,9 @@ def test_punted_frames_give_their_tuple_in_both_families():
 
 
 def _csum_update(csum: int, delta: int) -> int:
-    """The data plane's CSUM_UPDATE (p4src/include/define.p4)."""
-    s = (csum ^ 0xFFFF) + delta
-    return ((s & 0xFFFF) + (s >> 16)) ^ 0xFFFF
+    """The data plane's CSUM_UPDATE (p4src/include/define.p4), as written
+    there: HC - d, less the end-around borrow when d > HC, in 16 bits."""
+    return (csum - delta - (1 if delta > csum else 0)) & 0xFFFF
 
 
 @pytest.mark.parametrize("version,l4proto", [(4, 6), (4, 17), (6, 6), (6, 17)])
