@@ -16,18 +16,17 @@ control PacketIoIngress(inout headers_t hdr,
     }
 }
 
-// Punted packets go to the CPU port with their ingress port and reason.
+// A punted packet (the caller applies this only when punt_reason is set)
+// goes to the CPU port with its ingress port and reason.
 control PuntIngress(inout headers_t hdr,
                     inout metadata_t meta,
                     inout standard_metadata_t std_meta) {
     apply {
-        if (meta.punt_reason != PuntReason.NONE) {
-            hdr.packet_in.setValid();
-            hdr.packet_in.ingress_port = std_meta.ingress_port;
-            hdr.packet_in.punt_reason = meta.punt_reason;
-            hdr.packet_in._pad = 0;
-            std_meta.egress_spec = CPU_PORT;
-        }
+        hdr.packet_in.setValid();
+        hdr.packet_in.ingress_port = std_meta.ingress_port;
+        hdr.packet_in.punt_reason = meta.punt_reason;
+        hdr.packet_in._pad = 0;
+        std_meta.egress_spec = CPU_PORT;
     }
 }
 
