@@ -36,7 +36,7 @@ from p4.v1 import p4runtime_pb2 as p4r  # noqa: E402
 from p4flowtable.p4info import P4Schema, encode  # noqa: E402
 from p4flowtable.p4runtime import Session  # noqa: E402
 from p4ft_topo import LAN, WAN, FlowtableNet, make_ruleset  # noqa: E402
-from record import save  # noqa: E402
+from record import medians, save  # noqa: E402
 
 
 def iperf(net: FlowtableNet, seconds: float) -> dict:
@@ -113,10 +113,7 @@ def main() -> int:
     # them alike; each mode's median over the rounds makes the ratios.
     modes = ("offload", "routed", "slow", "l3fwd")
     samples = [run(m, a.switch, a.seconds) for _ in range(a.rounds) for m in modes]
-    results = []
-    for mode in modes:
-        rs = sorted((r for r in samples if r["mode"] == mode), key=lambda r: r["bits_per_second"])
-        results.append(dict(rs[len(rs) // 2], rounds=[r["bits_per_second"] for r in rs]))
+    results = medians(samples, "mode", "bits_per_second", modes)
     by = {r["mode"]: r["bits_per_second"] for r in results}
     out = save(a.out, {"bench": "paths", "seconds": a.seconds, "rounds": a.rounds, "results": results,
                        "samples": samples,

@@ -1,5 +1,5 @@
-"""Where every benchmark writes its machine-readable result, and how it
-reads a process's CPU time."""
+"""Where every benchmark writes its machine-readable result, how it takes
+a median over rounds, and how it reads a process's CPU time."""
 
 from __future__ import annotations
 
@@ -18,6 +18,16 @@ def save(path: str | Path, record: dict) -> dict:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def medians(samples: list[dict], key: str, value: str, kinds) -> list[dict]:
+    """Per kind (samples whose `key` is it), the sample with the median
+    `value`, with every round's value under "rounds", lowest first."""
+    out = []
+    for kind in kinds:
+        rs = sorted((r for r in samples if r[key] == kind), key=lambda r: r[value])
+        out.append(dict(rs[len(rs) // 2], rounds=[r[value] for r in rs]))
+    return out
 
 
 TICK = os.sysconf("SC_CLK_TCK")

@@ -41,7 +41,7 @@ from p4flowtable.offload import port_entry  # noqa: E402
 from p4flowtable.p4info import P4Schema, encode  # noqa: E402
 from p4flowtable.p4runtime import Session  # noqa: E402
 from p4ft_topo import switch_on_veths  # noqa: E402
-from record import cpu_seconds, save  # noqa: E402
+from record import cpu_seconds, medians, save  # noqa: E402
 
 A = ipaddress.IPv4Address
 LINKS = [("p4ftb-sw1", "p4ftb-h1"), ("p4ftb-sw2", "p4ftb-h2")]
@@ -150,10 +150,7 @@ def main() -> int:
                 r["switch_cpu_us_per_packet"] = (cpu_seconds(grpc.pid) - cpu0) * 1e6 / max(1, r["received"])
             r["switch"] = kind
             samples.append(r)
-    results = []
-    for kind in kinds:
-        rs = sorted((r for r in samples if r["switch"] == kind), key=lambda r: r["pps"])
-        results.append(dict(rs[len(rs) // 2], rounds=[r["pps"] for r in rs]))
+    results = medians(samples, "switch", "pps", kinds)
     by = {r["switch"]: r["pps"] for r in results}
     ratios = {}
     if "soft" in by and "bmv2" in by:
