@@ -224,8 +224,8 @@ class _Parser:
         self.text, self.source = text, source
         self.toks = tokenize(text, source)
         self.i = 0
-        self.blank: list[tuple[int, int]] = []   # spans hidden from the kernel
-        self.keep_ct: list[int] = []              # where an offload statement began
+        # spans hidden from the kernel, and the text put at the start of each
+        self.blank: list[tuple[int, int, str]] = []
         self.tables: list[Table] = []
 
     # token helpers
@@ -366,7 +366,7 @@ class _Parser:
         if not devices:
             raise self.err(f"flowtable {name!r} has no devices", start)
         table.flowtables[name] = FlowtableConfig(name, tuple(devices), NF_FLOW_TIMEOUT, table.family)
-        self.blank.append((start.start, end))
+        self.blank.append((start.start, end, ""))
 
     def priority(self) -> int:
         tok = self.word("priority")
@@ -443,8 +443,7 @@ class _Parser:
             if ft not in table.flowtables:
                 raise self.err(f"flowtable {ft!r} is not defined in table {table.name!r}", toks[i + 2])
             rule.offload = ft
-            self.blank.append((t.start, toks[i + 2].end))
-            self.keep_ct.append(t.start)
+            self.blank.append((t.start, toks[i + 2].end, KEEP_CONNTRACK))
             return i + 3
         if v in VERDICTS:
             rule.verdict = v
@@ -602,18 +601,17 @@ def parse_ruleset(text: str, source: str = "ruleset") -> Policy:
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise PolicyError(f"flowtable name(s) {sorted(dup)} used in more than one table", source=source)
-    chars = list(text)
-    for a, b in p.blank:
-        for k in range(a, b):
-            if chars[k] != "\n":
-                chars[k] = " "
     # The kernel's offload statement holds conntrack for the table's family
     # (nf_ct_netns_get in nft_flow_offload_init); with it gone, a ruleset
     # without NAT or ct rules would track nothing and nothing would be
     # offloaded. A ct match every packet passes (every packet has a state,
     # untracked and invalid included) holds it instead, in the statement's
     # place: 11 characters, as short as the shortest 'flow add @x'.
-    for a in p.keep_ct:
-        if "\n" not in text[a:a + len(KEEP_CONNTRACK)]:   # a statement split over lines stays blank
-            chars[a:a + len(KEEP_CONNTRACK)] = KEEP_CONNTRACK
+    chars = list(text)
+    for a, b, fill in p.blank:
+        for k in range(a, b):
+            if chars[k] != "\n":
+                chars[k] = " "
+        if fill and "\n" not in text[a:a + len(fill)]:   # a statement split over lines stays blank
+            chars[a:a + len(fill)] = fill
     return Policy(source, text, "".join(chars), p.tables)
