@@ -113,8 +113,10 @@ def stop(p: subprocess.Popen) -> None:
 
 
 async def create_entries(idx: range, pace: float | None = None, proto: int = 6) -> float:
-    """ctnetlink-create ESTABLISHED TCP (or replied UDP) entries; returns
-    entries per second. Unpaced, up to 256 requests are in flight."""
+    """ctnetlink-create ESTABLISHED TCP (or replied UDP) entries carrying
+    flowtable ft's mark, as the ruleset's offload statement would set it;
+    returns entries per second. Unpaced, up to 256 requests are in flight."""
+    mark = 1 << next(t["ct_label"] for t in call("flowtable_list", path=SOCK) if t["name"] == "ft")
     sock = ctnl.CtnlSocket(netns.netlink_socket(NS, 12))   # NETLINK_NETFILTER
     slots = asyncio.Semaphore(1 if pace else 256)
 
@@ -123,7 +125,7 @@ async def create_entries(idx: range, pace: float | None = None, proto: int = 6) 
         async with slots:
             await sock.request(ctnl.IPCTNL_MSG_CT_NEW, socket.AF_INET,
                                ctnl.create_payload(o, r, IPS_SEEN_REPLY | IPS_ASSURED | IPS_CONFIRMED, 3600,
-                                                   3 if proto == 6 else None),
+                                                   3 if proto == 6 else None, mark),
                                ctnl.NLM_F_CREATE | ctnl.NLM_F_EXCL)
     t0 = time.monotonic()
     if pace:

@@ -296,7 +296,9 @@ class FlowtableNet:
     def __init__(self, switch: str = "auto", ruleset: str = DEFAULT_RULESET,
                  timeouts: dict[str, float] | None = None, poll_interval: float = 0.5,
                  socket_path: str = "/run/p4ft-topo.sock", grpc_port: int = 9559, daemon: bool = True,
-                 daemon_args: list[str] | None = None):
+                 daemon_args: list[str] | None = None, ruleset_file: Path | None = None):
+        """ruleset: the ruleset's text; ruleset_file: a ruleset file used where
+        it is (its includes are found beside it), in place of the text."""
         self.switch_cls = pick_switch(switch)
         self.ruleset_text = ruleset
         self.timeouts = timeouts or {}
@@ -310,7 +312,7 @@ class FlowtableNet:
         self.daemon: subprocess.Popen | None = None
         LOG_DIR.mkdir(exist_ok=True)
         self.daemon_log = str(LOG_DIR / "daemon.log")
-        self.ruleset_path = LOG_DIR / "topo.nft"
+        self.ruleset_path = Path(ruleset_file) if ruleset_file else LOG_DIR / "topo.nft"
 
     @property
     def kind(self) -> str:
@@ -333,7 +335,8 @@ class FlowtableNet:
             h.cmd(f"sysctl -q -w net.ipv6.conf.{intf}.disable_ipv6=0 net.ipv6.conf.{intf}.accept_ra=0")
             h.cmd(f"ip -6 addr add {side['host6']} dev {intf} nodad")
             h.cmd(f"ip -6 route add default via {side['router6']} dev {intf}")
-        self.ruleset_path.write_text(self.ruleset_text)
+        if self.ruleset_path == LOG_DIR / "topo.nft":
+            self.ruleset_path.write_text(self.ruleset_text)
         if self.with_daemon:
             self.start_daemon()
         return self

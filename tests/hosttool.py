@@ -9,6 +9,7 @@ import hashlib
 import json
 import random
 import socket
+import struct
 import sys
 import time
 
@@ -89,6 +90,29 @@ def udp_ping(a):
     report(a.out, replies=got, errors=errors)
 
 
+def icmp_ping(a):
+    """ICMP echo requests over a raw socket; counts the replies."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    s.settimeout(a.wait)
+    ident, got = random.randrange(1, 0xFFFF), 0
+    for seq in range(a.count):
+        body = struct.pack("!HH", ident, seq) + b"p4ft" * 8
+        csum = sum(struct.unpack("!%dH" % ((len(body) + 4) // 2), b"\x08\x00\x00\x00" + body))
+        csum = (csum & 0xFFFF) + (csum >> 16)
+        s.sendto(struct.pack("!BBH", 8, 0, ~(csum + (csum >> 16)) & 0xFFFF) + body, (a.host, 0))
+        try:
+            while True:
+                data = s.recv(2048)
+                ihl = (data[0] & 0xF) * 4
+                if data[ihl] == 0 and struct.unpack("!HH", data[ihl + 4:ihl + 8]) == (ident, seq):
+                    got += 1
+                    break
+        except OSError:
+            pass
+        time.sleep(a.interval)
+    report(a.out, replies=got)
+
+
 def udp_stream(a):
     """One direction only: count datagrams, no replies expected."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -130,6 +154,12 @@ def main():
     p.add_argument("--wait", type=float, default=1.0)
     p.add_argument("--df", action="store_true")
     p.add_argument("--out", required=True)
+    p = sub.add_parser("icmp-ping")
+    p.add_argument("--host", required=True)
+    p.add_argument("--count", type=int, default=5)
+    p.add_argument("--interval", type=float, default=0.05)
+    p.add_argument("--wait", type=float, default=1.0)
+    p.add_argument("--out", required=True)
     p = sub.add_parser("udp-stream")
     p.add_argument("--host", required=True)
     p.add_argument("--port", type=int, required=True)
@@ -140,7 +170,7 @@ def main():
     p.add_argument("--out", required=True)
     a = ap.parse_args()
     {"tcp-sink": tcp_sink, "tcp-source": tcp_source, "udp-echo": udp_echo, "udp-ping": udp_ping,
-     "udp-stream": udp_stream}[a.cmd](a)
+     "udp-stream": udp_stream, "icmp-ping": icmp_ping}[a.cmd](a)
 
 
 if __name__ == "__main__":

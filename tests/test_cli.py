@@ -51,15 +51,26 @@ def ruleset_in(ns):
                           text=True).stdout
 
 
-def test_malformed_ruleset_is_rejected_with_line_and_column_and_nothing_loaded(netns, tmp_path):
+def test_ruleset_setting_p4fts_own_label_bit_is_refused_with_the_rules_position(netns, tmp_path):
     f = tmp_path / "bad.nft"
     f.write_text("table ip x {\n  flowtable ft { hook ingress priority 0; devices = { a }; }\n"
-                 "  chain y { type filter hook forward priority 0;\n    meta mark 3 flow add @ft }\n}\n")
+                 "  chain y { type filter hook forward priority 0;\n    meta mark 3 ct label set 127\n"
+                 "    flow add @ft\n  }\n}\n")
     r = p4ft("--socket", str(tmp_path / "s"), "daemon", "--netns", netns, "--port", "1=a",
              "--ruleset", str(f))
     assert r.returncode == 1
-    assert f"{f}:4:5:" in r.stderr and "meta" in r.stderr
+    assert f"{f}:4:17: this rule uses ct label 127, which p4ft keeps" in r.stderr
     assert ruleset_in(netns).strip() == ""
+    # with p4ft's marks on other bits, the same file is the operator's to use
+    r = p4ft("--socket", str(tmp_path / "s"), "daemon", "--netns", netns, "--port", "1=a", "--ruleset", str(f),
+             "--ct-label-bits", "0-3", "--grpc-addr", "127.0.0.1:1")
+    assert "no P4Runtime server at 127.0.0.1:1" in r.stderr
+
+
+def test_bad_label_bits_are_named():
+    r = p4ft("daemon", "--ct-label-bits", "120-200")
+    assert r.returncode != 0
+    assert "--ct-label-bits: ct label bits '120-200': expected FIRST-LAST within 0-127" in r.stderr
 
 
 def test_ruleset_the_kernel_refuses_is_reported_by_nft_with_the_operators_line(netns, tmp_path):

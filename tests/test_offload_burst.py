@@ -57,8 +57,11 @@ def test_a_burst_of_established_connections_is_offloaded_whole(net):
         sh("ip", "neigh", "replace", side["host"].split("/")[0], "lladdr", host.defaultIntf().MAC(),
            "dev", side["rep"], "nud", "permanent")
     status = IPS_SEEN_REPLY | IPS_ASSURED | IPS_CONFIRMED
+    # each entry carries flowtable ft's mark, as the ruleset's offload statement sets it
+    mark = 1 << next(t["ct_label"] for t in net.api("flowtable_list") if t["name"] == "ft")
     made = asyncio.run(conntrack(ctnl.IPCTNL_MSG_CT_NEW,
-                                 [ctnl.create_payload(*tuples(i), status, 600, TCP_ESTABLISHED) for i in range(N)],
+                                 [ctnl.create_payload(*tuples(i), status, 600, TCP_ESTABLISHED, mark)
+                                  for i in range(N)],
                                  ctnl.NLM_F_CREATE | ctnl.NLM_F_EXCL))
     assert [r for r in made if isinstance(r, Exception)] == []
 

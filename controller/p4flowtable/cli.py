@@ -42,8 +42,13 @@ def _timeouts(items: list[str]) -> dict[str, float]:
 
 def cmd_daemon(args) -> int:
     from .daemon import DaemonConfig, Daemon
-    from .policy import PolicyError
+    from .policy import PolicyError, parse_label_bits
     from .p4runtime import SwitchError
+
+    try:
+        label_bits = parse_label_bits(args.ct_label_bits)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--ct-label-bits: {e}") from None
 
     cfg = DaemonConfig(grpc_addr=args.grpc_addr, device_id=args.device_id,
                        election_id=args.election_id, netns=args.netns,
@@ -51,7 +56,7 @@ def cmd_daemon(args) -> int:
                        socket=args.socket, timeouts=_timeouts(args.timeout),
                        poll_interval=args.poll_interval, ct_lease=args.ct_lease,
                        idle_timeouts=not args.no_idle_timeouts,
-                       load_kernel_ruleset=not args.no_kernel_ruleset)
+                       load_kernel_ruleset=not args.no_kernel_ruleset, label_bits=label_bits)
     if args.p4info:
         cfg.p4info = Path(args.p4info)
     if args.device_config:
@@ -68,8 +73,20 @@ def cmd_daemon(args) -> int:
         def on_signal(sig: signal.Signals) -> None:
             log.info("%s: handing every flow back to the kernel and stopping", sig.name)
             d.stopping.set()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
+        reloads: set[asyncio.Task] = set()
+
+        async def reload() -> None:
+            try:
+                await d.reload()
+            except (PolicyError, SwitchError, ValueError, OSError) as e:
+                log.error("SIGHUP: ruleset not reloaded, nothing changed: %s", e)
+        def on_hup() -> None:   # like nft -f of the same file, as a service's reload does
+            t = loop.create_task(reload())
+            reloads.add(t)
+            t.add_done_callback(reloads.discard)
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
         try:
             await d.run()
         except (PolicyError, SwitchError, ValueError, OSError) as e:
@@ -118,8 +135,9 @@ def cmd_stats(args) -> int:
 
 def cmd_ft_list(args) -> int:
     for t in call("flowtable_list", path=args.socket):
+        mark = f"ct label {t['ct_label']}" if t["ct_label"] is not None else "no mark"
         print(f"flowtable {t['name']} family {t['family']} devices {{ {', '.join(t['devices'])} }} "
-              f"ports {t['ports']} timeout {t['timeout']:g}s flows {t['flows']}")
+              f"ports {t['ports']} timeout {t['timeout']:g}s {mark} flows {t['flows']}")
     return 0
 
 
@@ -133,6 +151,14 @@ def cmd_ft_add(args) -> int:
 def cmd_ft_delete(args) -> int:
     t = call("flowtable_delete", {"name": args.name}, path=args.socket)
     print(f"deleted flowtable {t['name']} ({t['flows']} flow(s) handed back)")
+    return 0
+
+
+def cmd_ruleset_reload(args) -> int:
+    path = str(Path(args.file).resolve()) if args.file else None
+    r = call("ruleset_reload", {"path": path}, path=args.socket, timeout=120.0)
+    print(f"ruleset {r['source']} loaded; flowtables added: {', '.join(r['added']) or 'none'}; "
+          f"removed: {', '.join(r['removed']) or 'none'}; kept: {', '.join(r['kept']) or 'none'}")
     return 0
 
 
@@ -171,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device-config", help="BMv2 JSON (default: p4src/build)")
     d.add_argument("--no-kernel-ruleset", action="store_true",
                    help="do not load the non-offload part of the ruleset into the kernel")
+    d.add_argument("--ct-label-bits", default="120-127", metavar="FIRST-LAST",
+                   help="conntrack label bits p4ft uses as flowtable marks, one per flowtable; a ruleset "
+                        "that uses them itself is refused (default %(default)s)")
     d.set_defaults(func=cmd_daemon)
 
     fl = sub.add_parser("flow", help="offloaded and tracked flows").add_subparsers(dest="sub", required=True)
@@ -190,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     dl = ft.add_parser("delete")
     dl.add_argument("name")
     dl.set_defaults(func=cmd_ft_delete)
+
+    rs = sub.add_parser("ruleset", help="the daemon's nftables ruleset").add_subparsers(dest="sub", required=True)
+    rl = rs.add_parser("reload", help="load FILE (default: the daemon's ruleset file) like nft -f; a file "
+                                      "nft or p4ft refuses changes nothing (also: SIGHUP to the daemon)")
+    rl.add_argument("file", nargs="?")
+    rl.set_defaults(func=cmd_ruleset_reload)
 
     sub.add_parser("stats", help="punts by reason, offloads, expiries, teardowns").set_defaults(
         func=cmd_stats)

@@ -6,7 +6,9 @@ p4ft makes to the kernel's entries, as nf_flow_table does:
   nft_flow_offload's flow_offload_ct_tcp) and a one-day timeout while the
   switch carries the flow (nf_ct_offload_timeout);
 - on hand-back: the timeout of the entry's current state less the time the
-  flow was idle in the switch (flow_offload_fixup_ct).
+  flow was idle in the switch (flow_offload_fixup_ct), and the flowtable's
+  mark cleared from the entry's ct label, so that only a packet that reaches
+  the offload statement again offloads it again (see policy.py).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class CtEntry:
     tcp_state: int | None
     timeout: int | None
     helper: bool = False
+    labels: int = 0          # ct label bits; flowtable marks among them (policy.py)
 
     @property
     def l4proto(self) -> int:
@@ -89,7 +92,7 @@ def entry_from_msg(m: ctnl.CtMsg) -> CtEntry | None:
     """An entry from a full message (a dump, a get, a NEW event), IPv4 or IPv6."""
     if m.orig is None or m.reply is None:
         return None
-    return CtEntry(m.id or 0, m.orig, m.reply, m.status or 0, m.tcp_state, m.timeout, m.helper)
+    return CtEntry(m.id or 0, m.orig, m.reply, m.status or 0, m.tcp_state, m.timeout, m.helper, m.labels or 0)
 
 
 class ConntrackMirror:
@@ -179,13 +182,14 @@ class ConntrackMirror:
                 continue
             if m.msg_type != ctnl.IPCTNL_MSG_CT_NEW or m.reply is None:
                 continue
-            e = CtEntry(m.id or 0, m.orig, m.reply, m.status or 0, m.tcp_state, m.timeout, m.helper)
+            e = entry_from_msg(m)
             if old is not None:
                 # an update carries only what changed
                 e.tcp_state = e.tcp_state if e.tcp_state is not None else old.tcp_state
                 e.timeout = e.timeout if e.timeout is not None else old.timeout
                 e.status = e.status if m.status is not None else old.status
                 e.helper = e.helper or old.helper
+                e.labels = e.labels if m.labels is not None else old.labels
             self._store(e)
             yield (CtEvent.NEW if m.flags & ctnl.NLM_F_CREATE else CtEvent.UPDATE), e, old
 
@@ -235,18 +239,35 @@ class ConntrackMirror:
                 return e
         return None
 
-    async def handed_back(self, e: CtEntry, idle: float) -> None:
+    async def handed_back(self, e: CtEntry, idle: float, mark: int = 0) -> None:
         """Slow path owns the flow again (flow_offload_fixup_ct).
 
         The timeout of the entry's current state, less the time the flow sat
-        idle in the switch; as in the kernel, only ever lowered.
+        idle in the switch; as in the kernel, only ever lowered. The label
+        bits of `mark` (the flowtable's) are cleared, in the same request.
         """
         now = await self.get(e.orig)
         if now is None:
             return
+        attrs = []
         timeout = max(0, int(self.state_timeout(now) - idle))
         if now.timeout is None or now.timeout > timeout:
-            await self._set(now, ctnl.timeout_attr(timeout))
+            attrs.append(ctnl.timeout_attr(timeout))
+        if now.labels & mark:
+            attrs.append(ctnl.labels_attr(0, mark))
+        if attrs:
+            await self._set(now, *attrs)
+        cached = self.entries.get(e.orig)
+        if cached is not None:        # our own update's event is not decoded
+            cached.labels &= ~mark
+
+    async def clear_labels(self, entries: list[CtEntry], mark: int) -> None:
+        """Clear the bits of `mark` from these entries (a flowtable that is
+        gone: its mark means nothing now). Entries that died meanwhile are skipped."""
+        reqs = [self._change(e, ctnl.labels_attr(0, mark)) for e in entries]
+        for e, res in zip(entries, await self._cmd.requests(reqs)):
+            if not isinstance(res, Exception):
+                e.labels &= ~mark
 
     async def keepalive(self, e: CtEntry, lease: float = NF_CT_DAY) -> None:
         """Renew the timeout of an entry the switch still carries (nf_ct_offload_timeout)."""

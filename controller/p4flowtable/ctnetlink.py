@@ -1,7 +1,7 @@
 """ctnetlink on an asyncio loop: the conntrack messages p4ft reads and writes.
 
 Encodes and decodes only what the mirror uses (tuples, status, TCP state and
-flags, timeout, id, helper), from the layout in the kernel's uapi headers
+flags, timeout, id, helper, labels), from the layout in the kernel's uapi headers
 (linux/netfilter/nfnetlink_conntrack.h, linux/netlink.h). Requests are
 pipelined: any number may be in flight on one socket, each matched to its
 answer by sequence number.
@@ -36,6 +36,8 @@ IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 0, 1, 2
 NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY = 1, 2, 3
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO, CTA_HELP = 1, 2, 3, 4, 5
 CTA_TIMEOUT, CTA_ID = 7, 12
+CTA_LABELS, CTA_LABELS_MASK = 22, 23
+LABELS_LEN = 16          # NF_CT_LABELS_MAX_SIZE: 128 bits
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
 CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
@@ -72,6 +74,7 @@ class CtMsg:
     id: int | None
     helper: bool
     tcp_flags: int | None = None   # the original direction's IP_CT_TCP_FLAG_* bits
+    labels: int | None = None      # ct label bits (bit N of the label is 1 << N)
 
 
 # -- decoding ------------------------------------------------------------------
@@ -104,6 +107,15 @@ def _addr(buf: bytes, span: tuple[int, int] | None):
     return ipaddress.IPv6Address(raw) if len(raw) == 16 else None
 
 
+def _labels(buf: bytes, span: tuple[int, int] | None) -> int | None:
+    """CTA_LABELS: the kernel's label bitmap, an array of host-order words
+    (bit N is test_bit(N)); read as one little-endian integer, which is the
+    same thing on the little-endian machines p4ft runs on."""
+    if span is None:
+        return None
+    return int.from_bytes(buf[span[0]:span[1]], "little")
+
+
 def _tuple(buf: bytes, span: tuple[int, int]) -> FlowTuple | None:
     t = attrs(buf, *span)
     ip, proto = t.get(CTA_TUPLE_IP), t.get(CTA_TUPLE_PROTO)
@@ -134,7 +146,7 @@ def decode(buf: bytes, off: int, end: int, msg_type: int, flags: int) -> CtMsg:
             tcp_flags = _uint(buf, info.get(CTA_PROTOINFO_TCP_FLAGS_ORIGINAL), 1)
     return CtMsg(msg_type, flags, _tuple(buf, o) if o else None, _tuple(buf, r) if r else None,
                  _uint(buf, top.get(CTA_STATUS), 4), tcp_state, _uint(buf, top.get(CTA_TIMEOUT), 4),
-                 _uint(buf, top.get(CTA_ID), 4), CTA_HELP in top, tcp_flags)
+                 _uint(buf, top.get(CTA_ID), 4), CTA_HELP in top, tcp_flags, _labels(buf, top.get(CTA_LABELS)))
 
 
 # -- encoding --------------------------------------------------------------------
@@ -169,12 +181,22 @@ def tcp_state_attr(state: int) -> bytes:
     return nest(CTA_PROTOINFO, nest(CTA_PROTOINFO_TCP, nla(CTA_PROTOINFO_TCP_STATE, bytes([state]))))
 
 
-def create_payload(orig, reply, status: int, timeout: int, tcp_state: int | None = None) -> bytes:
+def labels_attr(labels: int, mask: int | None = None) -> bytes:
+    """CTA_LABELS (and CTA_LABELS_MASK): on an existing entry only the bits
+    under the mask change (ctnetlink_attach_labels -> nf_connlabels_replace)."""
+    out = nla(CTA_LABELS, labels.to_bytes(LABELS_LEN, "little"))
+    return out + (nla(CTA_LABELS_MASK, mask.to_bytes(LABELS_LEN, "little")) if mask is not None else b"")
+
+
+def create_payload(orig, reply, status: int, timeout: int, tcp_state: int | None = None,
+                   labels: int = 0) -> bytes:
     """Attributes of a new entry (IPCTNL_MSG_CT_NEW with NLM_F_CREATE): how the
-    tests and benchmarks make real kernel entries without traffic."""
+    tests and benchmarks make real kernel entries without traffic. `labels`
+    stands for what the ruleset's `ct label set` (a flowtable mark) would set."""
     p = tuple_attr(CTA_TUPLE_ORIG, orig) + tuple_attr(CTA_TUPLE_REPLY, reply) + status_attr(status) \
         + timeout_attr(timeout)
-    return p + (tcp_state_attr(tcp_state) if tcp_state is not None else b"")
+    p += tcp_state_attr(tcp_state) if tcp_state is not None else b""
+    return p + (labels_attr(labels) if labels else b"")
 
 
 def tcp_flags_attr(flags: int, mask: int) -> bytes:

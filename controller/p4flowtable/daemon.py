@@ -22,17 +22,18 @@ from p4.v1 import p4runtime_pb2 as p4r
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink import NETLINK_ROUTE
 
-from . import netns, nftables
+from . import netns
 from .aging import Aging
 from .conntrack import NF_CT_DAY, ConntrackMirror, CtEntry, CtEvent
-from .core import FlowtableConfig, Flowtables
+from .core import Flowtables
 from .ip import HOP_GROUPS, Routes, RouteError, match_tuple, parse_tuple
 from .model import Flow, FlowFlag, L4PROTO_NAMES, TeardownReason
-from .offload import P4RuntimeDriver, port_entry
+from .offload import P4RuntimeDriver
 from .p4info import P4Schema, decode, encode
 from .p4runtime import Session, SwitchError, SwitchUnavailable
-from .policy import PacketView, Policy, parse_ruleset
+from .policy import DEFAULT_LABEL_BITS
 from .relay import Relay
+from .ruleset import RulesetControl
 
 log = logging.getLogger("p4ft")
 
@@ -62,6 +63,7 @@ class DaemonConfig:
     idle_timeouts: bool = True     # False: age by reading counters near expiry instead
     load_kernel_ruleset: bool = True
     connect_timeout: float = 10.0
+    label_bits: range = DEFAULT_LABEL_BITS   # ct label bits for flowtable marks (policy.py)
 
 
 class Daemon:
@@ -86,7 +88,9 @@ class Daemon:
         pout = self.schema.packet_meta("packet_out")["egress_port"]
         self._pout_port = pout
         self.relay = Relay(cfg.netns, cfg.ports, self._transmit)
-        self.policy: Policy | None = None
+        self.rulesets = RulesetControl(self.flowtables, self.session, self.schema, self.mirror, self.teardown,
+                                       netns=cfg.netns, ports=cfg.ports, timeouts=cfg.timeouts,
+                                       label_bits=cfg.label_bits, load_kernel=cfg.load_kernel_ruleset)
         self.stats: collections.Counter[str] = collections.Counter()
         self.queue = OffloadQueue()
         self._deferred: list[Flow] = []   # adds that met a lost switch
@@ -112,17 +116,7 @@ class Daemon:
     async def start(self) -> None:
         cfg = self.cfg
         if cfg.ruleset is not None:
-            self.policy = parse_ruleset(Path(cfg.ruleset).read_text(), str(cfg.ruleset))
-            for ft in self.policy.flowtables.values():
-                self._check_devices(ft.name, ft.devices)
-            if cfg.load_kernel_ruleset:
-                nftables.load(cfg.netns, self.policy)
-            for ft in self.policy.flowtables.values():
-                ft.timeout = cfg.timeouts.get(ft.name, ft.timeout)
-                for proto, name in L4PROTO_NAMES.items():
-                    if f"{ft.name}/{name}" in cfg.timeouts:
-                        ft.proto_timeouts[proto] = cfg.timeouts[f"{ft.name}/{name}"]
-                self.flowtables.add_table(ft)
+            self.rulesets.load(Path(cfg.ruleset))
         self.ipr = AsyncIPRoute(use_socket=netns.netlink_socket(cfg.netns, NETLINK_ROUTE))
         self.routes = Routes(self.ipr, cfg.ports)
         await self.mirror.open()
@@ -178,7 +172,7 @@ class Daemon:
                 ct = self.mirror.entries.get(f.key)
                 if ct is not None:
                     try:
-                        await self.mirror.handed_back(ct, 0)
+                        await self.mirror.handed_back(ct, 0, self.rulesets.mark(f.flowtable))
                     except Exception as e:  # entry may be gone
                         log.debug("hand-back of %s: %s", f.key, e)
         for t in self._tasks:
@@ -196,27 +190,11 @@ class Daemon:
             if sock:
                 sock.close()
 
-    def _check_devices(self, name: str, devices) -> None:
-        unknown = [d for d in devices if d not in self.cfg.ports]
-        if unknown:
-            raise ValueError(f"flowtable {name!r}: device(s) {unknown} are not switch ports "
-                             f"(ports: {', '.join(f'{n}={p}' for n, p in self.cfg.ports.items()) or 'none'})")
-        for t in self.flowtables.tables.values():
-            both = set(devices) & set(t.config.devices)
-            if both and t.config.name != name:
-                raise ValueError(f"flowtable {name!r}: device(s) {sorted(both)} already belong to "
-                                 f"flowtable {t.config.name!r}")
-
     # -- switch ------------------------------------------------------------
     async def _connect_switch(self) -> None:
         await self.session.connect(self.cfg.connect_timeout)
         await self.session.set_pipeline(self.p4info, Path(self.cfg.device_config).read_bytes())
-        updates = []
-        for table in self.flowtables.tables.values():
-            for dev in table.config.devices:
-                updates.append(p4r.Update(type=p4r.Update.INSERT, entity=p4r.Entity(
-                    table_entry=port_entry(self.schema, self.cfg.ports[dev], table.config.id))))
-        await self.session.write(updates, "port binding")
+        await self.session.write(self.rulesets.port_updates(), "port binding")
 
     async def _supervise(self) -> None:
         """Reconnect after losing the switch; reinstall what it carried."""
@@ -311,12 +289,13 @@ class Daemon:
                 if e.offloadable() is not None:
                     self.teardown(flow, TeardownReason.CT_STATE)
                 continue
-            # Offload on the transition a packet caused (reply seen, TCP
-            # established), as the kernel does when that packet reaches the
-            # forward chain. Updates that change nothing of that (our own
-            # timeout writes, say) do not: a handed-back flow comes back on
-            # its next packet, a miss, like in the kernel.
-            if old is None or old.offloadable() is not None:
+            # Offload on what a packet changed: the connection became
+            # offloadable (reply seen, TCP established), or a packet reached
+            # an offload statement and set its flowtable's mark (a handed-back
+            # flow's mark was cleared: it comes back when a packet reaches the
+            # statement again, as in the kernel). Updates that change neither
+            # (our own timeout writes, say) do not.
+            if old is None or old.offloadable() is not None or e.labels & ~old.labels & self.rulesets.marks:
                 self._maybe_offload(e)
 
     async def _route_events(self) -> None:
@@ -397,8 +376,9 @@ class Daemon:
     async def _decide(self, e: CtEntry) -> tuple[Flow, CtEntry] | str:
         """The flow to offload for this entry (added to its flowtable, pending),
         or why not."""
-        if self.policy is None:
-            return "no_policy"
+        ft = self.rulesets.select(e.labels)
+        if ft is None:
+            return "policy"      # no packet reached an offload statement (no mark)
         try:
             # where each direction leaves: ORIGINAL towards reply.src, REPLY towards orig.src
             out_orig = await self.routes.hop(e.reply.src)
@@ -406,16 +386,6 @@ class Daemon:
         except RouteError as err:
             log.debug("%s", err)
             return "no_route"
-        nfproto = "ipv6" if e.orig.src.version == 6 else "ipv4"
-        views = [
-            PacketView(nfproto, e.l4proto, e.orig.src, e.orig.dst, e.orig.sport, e.orig.dport,
-                       out_reply.ifname, out_orig.ifname),
-            PacketView(nfproto, e.l4proto, e.reply.src, e.reply.dst, e.reply.sport, e.reply.dport,
-                       out_orig.ifname, out_reply.ifname),
-        ]
-        ft = self.policy.select(views)
-        if ft is None:
-            return "policy"
         table = self.flowtables.tables.get(ft)
         if table is None:
             return "flowtable_deleted"
@@ -516,7 +486,7 @@ class Daemon:
             self.flowtables.delete(f)
             ct = self.mirror.entries.get(f.key)
             if ct is not None:
-                await self.mirror.handed_back(ct, 0)
+                await self.mirror.handed_back(ct, 0, self.rulesets.mark(f.flowtable))
 
     async def _do_del(self, batch: list[Flow]) -> None:
         res = await self.driver.delete(batch)
@@ -538,7 +508,7 @@ class Daemon:
         ct = self.mirror.entries.get(f.key)
         if ct is not None:
             try:
-                await self.mirror.handed_back(ct, idle)
+                await self.mirror.handed_back(ct, idle, self.rulesets.mark(f.flowtable))
             except Exception as e:  # the entry may have just died
                 log.debug("hand-back of %s: %s", f.key, e)
 
@@ -589,12 +559,14 @@ class Daemon:
         if cmd == "stats":
             return self.stats_dict()
         if cmd == "flowtable_list":
-            return [self._ft_dict(t) for t in self.flowtables.tables.values()]
+            return [self.rulesets.info(name) for name in self.flowtables.tables]
         if cmd == "flowtable_add":
-            return await self.flowtable_add(args["name"], list(args["devices"]),
-                                            float(args.get("timeout", 30.0)))
+            return await self.rulesets.add_runtime(args["name"], list(args["devices"]),
+                                                   float(args.get("timeout", 30.0)))
         if cmd == "flowtable_delete":
-            return await self.flowtable_delete(args["name"])
+            return await self.rulesets.remove(self.flowtables.table(args["name"]).config.name)
+        if cmd == "ruleset_reload":
+            return await self.reload(args.get("path"))
         if cmd == "ping":
             return "pong"
         if cmd == "expiry_timing":
@@ -616,12 +588,6 @@ class Daemon:
             # the event counters of `stats` without what costs O(flows)
             return {**self.stats, **{f"aging.{k}": v for k, v in self.aging.stats.items()}}
         raise ValueError(f"unknown command {cmd!r}")
-
-    def _ft_dict(self, t) -> dict:
-        return {"name": t.config.name, "family": t.config.family, "devices": list(t.config.devices),
-                "ports": [self.cfg.ports[d] for d in t.config.devices], "timeout": t.config.timeout,
-                "proto_timeouts": {L4PROTO_NAMES[p]: v for p, v in t.config.proto_timeouts.items()},
-                "flows": len(t.flows)}
 
     def flow_list(self) -> list[dict]:
         now = self.clock()
@@ -652,34 +618,14 @@ class Daemon:
             d[f"aging.{k}"] = v
         return d
 
-    async def flowtable_add(self, name: str, devices: list[str], timeout: float) -> dict:
-        if name in self.flowtables.tables:
-            raise ValueError(f"flowtable {name!r} exists")
-        if not devices:
-            raise ValueError("a flowtable needs at least one device")
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
-        self._check_devices(name, devices)
-        table = self.flowtables.add_table(FlowtableConfig(name, tuple(devices), timeout))
-        try:
-            await self.session.write([p4r.Update(type=p4r.Update.INSERT, entity=p4r.Entity(
-                table_entry=port_entry(self.schema, self.cfg.ports[d], table.config.id))) for d in devices],
-                f"bind flowtable {name}")
-        except SwitchError:
-            self.flowtables.remove_table(name)
-            raise
-        return self._ft_dict(table)
-
-    async def flowtable_delete(self, name: str) -> dict:
-        table = self.flowtables.table(name)
-        info = self._ft_dict(table)
-        for f in list(table.flows.values()):
-            self.teardown(f, TeardownReason.FLOWTABLE_DELETED)
-        await self.session.write([p4r.Update(type=p4r.Update.DELETE, entity=p4r.Entity(
-            table_entry=port_entry(self.schema, self.cfg.ports[d], table.config.id)))
-            for d in table.config.devices], f"unbind flowtable {name}")
-        self.flowtables.remove_table(name)
-        return info
+    async def reload(self, path: str | None = None) -> dict:
+        """`p4ft ruleset reload [FILE]`, SIGHUP: FILE becomes the ruleset."""
+        target = Path(path) if path else self.cfg.ruleset
+        if target is None:
+            raise ValueError("no ruleset to reload: the daemon was started without --ruleset and none was given")
+        result = await self.rulesets.reload(target)
+        self.cfg.ruleset = target
+        return result
 
 
 class OffloadQueue:

@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
+from pathlib import Path
 
 from . import netns
-from .policy import Policy, PolicyError
+from .policy import PolicyError, Ruleset
 
 
-def _nft(netns_name: str | None, policy: Policy, check: bool) -> None:
-    fd, path = tempfile.mkstemp(prefix="p4ft-", suffix=".nft")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(policy.kernel_text)
-        argv = ["nft"] + (["-c"] if check else []) + ["-f", path]
-        res = netns.run(netns_name, argv, check=False)
-    finally:
-        os.unlink(path)
+def load(netns_name: str | None, ruleset: Ruleset) -> None:
+    """nft -f of the kernel's copies: one transaction, so a ruleset the kernel
+    refuses changes nothing. nft's messages name the operator's files."""
+    with tempfile.TemporaryDirectory(prefix="p4ft-nft-") as d:
+        main = ruleset.render(Path(d))
+        res = netns.run(netns_name, ["nft", "-f", str(main)], check=False)
     if res.returncode != 0:
-        msg = (res.stderr or res.stdout).replace(path, policy.source).strip()
-        raise PolicyError(f"nft rejected the ruleset:\n{msg}", source=policy.source)
-
-
-def check(netns_name: str | None, policy: Policy) -> None:
-    """nft -c: the kernel's own check of its part, changing nothing."""
-    _nft(netns_name, policy, check=True)
-
-
-def load(netns_name: str | None, policy: Policy) -> None:
-    check(netns_name, policy)
-    _nft(netns_name, policy, check=False)
+        msg = ruleset.map_nft_message((res.stderr or res.stdout).strip())
+        raise PolicyError(f"nft rejected the ruleset:\n{msg}", source=str(ruleset.source))

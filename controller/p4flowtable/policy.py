@@ -1,32 +1,44 @@
-"""Offload policy from an nftables ruleset (the kernel's nft_flow_offload.c).
+"""Offload policy: the operator's nftables ruleset, evaluated by the kernel.
 
-The operator writes one ruleset, as for a Linux router with a flowtable. This
-module keeps the ``flowtable`` objects and the ``flow add``/``flow offload``
-statements for p4ft, and hands the rest to the kernel: the text it returns for
-``nft -f`` has those parts blanked out with spaces, so every line and column
-the kernel reports still points into the operator's file.
+In the kernel, `flow add @ft` (nft_flow_offload.c) is a statement: every packet
+that reaches it offloads its connection if conntrack agrees. This kernel has no
+flowtable, so p4ft gives the kernel the operator's ruleset with each
+``flow add|offload @NAME`` turned into ``ct label set BIT``, BIT being NAME's
+mark, and the ``flowtable`` blocks blanked. The kernel runs everything else as
+written (define, include, sets, maps, vmaps, priorities, every expression and
+statement); the daemon offloads a connection that carries a flowtable's mark
+when the kernel's other conditions hold (CtEntry.offloadable, then the route
+and device checks of the daemon's decision).
 
-Whether a flow is offloaded is decided as the kernel's forward hook would: the
-forward base chains run in priority order, rules in order; a verdict reached
-before an offload statement means that statement is never reached.
+This module reads the operator's files only lexically: to find the flowtable
+blocks, the offload statements, the includes it must follow, and any use of the
+label bits p4ft keeps for itself. Parsing and evaluation are nft's; the
+positions nft reports in the kernel's copies are mapped back to the operator's
+files, so errors read file:line:col of what the operator wrote.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import bisect
+import glob
+import os
 import re
-import socket
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from pathlib import Path
 
 from .core import NF_FLOW_TIMEOUT, FlowtableConfig
 
-
-KEEP_CONNTRACK = "ct state!=0"
+# Bits of the conntrack label (0..127) p4ft uses as flowtable marks, by default.
+DEFAULT_LABEL_BITS = range(120, 128)
+CT_LABEL_MAX = 128
+NFT_INCLUDE_PATH = Path("/etc")          # nft's default include directory
+CONNLABEL_CONF = Path("/etc/connlabel.conf")
+MAX_INCLUDE_DEPTH = 16                   # nft's MAX_INCLUDE_DEPTH
+FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
 
 
 class PolicyError(ValueError):
-    """A ruleset p4ft cannot take; names the place in the file."""
+    """A ruleset p4ft cannot take; names the place in the operator's file."""
 
     def __init__(self, msg: str, line: int = 0, col: int = 0, source: str = "ruleset"):
         self.line, self.col, self.msg = line, col, msg
@@ -34,6 +46,19 @@ class PolicyError(ValueError):
         super().__init__(where + msg)
 
 
+def parse_label_bits(spec: str) -> range:
+    """'120-127' or '127': the ct label bits p4ft may use."""
+    lo, sep, hi = spec.partition("-")
+    try:
+        bits = range(int(lo), int(hi if sep else lo) + 1)
+    except ValueError:
+        bits = range(0)
+    if not bits or bits.start < 0 or bits.stop > CT_LABEL_MAX:
+        raise ValueError(f"ct label bits {spec!r}: expected FIRST-LAST within 0-{CT_LABEL_MAX - 1}")
+    return bits
+
+
+# -- tokens ----------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Token:
     kind: str      # word, string, punct, nl
@@ -45,573 +70,617 @@ class Token:
 
 
 _TOKEN_RE = re.compile(
-    r"""(?P<nl>\n)|(?P<ws>[ \t\r]+)|(?P<comment>\#[^\n]*)|(?P<string>"[^"\n]*")|"""
-    r"""(?P<punct>!=|==|[{};,=])|(?P<word>[^\s{};,="#]+)""")
+    r"""(?P<nl>\n)|(?P<ws>[ \t\r]+|\\\n)|(?P<comment>\#[^\n]*)|(?P<string>"[^"\n]*")|"""
+    r"""(?P<punct>!=|==|[{};,=])|(?P<word>[^\s{};,="#]+)|(?P<other>.)""")
 
 
-def tokenize(text: str, source: str = "ruleset") -> list[Token]:
+def tokenize(text: str) -> list[Token]:
+    """nft's lexical units, as far as p4ft needs them; never fails (what p4ft
+    does not understand is nft's to judge)."""
     tokens: list[Token] = []
     line, line_start = 1, 0
-    pos = 0
-    while pos < len(text):
-        m = _TOKEN_RE.match(text, pos)
-        if m is None:
-            raise PolicyError(f"unexpected character {text[pos]!r}", line, pos - line_start + 1, source)
+    for m in _TOKEN_RE.finditer(text):
         kind = m.lastgroup
-        if kind in ("word", "string", "punct", "nl"):
-            value = m.group()
-            if kind == "string":
-                value = value[1:-1]
+        if kind in ("word", "string", "punct", "nl", "other"):
+            value = m.group()[1:-1] if kind == "string" else m.group()
             tokens.append(Token(kind, value, line, m.start() - line_start + 1, m.start(), m.end()))
-        if kind == "nl":
+        if kind == "nl" or m.group() == "\\\n":
             line, line_start = line + 1, m.end()
-        pos = m.end()
     return tokens
 
 
-# -- matches -----------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class PacketView:
-    """What a packet of a flow shows the forward chain."""
-
-    nfproto: str          # ipv4 / ipv6
-    l4proto: int
-    saddr: ipaddress.IPv4Address | ipaddress.IPv6Address
-    daddr: ipaddress.IPv4Address | ipaddress.IPv6Address
-    sport: int
-    dport: int
-    iifname: str
-    oifname: str
-    ct_state: str = "established"
-
-
-@dataclass(frozen=True, slots=True)
-class Match:
-    selector: str
-    values: tuple          # any-of
-    negate: bool
-    test: Callable[[PacketView, object], bool]
-
-    def __call__(self, pkt: PacketView) -> bool:
-        hit = any(self.test(pkt, v) for v in self.values)
-        return hit != self.negate
-
-
-_PROTO_NAMES = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132,
-                "dccp": 33, "gre": 47, "esp": 50, "ah": 51, "udplite": 136}
-_CT_STATES = {"new", "established", "related", "invalid", "untracked"}
-
-
-def _proto(tok: Token, source: str) -> int:
-    v = tok.value
-    if v in _PROTO_NAMES:
-        return _PROTO_NAMES[v]
-    if v.isdigit() and int(v) < 256:
-        return int(v)
-    raise PolicyError(f"unknown protocol {v!r}", tok.line, tok.col, source)
-
-
-def _port(tok: Token, source: str) -> tuple[int, int]:
-    v = tok.value
-    try:
-        if "-" in v:
-            lo, hi = v.split("-", 1)
-            return (_one_port(lo), _one_port(hi))
-        p = _one_port(v)
-        return (p, p)
-    except (OSError, ValueError):
-        raise PolicyError(f"bad port {v!r}", tok.line, tok.col, source) from None
-
-
-def _one_port(v: str) -> int:
-    p = int(v) if v.isdigit() else socket.getservbyname(v)
-    if not 0 <= p <= 65535:
-        raise ValueError(v)
-    return p
-
-
-def _network(tok: Token, source: str):
-    try:
-        return ipaddress.ip_network(tok.value, strict=False)
-    except ValueError:
-        raise PolicyError(f"bad address {tok.value!r}", tok.line, tok.col, source) from None
-
-
-def _in_net(attr: str):
-    return lambda pkt, net: getattr(pkt, attr).version == net.version and getattr(pkt, attr) in net
-
-
-def _in_range(attr: str, protos: tuple[int, ...]):
-    return lambda pkt, r: (not protos or pkt.l4proto in protos) and r[0] <= getattr(pkt, attr) <= r[1]
-
-
-# selector words -> (parse value, test, implied l4 protocols)
-_SELECTORS: dict[tuple[str, ...], tuple] = {
-    ("ip", "protocol"): (_proto, lambda p, v: p.nfproto == "ipv4" and p.l4proto == v),
-    ("meta", "l4proto"): (_proto, lambda p, v: p.l4proto == v),
-    ("meta", "nfproto"): (lambda t, s: t.value, lambda p, v: p.nfproto == v),
-    ("ip", "saddr"): (_network, _in_net("saddr")),
-    ("ip", "daddr"): (_network, _in_net("daddr")),
-    ("ip6", "saddr"): (_network, _in_net("saddr")),
-    ("ip6", "daddr"): (_network, _in_net("daddr")),
-    ("ip6", "nexthdr"): (_proto, lambda p, v: p.nfproto == "ipv6" and p.l4proto == v),
-    ("tcp", "sport"): (_port, _in_range("sport", (6,))),
-    ("tcp", "dport"): (_port, _in_range("dport", (6,))),
-    ("udp", "sport"): (_port, _in_range("sport", (17,))),
-    ("udp", "dport"): (_port, _in_range("dport", (17,))),
-    ("th", "sport"): (_port, _in_range("sport", (6, 17))),
-    ("th", "dport"): (_port, _in_range("dport", (6, 17))),
-    ("iifname",): (lambda t, s: t.value, lambda p, v: _ifname_match(p.iifname, v)),
-    ("oifname",): (lambda t, s: t.value, lambda p, v: _ifname_match(p.oifname, v)),
-    ("meta", "iifname"): (lambda t, s: t.value, lambda p, v: _ifname_match(p.iifname, v)),
-    ("meta", "oifname"): (lambda t, s: t.value, lambda p, v: _ifname_match(p.oifname, v)),
-    ("iif",): (lambda t, s: t.value, lambda p, v: p.iifname == v),
-    ("oif",): (lambda t, s: t.value, lambda p, v: p.oifname == v),
-    ("ct", "state"): (None, lambda p, v: p.ct_state == v),
-}
-
-
-def _ifname_match(name: str, pattern: str) -> bool:
-    return name.startswith(pattern[:-1]) if pattern.endswith("*") else name == pattern
-
-
-def _ct_state(tok: Token, source: str) -> str:
-    if tok.value not in _CT_STATES:
-        raise PolicyError(f"unknown ct state {tok.value!r}", tok.line, tok.col, source)
-    return tok.value
-
-
-# -- rules, chains, tables ---------------------------------------------------
-
-VERDICTS = {"accept", "drop", "reject", "return", "continue", "queue"}
+# -- what the scan finds -------------------------------------------------------------
+@dataclass(slots=True)
+class Edit:
+    """A span of the operator's text replaced in the kernel's copy."""
+    start: int
+    end: int
+    text: str = ""        # "" blanks the span (spaces, newlines kept)
+    bit_of: str = ""      # filled with `ct label set BIT` of this flowtable
 
 
 @dataclass(slots=True)
-class Rule:
-    matches: list[Match]
-    offload: str | None = None        # flowtable name
-    verdict: str | None = None        # accept/drop/.../jump/goto
-    target: str | None = None         # chain for jump/goto
-    error: PolicyError | None = None  # p4ft cannot evaluate this rule
-    line: int = 0
+class SourceFile:
+    path: Path
+    text: str
+    edits: list[Edit] = field(default_factory=list)
+    includes: dict[int, list["SourceFile"]] = field(default_factory=dict)   # edit index -> files
+    kernel_name: str = ""
+    kernel_text: str = ""
+    spans: list[tuple[int, int, int, int]] = field(default_factory=list)   # edited: orig a,b -> kernel a,b
+
+    def error(self, msg: str, tok: Token | None) -> PolicyError:
+        return PolicyError(msg, tok.line if tok else 0, tok.col if tok else 0, str(self.path))
+
+    def orig_col(self, line: int, col: int, end: bool = False) -> int:
+        return _orig_col(self, line, col, end)
 
 
 @dataclass(slots=True)
-class Chain:
+class _Offload:
+    file: SourceFile
+    tok: Token            # the 'flow' token
     name: str
-    hook: str | None = None
-    type: str | None = None
-    priority: int = 0
-    policy: str = "accept"
-    rules: list[Rule] = field(default_factory=list)
+    name_tok: Token
+    table: tuple[str, str] | None
+    chain: str | None
 
 
 @dataclass(slots=True)
-class Table:
-    family: str
-    name: str
-    chains: dict[str, Chain] = field(default_factory=dict)
-    flowtables: dict[str, FlowtableConfig] = field(default_factory=dict)
+class _LabelUse:
+    file: SourceFile
+    tok: Token
+    values: list[Token]
+    defines: dict[str, list[Token]]
 
 
-_PRIORITY_NAMES = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0,
-                   "security": 50, "srcnat": 100}
+@dataclass(slots=True)
+class _Scan:
+    flowtables: dict[str, tuple[FlowtableConfig, tuple[str, str], SourceFile, Token]] = field(default_factory=dict)
+    offloads: list[_Offload] = field(default_factory=list)
+    label_uses: list[_LabelUse] = field(default_factory=list)
+    forward_chains: set[tuple[str, str, str]] = field(default_factory=set)
+    jumps: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
+    defines: dict[str, list[Token]] = field(default_factory=dict)
+    flushes: bool = False
 
 
-class _Parser:
-    def __init__(self, text: str, source: str):
-        self.text, self.source = text, source
-        self.toks = tokenize(text, source)
+class _Scanner:
+    """One file's tokens: tables, chains and the constructs p4ft acts on."""
+
+    def __init__(self, f: SourceFile, scan: _Scan, depth: int = 0, frames=()):
+        self.f, self.scan, self.depth = f, scan, depth
+        self.toks = tokenize(f.text)
         self.i = 0
-        # spans hidden from the kernel, and the text put at the start of each
-        self.blank: list[tuple[int, int, str]] = []
-        self.tables: list[Table] = []
+        # ("table", (family, name)) / ("chain", name) / ("other", None); an
+        # included file is read inside the blocks its include stands in
+        self.frames: list[tuple[str, object]] = list(frames)
 
-    # token helpers
-    def err(self, msg: str, tok: Token | None = None) -> PolicyError:
-        tok = tok or self.peek() or (self.toks[-1] if self.toks else None)
-        return PolicyError(msg, tok.line if tok else 0, tok.col if tok else 0, self.source)
+    # helpers
+    def peek(self, k: int = 0) -> Token | None:
+        j = self.i + k
+        return self.toks[j] if j < len(self.toks) else None
 
-    def peek(self) -> Token | None:
-        return self.toks[self.i] if self.i < len(self.toks) else None
+    def value(self, k: int = 0) -> str | None:
+        t = self.peek(k)
+        return t.value if t is not None and t.kind != "string" else None
 
-    def next(self, what: str = "more input") -> Token:
-        tok = self.peek()
-        if tok is None:
-            raise self.err(f"unexpected end of file, expected {what}")
-        self.i += 1
-        return tok
+    def statement(self) -> list[Token]:
+        """Tokens to the end of the statement (newline or ';' outside braces)."""
+        out, depth = [], 0
+        while (t := self.peek()) is not None:
+            if depth == 0 and (t.kind == "nl" or t.kind == "punct" and t.value in (";", "}")):
+                break
+            if t.kind == "punct" and t.value == "{":
+                depth += 1
+            elif t.kind == "punct" and t.value == "}":
+                depth -= 1
+            out.append(t)
+            self.i += 1
+        return out
 
-    def expect(self, value: str) -> Token:
-        tok = self.next(repr(value))
-        if tok.value != value or tok.kind == "string":
-            raise self.err(f"expected {value!r}, got {tok.value!r}", tok)
-        return tok
+    def block(self) -> list[Token]:
+        """From '{' to its matching '}', both included."""
+        out, depth = [], 0
+        while (t := self.peek()) is not None:
+            out.append(t)
+            self.i += 1
+            if t.kind == "punct" and t.value == "{":
+                depth += 1
+            elif t.kind == "punct" and t.value == "}":
+                depth -= 1
+                if depth == 0:
+                    return out
+        raise self.f.error("'{' is not closed", out[0] if out else None)
 
-    def skip_seps(self) -> None:
-        while self.peek() and (self.peek().kind == "nl" or self.peek().value == ";"):
+    def table_ctx(self) -> tuple[str, str] | None:
+        for kind, v in reversed(self.frames):
+            if kind == "table":
+                return v
+        return None
+
+    def chain_ctx(self) -> str | None:
+        for kind, v in reversed(self.frames):
+            if kind == "chain":
+                return v
+        return None
+
+    def table_ref(self, toks: list[Token], k: int) -> tuple[tuple[str, str] | None, int]:
+        """[family] table at toks[k:]; returns ((family, table), next index)."""
+        if k < len(toks) and toks[k].value in FAMILIES and k + 1 < len(toks) and toks[k + 1].kind != "punct":
+            return (toks[k].value, toks[k + 1].value), k + 2
+        if k < len(toks) and toks[k].kind != "punct":
+            return ("ip", toks[k].value), k + 1
+        return None, k
+
+    # the walk
+    def run(self) -> None:
+        stmt_start = True
+        while (t := self.peek()) is not None:
+            if t.kind == "nl" or (t.kind == "punct" and t.value == ";"):
+                self.i += 1
+                stmt_start = True
+                continue
+            if t.kind == "punct" and t.value == "}":
+                if self.frames:
+                    self.frames.pop()
+                self.i += 1
+                stmt_start = True
+                continue
+            if t.kind == "punct" and t.value == "{":
+                self.frames.append(("other", None))
+                self.i += 1
+                stmt_start = True
+                continue
+            if stmt_start and self.statement_start(t):
+                continue
+            self.rule_token(t)
+            stmt_start = False
+
+    def statement_start(self, t: Token) -> bool:
+        """Constructs that begin a statement; True when consumed."""
+        v = t.value if t.kind == "word" else None
+        in_table = bool(self.frames) and self.frames[-1][0] == "table"
+        top = not self.frames
+        if v in ("define", "redefine") and self.value(2) == "=":
+            name = self.peek(1).value
+            self.i += 3
+            self.scan.defines[name] = self.statement()
+            return True
+        if v == "include":
+            self.include()
+            return True
+        if v in ("flush", "delete", "destroy") and top:
+            toks = self.statement()
+            words = [x.value for x in toks]
+            if v == "flush" and len(words) > 1 and words[1] in ("ruleset", "table"):
+                self.scan.flushes = True
+            if len(words) > 1 and words[1] == "flowtable":   # p4ft's, not the kernel's
+                self.f.edits.append(Edit(toks[0].start, toks[-1].end))
+            return True
+        if v in ("add", "create") and top and self.value(1) == "flowtable":
+            self.i += 2
+            head = self.statement_head()
+            ref, k = self.table_ref(head, 0)
+            self.flowtable(t, ref, head[k] if ref and k < len(head) else None)
+            return True
+        if v in ("add", "create") and top and self.value(1) == "chain":
+            head = self.statement_head()
+            ref, k = self.table_ref(head, 2)
+            if ref and k < len(head):
+                self.chain_header(ref, head[k].value)
+            return True
+        if v in ("add", "insert", "replace") and top and self.value(1) == "rule":
+            toks = self.statement()
+            ref, k = self.table_ref(toks, 2)
+            chain = toks[k].value if ref and k < len(toks) else None
+            self.frames += [("table", ref), ("chain", chain)]
+            for tok in toks[k + 1:]:
+                self.rule_token(tok, toks)
+            del self.frames[-2:]
+            return True
+        if v in ("table",) or (v in ("add", "create") and top and self.value(1) == "table"):
+            if v != "table":
+                self.i += 1
+            self.i += 1
+            head = self.statement_head()
+            ref, _ = self.table_ref(head, 0)
+            if self.value() == "{" and ref is not None:
+                self.i += 1
+                self.frames.append(("table", ref))
+            return True
+        if v == "chain" and in_table:
+            self.i += 1
+            name = self.peek()
+            if name is None:
+                return True
+            self.i += 1
+            if self.value() == "{":
+                self.i += 1
+                self.frames.append(("chain", name.value))
+                self.chain_header(self.table_ctx(), name.value)
+            return True
+        if v == "flowtable" and in_table:
+            self.i += 1
+            name = self.peek()
+            self.i += 1
+            self.flowtable(t, self.table_ctx(), name)
+            return True
+        return False
+
+    def statement_head(self) -> list[Token]:
+        """Words up to a '{' or the end of the statement (the '{' is left)."""
+        out = []
+        while (t := self.peek()) is not None and not (t.kind == "nl" or t.kind == "punct" and t.value in "{;}"):
+            out.append(t)
+            self.i += 1
+        return out
+
+    def chain_header(self, table: tuple[str, str] | None, chain: str) -> None:
+        """Notes a base chain of the forward hook: its 'type ... hook forward'
+        follows the '{' (block form and 'add chain ... { ... }' alike)."""
+        j, depth = self.i, 0
+        while j < len(self.toks):
+            t = self.toks[j]
+            if t.kind == "punct" and t.value in "{}":
+                depth += 1 if t.value == "{" else -1
+                if depth < 0 or (depth == 0 and t.value == "}"):
+                    break
+            if t.value == "hook" and j + 1 < len(self.toks):
+                if self.toks[j + 1].value == "forward" and table is not None:
+                    self.scan.forward_chains.add((*table, chain))
+                break
+            j += 1
+
+    def rule_token(self, t: Token, toks: list[Token] | None = None) -> None:
+        """Inside rules: offload statements, jumps, ct label uses."""
+        toks = toks if toks is not None else self.toks
+        k = toks.index(t) if toks is not self.toks else self.i
+        nxt = lambda n: toks[k + n] if k + n < len(toks) else None  # noqa: E731
+        if t.value == "flow" and nxt(1) is not None and nxt(1).value in ("add", "offload"):
+            name_tok = nxt(2)
+            if name_tok is None or not name_tok.value.startswith("@"):
+                raise self.f.error(f"expected '@flowtable' after 'flow {nxt(1).value}'", name_tok or t)
+            self.scan.offloads.append(_Offload(self.f, t, name_tok.value[1:], name_tok,
+                                               self.table_ctx(), self.chain_ctx()))
+            self.f.edits.append(Edit(t.start, name_tok.end, bit_of=name_tok.value[1:]))
+            if toks is self.toks:
+                self.i += 3
+            return
+        if t.value in ("jump", "goto") and nxt(1) is not None:
+            table, chain = self.table_ctx(), self.chain_ctx()
+            if table is not None and chain is not None:
+                self.scan.jumps.setdefault((*table, chain), set()).add(nxt(1).value)
+        if t.value == "ct" and nxt(1) is not None and nxt(1).value == "label":
+            j = k + 2
+            while j < len(toks) and toks[j].value in ("set", "==", "!="):
+                j += 1
+            values = []
+            if j < len(toks) and toks[j].value == "{":
+                j += 1
+                while j < len(toks) and toks[j].value != "}":
+                    if toks[j].kind in ("word", "string"):
+                        values.append(toks[j])
+                    j += 1
+            elif j < len(toks):
+                values.append(toks[j])
+            self.scan.label_uses.append(_LabelUse(self.f, t, values, dict(self.scan.defines)))
+        if toks is self.toks:
             self.i += 1
 
-    def word(self, what: str) -> Token:
-        tok = self.next(what)
-        if tok.kind not in ("word", "string"):
-            raise self.err(f"expected {what}, got {tok.value!r}", tok)
-        return tok
+    def flowtable(self, start: Token, table: tuple[str, str] | None, name_tok: Token | None) -> None:
+        if name_tok is None or name_tok.kind == "punct":
+            raise self.f.error("expected a flowtable name", name_tok or start)
+        if self.value() != "{":
+            raise self.f.error(f"expected '{{' after flowtable {name_tok.value!r}", self.peek() or name_tok)
+        body = self.block()
+        name = name_tok.value
+        if table is None:
+            raise self.f.error(f"flowtable {name!r} is not inside a table", start)
+        if name in self.scan.flowtables:
+            raise self.f.error(f"flowtable {name!r} defined twice (p4ft names flowtables across tables)", start)
+        cfg = _flowtable_body(self.f, name_tok, table, body[1:-1], self.scan.defines)
+        self.scan.flowtables[name] = (cfg, table, self.f, start)
+        self.f.edits.append(Edit(start.start, body[-1].end))
 
-    def statement_tokens(self) -> list[Token]:
-        """Tokens up to the end of a statement (newline or ';' outside braces)."""
-        out, depth = [], 0
-        while (tok := self.peek()) is not None:
-            if depth == 0 and (tok.kind == "nl" or tok.value == ";" or tok.value == "}"):
-                break
-            if tok.value == "{":
-                depth += 1
-            elif tok.value == "}":
-                depth -= 1
-            out.append(self.next())
-        if depth:
-            raise self.err("unbalanced '{'")
-        return out
+    def include(self) -> None:
+        inc = self.peek()
+        self.i += 1
+        arg = self.peek()
+        if arg is None or arg.kind != "string":
+            raise self.f.error("expected a quoted file name after 'include'", arg or inc)
+        self.i += 1
+        if self.depth >= MAX_INCLUDE_DEPTH:
+            raise self.f.error("include nested too deeply", inc)
+        files = []
+        for path in _resolve_include(arg.value, self.f.path.parent, self.f, arg):
+            sub = SourceFile(path, _read(path, self.f, arg))
+            _Scanner(sub, self.scan, self.depth + 1, self.frames).run()
+            files.append(sub)
+        self.f.edits.append(Edit(inc.start, arg.end))
+        self.f.includes[len(self.f.edits) - 1] = files
 
-    def skip_block(self) -> None:
-        self.expect("{")
-        depth = 1
-        while depth:
-            tok = self.next("'}'")
-            depth += {"{": 1, "}": -1}.get(tok.value, 0) if tok.kind == "punct" else 0
 
-    # grammar
-    def parse(self) -> None:
-        while True:
-            self.skip_seps()
-            tok = self.peek()
-            if tok is None:
-                return
-            if tok.value == "flush" or tok.value == "delete" or tok.value == "destroy":
-                self.statement_tokens()
-            elif tok.value == "table":
-                self.table()
-            elif tok.value in ("include", "define"):
-                raise self.err(f"'{tok.value}' is not supported: give p4ft the whole ruleset in one file", tok)
-            else:
-                raise self.err(f"expected 'table', got {tok.value!r}", tok)
-
-    def table(self) -> None:
-        self.expect("table")
-        fam_tok = self.word("table family or name")
-        if fam_tok.value in ("ip", "ip6", "inet", "arp", "bridge", "netdev"):
-            name_tok = self.word("table name")
-            family = fam_tok.value
+def _flowtable_body(f: SourceFile, name_tok: Token, table, body: list[Token], defines) -> FlowtableConfig:
+    """hook ingress priority P; devices = { ... }; flags offload; counter"""
+    name = name_tok.value
+    stmts, cur = [], []
+    depth = 0
+    for t in body:
+        if t.kind == "punct" and t.value == "{":
+            depth += 1
+        elif t.kind == "punct" and t.value == "}":
+            depth -= 1
+        if depth == 0 and (t.kind == "nl" or t.value == ";" and t.kind == "punct"):
+            if cur:
+                stmts.append(cur)
+            cur = []
         else:
-            name_tok, family = fam_tok, "ip"
-        table = Table(family, name_tok.value)
-        self.expect("{")
-        while True:
-            self.skip_seps()
-            tok = self.next("'}'")
-            if tok.value == "}":
-                break
-            if tok.value == "flowtable":
-                self.flowtable(table, tok)
-            elif tok.value == "chain":
-                self.chain(table)
-            elif tok.value in ("set", "map", "counter", "quota", "ct", "limit", "secmark", "synproxy"):
-                self.statement_tokens_until_block()
-            elif tok.value in ("flags", "comment"):
-                self.statement_tokens()
-            else:
-                raise self.err(f"unexpected {tok.value!r} in table {table.name!r}", tok)
-        self.tables.append(table)
-
-    def statement_tokens_until_block(self) -> None:
-        while self.peek() and self.peek().value != "{":
-            self.next()
-        self.skip_block()
-
-    def flowtable(self, table: Table, start: Token) -> None:
-        name = self.word("flowtable name").value
-        if name in table.flowtables:
-            raise self.err(f"flowtable {name!r} defined twice", start)
-        self.expect("{")
-        devices: list[str] = []
-        hook = None
-        while True:
-            self.skip_seps()
-            tok = self.next("'}'")
-            if tok.value == "}":
-                end = tok.end
-                break
-            if tok.value == "hook":
-                hook_tok = self.word("hook name")
-                hook = hook_tok.value
-                if hook != "ingress":
-                    raise self.err(f"flowtable hook must be 'ingress', got {hook!r}", hook_tok)
-                self.expect("priority")
-                self.priority()
-            elif tok.value == "devices":
-                self.expect("=")
-                if self.peek() and self.peek().value == "{":
-                    devices.extend(t.value for t in self.set_items())
-                else:
-                    devices.append(self.word("device name").value)
-            elif tok.value in ("counter",):
-                pass
-            elif tok.value == "flags":
-                self.statement_tokens()   # 'offload': p4ft always offloads to the switch
-            else:
-                raise self.err(f"unexpected {tok.value!r} in flowtable {name!r}", tok)
-        if hook is None:
-            raise self.err(f"flowtable {name!r} has no 'hook ingress priority ...'", start)
-        if not devices:
-            raise self.err(f"flowtable {name!r} has no devices", start)
-        table.flowtables[name] = FlowtableConfig(name, tuple(devices), NF_FLOW_TIMEOUT, table.family)
-        self.blank.append((start.start, end, ""))
-
-    def priority(self) -> int:
-        tok = self.word("priority")
-        v = tok.value
-        base = re.fullmatch(r"([a-z]+)([+-]\d+)?", v)
-        if base and base.group(1) in _PRIORITY_NAMES:
-            return _PRIORITY_NAMES[base.group(1)] + int(base.group(2) or 0)
-        try:
-            return int(v)
-        except ValueError:
-            raise self.err(f"bad priority {v!r}", tok) from None
-
-    def set_items(self) -> list[Token]:
-        self.expect("{")
-        items = []
-        while True:
-            tok = self.next("'}'")
-            if tok.value == "}":
-                return items
-            if tok.kind == "nl" or tok.value == ",":
-                continue
-            if tok.kind not in ("word", "string"):
-                raise self.err(f"unexpected {tok.value!r} in set", tok)
-            items.append(tok)
-
-    def chain(self, table: Table) -> None:
-        name = self.word("chain name").value
-        chain = Chain(name)
-        self.expect("{")
-        while True:
-            self.skip_seps()
-            tok = self.peek()
-            if tok is None:
-                raise self.err(f"chain {name!r} is not closed")
-            if tok.value == "}":
-                self.next()
-                break
-            if tok.value == "type":
-                self.next()
-                chain.type = self.word("chain type").value
-                self.expect("hook")
-                chain.hook = self.word("hook").value
-                if self.peek() and self.peek().value == "device":
-                    self.next()
-                    self.word("device")
-                self.expect("priority")
-                chain.priority = self.priority()
-            elif tok.value == "policy":
-                self.next()
-                chain.policy = self.word("policy").value
-            elif tok.value == "comment":
-                self.statement_tokens()
-            else:
-                chain.rules.append(self.rule(self.statement_tokens(), table))
-        table.chains[name] = chain
-
-    def rule(self, toks: list[Token], table: Table) -> Rule:
-        rule = Rule([], line=toks[0].line if toks else 0)
-        i = 0
-        try:
-            while i < len(toks):
-                i = self.rule_item(toks, i, rule, table)
-        except PolicyError as e:
-            rule.error = e
-        return rule
-
-    def rule_item(self, toks: list[Token], i: int, rule: Rule, table: Table) -> int:
-        t = toks[i]
-        v = t.value
-        if v == "flow" and i + 1 < len(toks) and toks[i + 1].value in ("add", "offload"):
-            if i + 2 >= len(toks) or not toks[i + 2].value.startswith("@"):
-                raise self.err("expected '@flowtable' after 'flow add'", toks[min(i + 2, len(toks) - 1)])
-            ft = toks[i + 2].value[1:]
-            if ft not in table.flowtables:
-                raise self.err(f"flowtable {ft!r} is not defined in table {table.name!r}", toks[i + 2])
-            rule.offload = ft
-            self.blank.append((t.start, toks[i + 2].end, KEEP_CONNTRACK))
-            return i + 3
-        if v in VERDICTS:
-            rule.verdict = v
-            j = i + 1
-            if v == "reject":  # 'reject with ...'
-                while j < len(toks) and toks[j].kind != "punct":
-                    j += 1
-            return j
-        if v in ("jump", "goto"):
-            if i + 1 >= len(toks):
-                raise self.err(f"'{v}' needs a chain", t)
-            rule.verdict, rule.target = v, toks[i + 1].value
-            return i + 2
-        if v == "counter":
-            j = i + 1
-            while j + 1 < len(toks) and toks[j].value in ("packets", "bytes"):
-                j += 2
-            return j
-        for sel, (parse, test) in _SELECTORS.items():
-            n = len(sel)
-            if tuple(x.value for x in toks[i:i + n]) == sel:
-                return self.match(toks, i + n, " ".join(sel), parse, test, rule)
-        raise self.err(f"p4ft cannot evaluate {v!r} in a forward chain (supported: "
-                       "ip protocol/saddr/daddr, ip6 nexthdr/saddr/daddr, meta l4proto/nfproto/iifname/oifname, "
-                       "tcp/udp/th sport/dport, iifname, oifname, ct state, counter, "
-                       "verdicts, jump/goto, flow add)", t)
-
-    def match(self, toks, i, selector, parse, test, rule) -> int:
-        if i >= len(toks):
-            raise self.err(f"'{selector}' needs a value", toks[-1])
-        negate = False
-        if toks[i].value in ("!=", "=="):
-            negate = toks[i].value == "!="
-            i += 1
-        values: list[Token] = []
-        if i < len(toks) and toks[i].value == "{":
-            i += 1
-            while i < len(toks) and toks[i].value != "}":
-                if toks[i].value != "," and toks[i].kind != "nl":
-                    values.append(toks[i])
-                i += 1
-            if i >= len(toks):
-                raise self.err("unclosed '{'", toks[-1])
-            i += 1
-        elif i < len(toks):
-            values.append(toks[i])
-            i += 1
-            # 'ct state established,related' arrives as one word per item
-            while selector == "ct state" and i + 1 < len(toks) and toks[i].value == ",":
-                values.append(toks[i + 1])
-                i += 2
-        if not values:
-            raise self.err(f"'{selector}' needs a value", toks[i - 1])
-        parse = parse or _ct_state
-        parsed = tuple(parse(tok, self.source) for tok in values)
-        rule.matches.append(Match(selector, parsed, negate, test))
-        return i
+            cur.append(t)
+    if cur:
+        stmts.append(cur)
+    hook, devices = None, []
+    for st in stmts:
+        key = st[0].value
+        if key == "hook":
+            if len(st) < 2 or st[1].value != "ingress":
+                raise f.error(f"flowtable hook must be 'ingress', got {st[1].value if len(st) > 1 else ''!r}",
+                              st[1] if len(st) > 1 else st[0])
+            if len(st) < 4 or st[2].value != "priority":
+                raise f.error("expected 'priority' after 'hook ingress'", st[2] if len(st) > 2 else st[1])
+            hook = st[1]
+        elif key == "devices":
+            if len(st) < 3 or st[1].value != "=":
+                raise f.error("expected 'devices = { ... }'", st[0])
+            for t in st[2:]:
+                if t.kind in ("word", "string"):
+                    devices.extend(_expand(t, defines, f))
+        elif key in ("flags", "counter"):
+            pass      # 'flags offload': p4ft always offloads to the switch
+        else:
+            raise f.error(f"unexpected {key!r} in flowtable {name!r}", st[0])
+    if hook is None:
+        raise f.error(f"flowtable {name!r} has no 'hook ingress priority ...'", name_tok)
+    if not devices:
+        raise f.error(f"flowtable {name!r} has no devices", name_tok)
+    return FlowtableConfig(name, tuple(dict.fromkeys(devices)), NF_FLOW_TIMEOUT, table[0])
 
 
-@dataclass(slots=True)
-class Policy:
-    """A parsed ruleset: flowtables, forward chains, and the kernel's part."""
-
-    source: str
-    text: str
-    kernel_text: str
-    tables: list[Table]
-
-    @property
-    def flowtables(self) -> dict[str, FlowtableConfig]:
-        out = {}
-        for t in self.tables:
-            out.update(t.flowtables)
+def _expand(t: Token, defines: dict[str, list[Token]], f: SourceFile, depth: int = 0) -> list[str]:
+    """A word, with $variables replaced by their define's words."""
+    if t.kind == "word" and t.value.startswith("$"):
+        value = defines.get(t.value[1:])
+        if value is None or depth > 16:
+            raise f.error(f"undefined variable {t.value!r}", t)
+        out = []
+        for v in value:
+            if v.kind in ("word", "string"):
+                out.extend(_expand(v, defines, f, depth + 1))
         return out
+    return [t.value]
 
-    def select(self, views: Iterable[PacketView]) -> str | None:
-        """Flowtable a flow is offloaded to, or None.
 
-        A flow is selected when a packet of either direction reaches an offload
-        statement, as the kernel offloads on the first packet that does.
-        """
-        for view in views:
-            ft = self._eval(view)
-            if ft is not None:
-                return ft
+def _resolve_include(name: str, base: Path, f: SourceFile, tok: Token) -> list[Path]:
+    """Files an include names. Relative names are taken from the including
+    file's directory; a bare name not found there is looked for in nft's
+    default include directory. Wildcards match in sorted order, and may match
+    nothing, as in nft."""
+    wildcard = any(c in name for c in "*?[")
+    candidates = [Path(name)] if name.startswith("/") else [base / name]
+    if not name.startswith(("/", "./", "../")):
+        candidates.append(NFT_INCLUDE_PATH / name)
+    for c in candidates:
+        matches = sorted(Path(p) for p in glob.glob(str(c))) if wildcard else ([c] if c.exists() else [])
+        matches = [m for m in matches if not m.is_dir()]
+        if matches or (wildcard and c is candidates[-1]):
+            return matches
+    raise f.error(f"include file {name!r} not found (looked in {', '.join(str(c.parent) for c in candidates)})",
+                  tok)
+
+
+def _read(path: Path, f: SourceFile | None, tok: Token | None) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        if f is None:
+            raise PolicyError(f"cannot read the ruleset: {e}", source=str(path)) from None
+        raise f.error(f"cannot read {str(path)!r}: {e}", tok) from None
+
+
+def _connlabels() -> dict[str, int]:
+    """Label names of connlabel.conf ('BIT NAME' lines), as nft reads them."""
+    out = {}
+    try:
+        for line in CONNLABEL_CONF.read_text().splitlines():
+            parts = line.split("#", 1)[0].split()
+            if len(parts) >= 2 and parts[0].isdigit():
+                out[parts[1]] = int(parts[0])
+    except OSError:
+        pass
+    return out
+
+
+# -- the result ------------------------------------------------------------------------
+@dataclass(slots=True)
+class Ruleset:
+    """The operator's ruleset: p4ft's flowtables, their marks, the kernel's copy."""
+
+    source: Path
+    files: list[SourceFile]                 # the main file first, then its includes
+    flowtables: dict[str, FlowtableConfig]  # in the order they are defined
+    marks: dict[str, int]                   # flowtable -> ct label bit
+    flushes: bool                           # the file flushes what it replaces
+
+    def select(self, labels: int) -> str | None:
+        """The flowtable whose mark a connection carries. With two marks the
+        first flowtable defined wins (the kernel offloads at the first
+        statement a packet reaches; p4ft cannot tell which that was)."""
+        if labels:
+            for name, bit in self.marks.items():
+                if labels >> bit & 1:
+                    return name
         return None
 
-    def _eval(self, pkt: PacketView) -> str | None:
-        bases = []
-        for table in self.tables:
-            if table.family == "ip" and pkt.nfproto != "ipv4":
-                continue
-            if table.family == "ip6" and pkt.nfproto != "ipv6":
-                continue
-            for chain in table.chains.values():
-                if chain.hook == "forward" and chain.type == "filter":
-                    bases.append((chain.priority, table, chain))
-        bases.sort(key=lambda x: x[0])
-        for _, table, chain in bases:
-            verdict, ft = self._run_chain(table, chain, pkt, 0)
-            if ft is not None:
-                return ft
-            if verdict == "drop" or verdict == "reject" or (verdict is None and chain.policy == "drop"):
-                return None
-        return None
+    def render(self, directory: Path) -> Path:
+        """Write the kernel's copies into `directory` (includes name each
+        other by absolute path); returns the main one, for nft -f."""
+        for i, f in enumerate(self.files):
+            f.kernel_name = str(directory / f"{i}-{f.path.name}")
+        for f in self.files:
+            _render(f, self.marks)
+            Path(f.kernel_name).write_text(f.kernel_text)
+        return Path(self.files[0].kernel_name)
 
-    def _run_chain(self, table: Table, chain: Chain, pkt: PacketView, depth: int):
-        if depth > 16:
-            raise PolicyError(f"jump depth exceeded at chain {chain.name!r}", source=self.source)
-        for rule in chain.rules:
-            if not all(m(pkt) for m in rule.matches):
-                continue
-            if rule.offload is not None:
-                return None, rule.offload
-            if rule.verdict in ("jump", "goto"):
-                verdict, ft = self._run_chain(table, table.chains[rule.target], pkt, depth + 1)
-                if ft is not None or verdict in ("accept", "drop", "reject", "queue"):
-                    return verdict, ft
-                if rule.verdict == "goto":
-                    return "return", None
-                continue
-            if rule.verdict in ("accept", "drop", "reject", "queue", "return"):
-                return rule.verdict, None
-        return None, None
+    def map_nft_message(self, msg: str) -> str:
+        """nft's messages about the kernel's copies, about the operator's files:
+        paths, lines, columns, and the quoted line with its marker."""
+        by_name = {f.kernel_name: f for f in self.files}
+        pat = re.compile("(" + "|".join(re.escape(p) for p in by_name) + r"):(\d+):(\d+)-(\d+):")
+        lines, out, i = msg.splitlines(), [], 0
+        while i < len(lines):
+            found = []
+
+            def sub(m: re.Match) -> str:
+                f, ln = by_name[m.group(1)], int(m.group(2))
+                c1, c2 = f.orig_col(ln, int(m.group(3))), f.orig_col(ln, int(m.group(4)), end=True)
+                found.append((f, ln, c1, c2))
+                return f"{f.path}:{ln}:{c1}-{c2}:"
+            line = pat.sub(sub, lines[i]) if by_name else lines[i]
+            out.append(line)
+            i += 1
+            quoted = i + 1 < len(lines) and lines[i + 1].strip() and set(lines[i + 1].strip()) <= set("^~")
+            if found and quoted and not line.startswith("In file included from"):
+                f, ln, c1, c2 = found[-1]
+                src = f.text.split("\n")[ln - 1]
+                out.append(src)
+                out.append("".join("\t" if ch == "\t" else " " for ch in src[:c1 - 1]) + "^" * max(1, c2 - c1 + 1))
+                i += 2
+        return "\n".join(out)
 
 
-def parse_ruleset(text: str, source: str = "ruleset") -> Policy:
-    """Parse and check a ruleset; raises PolicyError naming line and column."""
-    p = _Parser(text, source)
-    p.parse()
-    # Rules p4ft must evaluate are those of forward filter chains and the
-    # chains they jump to; any of them it cannot evaluate is an error.
-    for table in p.tables:
-        seen: set[str] = set()
-        todo = [c for c in table.chains.values() if c.hook == "forward" and c.type == "filter"]
-        while todo:
-            chain = todo.pop()
-            if chain.name in seen:
-                continue
-            seen.add(chain.name)
-            for rule in chain.rules:
-                if rule.error:
-                    raise rule.error
-                if rule.target:
-                    if rule.target not in table.chains:
-                        raise PolicyError(f"chain {rule.target!r} does not exist in table {table.name!r}",
-                                          rule.line, 1, source)
-                    todo.append(table.chains[rule.target])
-        for chain in table.chains.values():
-            for rule in chain.rules:
-                if rule.offload and chain.name not in seen:
-                    raise PolicyError(f"'flow add @{rule.offload}' is only valid in a forward filter chain "
-                                      f"(chain {chain.name!r})", rule.line, 1, source)
-    names = [n for t in p.tables for n in t.flowtables]
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise PolicyError(f"flowtable name(s) {sorted(dup)} used in more than one table", source=source)
-    # The kernel's offload statement holds conntrack for the table's family
-    # (nf_ct_netns_get in nft_flow_offload_init); with it gone, a ruleset
-    # without NAT or ct rules would track nothing and nothing would be
-    # offloaded. A ct match every packet passes (every packet has a state,
-    # untracked and invalid included) holds it instead, in the statement's
-    # place: 11 characters, as short as the shortest 'flow add @x'.
-    chars = list(text)
-    for a, b, fill in p.blank:
-        for k in range(a, b):
-            if chars[k] != "\n":
-                chars[k] = " "
-        if fill and "\n" not in text[a:a + len(fill)]:   # a statement split over lines stays blank
-            chars[a:a + len(fill)] = fill
-    return Policy(source, text, "".join(chars), p.tables)
+def _render(f: SourceFile, marks: dict[str, int]) -> None:
+    """The kernel's copy of one file, and the map of its edited spans."""
+    parts, pos, kpos = [], 0, 0
+    f.spans = []
+    for idx, e in sorted(enumerate(f.edits), key=lambda x: x[1].start):
+        parts.append(f.text[pos:e.start])
+        kpos += e.start - pos
+        span = f.text[e.start:e.end]
+        blank = "".join(c if c == "\n" else " " for c in span)
+        if idx in f.includes:
+            text = "; ".join(f'include "{s.kernel_name}"' for s in f.includes[idx]) or blank
+        elif e.bit_of:
+            stmt = f"ct label set {marks[e.bit_of]}"
+            # the same lines; the same columns where the statement is long enough
+            text = stmt + blank[len(stmt):] if "\n" not in span[:len(stmt)] else stmt + span.count("\n") * "\n"
+        else:
+            text = blank
+        parts.append(text)
+        f.spans.append((e.start, e.end, kpos, kpos + len(text)))
+        kpos += len(text)
+        pos = e.end
+    parts.append(f.text[pos:])
+    f.kernel_text = "".join(parts)
+
+
+def _line_starts(text: str) -> list[int]:
+    return [0] + [m.end() for m in re.finditer("\n", text)]
+
+
+def _orig_col(f: SourceFile, line: int, col: int, end: bool = False) -> int:
+    """The operator's column for a column of the kernel's copy (1-based; a
+    column inside a replaced span maps to that span's first or last)."""
+    ks, os_ = _line_starts(f.kernel_text), _line_starts(f.text)
+    if not 0 < line <= min(len(ks), len(os_)):
+        return col
+    k = ks[line - 1] + col - 1
+    o = k
+    for a, b, ka, kb in f.spans:
+        if k < ka:
+            break
+        o = (b - 1 if end else a) if k < kb else k - kb + b
+    return max(1, o - os_[line - 1] + 1)
+
+
+def read_ruleset(path: str | Path, label_bits: range = DEFAULT_LABEL_BITS,
+                 marks: dict[str, int] | None = None) -> Ruleset:
+    """Read the operator's ruleset (and its includes); check p4ft's parts;
+    give each flowtable its mark, keeping those of `marks` (the flowtables of
+    the ruleset loaded before) so that marked connections keep their meaning."""
+    path = Path(path)
+    main = SourceFile(path, _read(path, None, None))
+    scan = _Scan()
+    _Scanner(main, scan).run()
+    files = _all_files(main)
+    flowtables = {name: v[0] for name, v in scan.flowtables.items()}
+    _check_offloads(scan)
+    new_marks = assign_marks(list(flowtables), label_bits, marks or {})
+    _check_label_uses(scan, new_marks, label_bits)
+    return Ruleset(path, files, flowtables, new_marks, scan.flushes)
+
+
+def _all_files(f: SourceFile) -> list[SourceFile]:
+    out = [f]
+    for idx in sorted(f.includes):
+        for sub in f.includes[idx]:
+            out.extend(_all_files(sub))
+    return out
+
+
+def _check_offloads(scan: _Scan) -> None:
+    """As the kernel: the flowtable must exist in the rule's table
+    (nft_flow_offload_init), and the rule sit where the forward hook reaches
+    it (nft_flow_offload_validate)."""
+    reach: set[tuple[str, str, str]] = set()
+    todo = list(scan.forward_chains)
+    while todo:
+        c = todo.pop()
+        if c in reach:
+            continue
+        reach.add(c)
+        todo.extend((c[0], c[1], n) for n in scan.jumps.get(c, ()))
+    for o in scan.offloads:
+        ft = scan.flowtables.get(o.name)
+        if ft is None or (o.table is not None and ft[1] != o.table):
+            where = f" in table {o.table[0]} {o.table[1]}" if o.table else ""
+            raise o.file.error(f"flowtable {o.name!r} is not defined{where}", o.name_tok)
+        if o.table is not None and o.chain is not None and (*o.table, o.chain) not in reach:
+            raise o.file.error(f"'flow add @{o.name}' is only valid in a forward chain or one it jumps to "
+                               f"(chain {o.chain!r})", o.tok)
+
+
+def _check_label_uses(scan: _Scan, marks: dict[str, int], label_bits: range) -> None:
+    names = None
+    owner = {bit: ft for ft, bit in marks.items()}
+    for use in scan.label_uses:
+        for v in use.values:
+            if v.kind == "word" and v.value.startswith("$"):
+                words = _expand(v, use.defines, use.file)
+            else:
+                words = [v.value]
+            for w in words:
+                if w.isdigit():
+                    bit = int(w)
+                else:
+                    names = _connlabels() if names is None else names
+                    bit = names.get(w)
+                if bit is not None and bit in label_bits:
+                    whose = f"the mark of flowtable {owner[bit]!r}" if bit in owner else "a flowtable mark"
+                    raise use.file.error(
+                        f"this rule uses ct label {bit}, which p4ft keeps as {whose} (its bits: "
+                        f"{label_bits.start}-{label_bits.stop - 1}; choose others with --ct-label-bits)", use.tok)
+
+
+def assign_marks(names: list[str], bits: range, keep: dict[str, int]) -> dict[str, int]:
+    """A ct label bit per flowtable: kept for a flowtable that had one, else the
+    first bit no flowtable had (so a bit freed by a removed flowtable is reused last)."""
+    out = {n: keep[n] for n in names if n in keep and keep[n] in bits}
+    free = [b for b in bits if b not in out.values() and b not in keep.values()]
+    free += [b for b in bits if b not in out.values() and b in keep.values()]
+    for n in names:
+        if n not in out:
+            if not free:
+                raise PolicyError(f"{len(names)} flowtables, but only {len(bits)} ct label bit(s) for their marks "
+                                  f"({bits.start}-{bits.stop - 1}; widen with --ct-label-bits)")
+            out[n] = free.pop(0)
+    return out
