@@ -4,6 +4,7 @@ PY_SYS   ?= /usr/bin/python3
 VENV     := .venv
 PY       := $(VENV)/bin/python
 STAMP    := $(VENV)/.installed
+SHELL_VENV := .venv-shell
 P4SRC    := $(shell find p4src -name '*.p4' -not -path 'p4src/build/*' | sort)
 P4BUILD  := p4src/build
 P4C      ?= p4c-bm2-ss
@@ -25,6 +26,11 @@ $(STAMP): pyproject.toml
 	else echo "not root: skipping system packages ($(APT_PKGS))"; fi
 	$(PY_SYS) -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q -e '.[test]'
+	@# p4runtime-shell, a stock P4Runtime client for the conformance test: a venv
+	@# of its own, since it pins an old protobuf
+	@[ -x $(SHELL_VENV)/bin/python ] || { $(PY_SYS) -m venv $(SHELL_VENV) && \
+	  $(SHELL_VENV)/bin/pip install -q p4runtime-shell==0.0.6; } || \
+	  echo "p4runtime-shell not installed: its conformance test will be skipped"
 	touch $@
 
 # Starts the topology (BMv2 if installed, the embedded target otherwise), runs
@@ -83,5 +89,5 @@ bench: install
 	$(PY) bench/plot.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache controller/*.egg-info
+	rm -rf $(VENV) $(SHELL_VENV) .pytest_cache controller/*.egg-info
 	find . -name __pycache__ -prune -exec rm -rf {} +

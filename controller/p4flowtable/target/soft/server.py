@@ -40,7 +40,10 @@ def _int(b: bytes) -> int:
 
 
 def _bytes(v: int, width: int) -> bytes:
-    return v.to_bytes(max(1, (width + 7) // 8), "big")
+    """A value in a response: the canonical byte string (P4Runtime spec 8.4:
+    no leading zero bytes, one byte for zero), as BMv2 returns them. What a
+    client writes may be padded to the width, or canonical."""
+    return v.to_bytes(max(1, (v.bit_length() + 7) // 8), "big")
 
 
 @dataclass
