@@ -113,6 +113,95 @@ def icmp_ping(a):
     report(a.out, replies=got)
 
 
+def echo(a):
+    """Echo every TCP connection's bytes and every UDP datagram back, on one
+    port number, any number of peers, reporting nothing per packet."""
+    import selectors
+    sel = selectors.DefaultSelector()
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", a.port))
+    srv.listen(4096)
+    srv.setblocking(False)
+    sel.register(srv, selectors.EVENT_READ)
+    dgram = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dgram.bind(("0.0.0.0", a.port))
+    sel.register(dgram, selectors.EVENT_READ)
+    report(a.out + ".ready", listening=True)
+    while True:
+        for key, _ in sel.select():
+            if key.fileobj is dgram:
+                data, peer = dgram.recvfrom(65536)
+                dgram.sendto(data, peer)
+                continue
+            if key.fileobj is srv:
+                conn, _ = srv.accept()
+                conn.setblocking(False)
+                sel.register(conn, selectors.EVENT_READ)
+                continue
+            try:
+                data = key.fileobj.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                sel.unregister(key.fileobj)
+                key.fileobj.close()
+                continue
+            key.fileobj.sendall(data)
+
+
+def chatter(a):
+    """Many connections (TCP) or flows (UDP) that keep talking: each sends a
+    small message every interval and counts the echoes. Reports the local
+    ports once all are up (.up), then, after the duration, what each saw."""
+    import selectors
+    udp = a.proto == "udp"
+    sel = selectors.DefaultSelector()
+    socks = []
+    for i in range(a.count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+        s.connect((a.host, a.port))
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ, i)
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    report(a.out + ".up", ports=ports, up_at=time.time())
+    sent, got, broken = [0] * a.count, [0] * a.count, set()
+    end = time.monotonic() + a.duration
+    step = a.interval / a.count
+    nxt = time.monotonic()
+    i = 0
+    while time.monotonic() < end:
+        if time.monotonic() >= nxt and i not in broken:
+            try:
+                socks[i].send(b"p4ft-chatter-%08d" % sent[i])
+                sent[i] += 1
+            except OSError:
+                broken.add(i)
+            i = (i + 1) % a.count
+            nxt += step
+        for key, _ in sel.select(max(0.0, min(nxt - time.monotonic(), 0.05))):
+            j = key.data
+            try:
+                data = key.fileobj.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                if not udp:
+                    broken.add(j)
+                    sel.unregister(key.fileobj)
+                continue
+            got[j] += len(data) // 21 if not udp else 1
+    time.sleep(a.interval)       # the last echoes
+    for key, _ in sel.select(0):
+        try:
+            got[key.data] += 1 if udp else len(key.fileobj.recv(65536)) // 21
+        except OSError:
+            pass
+    report(a.out, ports=ports, sent=sum(sent), echoed=sum(got), broken=sorted(ports[j] for j in broken),
+           silent=sorted(ports[j] for j in range(a.count) if sent[j] and not got[j]))
+
+
 def udp_stream(a):
     """One direction only: count datagrams, no replies expected."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -154,6 +243,17 @@ def main():
     p.add_argument("--wait", type=float, default=1.0)
     p.add_argument("--df", action="store_true")
     p.add_argument("--out", required=True)
+    p = sub.add_parser("echo")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("chatter")
+    p.add_argument("--proto", choices=("tcp", "udp"), default="tcp")
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between one flow's messages")
+    p.add_argument("--duration", type=float, required=True)
+    p.add_argument("--out", required=True)
     p = sub.add_parser("icmp-ping")
     p.add_argument("--host", required=True)
     p.add_argument("--count", type=int, default=5)
@@ -170,7 +270,7 @@ def main():
     p.add_argument("--out", required=True)
     a = ap.parse_args()
     {"tcp-sink": tcp_sink, "tcp-source": tcp_source, "udp-echo": udp_echo, "udp-ping": udp_ping,
-     "udp-stream": udp_stream, "icmp-ping": icmp_ping}[a.cmd](a)
+     "udp-stream": udp_stream, "icmp-ping": icmp_ping, "echo": echo, "chatter": chatter}[a.cmd](a)
 
 
 if __name__ == "__main__":

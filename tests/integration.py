@@ -117,10 +117,11 @@ def forward_packets(net) -> int:
     return int(m.group(1))
 
 
-def switch_flow_entries(net, missing_ok: bool = False) -> list | None:
+def switch_flow_entries(net, missing_ok: bool = False, counters: bool = False) -> list | None:
     """flow_table_v4 entries as the switch holds them (read by a second client).
 
     missing_ok: None instead of an error while the switch has no pipeline.
+    counters: with each entry's direct counter.
     """
     import grpc
     from google.protobuf import text_format
@@ -132,6 +133,8 @@ def switch_flow_entries(net, missing_ok: bool = False) -> list | None:
     with grpc.insecure_channel(f"127.0.0.1:{net.grpc_port}") as ch:
         stub = p4runtime_pb2_grpc.P4RuntimeStub(ch)
         req = p4r.ReadRequest(device_id=1, entities=[p4r.Entity(table_entry=p4r.TableEntry(table_id=tid))])
+        if counters:
+            req.entities[0].table_entry.counter_data.SetInParent()
         try:
             return [e.table_entry for resp in stub.Read(req, timeout=10) for e in resp.entities]
         except grpc.RpcError:

@@ -162,6 +162,13 @@ def cmd_ruleset_reload(args) -> int:
     return 0
 
 
+def cmd_stop(args) -> int:
+    call("stop", {"keep_flows": args.keep_flows}, path=args.socket)
+    print("daemon stopping; " + ("offloaded flows stay in the switch for the next daemon to adopt"
+                                 if args.keep_flows else "every flow handed back to the kernel"))
+    return 0
+
+
 def cmd_switch(args) -> int:
     from .target.soft.main import main as switch_main
     return switch_main(args)
@@ -225,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
                                       "nft or p4ft refuses changes nothing (also: SIGHUP to the daemon)")
     rl.add_argument("file", nargs="?")
     rl.set_defaults(func=cmd_ruleset_reload)
+
+    st = sub.add_parser("stop", help="stop the daemon (as SIGTERM: every flow handed back to the kernel)")
+    st.add_argument("--keep-flows", action="store_true",
+                    help="for a restart or an upgrade: leave offloaded flows in the switch and their kernel "
+                         "leases; the next daemon finds the same pipeline and adopts them")
+    st.set_defaults(func=cmd_stop)
 
     sub.add_parser("stats", help="punts by reason, offloads, expiries, teardowns").set_defaults(
         func=cmd_stats)

@@ -24,16 +24,17 @@ from pyroute2.netlink import NETLINK_ROUTE
 
 from . import netns
 from .aging import Aging
-from .conntrack import NF_CT_DAY, ConntrackMirror, CtEntry, CtEvent
+from .conntrack import IPS_SEEN_REPLY, NF_CT_DAY, ConntrackMirror, CtEntry, CtEvent
 from .core import Flowtables
 from .ip import HOP_GROUPS, Routes, RouteError, match_tuple, parse_tuple
 from .model import Flow, FlowFlag, L4PROTO_NAMES, TeardownReason
 from .offload import P4RuntimeDriver
 from .p4info import P4Schema, decode, encode
-from .p4runtime import Session, SwitchError, SwitchUnavailable
+from .p4runtime import Session, SwitchError, SwitchUnavailable, WriteError
 from .policy import DEFAULT_LABEL_BITS
 from .relay import Relay
 from .ruleset import RulesetControl
+from .switch import SwitchControl, by_tuple, plan_reconcile
 
 log = logging.getLogger("p4ft")
 
@@ -77,6 +78,7 @@ class Daemon:
         text_format.Parse(Path(cfg.p4info).read_text(), p4info)
         self.p4info = p4info
         self.schema = P4Schema(p4info)
+        self.switch = SwitchControl(self.session, self.schema, Path(cfg.device_config).read_bytes())
         self.driver = P4RuntimeDriver(self.session, self.schema)
         self.driver.idle_timeout = self.driver.idle_timeout and cfg.idle_timeouts
         self.aging = Aging(self.flowtables, self.driver, clock, idle_timeout=self.driver.idle_timeout,
@@ -108,6 +110,7 @@ class Daemon:
         self._server: asyncio.AbstractServer | None = None
         self.ready = asyncio.Event()
         self.stopping = asyncio.Event()
+        self.keep_flows_on_stop = False   # `p4ft stop --keep-flows`: for the next daemon to adopt
         self.ipr: AsyncIPRoute | None = None
         self._rt_monitor: AsyncIPRoute | None = None
         self.routes: Routes | None = None
@@ -121,7 +124,7 @@ class Daemon:
         self.routes = Routes(self.ipr, cfg.ports)
         await self.mirror.open()
         await self.mirror.dump()
-        await self._connect_switch()
+        kept = await self._connect_switch()
         self.relay.open()
         self._server = await asyncio.start_unix_server(self._api_client, path=self._socket_path())
         os.chmod(cfg.socket, 0o660)
@@ -133,8 +136,7 @@ class Daemon:
                            (self.aging.run(cfg.poll_interval), "aging"), (self._idle_events(), "idle"),
                            (self._supervise(), "switch")):
             self._tasks.append(asyncio.create_task(coro, name=name))
-        for e in list(self.mirror.entries.values()):
-            self._maybe_offload(e)
+        await self._reconcile(kept)
         self.ready.set()
         log.info("p4ft ready: switch %s, %d flowtable(s), %d port(s), %d conntrack entries",
                  cfg.grpc_addr, len(self.flowtables.tables), len(cfg.ports), len(self.mirror.entries))
@@ -161,8 +163,13 @@ class Daemon:
         await self.stop()
 
     async def stop(self) -> None:
-        """Hand every flow back to the kernel, then close everything."""
+        """Hand every flow back to the kernel, then close everything. With
+        keep_flows_on_stop, leave them: the switch keeps forwarding them and
+        the kernel's leases keep their entries until the next daemon adopts them."""
         flows = [f for f in self.flowtables if f.flags & (FlowFlag.HW | FlowFlag.PENDING)]
+        if self.keep_flows_on_stop:
+            log.info("stopping; %d flow(s) stay in the switch for the next daemon", len(flows))
+            flows = []
         if flows and not self.session.lost.is_set():
             try:
                 await self.driver.delete(flows)
@@ -191,36 +198,123 @@ class Daemon:
                 sock.close()
 
     # -- switch ------------------------------------------------------------
-    async def _connect_switch(self) -> None:
-        await self.session.connect(self.cfg.connect_timeout)
-        await self.session.set_pipeline(self.p4info, Path(self.cfg.device_config).read_bytes())
-        await self.session.write(self.rulesets.port_updates(), "port binding")
+    async def _connect_switch(self) -> bool:
+        """True when the switch already ran our pipeline (entries kept)."""
+        return await self.switch.connect(self.cfg.connect_timeout, self.rulesets.port_updates())
 
     async def _supervise(self) -> None:
-        """Reconnect after losing the switch; reinstall what it carried."""
+        """Reconnect after losing the switch; then reconcile what it holds."""
         while True:
             await self.session.lost.wait()
             self.stats["switch_lost"] += 1
+            lost_at = self.clock()
             log.error("lost the switch at %s; flows stay in the kernel's hands until it is back",
                       self.cfg.grpc_addr)
-            delay = 0.5
+            delay = 0.2
             while True:
                 try:
-                    await self._connect_switch()
+                    kept = await self._connect_switch()
                     break
                 except SwitchError as e:
                     log.warning("switch still unavailable: %s (retry in %.1fs)", e, delay)
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-            flows = [f for f in self.flowtables if f.flags & FlowFlag.HW]
-            flows += [f for f in self._deferred if self.flowtables.lookup(f.key)]
-            flows = [f for f in flows if not f.flags & FlowFlag.TEARDOWN]
+                    delay = min(delay * 2, 2.0)
             self._deferred.clear()
-            for f in flows:
-                f.clear(FlowFlag.HW)
-                f.test_and_set(FlowFlag.PENDING)
-                self.queue.put_nowait(("add", f))
-            log.info("switch back; reinstalling %d flow(s)", len(flows))
+            await self._reconcile(kept)
+            log.info("switch back after %.1fs", self.clock() - lost_at)
+
+    async def _reconcile(self, kept: bool) -> None:
+        """After (re)connecting: the switch holds exactly the flows the daemon
+        carries: those it carried already, and every connection conntrack
+        says is offloaded (marked, offloadable, routed). Entries already in a
+        kept pipeline are adopted as they are, missing or stale directions
+        written, entries of no flow (orphans) deleted. Kernel entries still on
+        an offload lease that no flow carries now get their state's timeout."""
+        t0 = self.clock()
+        present = await self.switch.flow_entries() if kept else {}
+        carried = [f for f in self.flowtables if not f.flags & FlowFlag.TEARDOWN]
+        fresh: list[tuple[Flow, CtEntry]] = []
+        declined: collections.Counter[str] = collections.Counter()
+        held = by_tuple(self.schema, present)
+        for e in list(self.mirror.entries.values()):
+            if self._flow_of(e) is None and e.offloadable() is None and self.rulesets.select(e.labels):
+                got = self._adopt(e, held) or await self._decide(e)
+                if isinstance(got, str):
+                    self._decline(e, got)
+                    declined[got] += 1
+                else:
+                    fresh.append(got)
+        plan = plan_reconcile(self.schema, carried + [f for f, _ in fresh], present, self.driver.idle_timeout)
+        failed: set[int] = set()
+        try:
+            await self.switch.write(plan.orphans, "orphan delete")
+            await self.switch.write(plan.writes, "reconcile")
+        except WriteError as err:
+            log.error("reconciling the switch: %s", err)
+            failed = {id(f) for f in plan.repaired}     # handed back below; retried on their next packet
+        now = self.clock()
+        for f in plan.adopted + plan.repaired:
+            if id(f) in failed:
+                self.flowtables.delete(f)
+                continue
+            f.clear(FlowFlag.PENDING)
+            if not f.flags & FlowFlag.HW:
+                f.test_and_set(FlowFlag.HW)
+                self.aging.track(f, now)
+        for f in plan.adopted:
+            self.aging.idle(f)     # idle while the daemon was away? the switch's last hit says
+        ok = [ct for f, ct in fresh if id(f) not in failed]
+        errors = await self.mirror.offloaded(ok, self.cfg.ct_lease) if ok else []
+        for ct, err in zip(ok, errors):
+            if err is not None:
+                log.warning("conntrack refused offload marks for %s: %s", ct.orig, err)
+        released = await self._release_leases()
+        self.stats["reconcile.adopted"] += len(plan.adopted)
+        self.stats["reconcile.written"] += len(plan.repaired)
+        self.stats["reconcile.orphans_deleted"] += len(plan.orphans)
+        log.info("switch reconciled in %.2fs: %d flow(s) adopted, %d written, %d orphan entries deleted, "
+                 "%d kernel lease(s) released; marked connections not offloaded: %s", self.clock() - t0,
+                 len(plan.adopted), len(plan.repaired), len(plan.orphans), released, dict(declined) or "none")
+
+    def _adopt(self, e: CtEntry, held: dict) -> tuple[Flow, CtEntry] | None:
+        """The flow of a live, marked connection whose two entries the switch
+        holds, as they stand: their next hops are the ones the switch uses,
+        whatever the neighbour table says while it settles after a restart."""
+        o, r = held.get(e.orig), held.get(e.reply)
+        table = self.flowtables.tables.get(self.rulesets.select(e.labels) or "")
+        if o is None or r is None or table is None:
+            return None
+        devices = {p: n for n, p in self.cfg.ports.items()}
+        if devices.get(o[0]) not in table.config.devices or devices.get(r[0]) not in table.config.devices:
+            return None
+        flow = Flow(e.id, (e.orig, e.reply), table.config.name, table.config.timeout_for(e.l4proto),
+                    iif=(o[0], r[0]), routes=(o[1], r[1]))
+        try:
+            self.flowtables.add(flow)
+        except ValueError:
+            return None
+        flow.test_and_set(FlowFlag.PENDING)
+        return flow, e
+
+    async def _release_leases(self) -> int:
+        """Entries on an offload lease (a timeout above their state's) that no
+        flow carries: their state's timeout, as at hand-back."""
+        timeouts: dict[tuple, int] = {}
+        n = 0
+        for e in list(self.mirror.entries.values()):
+            if self._flow_of(e) is not None or e.timeout is None:
+                continue
+            key = (e.l4proto, e.tcp_state, bool(e.status & IPS_SEEN_REPLY))
+            if key not in timeouts:
+                timeouts[key] = self.mirror.state_timeout(e)
+            if e.timeout > timeouts[key]:
+                f = self.rulesets.select(e.labels)
+                try:
+                    await self.mirror.handed_back(e, 0, self.rulesets.mark(f) if f else 0)
+                    n += 1
+                except Exception as err:      # the entry may have just died
+                    log.debug("lease of %s not released: %s", e.orig, err)
+        return n
 
     def _transmit(self, port: int, frame: bytes) -> None:
         try:
@@ -569,6 +663,10 @@ class Daemon:
             return await self.reload(args.get("path"))
         if cmd == "ping":
             return "pong"
+        if cmd == "stop":
+            self.keep_flows_on_stop = bool(args.get("keep_flows"))
+            self.stopping.set()
+            return {"keep_flows": self.keep_flows_on_stop}
         if cmd == "expiry_timing":
             return [r for r in self.aging.expiry_log if r[3] is not None]
         if cmd == "offload_timing":

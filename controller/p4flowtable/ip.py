@@ -267,6 +267,27 @@ def match_tuple(schema: P4Schema, entry: p4r.TableEntry) -> tuple[int, FlowTuple
     return port, FlowTuple(address(src), address(dst), proto, sport, dport)
 
 
+def route_of(schema: P4Schema, entry: p4r.TableEntry) -> FlowRoute | None:
+    """The next hop a flow entry sends its packets to (its action's port,
+    MACs and MTU); None for an entry of no flow action."""
+    a = entry.action.action
+    for version in (4, 6):
+        for l4proto, nat in ((IPPROTO_TCP, True), (IPPROTO_UDP, True), (IPPROTO_TCP, False)):
+            _, _, action_id, params = _layout(schema, version, l4proto, nat)
+            if a.action_id != action_id:
+                continue
+            got = {p.param_id: int.from_bytes(p.value, "big") for p in a.params}
+            v = dict(zip(_PARAMS_OF[version] if nat else _ROUTE_PARAMS, (got.get(pid) for pid, _ in params)))
+            if None in (v["port"], v["src_mac"], v["dst_mac"], v["mtu"]):
+                return None
+            return FlowRoute(v["port"], _mac_str(v["src_mac"]), _mac_str(v["dst_mac"]), v["mtu"])
+    return None
+
+
+def _mac_str(v: int) -> str:
+    return ":".join(f"{b:02x}" for b in v.to_bytes(6, "big"))
+
+
 def entry_key(entry: p4r.TableEntry) -> tuple:
     """Hashable identity of an entry (table and match), independent of byte padding."""
     return entry.table_id, tuple(sorted((m.field_id, int.from_bytes(m.exact.value, "big"))

@@ -95,7 +95,9 @@ class Session:
         self.lost.clear()
         self._channel = grpc.aio.insecure_channel(
             self.address, options=[("grpc.max_receive_message_length", 256 << 20),
-                                   ("grpc.max_send_message_length", 256 << 20)])
+                                   ("grpc.max_send_message_length", 256 << 20),
+                                   # a batch's per-update errors come in the trailers
+                                   ("grpc.max_metadata_size", 16 << 20)])
         self._stub = p4runtime_pb2_grpc.P4RuntimeStub(self._channel)
         try:
             await asyncio.wait_for(self._channel.channel_ready(), timeout)
@@ -176,11 +178,13 @@ class Session:
             raise SwitchUnavailable(f"not connected to {self.address}")
         return self._stub
 
-    async def set_pipeline(self, p4info, device_config: bytes) -> None:
+    async def set_pipeline(self, p4info, device_config: bytes, cookie: int = 0) -> None:
         req = p4runtime_pb2.SetForwardingPipelineConfigRequest(
             device_id=self.device_id, election_id=self._eid,
             action=p4runtime_pb2.SetForwardingPipelineConfigRequest.VERIFY_AND_COMMIT,
-            config=p4runtime_pb2.ForwardingPipelineConfig(p4info=p4info, p4_device_config=device_config))
+            config=p4runtime_pb2.ForwardingPipelineConfig(
+                p4info=p4info, p4_device_config=device_config,
+                cookie=p4runtime_pb2.ForwardingPipelineConfig.Cookie(cookie=cookie)))
         try:
             await self._check().SetForwardingPipelineConfig(req)
         except grpc.aio.AioRpcError as e:

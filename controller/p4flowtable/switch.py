@@ -1,0 +1,142 @@
+"""The switch in the daemon's life: connection and arbitration, the pipeline,
+port bindings, and what its tables hold when the daemon (re)connects.
+
+A daemon that starts, or comes back after losing the switch, asks what the
+switch runs (GetForwardingPipelineConfig, the cookie naming the compiled
+program and its P4Info). The same program is kept, with its entries: the
+flows the switch forwards keep being forwarded while the daemon restarts.
+Anything else gets our pipeline, which starts empty. Then the switch's flow
+entries are reconciled with what the daemon will carry (plan_reconcile):
+entries of flows it carries are adopted as they are, missing or stale
+directions written, the rest (orphans) deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+
+from p4.v1 import p4runtime_pb2 as p4r
+
+from .ip import entry_key, flow_entry, flow_key, match_tuple, route_of
+from .model import Dir, Flow, FlowRoute, FlowTuple
+from .p4info import P4Schema
+from .p4runtime import Session
+
+log = logging.getLogger("p4ft")
+
+WRITE_BATCH = 1024        # updates per Write while reconciling
+FLOW_TABLES = ("flow_table_v4", "flow_table_v6")
+
+
+def pipeline_cookie(p4info_bytes: bytes, device_config: bytes) -> int:
+    """What names a compiled program: the first 64 bits of the sha256 of its
+    P4Info and device config."""
+    return int.from_bytes(hashlib.sha256(p4info_bytes + b"\0" + device_config).digest()[:8], "big")
+
+
+class SwitchControl:
+    def __init__(self, session: Session, schema: P4Schema, device_config: bytes):
+        self.session, self.schema, self.device_config = session, schema, device_config
+        self.cookie = pipeline_cookie(schema.p4info.SerializeToString(deterministic=True), device_config)
+        self.pipeline_kept = False
+
+    async def connect(self, timeout: float, port_updates: list[p4r.Update]) -> bool:
+        """Become primary; keep the pipeline when the switch runs ours, else
+        install it; bind the flowtables' ports. True when the pipeline (and
+        its entries) was kept."""
+        await self.session.connect(timeout)
+        self.pipeline_kept = await self.session.get_pipeline_cookie() == self.cookie
+        if self.pipeline_kept:
+            log.info("%s runs this pipeline already (cookie %#x): kept, with its entries",
+                     self.session.address, self.cookie)
+            await self._sync(self.schema.table("port_table").id, port_updates, "port binding")
+        else:
+            await self.session.set_pipeline(self.schema.p4info, self.device_config, self.cookie)
+            await self.session.write(port_updates, "port binding")
+        return self.pipeline_kept
+
+    async def _sync(self, table_id: int, wanted: list[p4r.Update], what: str) -> None:
+        """Make a table hold exactly the wanted entries (INSERT, MODIFY, DELETE)."""
+        have = {entry_key(e): e for e in await self.entries(table_id)}
+        updates = []
+        for u in wanted:
+            key = entry_key(u.entity.table_entry)
+            old = have.pop(key, None)
+            if old is None:
+                updates.append(u)
+            elif _action(old) != _action(u.entity.table_entry):
+                updates.append(p4r.Update(type=p4r.Update.MODIFY, entity=u.entity))
+        updates += [p4r.Update(type=p4r.Update.DELETE, entity=p4r.Entity(table_entry=_match_only(e)))
+                    for e in have.values()]
+        await self.session.write(updates, what)
+
+    async def entries(self, table_id: int) -> list[p4r.TableEntry]:
+        return [e.table_entry async for e in self.session.read(
+            [p4r.Entity(table_entry=p4r.TableEntry(table_id=table_id))])]
+
+    async def flow_entries(self) -> dict[tuple, p4r.TableEntry]:
+        """Every flow entry the switch holds, both families, by entry_key."""
+        out = {}
+        for name in FLOW_TABLES:
+            for e in await self.entries(self.schema.table(name).id):
+                out[entry_key(e)] = e
+        return out
+
+    async def write(self, updates: list[p4r.Update], what: str) -> None:
+        for i in range(0, len(updates), WRITE_BATCH):
+            await self.session.write(updates[i:i + WRITE_BATCH], what)
+
+
+@dataclass(slots=True)
+class ReconcilePlan:
+    adopted: list[Flow] = field(default_factory=list)    # both entries there, as the daemon would write them
+    repaired: list[Flow] = field(default_factory=list)   # a direction missing or stale: written
+    writes: list[p4r.Update] = field(default_factory=list)
+    orphans: list[p4r.Update] = field(default_factory=list)  # deletes of entries no flow owns
+
+
+def plan_reconcile(schema: P4Schema, flows: list[Flow], present: dict[tuple, p4r.TableEntry],
+                   idle_timeout: bool) -> ReconcilePlan:
+    """What to write so that the switch holds exactly these flows' entries."""
+    plan = ReconcilePlan()
+    left = dict(present)
+    for f in flows:
+        ttl = int(f.timeout * 1e9) if idle_timeout else 0
+        ups = []
+        for d in Dir:
+            want = flow_entry(schema, f, d, True, ttl)
+            have = left.pop(flow_key(schema, f, d), None)
+            if have is None:
+                ups.append(p4r.Update(type=p4r.Update.INSERT, entity=p4r.Entity(table_entry=want)))
+            elif _action(have) != _action(want):
+                ups.append(p4r.Update(type=p4r.Update.MODIFY, entity=p4r.Entity(table_entry=want)))
+        (plan.repaired if ups else plan.adopted).append(f)
+        plan.writes += ups
+    plan.orphans = [p4r.Update(type=p4r.Update.DELETE, entity=p4r.Entity(table_entry=_match_only(e)))
+                    for e in left.values()]
+    return plan
+
+
+def by_tuple(schema: P4Schema, present: dict[tuple, p4r.TableEntry]) -> dict[FlowTuple, tuple[int, FlowRoute]]:
+    """The switch's flow entries as (ingress port, next hop) by the tuple they
+    match: what a flow adopted as it stands is made of."""
+    out = {}
+    for e in present.values():
+        m, route = match_tuple(schema, e), route_of(schema, e)
+        if m is not None and route is not None:
+            out[m[1]] = (m[0], route)
+    return out
+
+
+def _action(e: p4r.TableEntry) -> tuple:
+    """An entry's action, independent of byte padding."""
+    a = e.action.action
+    return a.action_id, tuple(sorted((p.param_id, int.from_bytes(p.value, "big")) for p in a.params))
+
+
+def _match_only(e: p4r.TableEntry) -> p4r.TableEntry:
+    out = p4r.TableEntry(table_id=e.table_id)
+    out.match.extend(e.match)
+    return out

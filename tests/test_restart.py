@@ -1,0 +1,130 @@
+"""Restarts without losing the fast path, on each available switch: the
+daemon killed (-9) under 1,000 talking TCP connections and 200 UDP flows and
+started again adopts what the switch carries; the switch process killed and
+started again gets the pipeline and every flow back."""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from integration import flow_for, host_tool, net_per_switch, read_json, stats, switch_flow_entries, wait_for
+from p4ft_topo import make_ruleset, sh
+
+pytestmark = pytest.mark.integration
+N_TCP, N_UDP = 1000, 200
+DURATION = 75           # seconds the chatter talks: set-up, the daemon's restart, the switch's
+DOWN = 4.0              # the daemon stays dead this long: longer than the UDP timeout
+UDP_TIMEOUT = 3
+
+net = net_per_switch(ruleset=make_ruleset("meta l4proto { tcp, udp } flow add @ft"),
+                     timeouts={"ft/udp": UDP_TIMEOUT}, poll_interval=0.25)
+
+
+def offloaded(net) -> int:
+    return net.api("stats")["flows_offloaded_now"]
+
+
+def kernel_rx(net) -> int:
+    """Frames the slow path received from the switch (its representors' rx):
+    kept across daemon restarts, unlike the ruleset's counters."""
+    return sum(l["stats64"]["rx"]["packets"] for l in json.loads(sh("ip", "-s", "-j", "link"))
+               if l["ifname"] in ("lan0", "wan0"))
+
+
+def switch_packets(net) -> int:
+    """Packets the switch forwarded on flow entries (their direct counters)."""
+    return sum(e.counter_data.packet_count for e in switch_flow_entries(net, counters=True))
+
+
+@pytest.fixture(scope="module")
+def chatter(net, tmp_path_factory):
+    d = tmp_path_factory.mktemp("chatter")
+    server = host_tool(net.h2, "echo", "--port", "7000", "--out", str(d / "echo.json"))
+    read_json(str(d / "echo.json.ready"))
+    clients = {}
+    for proto, n in (("tcp", N_TCP), ("udp", N_UDP)):
+        out = str(d / f"{proto}.json")
+        clients[proto] = (host_tool(net.h1, "chatter", "--proto", proto, "--host", "192.0.2.2", "--port", "7000",
+                                    "--count", str(n), "--interval", "1", "--duration", str(DURATION),
+                                    "--out", out), out)
+        read_json(out + ".up", timeout=60)
+    wait_for(lambda: offloaded(net) >= N_TCP + N_UDP, 60, f"{N_TCP + N_UDP} flows offloaded", interval=0.5)
+    yield clients
+    for p, _ in clients.values():
+        p.kill()
+    server.kill()
+
+
+def no_orphans_no_duplicates(net) -> int:
+    entries = switch_flow_entries(net)
+    keys = [tuple((m.field_id, m.exact.value) for m in e.match) for e in entries]
+    assert len(set(keys)) == len(keys), "duplicate entries"
+    rows = [r for r in net.api("flow_list", {"refresh": False}) if r["offload"]]
+    assert len(entries) == 2 * len(rows), f"{len(entries)} entries for {len(rows)} offloaded flows"
+    return len(rows)
+
+
+def test_kill_9_and_restart_keeps_the_fast_path(net, chatter, tmp_path):
+    # a connection that closes, and a UDP flow that goes idle, while the daemon is down
+    sink = host_tool(net.h2, "tcp-sink", "--port", "7100", "--out", str(tmp_path / "sink.json"))
+    read_json(str(tmp_path / "sink.json.ready"))
+    closer = host_tool(net.h1, "tcp-source", "--host", "192.0.2.2", "--port", "7100", "--bytes", "1000",
+                       "--pause", "0.5", "--hold", "2", "--out", str(tmp_path / "closer.json"))
+    closer_port = read_json(str(tmp_path / "closer.json.connected"))["local"][1]
+    ping = host_tool(net.h1, "udp-ping", "--host", "192.0.2.2", "--port", "7000", "--sport", "7200",
+                     "--count", "20", "--interval", "0.05", "--out", str(tmp_path / "ping.json"))
+    wait_for(lambda: (f := flow_for(net, "tcp", sport=closer_port)) and f["offload"], 5, "the closer offloaded")
+    wait_for(lambda: (f := flow_for(net, "udp", sport=7200)) and f["offload"], 5, "the short UDP flow offloaded")
+    ping.wait(10)
+    adopted_before = stats(net).get("reconcile.adopted", 0)
+
+    k0, s0 = kernel_rx(net), switch_packets(net)
+    os.kill(net.daemon.pid, signal.SIGKILL)
+    net.daemon.wait(10)
+    time.sleep(DOWN)          # the outage itself, not a wait for anything
+    t0 = time.monotonic()
+    net.start_daemon()
+    converged = wait_for(lambda: stats(net).get("reconcile.adopted", 0) > adopted_before and
+                         time.monotonic() - t0, 30, "the new daemon's reconcile")
+    # the closed and the idle flow are handed back after the restart
+    wait_for(lambda: not (f := flow_for(net, "tcp", sport=closer_port)) or not f["offload"], 15,
+             "the connection closed meanwhile handed back")
+    wait_for(lambda: not (f := flow_for(net, "udp", sport=7200)) or not f["offload"], 15,
+             "the UDP flow idle meanwhile handed back")
+    k1, s1 = kernel_rx(net), switch_packets(net)
+    slow, fast = k1 - k0, s1 - s0
+    print(f"\n[p4ft] {net.kind}: restart converged {converged:.2f}s after start; slow path {slow} of "
+          f"{slow + fast} packets ({100 * slow / max(1, slow + fast):.3f}%)")
+    assert slow < 0.01 * (slow + fast), f"{slow} slow-path packets of {slow + fast}"
+    s = stats(net)
+    assert s["reconcile.adopted"] - adopted_before >= N_TCP + N_UDP
+    assert s.get("reconcile.orphans_deleted", 0) <= 2     # at most the closer's two, if its FIN came first
+    assert no_orphans_no_duplicates(net) >= N_TCP + N_UDP
+    closer.wait(30)
+    sink.wait(30)
+
+
+def test_switch_restart_reinstalls_the_pipeline_and_every_flow(net, chatter):
+    s1 = net.net.get("s1")
+    lost = stats(net).get("switch_lost", 0)
+    before = offloaded(net)
+    s1.proc.kill()
+    s1.proc.wait(10)
+    t0 = time.monotonic()
+    s1.start([])
+    wait_for(lambda: stats(net).get("switch_lost", 0) > lost, 10, "the daemon to notice")
+    back = wait_for(lambda: len(switch_flow_entries(net, missing_ok=True) or []) >= 2 * before and
+                    time.monotonic() - t0, 60, "every flow back in the switch", interval=0.2)
+    print(f"\n[p4ft] {net.kind}: switch restarted; {before} flows back in the switch {back:.2f}s after its start")
+    assert no_orphans_no_duplicates(net) == before
+
+
+def test_no_connection_broke(chatter):
+    for proto, (p, out) in chatter.items():
+        p.wait(DURATION + 60)
+        r = read_json(out)
+        assert r["broken"] == [], f"{proto}: {len(r['broken'])} broken"
+        assert r["echoed"] > 0.9 * r["sent"], f"{proto}: {r['echoed']} echoes of {r['sent']}"
