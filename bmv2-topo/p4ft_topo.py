@@ -341,34 +341,40 @@ class FlowtableNet:
             self.start_daemon()
         return self
 
-    def start_daemon(self) -> None:
-        argv = [PYTHON, "-m", "p4flowtable.cli", "--socket", self.socket, "daemon",
+    def start_daemon(self, socket_path: str | None = None, extra_args=(), log_name: str = "daemon.log"
+                     ) -> subprocess.Popen:
+        """The p4ft daemon (another one, on its own socket, with socket_path:
+        a backup controller, say); returns once it answers on its socket."""
+        sock = socket_path or self.socket
+        argv = [PYTHON, "-m", "p4flowtable.cli", "--socket", sock, "daemon",
                 "--grpc-addr", f"127.0.0.1:{self.grpc_port}", "--netns", ROUTER_NS,
                 "--port", f"{LAN['port']}={LAN['rep']}", "--port", f"{WAN['port']}={WAN['rep']}",
                 "--ruleset", str(self.ruleset_path), "--poll-interval", str(self.poll_interval)]
         for name, t in self.timeouts.items():
             argv += ["--timeout", f"{name}={t}"]
-        argv += self.daemon_args
+        argv += self.daemon_args + list(extra_args)
         env = dict(os.environ, PYTHONPATH=str(ROOT / "controller"))
-        self.daemon = subprocess.Popen(argv, stdout=open(self.daemon_log, "w"), stderr=subprocess.STDOUT,
-                                       env=env, start_new_session=True)
+        log_path = str(LOG_DIR / log_name)
+        proc = subprocess.Popen(argv, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+        if socket_path is None:
+            self.daemon, self.daemon_log = proc, log_path
         end = time.monotonic() + 30
         while time.monotonic() < end:
-            if self.daemon.poll() is not None:
-                raise RuntimeError(f"p4ft daemon exited ({self.daemon.returncode}):\n"
-                                   + Path(self.daemon_log).read_text()[-3000:])
-            if os.path.exists(self.socket):
+            if proc.poll() is not None:
+                raise RuntimeError(f"p4ft daemon exited ({proc.returncode}):\n" + Path(log_path).read_text()[-3000:])
+            if os.path.exists(sock):
                 try:
-                    self.api("ping")
-                    return
+                    self.api("ping", socket_path=sock)
+                    return proc
                 except Exception:
                     pass
             time.sleep(0.1)
-        raise TimeoutError("p4ft daemon not ready after 30s:\n" + Path(self.daemon_log).read_text()[-3000:])
+        raise TimeoutError("p4ft daemon not ready after 30s:\n" + Path(log_path).read_text()[-3000:])
 
-    def api(self, cmd: str, args: dict | None = None):
+    def api(self, cmd: str, args: dict | None = None, socket_path: str | None = None):
         from p4flowtable.api import call
-        return call(cmd, args, path=self.socket)
+        return call(cmd, args, path=socket_path or self.socket)
 
     @property
     def h1(self):

@@ -125,9 +125,23 @@ class Daemon:
         await self.mirror.open()
         await self.mirror.dump()
         kept = await self._connect_switch()
-        self.relay.open()
         self._server = await asyncio.start_unix_server(self._api_client, path=self._socket_path())
         os.chmod(cfg.socket, 0o660)
+        if kept is None:
+            # a backup: conntrack followed, nothing written to the switch or the kernel
+            for coro, name in ((self._follow_ct_passive(), "ct-follow"), (self._standby(), "standby")):
+                self._tasks.append(asyncio.create_task(coro, name=name))
+            self.ready.set()
+            log.info("p4ft ready as a backup: switch %s, %d conntrack entries", cfg.grpc_addr,
+                     len(self.mirror.entries))
+            return
+        self.rulesets.load_kernel_now()
+        await self._primary(kept)
+
+    async def _primary(self, kept: bool) -> None:
+        """The primary's work: representors, every task, the switch reconciled."""
+        cfg = self.cfg
+        self.relay.open()
         self._rt_monitor = AsyncIPRoute(use_socket=netns.netlink_socket(cfg.netns, NETLINK_ROUTE))
         await self._rt_monitor.bind(groups=HOP_GROUPS)
         for coro, name in ((self._ct_events(), "ct-events"), (self._packet_in(), "packet-in"),
@@ -151,15 +165,23 @@ class Daemon:
     async def run(self) -> None:
         await self.start()
         stop_task = asyncio.create_task(self.stopping.wait(), name="stop")
-        done, _ = await asyncio.wait([stop_task] + self._tasks,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        for t in done:
-            if t in self._tasks:
+        while not stop_task.done():
+            done, _ = await asyncio.wait([stop_task] + self._tasks, return_when=asyncio.FIRST_COMPLETED)
+            failed = False
+            for t in done:
+                if t not in self._tasks:
+                    continue
+                self._tasks.remove(t)
                 exc = t.exception()
+                if t.get_name() == "standby" and exc is None:
+                    continue        # a backup that became primary: its tasks run now
+                failed = True
                 if exc is not None:
                     log.error("task %s failed: %r", t.get_name(), exc, exc_info=exc)
                 else:
                     log.error("task %s ended unexpectedly", t.get_name())
+            if failed:
+                break
         await self.stop()
 
     async def stop(self) -> None:
@@ -198,9 +220,56 @@ class Daemon:
                 sock.close()
 
     # -- switch ------------------------------------------------------------
-    async def _connect_switch(self) -> bool:
-        """True when the switch already ran our pipeline (entries kept)."""
+    async def _connect_switch(self) -> bool | None:
+        """True when the switch already ran our pipeline (entries kept); None
+        when another controller is primary (this daemon is a backup)."""
         return await self.switch.connect(self.cfg.connect_timeout, self.rulesets.port_updates())
+
+    async def _follow_ct_passive(self) -> None:
+        """A backup's conntrack mirror: kept current, nothing decided."""
+        while True:
+            try:
+                async for _ in self.mirror.events():
+                    pass
+            except OSError:
+                await self.mirror.resync()
+
+    async def _standby(self) -> None:
+        """A backup waits until the switch has no primary (or makes it
+        primary), claims the role with an election id above the highest the
+        switch reports, then takes the switch over and reconciles it, as a
+        restarted daemon does."""
+        s = self.session
+        while True:
+            events = (s.role_changed, s.no_primary, s.lost)
+            waits = [asyncio.create_task(e.wait()) for e in events]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+            t0 = self.clock()
+            if s.lost.is_set():
+                try:
+                    kept = await self._connect_switch()
+                except SwitchError as e:
+                    log.warning("backup: switch unavailable: %s", e)
+                    await asyncio.sleep(0.5)
+                    continue
+                if kept is None:
+                    continue
+                break
+            try:
+                if await s.claim_primary():
+                    kept = await self.switch.take_over(self.rulesets.port_updates())
+                    break
+            except SwitchError as e:
+                log.warning("backup: could not take over: %s", e)
+        for t in [t for t in self._tasks if t.get_name() == "ct-follow"]:
+            t.cancel()
+            self._tasks.remove(t)
+        self.stats["became_primary"] += 1
+        log.warning("primary now (election id %d), %.2fs after the switch said there was none",
+                    s.election_id, self.clock() - t0)
+        await self._primary(kept)
 
     async def _supervise(self) -> None:
         """Reconnect after losing the switch; then reconcile what it holds."""
@@ -214,6 +283,13 @@ class Daemon:
             while True:
                 try:
                     kept = await self._connect_switch()
+                    if kept is None:
+                        # another controller took the switch while we were away: its flows now
+                        log.error("another controller is primary for %s now; stopping, flows left to it",
+                                  self.cfg.grpc_addr)
+                        self.keep_flows_on_stop = True
+                        self.stopping.set()
+                        return
                     break
                 except SwitchError as e:
                     log.warning("switch still unavailable: %s (retry in %.1fs)", e, delay)
@@ -704,6 +780,8 @@ class Daemon:
 
     def stats_dict(self) -> dict:
         d = dict(self.stats)
+        d["role"] = "primary" if self.session.is_primary else "backup"
+        d["election_id"] = self.session.election_id
         for name in self.punt_names.values():
             d.setdefault(f"punt.{name}", 0)
         d["flows_offloaded_now"] = sum(1 for f in self.flowtables if f.flags & FlowFlag.HW)

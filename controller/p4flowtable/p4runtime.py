@@ -66,7 +66,8 @@ def write_errors(err: grpc.RpcError, n: int) -> list[UpdateError]:
 
 
 class Session:
-    """A primary-controller session with one switch."""
+    """A controller's session with one switch: primary, or backup until the
+    switch says there is no primary and it claims the role (spec 5.4)."""
 
     def __init__(self, address: str, device_id: int = 1, election_id: int = 1,
                  queue_size: int = 4096):
@@ -79,6 +80,10 @@ class Session:
         self.idle: asyncio.Queue[p4runtime_pb2.IdleTimeoutNotification] = asyncio.Queue()
         self.dropped_packet_in = 0
         self.lost = asyncio.Event()
+        self.is_primary = False
+        self.highest_eid = 0                  # the highest election id the switch reports
+        self.role_changed = asyncio.Event()   # became primary without asking (a server that promotes)
+        self.no_primary = asyncio.Event()     # the switch has no primary: a backup may claim it
         self._channel: grpc.aio.Channel | None = None
         self._stub: p4runtime_pb2_grpc.P4RuntimeStub | None = None
         self._out: asyncio.Queue = asyncio.Queue()
@@ -89,10 +94,14 @@ class Session:
     def _eid(self) -> p4runtime_pb2.Uint128:
         return p4runtime_pb2.Uint128(high=self.election_id >> 64, low=self.election_id & (2**64 - 1))
 
-    async def connect(self, timeout: float = 10.0) -> None:
-        """Open the channel and become primary, or raise SwitchUnavailable."""
+    async def connect(self, timeout: float = 10.0, allow_backup: bool = False) -> bool:
+        """Open the channel and arbitrate: True when primary. A backup stays
+        connected with allow_backup, else SwitchUnavailable is raised."""
         await self.close()
         self.lost.clear()
+        self.is_primary = False
+        self.role_changed.clear()
+        self.no_primary.clear()
         self._channel = grpc.aio.insecure_channel(
             self.address, options=[("grpc.max_receive_message_length", 256 << 20),
                                    ("grpc.max_send_message_length", 256 << 20),
@@ -105,22 +114,39 @@ class Session:
             await self.close()
             raise SwitchUnavailable(f"no P4Runtime server at {self.address} after {timeout:.0f}s") from None
         self._out = asyncio.Queue()
-        self._arbitrated = asyncio.get_running_loop().create_future()
         call = self._stub.StreamChannel(self._requests())
         self._reader = asyncio.create_task(self._read_stream(call), name="p4rt-stream")
+        try:
+            status = await self._arbitrate(timeout)
+        except SwitchUnavailable:
+            await self.close()
+            raise
+        if status.code != code_pb2.OK and not allow_backup:
+            await self.close()
+            raise SwitchUnavailable(
+                f"{self.address}: not primary for device {self.device_id} "
+                f"(election id {self.election_id}): {status.message}")
+        return self.is_primary
+
+    async def _arbitrate(self, timeout: float):
+        self._arbitrated = asyncio.get_running_loop().create_future()
         await self._out.put(p4runtime_pb2.StreamMessageRequest(
             arbitration=p4runtime_pb2.MasterArbitrationUpdate(
                 device_id=self.device_id, election_id=self._eid)))
         try:
             status = await asyncio.wait_for(asyncio.shield(self._arbitrated), timeout)
         except asyncio.TimeoutError:
-            await self.close()
             raise SwitchUnavailable(f"{self.address}: no arbitration answer after {timeout:.0f}s") from None
-        if status.code != code_pb2.OK:
-            await self.close()
-            raise SwitchUnavailable(
-                f"{self.address}: not primary for device {self.device_id} "
-                f"(election id {self.election_id}): {status.message}")
+        self.is_primary = status.code == code_pb2.OK
+        return status
+
+    async def claim_primary(self, timeout: float = 5.0) -> bool:
+        """Become primary with an election id above the highest the switch
+        reports (the spec's way for a backup to take over). True on success."""
+        self.election_id = max(self.election_id, self.highest_eid + 1)
+        self.no_primary.clear()
+        status = await self._arbitrate(timeout)
+        return status.code == code_pb2.OK
 
     async def _requests(self):
         while True:
@@ -134,11 +160,20 @@ class Session:
             async for resp in call:
                 kind = resp.WhichOneof("update")
                 if kind == "arbitration":
+                    a = resp.arbitration
+                    if a.HasField("election_id"):
+                        self.highest_eid = max(self.highest_eid, (a.election_id.high << 64) | a.election_id.low)
                     if self._arbitrated and not self._arbitrated.done():
-                        self._arbitrated.set_result(resp.arbitration.status)
-                    elif resp.arbitration.status.code != code_pb2.OK:
+                        self._arbitrated.set_result(a.status)
+                    elif a.status.code == code_pb2.OK:
+                        if not self.is_primary:
+                            self.is_primary = True
+                            self.role_changed.set()
+                    elif self.is_primary:
                         log.error("lost primary role on %s", self.address)
                         break
+                    elif a.status.code == code_pb2.NOT_FOUND:
+                        self.no_primary.set()
                 elif kind == "packet":
                     self._put(self.packet_in, resp.packet)
                 elif kind == "idle_timeout_notification":

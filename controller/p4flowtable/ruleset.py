@@ -83,14 +83,20 @@ class RulesetControl:
         return rs
 
     def load(self, path: Path) -> None:
-        """At start, before the switch is connected: the flowtables are bound
-        when the pipeline is installed (port_updates)."""
+        """At start, before the switch is connected: read and check it (nft
+        -c), and make its flowtables; they are bound when the switch is taken
+        over (port_updates), and the kernel gets it then (load_kernel_now),
+        from a primary only."""
         rs = self.read(path)
         if self.load_kernel:
-            nftables.load(self.netns, rs)
+            nftables.load(self.netns, rs, check=True)
         for ft in rs.flowtables.values():
             self.flowtables.add_table(ft)
         self.ruleset = rs
+
+    def load_kernel_now(self) -> None:
+        if self.load_kernel and self.ruleset is not None:
+            nftables.load(self.netns, self.ruleset)
 
     async def reload(self, path: Path) -> dict:
         """Replace the ruleset: the kernel's first (atomic; nothing changes if

@@ -42,11 +42,19 @@ class SwitchControl:
         self.cookie = pipeline_cookie(schema.p4info.SerializeToString(deterministic=True), device_config)
         self.pipeline_kept = False
 
-    async def connect(self, timeout: float, port_updates: list[p4r.Update]) -> bool:
-        """Become primary; keep the pipeline when the switch runs ours, else
+    async def connect(self, timeout: float, port_updates: list[p4r.Update]) -> bool | None:
+        """Arbitrate; as primary, take the switch over (take_over). None when
+        another controller is primary: this one is a backup, and writes nothing."""
+        if not await self.session.connect(timeout, allow_backup=True):
+            log.info("%s: backup (election id %d; the primary's is %d)", self.session.address,
+                     self.session.election_id, self.session.highest_eid)
+            return None
+        return await self.take_over(port_updates)
+
+    async def take_over(self, port_updates: list[p4r.Update]) -> bool:
+        """As primary: keep the pipeline when the switch runs ours, else
         install it; bind the flowtables' ports. True when the pipeline (and
         its entries) was kept."""
-        await self.session.connect(timeout)
         self.pipeline_kept = await self.session.get_pipeline_cookie() == self.cookie
         if self.pipeline_kept:
             log.info("%s runs this pipeline already (cookie %#x): kept, with its entries",

@@ -236,29 +236,45 @@ class SoftSwitchServer(p4runtime_pb2_grpc.P4RuntimeServicer):
         self.lock = threading.RLock()
         self.streams: list[Stream] = []
         self.primary: Stream | None = None
+        self.election_id_past: int | None = None   # the highest election id ever seen (spec 5.4)
         self.packet_in_dropped = 0
 
-    # -- arbitration -------------------------------------------------------------
+    # -- arbitration (P4Runtime spec 5.4, 5.5) ---------------------------------------
     def _primary_eid(self) -> int | None:
         return self.primary.election_id if self.primary else None
 
-    def _rearbitrate(self) -> None:
-        cands = [s for s in self.streams if s.election_id is not None]
-        new = max(cands, key=lambda s: s.election_id, default=None)
-        changed = new is not self.primary
-        self.primary = new
-        for s in cands:
-            if changed or s.election_id is not None:
-                self._arb_reply(s)
+    def _arbitrate(self, s: Stream, eid: int) -> None:
+        """A MasterArbitrationUpdate accepted from s. The primary is the client
+        whose election id is at least the highest ever seen; a primary that
+        goes leaves no primary until one claims such an id."""
+        was_primary = s is self.primary
+        s.election_id = eid
+        if self.election_id_past is None or eid >= self.election_id_past:
+            self.election_id_past = eid
+            self.primary = s
+            for o in self.streams:
+                if o.election_id is not None:
+                    self._notify(o)
+        elif was_primary:          # downgraded itself: everyone hears of it
+            self.primary = None
+            for o in self.streams:
+                if o.election_id is not None:
+                    self._notify(o)
+        else:
+            self._notify(s)
 
-    def _arb_reply(self, s: Stream) -> None:
-        eid = self._primary_eid() or 0
-        ok = s is self.primary
-        s.send(p4r.StreamMessageResponse(arbitration=p4r.MasterArbitrationUpdate(
-            device_id=self.device_id,
-            election_id=p4r.Uint128(high=eid >> 64, low=eid & (2**64 - 1)),
-            status=status_pb2.Status(code=code_pb2.OK if ok else code_pb2.ALREADY_EXISTS,
-                                     message="primary" if ok else "backup"))))
+    def _notify(self, s: Stream) -> None:
+        """The advisory MasterArbitrationUpdate (spec 5.5): OK to the primary,
+        ALREADY_EXISTS to backups, NOT_FOUND to backups while there is none."""
+        msg = p4r.MasterArbitrationUpdate(device_id=self.device_id)
+        if self.election_id_past is not None:
+            eid = self.election_id_past
+            msg.election_id.high, msg.election_id.low = eid >> 64, eid & (2**64 - 1)
+        code = (code_pb2.OK if s is self.primary else
+                code_pb2.ALREADY_EXISTS if self.primary is not None else code_pb2.NOT_FOUND)
+        msg.status.code = code
+        msg.status.message = {code_pb2.OK: "primary", code_pb2.ALREADY_EXISTS: "backup"}.get(code, "no primary")
+        s.send(p4r.StreamMessageResponse(arbitration=msg))
 
     def _check_primary(self, device_id: int, eid_msg, context) -> bool:
         if device_id != self.device_id:
@@ -291,8 +307,8 @@ class SoftSwitchServer(p4runtime_pb2_grpc.P4RuntimeServicer):
                                     canonical_code=code_pb2.INVALID_ARGUMENT,
                                     message=f"election id {eid} is used by another controller")))
                                 continue
-                            s.election_id, s.device_id = eid, a.device_id
-                            self._rearbitrate()
+                            s.device_id = a.device_id
+                            self._arbitrate(s, eid)
                     elif kind == "packet":
                         if s is not self.primary:
                             s.send(p4r.StreamMessageResponse(error=p4r.StreamError(
@@ -321,7 +337,9 @@ class SoftSwitchServer(p4runtime_pb2_grpc.P4RuntimeServicer):
                 self.streams.remove(s)
                 if s is self.primary:
                     self.primary = None
-                    self._rearbitrate()
+                    for o in self.streams:
+                        if o.election_id is not None:
+                            self._notify(o)
 
     # -- packets -------------------------------------------------------------------
     def receive(self, port: int, frame: bytes) -> None:
