@@ -11,9 +11,20 @@ P4C      ?= p4c-bm2-ss
 APT_PKGS := nftables conntrack mininet iproute2 iperf3 tcpdump ethtool netcat-openbsd python3-venv \
             python3-pip
 
-.PHONY: install demo test test-unit topo p4 check-p4 bench clean
+.PHONY: install install-service demo test test-unit topo p4 check-p4 bench clean
 
-install: $(STAMP)
+install: $(STAMP) install-service
+
+# The daemon as a systemd service (root): the unit, and an example
+# configuration where none is (docs: README, "Operating p4ft").
+install-service: $(STAMP)
+	@if [ "$$(id -u)" = 0 ]; then \
+	  install -d /etc/p4ft /etc/systemd/system; \
+	  [ -e /etc/p4ft/p4ft.conf ] || install -m 644 etc/p4ft.conf /etc/p4ft/p4ft.conf; \
+	  sed -e "s|@P4FT@|$(CURDIR)/$(VENV)/bin/p4ft|" -e "s|@DOCS@|$(CURDIR)|" etc/p4ft.service \
+	    > /etc/systemd/system/p4ft.service; \
+	  if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
+	else echo "not root: p4ft.service not installed"; fi
 
 # System packages (root), then a venv that sees the system Python's Mininet.
 $(STAMP): pyproject.toml

@@ -12,14 +12,31 @@ class ApiError(Exception):
     pass
 
 
-def call(cmd: str, args: dict | None = None, path: str = DEFAULT_SOCKET, timeout: float = 10.0):
+def _connect(path: str, timeout: float | None) -> socket.socket:
     try:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(timeout)
         s.connect(path)
+        return s
     except OSError as e:
         raise ApiError(f"cannot reach the p4ft daemon at {path}: {e.strerror or e} "
                        "(is 'p4ft daemon' running?)") from None
+
+
+def stream(cmd: str, args: dict | None = None, path: str = DEFAULT_SOCKET):
+    """A command whose answer is a stream (monitor): yields each object sent."""
+    s = _connect(path, None)
+    with s, s.makefile("rb") as f:
+        s.sendall((json.dumps({"cmd": cmd, "args": args or {}}) + "\n").encode())
+        first = json.loads(f.readline() or b'{"ok": false, "error": "no answer"}')
+        if not first.get("ok"):
+            raise ApiError(first.get("error", "unknown error"))
+        for line in f:
+            yield json.loads(line)
+
+
+def call(cmd: str, args: dict | None = None, path: str = DEFAULT_SOCKET, timeout: float = 10.0):
+    s = _connect(path, timeout)
     with s:
         s.sendall((json.dumps({"cmd": cmd, "args": args or {}}) + "\n").encode())
         buf = b""

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
 from pathlib import Path
 
-from .api import DEFAULT_SOCKET, ApiError, call
+from .api import DEFAULT_SOCKET, ApiError, call, stream
 
 
 def _port_map(items: list[str]) -> dict[str, int]:
@@ -56,7 +57,8 @@ def cmd_daemon(args) -> int:
                        socket=args.socket, timeouts=_timeouts(args.timeout),
                        poll_interval=args.poll_interval, ct_lease=args.ct_lease,
                        idle_timeouts=not args.no_idle_timeouts,
-                       load_kernel_ruleset=not args.no_kernel_ruleset, label_bits=label_bits)
+                       load_kernel_ruleset=not args.no_kernel_ruleset, label_bits=label_bits,
+                       metrics_addr=args.metrics_addr)
     if args.p4info:
         cfg.p4info = Path(args.p4info)
     if args.device_config:
@@ -102,9 +104,25 @@ def _fmt_tuple(t: dict) -> str:
     return f"src={t['src']} dst={t['dst']} sport={t['sport']} dport={t['dport']}"
 
 
+def _json(args) -> bool:
+    return getattr(args, "output", None) == "json"
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=None if isinstance(obj, dict) and "event" in obj else 2, sort_keys=True))
+
+
+def _filter(args) -> dict:
+    return {k: getattr(args, k) for k in ("proto", "src", "dst", "sport", "dport", "offloaded", "flowtable")
+            if getattr(args, k, None) is not None}
+
+
 def cmd_flow_list(args) -> int:
-    rows = call("flow_list", {"refresh": not args.cached}, path=args.socket,
+    rows = call("flow_list", {"refresh": not args.cached, "filter": _filter(args)}, path=args.socket,
                 timeout=10.0 if args.cached else 600.0)
+    if _json(args):
+        _print_json({"flows": rows})
+        return 0
     for r in rows:
         pk = r.get("packets") or [0, 0]
         by = r.get("bytes") or [0, 0]
@@ -128,13 +146,21 @@ def cmd_flow_list(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    for k, v in sorted(call("stats", path=args.socket).items()):
+    st = call("stats", path=args.socket)
+    if _json(args):
+        _print_json({"stats": st})
+        return 0
+    for k, v in sorted(st.items()):
         print(f"{k:<32} {v}")
     return 0
 
 
 def cmd_ft_list(args) -> int:
-    for t in call("flowtable_list", path=args.socket):
+    tables = call("flowtable_list", path=args.socket)
+    if _json(args):
+        _print_json({"flowtables": tables})
+        return 0
+    for t in tables:
         mark = f"ct label {t['ct_label']}" if t["ct_label"] is not None else "no mark"
         print(f"flowtable {t['name']} family {t['family']} devices {{ {', '.join(t['devices'])} }} "
               f"ports {t['ports']} timeout {t['timeout']:g}s {mark} flows {t['flows']}")
@@ -157,6 +183,9 @@ def cmd_ft_delete(args) -> int:
 def cmd_ruleset_reload(args) -> int:
     path = str(Path(args.file).resolve()) if args.file else None
     r = call("ruleset_reload", {"path": path}, path=args.socket, timeout=120.0)
+    if _json(args):
+        _print_json({"reload": r})
+        return 0
     print(f"ruleset {r['source']} loaded; flowtables added: {', '.join(r['added']) or 'none'}; "
           f"removed: {', '.join(r['removed']) or 'none'}; kept: {', '.join(r['kept']) or 'none'}")
     return 0
@@ -169,15 +198,64 @@ def cmd_stop(args) -> int:
     return 0
 
 
+def cmd_monitor(args) -> int:
+    """Like conntrack -E: what p4ft does to flows, as it happens, until ^C."""
+    from .events import format_event
+    try:
+        for ev in stream("monitor", {"filter": _filter(args)}, path=args.socket):
+            print(json.dumps(ev, sort_keys=True) if _json(args) else format_event(ev), flush=True)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:      # | head
+        sys.stderr.close()
+    return 0
+
+
 def cmd_switch(args) -> int:
     from .target.soft.main import main as switch_main
     return switch_main(args)
 
 
+class _Parser(argparse.ArgumentParser):
+    """@FILE on the command line reads arguments from FILE: one option a line
+    ("--port 1=lan0"), blank lines and # comments skipped (etc/p4ft.conf)."""
+
+    def convert_arg_line_to_args(self, line: str) -> list[str]:
+        line = line.split("#", 1)[0].strip()
+        return line.split(None, 1) if line else []
+
+
+def _output(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text",
+                   help="text (the default, like conntrack) or JSON (docs/p4ft.schema.json)")
+    p.add_argument("-j", dest="output", action="store_const", const="json", help="same as -o json")
+
+
+def _flow_filters(p: argparse.ArgumentParser) -> None:
+    """conntrack's filters, on the original direction."""
+    p.add_argument("-p", "--proto", choices=("tcp", "udp"))
+    p.add_argument("-s", "--src", help="original source address")
+    p.add_argument("-d", "--dst", help="original destination address")
+    p.add_argument("--sport", type=int, help="original source port")
+    p.add_argument("--dport", type=int, help="original destination port")
+    p.add_argument("--offloaded", action=argparse.BooleanOptionalAction, default=None,
+                   help="only flows in the switch (--no-offloaded: only the others)")
+    p.add_argument("--flowtable")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("p4flowtable")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="p4ft", description="Linux flowtable offload to a P4 switch")
+    p = _Parser(prog="p4ft", description="Linux flowtable offload to a P4 switch", fromfile_prefix_chars="@")
     p.add_argument("--socket", default=DEFAULT_SOCKET, help="daemon socket (default %(default)s)")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--version", action="version", version=f"p4ft {_version()}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     d = sub.add_parser("daemon", help="run the controller")
@@ -204,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device-config", help="BMv2 JSON (default: p4src/build)")
     d.add_argument("--no-kernel-ruleset", action="store_true",
                    help="do not load the non-offload part of the ruleset into the kernel")
+    d.add_argument("--metrics-addr", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics")
     d.add_argument("--ct-label-bits", default="120-127", metavar="FIRST-LAST",
                    help="conntrack label bits p4ft uses as flowtable marks, one per flowtable; a ruleset "
                         "that uses them itself is refused (default %(default)s)")
@@ -214,10 +294,20 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(read from the switch for the flows listed)")
     fll.add_argument("--cached", action="store_true",
                      help="do not read the switch: show counters as last read (counters_age says how old)")
+    _flow_filters(fll)
+    _output(fll)
     fll.set_defaults(func=cmd_flow_list)
 
+    mo = sub.add_parser("monitor", help="like conntrack -E: OFFLOAD, REFRESH, EXPIRE, TEARDOWN, HANDBACK, "
+                                        "REFUSED, switch LOST/BACK, as they happen")
+    _flow_filters(mo)
+    _output(mo)
+    mo.set_defaults(func=cmd_monitor)
+
     ft = sub.add_parser("flowtable", help="flowtables").add_subparsers(dest="sub", required=True)
-    ft.add_parser("list").set_defaults(func=cmd_ft_list)
+    ftl = ft.add_parser("list")
+    _output(ftl)
+    ftl.set_defaults(func=cmd_ft_list)
     a = ft.add_parser("add")
     a.add_argument("name")
     a.add_argument("--devices", required=True, help="comma-separated representors")
@@ -231,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     rl = rs.add_parser("reload", help="load FILE (default: the daemon's ruleset file) like nft -f; a file "
                                       "nft or p4ft refuses changes nothing (also: SIGHUP to the daemon)")
     rl.add_argument("file", nargs="?")
+    _output(rl)
     rl.set_defaults(func=cmd_ruleset_reload)
 
     st = sub.add_parser("stop", help="stop the daemon (as SIGTERM: every flow handed back to the kernel)")
@@ -239,8 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "leases; the next daemon finds the same pipeline and adopts them")
     st.set_defaults(func=cmd_stop)
 
-    sub.add_parser("stats", help="punts by reason, offloads, expiries, teardowns").set_defaults(
-        func=cmd_stats)
+    stp = sub.add_parser("stats", help="punts by reason, offloads, expiries, teardowns")
+    _output(stp)
+    stp.set_defaults(func=cmd_stats)
 
     sw = sub.add_parser("switch", help="run the embedded software switch (P4Runtime server)")
     sw.add_argument("-i", "--interface", action="append", default=[], metavar="PORT@IFNAME",

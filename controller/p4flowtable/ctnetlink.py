@@ -323,11 +323,17 @@ class CtnlSocket:
                 data = self.sock.recv(RECV_SIZE)
             except BlockingIOError:
                 return
-            except OSError as e:   # ENOBUFS: events were lost
+            except OSError as e:   # ENOBUFS: events, or answers, were lost
                 if self._events is not None:
                     self._events.put_nowait(e)
                     return
-                raise
+                # an answer lost is a request that would wait forever: each
+                # pending one fails, and its caller decides (retry, or not)
+                for fut, _ in self._pending.values():
+                    if not fut.done():
+                        fut.set_exception(CtnlError(e.errno, f"ctnetlink answers lost: {e.strerror}"))
+                self._pending.clear()
+                return
             if self._events is not None:
                 self._events.put_nowait(data)
             else:

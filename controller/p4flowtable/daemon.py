@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +22,13 @@ from pyroute2.netlink import NETLINK_ROUTE
 
 from . import netns
 from .aging import Aging
+from .apiserver import ApiServer
+from .events import EventBus, FlowFilter
+from .metrics import Metrics
 from .conntrack import IPS_SEEN_REPLY, NF_CT_DAY, ConntrackMirror, CtEntry, CtEvent
 from .core import Flowtables
 from .ip import HOP_GROUPS, Routes, RouteError, match_tuple, parse_tuple
-from .model import Flow, FlowFlag, L4PROTO_NAMES, TeardownReason
+from .model import Dir, Flow, FlowFlag, L4PROTO_NAMES, TeardownReason
 from .offload import P4RuntimeDriver
 from .p4info import P4Schema, decode, encode
 from .p4runtime import Session, SwitchError, SwitchUnavailable, WriteError
@@ -45,6 +46,7 @@ from .api import DEFAULT_SOCKET  # noqa: E402
 MAX_BATCH_FLOWS = 512
 WRITES_IN_FLIGHT = 2   # add batches at the switch at once (see _offload_worker)
 RETRY_DECLINED = 1.0   # seconds before a declined flow is considered again
+YIELD_EVERY = 1000     # long loops give the event loop a turn this often
 
 
 @dataclass
@@ -65,6 +67,7 @@ class DaemonConfig:
     load_kernel_ruleset: bool = True
     connect_timeout: float = 10.0
     label_bits: range = DEFAULT_LABEL_BITS   # ct label bits for flowtable marks (policy.py)
+    metrics_addr: str | None = None         # HOST:PORT for Prometheus
 
 
 class Daemon:
@@ -107,7 +110,9 @@ class Daemon:
         self.cpu_last: float | None = None        # ... and at the last offload since a reset
         self._declined: dict = {}
         self._tasks: list[asyncio.Task] = []
-        self._server: asyncio.AbstractServer | None = None
+        self.events = EventBus()
+        self.api = ApiServer(cfg.socket, self.handle, self.events)
+        self.metrics = Metrics(self)
         self.ready = asyncio.Event()
         self.stopping = asyncio.Event()
         self.keep_flows_on_stop = False   # `p4ft stop --keep-flows`: for the next daemon to adopt
@@ -125,8 +130,9 @@ class Daemon:
         await self.mirror.open()
         await self.mirror.dump()
         kept = await self._connect_switch()
-        self._server = await asyncio.start_unix_server(self._api_client, path=self._socket_path())
-        os.chmod(cfg.socket, 0o660)
+        await self.api.start()
+        if cfg.metrics_addr:
+            await self.metrics.serve(cfg.metrics_addr)
         if kept is None:
             # a backup: conntrack followed, nothing written to the switch or the kernel
             for coro, name in ((self._follow_ct_passive(), "ct-follow"), (self._standby(), "standby")):
@@ -154,13 +160,6 @@ class Daemon:
         self.ready.set()
         log.info("p4ft ready: switch %s, %d flowtable(s), %d port(s), %d conntrack entries",
                  cfg.grpc_addr, len(self.flowtables.tables), len(cfg.ports), len(self.mirror.entries))
-
-    def _socket_path(self) -> str:
-        path = self.cfg.socket
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        if os.path.exists(path):
-            os.unlink(path)
-        return path
 
     async def run(self) -> None:
         await self.start()
@@ -208,10 +207,8 @@ class Daemon:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        if self._server:
-            self._server.close()
-            if os.path.exists(self.cfg.socket):
-                os.unlink(self.cfg.socket)
+        self.api.close()
+        self.metrics.close()
         self.relay.close()
         await self.session.close()
         await self.mirror.close()
@@ -276,6 +273,7 @@ class Daemon:
         while True:
             await self.session.lost.wait()
             self.stats["switch_lost"] += 1
+            self.events.publish("LOST", switch=self.cfg.grpc_addr)
             lost_at = self.clock()
             log.error("lost the switch at %s; flows stay in the kernel's hands until it is back",
                       self.cfg.grpc_addr)
@@ -298,6 +296,8 @@ class Daemon:
             self._deferred.clear()
             await self._reconcile(kept)
             log.info("switch back after %.1fs", self.clock() - lost_at)
+            self.events.publish("BACK", switch=self.cfg.grpc_addr, after_s=round(self.clock() - lost_at, 3),
+                                pipeline_kept=kept)
 
     async def _reconcile(self, kept: bool) -> None:
         """After (re)connecting: the switch holds exactly the flows the daemon
@@ -312,7 +312,9 @@ class Daemon:
         fresh: list[tuple[Flow, CtEntry]] = []
         declined: collections.Counter[str] = collections.Counter()
         held = by_tuple(self.schema, present)
-        for e in list(self.mirror.entries.values()):
+        for i, e in enumerate(list(self.mirror.entries.values())):
+            if i % YIELD_EVERY == 0:
+                await asyncio.sleep(0)     # the API, conntrack events, the switch's stream meanwhile
             if self._flow_of(e) is None and e.offloadable() is None and self.rulesets.select(e.labels):
                 got = self._adopt(e, held) or await self._decide(e)
                 if isinstance(got, str):
@@ -320,7 +322,7 @@ class Daemon:
                     declined[got] += 1
                 else:
                     fresh.append(got)
-        plan = plan_reconcile(self.schema, carried + [f for f, _ in fresh], present, self.driver.idle_timeout)
+        plan = await plan_reconcile(self.schema, carried + [f for f, _ in fresh], present, self.driver.idle_timeout)
         failed: set[int] = set()
         try:
             await self.switch.write(plan.orphans, "orphan delete")
@@ -337,8 +339,11 @@ class Daemon:
             if not f.flags & FlowFlag.HW:
                 f.test_and_set(FlowFlag.HW)
                 self.aging.track(f, now)
-        for f in plan.adopted:
+        for i, f in enumerate(plan.adopted):
             self.aging.idle(f)     # idle while the daemon was away? the switch's last hit says
+            self._event("ADOPT", f)
+            if i % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
         ok = [ct for f, ct in fresh if id(f) not in failed]
         errors = await self.mirror.offloaded(ok, self.cfg.ct_lease) if ok else []
         for ct, err in zip(ok, errors):
@@ -377,7 +382,9 @@ class Daemon:
         flow carries: their state's timeout, as at hand-back."""
         timeouts: dict[tuple, int] = {}
         n = 0
-        for e in list(self.mirror.entries.values()):
+        for i, e in enumerate(list(self.mirror.entries.values())):
+            if i % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
             if self._flow_of(e) is not None or e.timeout is None:
                 continue
             key = (e.l4proto, e.tcp_state, bool(e.status & IPS_SEEN_REPLY))
@@ -416,7 +423,7 @@ class Daemon:
             if name == "TCP_FIN_RST" and t is not None:
                 hit = self.flowtables.lookup(t)
                 if hit is not None:
-                    self.teardown(hit[0], TeardownReason.FIN_RST)
+                    self.teardown(hit[0], TeardownReason.FIN_RST, hit[1])
             if not self.relay.deliver(port, pkt.payload):
                 self.stats["punt_undeliverable"] += 1
             if name == "MISS" and t is not None:
@@ -538,6 +545,7 @@ class Daemon:
             self._decline(ct, "ct_update_failed")
 
     def _decline(self, e: CtEntry, why: str) -> None:
+        self._event("REFUSED", e, reason=why)
         self._since.pop(e.orig, None)
         self._declined[e.orig] = self.clock()
         self.stats[f"not_offloaded.{why}"] += 1
@@ -575,10 +583,12 @@ class Daemon:
         return flow, current
 
     # -- teardown (flow_offload_teardown) -----------------------------------------
-    def teardown(self, flow: Flow, reason: TeardownReason) -> None:
+    def teardown(self, flow: Flow, reason: TeardownReason, direction: Dir | None = None) -> None:
         if flow.test_and_set(FlowFlag.TEARDOWN):
             return
         self.stats[f"teardown.{reason.value}"] += 1
+        self._event("TEARDOWN", flow, reason=reason.value,
+                    direction=direction.name.lower() if direction is not None else None)
         flow.reason = reason
         self.queue.put_nowait(("del", flow))
 
@@ -637,8 +647,10 @@ class Daemon:
             self.aging.track(f, now)
             self.stats["offloaded"] += 1
             since = self._since.pop(f.key, None)
+            self._event("OFFLOAD", f, after_ms=round(1000 * (now - since), 2) if since is not None else None)
             if since is not None:   # conntrack event or miss -> both entries written
                 self.offload_latency.append(now - since)
+                self.metrics.offload_latency.observe(now - since)
                 self.first_decided = min(self.first_decided or since, since)
                 self.last_offloaded = now
                 timed = True
@@ -652,6 +664,7 @@ class Daemon:
                 continue
             log.error("switch refused flow %s: %s", f.key, msg)
             self.stats["offload_failed"] += 1
+            self._event("REFUSED", f, reason=msg)
             self._since.pop(f.key, None)
             self.flowtables.delete(f)
             ct = self.mirror.entries.get(f.key)
@@ -671,6 +684,7 @@ class Daemon:
 
     async def _handed_back(self, f: Flow) -> None:
         f.clear(FlowFlag.HW | FlowFlag.PENDING)
+        self._event("HANDBACK", f, reason=f.reason.value if f.reason else None)
         self.flowtables.delete(f)
         if f.flags & FlowFlag.DYING:
             return
@@ -697,35 +711,19 @@ class Daemon:
 
     def _expired(self, f: Flow) -> None:
         self.stats["expired"] += 1
+        self._event("EXPIRE", f, idle_s=round(self.clock() - f.last_used, 1))
         self.teardown(f, TeardownReason.EXPIRED)
 
     async def _renew_lease(self, f: Flow) -> None:
         ct = self.mirror.entries.get(f.key)
         if ct is not None:
             await self.mirror.keepalive(ct, self.cfg.ct_lease)
+            self._event("REFRESH", f, lease_s=int(self.cfg.ct_lease))
 
     # -- API -----------------------------------------------------------------------
-    async def _api_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while line := await reader.readline():
-                try:
-                    req = json.loads(line)
-                    result = await self.handle(req.get("cmd", ""), req.get("args", {}))
-                    resp = {"ok": True, "result": result}
-                except (ValueError, KeyError, SwitchError) as e:
-                    resp = {"ok": False, "error": str(e)}
-                writer.write((json.dumps(resp) + "\n").encode())
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
     async def handle(self, cmd: str, args: dict):
         if cmd == "flow_list":
-            if args.get("refresh", True):
-                await self.aging.read_now([f for f in self.flowtables if f.flags & FlowFlag.HW])
-            return self.flow_list()
+            return await self.flow_list(FlowFilter.from_args(args.get("filter")), bool(args.get("refresh", True)))
         if cmd == "stats":
             return self.stats_dict()
         if cmd == "flowtable_list":
@@ -763,20 +761,41 @@ class Daemon:
             return {**self.stats, **{f"aging.{k}": v for k, v in self.aging.stats.items()}}
         raise ValueError(f"unknown command {cmd!r}")
 
-    def flow_list(self) -> list[dict]:
+    def _row(self, e: CtEntry, f: Flow | None, now: float) -> dict:
+        """A flow as `p4ft flow list -o json` shows it (docs/p4ft.schema.json)."""
+        row = {"id": e.id, "proto": L4PROTO_NAMES.get(e.l4proto, str(e.l4proto)), "l4proto": e.l4proto,
+               "state": e.state_name, "orig": _tuple_dict(e.orig), "reply": _tuple_dict(e.reply),
+               "offload": bool(f and f.flags & FlowFlag.HW), "flowtable": None, "pending": False}
+        if f is not None:
+            row.update(flowtable=f.flowtable, pending=bool(f.flags & FlowFlag.PENDING),
+                       packets=list(f.packets), bytes=list(f.bytes), idle=round(now - f.last_used, 1),
+                       counters_age=round(now - f.stats_at, 1) if f.stats_at else None)
+        return row
+
+    async def flow_list(self, flt: FlowFilter | None = None, refresh: bool = True) -> list[dict]:
+        """conntrack's entries with what p4ft does with them, those flt keeps;
+        refresh: the switch's counters read first for the offloaded ones shown."""
+        flt = flt or FlowFilter()
         now = self.clock()
-        out = []
-        for e in self.mirror.entries.values():
-            f = self._flow_of(e)
-            row = {"proto": L4PROTO_NAMES.get(e.l4proto, str(e.l4proto)), "l4proto": e.l4proto,
-                   "state": e.state_name, "orig": _tuple_dict(e.orig), "reply": _tuple_dict(e.reply),
-                   "offload": bool(f and f.flags & FlowFlag.HW), "id": e.id}
-            if f is not None:
-                row.update(flowtable=f.flowtable, pending=bool(f.flags & FlowFlag.PENDING),
-                           packets=f.packets, bytes=f.bytes, idle=round(now - f.last_used, 1),
-                           counters_age=round(now - f.stats_at, 1) if f.stats_at else None)
-            out.append(row)
-        return out
+        shown = [(e, f) for e in list(self.mirror.entries.values())
+                 if flt.matches(self._row(e, f := self._flow_of(e), now))]
+        if refresh:
+            await self.aging.read_now([f for _, f in shown if f is not None and f.flags & FlowFlag.HW])
+            now = self.clock()
+        return [self._row(e, f, now) for e, f in shown]
+
+    def _event(self, event: str, f: Flow | CtEntry, **fields) -> None:
+        """Publish a flow's event to the monitors (cheap when there are none)."""
+        if not self.events.monitors:
+            return
+        if isinstance(f, Flow):
+            t = f.tuples
+            flow = {"proto": L4PROTO_NAMES.get(t[0].l4proto, str(t[0].l4proto)), "orig": _tuple_dict(t[0]),
+                    "reply": _tuple_dict(t[1]), "flowtable": f.flowtable, "offload": bool(f.flags & FlowFlag.HW)}
+        else:
+            flow = {"proto": L4PROTO_NAMES.get(f.l4proto, str(f.l4proto)), "orig": _tuple_dict(f.orig),
+                    "reply": _tuple_dict(f.reply), "flowtable": None, "offload": False}
+        self.events.publish(event, flow, **fields)
 
     def stats_dict(self) -> dict:
         d = dict(self.stats)
@@ -790,6 +809,8 @@ class Daemon:
             d["offload_latency_ms.p50"] = round(1000 * lat[len(lat) // 2], 2)
             d["offload_latency_ms.p99"] = round(1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], 2)
         d["packet_in_dropped"] = self.session.dropped_packet_in
+        d["monitors"] = len(self.events.monitors)
+        d["api_errors"] = self.api.errors
         for k, v in self.aging.stats.items():
             d[f"aging.{k}"] = v
         return d

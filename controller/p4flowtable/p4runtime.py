@@ -7,6 +7,7 @@ One stream reader demultiplexes the StreamChannel into bounded queues
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from dataclasses import dataclass
 from typing import AsyncIterator, Iterable
@@ -79,6 +80,8 @@ class Session:
         # are at most as many as entries
         self.idle: asyncio.Queue[p4runtime_pb2.IdleTimeoutNotification] = asyncio.Queue()
         self.dropped_packet_in = 0
+        self.writes = 0                      # Write requests sent
+        self.write_errors: collections.Counter[str] = collections.Counter()   # updates refused, by code
         self.lost = asyncio.Event()
         self.is_primary = False
         self.highest_eid = 0                  # the highest election id the switch reports
@@ -241,13 +244,17 @@ class Session:
             return
         req = p4runtime_pb2.WriteRequest(device_id=self.device_id, election_id=self._eid,
                                          updates=updates)
+        self.writes += 1
         try:
             await self._check().Write(req)
         except grpc.aio.AioRpcError as e:
             if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                self.write_errors["UNAVAILABLE"] += 1
                 self.lost.set()
                 raise SwitchUnavailable(f"{self.address}: {e.details()}") from None
-            raise WriteError(write_errors(e, len(updates)), what) from None
+            errors = write_errors(e, len(updates))
+            self.write_errors.update(err.code for err in errors)
+            raise WriteError(errors, what) from None
 
     async def read(self, entities: Iterable[p4runtime_pb2.Entity]) -> AsyncIterator[p4runtime_pb2.Entity]:
         req = p4runtime_pb2.ReadRequest(device_id=self.device_id, entities=list(entities))

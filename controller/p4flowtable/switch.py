@@ -13,6 +13,7 @@ directions written, the rest (orphans) deleted.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -105,12 +106,15 @@ class ReconcilePlan:
     orphans: list[p4r.Update] = field(default_factory=list)  # deletes of entries no flow owns
 
 
-def plan_reconcile(schema: P4Schema, flows: list[Flow], present: dict[tuple, p4r.TableEntry],
-                   idle_timeout: bool) -> ReconcilePlan:
-    """What to write so that the switch holds exactly these flows' entries."""
+async def plan_reconcile(schema: P4Schema, flows: list[Flow], present: dict[tuple, p4r.TableEntry],
+                         idle_timeout: bool) -> ReconcilePlan:
+    """What to write so that the switch holds exactly these flows' entries
+    (a coroutine only to give the event loop a turn now and then)."""
     plan = ReconcilePlan()
     left = dict(present)
-    for f in flows:
+    for i, f in enumerate(flows):
+        if i % 1000 == 0:
+            await asyncio.sleep(0)
         ttl = int(f.timeout * 1e9) if idle_timeout else 0
         ups = []
         for d in Dir:

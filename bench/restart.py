@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Warm restart at scale: time for a daemon killed (-9) and started again to
+converge on a switch that carries N offloaded flows.
+
+For each switch and N: N masqueraded TCP flows are offloaded (ctnetlink-made
+conntrack entries carrying the flowtable's mark); the daemon is killed with
+SIGKILL and started again; converged is when its reconcile has adopted all N
+(polled on its socket). Reported: from the new process's start to converged,
+and the reconcile alone (the daemon's own log line), with what it adopted,
+wrote and deleted.
+
+    sudo .venv/bin/python bench/restart.py [--flows 1000,100000] [--switch bmv2,soft]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from offload_rate import (NS, SOCK, LINKS, Router, call, create_entries, flush_conntrack,  # noqa: E402
+                          make_ruleset, setup_router, start_daemon, stop, switch_on_veths)
+from p4ft_topo import wait_until  # noqa: E402
+from record import save  # noqa: E402
+
+DAEMON_OUT = Path("/tmp/p4ftb-daemon.out")
+
+
+def one_size(switch: str, n: int) -> dict:
+    ruleset = Path("/tmp/p4ftb-restart.nft")
+    ruleset.write_text(make_ruleset("meta l4proto { tcp, udp } flow add @ft"))
+    setup_router()
+    d = None
+    extra = ("--timeout", "ft/tcp=3600")
+    try:
+        with switch_on_veths(switch, LINKS) as grpc:
+            d = start_daemon(grpc, ruleset, extra)
+            asyncio.run(create_entries(range(n)))
+            wait_until(lambda: call("counters", path=SOCK).get("offloaded", 0) >= n, 60 + n / 200,
+                       f"{n} flows offloaded", 0.2)
+            d.send_signal(signal.SIGKILL)
+            d.wait(10)
+            t0 = time.monotonic()
+            d = start_daemon(grpc, ruleset, extra)
+            wait_until(lambda: call("counters", path=SOCK, timeout=60).get("reconcile.adopted", 0) >= n, 60 + n / 500,
+                       f"{n} flows adopted", 0.02)
+            total = time.monotonic() - t0
+            c = call("counters", path=SOCK)
+            m = re.search(r"switch reconciled in ([\d.]+)s", DAEMON_OUT.read_text())
+            return {"flows": n, "converged_s": total, "reconcile_s": float(m.group(1)) if m else None,
+                    "adopted": c.get("reconcile.adopted", 0), "written": c.get("reconcile.written", 0),
+                    "orphans_deleted": c.get("reconcile.orphans_deleted", 0)}
+    finally:
+        if d is not None and d.poll() is None:
+            stop(d)
+        flush_conntrack()
+        Router(NS).stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--flows", default="1000,100000")
+    ap.add_argument("--switch", default="bmv2,soft" if shutil.which("simple_switch_grpc") else "soft")
+    ap.add_argument("--out", default=str(ROOT / "bench/results/restart.json"))
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        print("restart: needs root", file=sys.stderr)
+        return 1
+    result = {"bench": "restart", "runs": []}
+    for switch in a.switch.split(","):
+        for n in (int(x) for x in a.flows.split(",")):
+            r = dict(one_size(switch, n), switch=switch)
+            result["runs"].append(r)
+            print(f"{switch} N={n}: converged {r['converged_s']:.2f} s after the new daemon's start (reconcile "
+                  f"{r['reconcile_s']:.2f} s): {r['adopted']} adopted, {r['written']} written, "
+                  f"{r['orphans_deleted']} orphan entries deleted", flush=True)
+    save(a.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The daemon's local socket: one JSON request a line, one JSON answer a line
+({"ok": true, "result": ...} or {"ok": false, "error": "..."}); `monitor`
+turns the connection into a stream of events, one JSON object a line.
+
+What a client sends is never trusted: a line that is not a JSON object, an
+unknown command, wrong arguments or a line over MAX_LINE get an error answer
+(a line too long also ends the connection); a client that goes away mid-answer
+is forgotten. None of it reaches the daemon's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from .events import EventBus, FlowFilter
+from .p4runtime import SwitchError
+
+log = logging.getLogger("p4ft")
+
+MAX_LINE = 1 << 20
+
+
+class ApiServer:
+    def __init__(self, path: str, handle: Callable[[str, dict], Awaitable], bus: EventBus):
+        self.path, self.handle, self.bus = path, handle, bus
+        self.server: asyncio.AbstractServer | None = None
+        self.errors = 0
+
+    async def start(self) -> None:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+        self.server = await asyncio.start_unix_server(self._client, path=self.path, limit=MAX_LINE)
+        os.chmod(self.path, 0o660)
+
+    def close(self) -> None:
+        if self.server:
+            self.server.close()
+            if os.path.exists(self.path):
+                os.unlink(self.path)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except ValueError:       # over the limit: answered, then the connection ends
+                    self.errors += 1
+                    await self._send(writer, {"ok": False, "error": f"request longer than {MAX_LINE} bytes"})
+                    return
+                if not line:
+                    return
+                try:
+                    req = json.loads(line)
+                    if not isinstance(req, dict) or not isinstance(req.get("args", {}), dict):
+                        raise ValueError('a request is a JSON object {"cmd": NAME, "args": {...}}')
+                    cmd, args = str(req.get("cmd", "")), req.get("args", {})
+                    if cmd == "monitor":
+                        await self._monitor(writer, args)
+                        return
+                    resp = {"ok": True, "result": await self.handle(cmd, args)}
+                except (ValueError, KeyError, TypeError, SwitchError) as e:
+                    self.errors += 1
+                    resp = {"ok": False, "error": str(e) or type(e).__name__}
+                await self._send(writer, resp)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    @staticmethod
+    async def _send(writer: asyncio.StreamWriter, obj) -> None:
+        writer.write((json.dumps(obj) + "\n").encode())
+        await writer.drain()
+
+    async def _monitor(self, writer: asyncio.StreamWriter, args: dict) -> None:
+        m = self.bus.subscribe(FlowFilter.from_args(args.get("filter")))
+        try:
+            await self._send(writer, {"ok": True, "result": "monitoring"})
+            while True:
+                await self._send(writer, await self.bus.next(m))
+        finally:
+            self.bus.unsubscribe(m)

@@ -1,0 +1,114 @@
+"""Prometheus metrics of the daemon (`p4ft daemon --metrics-addr HOST:PORT`).
+
+The text exposition format is prometheus_client's. The collector reads the
+daemon's state when scraped; the HTTP server runs on the daemon's own event
+loop, so a scrape reads that state from the thread that changes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .model import FlowFlag
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+log = logging.getLogger("p4ft")
+
+# time-to-offload: from the connection becoming offloadable to both entries written
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class Metrics:
+    def __init__(self, daemon: "Daemon"):
+        self.daemon = daemon
+        self.registry = CollectorRegistry()
+        self.offload_latency = Histogram("p4ft_offload_latency_seconds",
+                                         "Time from a connection becoming offloadable (or its miss) to both "
+                                         "of its entries written", buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.registry.register(self)
+        self.server: asyncio.AbstractServer | None = None
+
+    def collect(self):
+        d = self.daemon
+        st = d.stats
+        flows = GaugeMetricFamily("p4ft_flows", "Flows by flowtable and state", labels=["flowtable", "state"])
+        for name, t in d.flowtables.tables.items():
+            hw = sum(1 for f in t.flows.values() if f.flags & FlowFlag.HW)
+            flows.add_metric([name, "offloaded"], hw)
+            flows.add_metric([name, "pending"], len(t.flows) - hw)
+        yield flows
+        yield GaugeMetricFamily("p4ft_conntrack_entries", "Entries of the router's conntrack table",
+                                value=len(d.mirror.entries))
+        yield CounterMetricFamily("p4ft_offloads", "Flows offloaded (both entries written)",
+                                  value=st.get("offloaded", 0))
+        for prefix, name, doc, label in (
+                ("teardown.", "p4ft_teardowns", "Flows torn down, by reason", "reason"),
+                ("not_offloaded.", "p4ft_refused", "Offloads refused, by reason", "reason"),
+                ("punt.", "p4ft_punts", "Packets the switch punted to the slow path, by reason", "reason")):
+            fam = CounterMetricFamily(name, doc, labels=[label])
+            for k, v in sorted(st.items()):
+                if k.startswith(prefix):
+                    fam.add_metric([k[len(prefix):]], v)
+            if prefix == "punt.":
+                for reason in d.punt_names.values():
+                    if f"punt.{reason}" not in st:
+                        fam.add_metric([reason], 0)
+            yield fam
+        yield CounterMetricFamily("p4ft_expiries", "Flows expired (idle in the switch)", value=st.get("expired", 0))
+        s = d.session
+        yield CounterMetricFamily("p4ft_switch_writes", "P4Runtime Write requests sent", value=s.writes)
+        errs = CounterMetricFamily("p4ft_switch_write_errors", "Updates the switch refused, by status code",
+                                   labels=["code"])
+        for code, n in sorted(s.write_errors.items()):
+            errs.add_metric([code], n)
+        yield errs
+        yield GaugeMetricFamily("p4ft_switch_connected", "1 while the P4Runtime session is up",
+                                value=0 if s.lost.is_set() or s._stub is None else 1)
+        role = GaugeMetricFamily("p4ft_switch_role", "1 for this daemon's arbitration role", labels=["role"])
+        role.add_metric(["primary"], 1 if s.is_primary else 0)
+        role.add_metric(["backup"], 0 if s.is_primary else 1)
+        yield role
+        yield GaugeMetricFamily("p4ft_election_id", "This daemon's P4Runtime election id", value=s.election_id)
+        yield CounterMetricFamily("p4ft_packet_in_dropped", "PacketIns dropped before the daemon read them",
+                                  value=s.dropped_packet_in)
+        yield CounterMetricFamily("p4ft_monitor_events_dropped", "Events lost by slow monitors",
+                                  value=sum(m.dropped_total for m in d.events.monitors) + d.events.dropped_gone)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def serve(self, addr: str) -> None:
+        host, _, port = addr.rpartition(":")
+        self.server = await asyncio.start_server(self._http, host.strip("[]") or "127.0.0.1", int(port))
+        log.info("metrics on http://%s/metrics", addr)
+
+    async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Just enough HTTP/1.0 for a scraper: GET /metrics."""
+        try:
+            request = await asyncio.wait_for(reader.readline(), 10)
+            while (line := await asyncio.wait_for(reader.readline(), 10)) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = request.split()
+            if len(parts) >= 2 and parts[0] == b"GET" and parts[1].split(b"?")[0] == b"/metrics":
+                body, status, ctype = self.render(), "200 OK", CONTENT_TYPE_LATEST
+            else:
+                body, status, ctype = b"p4ft: GET /metrics\n", "404 Not Found", "text/plain"
+            writer.write(f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                         "Connection: close\r\n\r\n".encode() + body)
+            await writer.drain()
+        except (asyncio.TimeoutError, ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        if self.server:
+            self.server.close()
