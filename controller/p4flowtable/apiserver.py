@@ -23,6 +23,7 @@ from .p4runtime import SwitchError
 log = logging.getLogger("p4ft")
 
 MAX_LINE = 1 << 20
+DRAIN_LIMIT = 64 << 20
 
 
 class ApiServer:
@@ -52,11 +53,15 @@ class ApiServer:
                 except ValueError:       # over the limit: answered, then the connection ends
                     self.errors += 1
                     await self._send(writer, {"ok": False, "error": f"request longer than {MAX_LINE} bytes"})
+                    await self._drain_and_hang_up(reader, writer)
                     return
                 if not line:
                     return
                 try:
-                    req = json.loads(line)
+                    try:
+                        req = json.loads(line.decode("utf-8"))
+                    except ValueError as e:      # not UTF-8, not JSON
+                        raise ValueError(f"not a JSON request: {e}") from None
                     if not isinstance(req, dict) or not isinstance(req.get("args", {}), dict):
                         raise ValueError('a request is a JSON object {"cmd": NAME, "args": {...}}')
                     cmd, args = str(req.get("cmd", "")), req.get("args", {})
@@ -72,6 +77,22 @@ class ApiServer:
             pass
         finally:
             writer.close()
+
+    @staticmethod
+    async def _drain_and_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """End our side, and read what the client still sends (a while, at most
+        DRAIN_LIMIT): closing with unread input would reset the connection
+        before the client reads the answer."""
+        writer.write_eof()
+        got, end = 0, asyncio.get_running_loop().time() + 5
+        while got < DRAIN_LIMIT and (left := end - asyncio.get_running_loop().time()) > 0:
+            try:
+                chunk = await asyncio.wait_for(reader.read(1 << 16), left)
+            except asyncio.TimeoutError:
+                return
+            if not chunk:
+                return
+            got += len(chunk)
 
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, obj) -> None:
