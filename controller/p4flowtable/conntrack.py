@@ -239,6 +239,23 @@ class ConntrackMirror:
                 return e
         return None
 
+    def enable_accounting(self) -> None:
+        """Conntrack's packet counters (nf_conntrack_acct) for connections made
+        from now on: what ranks flows waiting for room in the switch."""
+        key = "net.netfilter.nf_conntrack_acct"
+        if netns.read_sysctl(self.netns, key) != "1":
+            netns.write_sysctl(self.netns, key, "1")
+            log.info("conntrack accounting on (%s=1): flows waiting for room are ranked by traffic", key)
+
+    async def packets(self, entries: list[CtEntry]) -> list[int | None]:
+        """Each entry's packets in both directions now (None: gone, or not counted)."""
+        reqs = [(ctnl.IPCTNL_MSG_CT_GET, ctnl.family_of(e.orig), ctnl.tuple_attr(ctnl.CTA_TUPLE_ORIG, e.orig), 0)
+                for e in entries]
+        out = []
+        for res in await self._cmd.requests(reqs):
+            out.append(None if isinstance(res, Exception) or not res else res[0].packets)
+        return out
+
     async def handed_back(self, e: CtEntry, idle: float, mark: int = 0) -> None:
         """Slow path owns the flow again (flow_offload_fixup_ct).
 

@@ -36,6 +36,8 @@ IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 0, 1, 2
 NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY = 1, 2, 3
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO, CTA_HELP = 1, 2, 3, 4, 5
 CTA_TIMEOUT, CTA_ID = 7, 12
+CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY = 9, 10
+CTA_COUNTERS_PACKETS = 1
 CTA_LABELS, CTA_LABELS_MASK = 22, 23
 LABELS_LEN = 16          # NF_CT_LABELS_MAX_SIZE: 128 bits
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
@@ -75,6 +77,7 @@ class CtMsg:
     helper: bool
     tcp_flags: int | None = None   # the original direction's IP_CT_TCP_FLAG_* bits
     labels: int | None = None      # ct label bits (bit N of the label is 1 << N)
+    packets: int | None = None     # both directions, where conntrack accounting is on
 
 
 # -- decoding ------------------------------------------------------------------
@@ -144,9 +147,15 @@ def decode(buf: bytes, off: int, end: int, msg_type: int, flags: int) -> CtMsg:
             info = attrs(buf, *tcp)
             tcp_state = _uint(buf, info.get(CTA_PROTOINFO_TCP_STATE), 1)
             tcp_flags = _uint(buf, info.get(CTA_PROTOINFO_TCP_FLAGS_ORIGINAL), 1)
+    packets = None
+    for c in (top.get(CTA_COUNTERS_ORIG), top.get(CTA_COUNTERS_REPLY)):
+        if c is not None:
+            n = _uint(buf, attrs(buf, *c).get(CTA_COUNTERS_PACKETS), 8)
+            packets = (packets or 0) + (n or 0)
     return CtMsg(msg_type, flags, _tuple(buf, o) if o else None, _tuple(buf, r) if r else None,
                  _uint(buf, top.get(CTA_STATUS), 4), tcp_state, _uint(buf, top.get(CTA_TIMEOUT), 4),
-                 _uint(buf, top.get(CTA_ID), 4), CTA_HELP in top, tcp_flags, _labels(buf, top.get(CTA_LABELS)))
+                 _uint(buf, top.get(CTA_ID), 4), CTA_HELP in top, tcp_flags, _labels(buf, top.get(CTA_LABELS)),
+                 packets)
 
 
 # -- encoding --------------------------------------------------------------------

@@ -109,6 +109,7 @@ class Daemon:
         self.cpu_first: float | None = None       # process CPU time at the first decision
         self.cpu_last: float | None = None        # ... and at the last offload since a reset
         self._declined: dict = {}
+        self._waiting: dict = {}   # orig tuple -> (entry, its packets when refused): table was full
         self._tasks: list[asyncio.Task] = []
         self.events = EventBus()
         self.api = ApiServer(cfg.socket, self.handle, self.events)
@@ -147,6 +148,7 @@ class Daemon:
     async def _primary(self, kept: bool) -> None:
         """The primary's work: representors, every task, the switch reconciled."""
         cfg = self.cfg
+        self.mirror.enable_accounting()
         self.relay.open()
         self._rt_monitor = AsyncIPRoute(use_socket=netns.netlink_socket(cfg.netns, NETLINK_ROUTE))
         await self._rt_monitor.bind(groups=HOP_GROUPS)
@@ -458,6 +460,7 @@ class Daemon:
             self._declined.pop(e.orig, None)
             flow = self._flow_of(e)
             if ev is CtEvent.DESTROY:
+                self._waiting.pop(e.orig, None)
                 if flow is not None:
                     flow.test_and_set(FlowFlag.DYING)
                     self.teardown(flow, TeardownReason.CT_DESTROYED)
@@ -487,7 +490,7 @@ class Daemon:
 
     # -- offload decision (nft_flow_offload_eval) -----------------------------
     def _maybe_offload(self, e: CtEntry) -> None:
-        if e.orig in self._considering or self._flow_of(e) is not None:
+        if e.orig in self._considering or e.orig in self._waiting or self._flow_of(e) is not None:
             return
         if e.offloadable() is not None:
             return
@@ -656,20 +659,64 @@ class Daemon:
                 timed = True
         if timed:
             self.cpu_last = time.process_time()
+        refused = []
         for f, msg in res.failed:
             if msg.startswith("ALREADY_EXISTS"):
                 f.clear(FlowFlag.PENDING)
                 f.test_and_set(FlowFlag.HW)
                 self.aging.track(f, now)
-                continue
-            log.error("switch refused flow %s: %s", f.key, msg)
-            self.stats["offload_failed"] += 1
-            self._event("REFUSED", f, reason=msg)
+            else:
+                refused.append((f, msg))
+        if refused:
+            await self._refused(refused)
+
+    async def _refused(self, refused: list[tuple[Flow, str]]) -> None:
+        """Flows the switch would not take. A flow is both its directions or
+        none: a direction that got in is removed. The flow waits for room in
+        the slow path, its mark kept, its kernel lease back to its state's
+        timeout: it is admitted, heaviest first, when deletes free entries
+        (_admit_waiting), not retried on each of its packets. A full table is
+        RESOURCE_EXHAUSTED, as the spec says; BMv2's server reports it, like
+        any failure of its target, as UNKNOWN."""
+        try:
+            await self.driver.delete([f for f, _ in refused])
+        except SwitchError as e:
+            log.warning("removing what got in of %d refused flow(s): %s", len(refused), e)
+        waiting = []
+        for f, msg in refused:
+            full = msg.startswith(("RESOURCE_EXHAUSTED", "UNKNOWN"))
+            self.stats["table_full" if full else "offload_failed"] += 1
+            self._event("REFUSED", f, reason="table_full" if full else msg)
+            if not full:
+                log.error("switch refused flow %s: %s", f.key, msg)
             self._since.pop(f.key, None)
             self.flowtables.delete(f)
             ct = self.mirror.entries.get(f.key)
-            if ct is not None:
-                await self.mirror.handed_back(ct, 0, self.rulesets.mark(f.flowtable))
+            if ct is None:
+                continue
+            waiting.append(ct)
+            await self.mirror.handed_back(ct, 0, 0)
+        if waiting:
+            log.warning("switch refused %d flow(s): waiting for room (%d waiting)", len(waiting),
+                        len(self._waiting) + len(waiting))
+            for ct, n in zip(waiting, await self.mirror.packets(waiting)):
+                self._waiting[ct.orig] = (ct, n or 0)
+
+    async def _admit_waiting(self, room: int) -> None:
+        """Entries were freed: the flows waiting for room, those that moved the
+        most packets since they were refused first (the kernel has no such
+        policy; conntrack's counters make it possible)."""
+        if not self._waiting or room <= 0:
+            return
+        items = list(self._waiting.items())
+        now = await self.mirror.packets([ct for _, (ct, _) in items])
+        ranked = sorted(zip(items, now), key=lambda x: (x[1] or 0) - x[0][1][1], reverse=True)
+        for (key, _), _ in ranked[:room]:
+            del self._waiting[key]
+            cur = self.mirror.entries.get(key)
+            if cur is not None:
+                self.stats["table_full_admitted"] += 1
+                self._maybe_offload(cur)
 
     async def _do_del(self, batch: list[Flow]) -> None:
         res = await self.driver.delete(batch)
@@ -681,6 +728,7 @@ class Daemon:
             self.stats["delete_failed"] += 1
         for f in batch:
             await self._handed_back(f)
+        await self._admit_waiting(len(batch) - len(res.failed))
 
     async def _handed_back(self, f: Flow) -> None:
         f.clear(FlowFlag.HW | FlowFlag.PENDING)
@@ -810,6 +858,7 @@ class Daemon:
             d["offload_latency_ms.p99"] = round(1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], 2)
         d["packet_in_dropped"] = self.session.dropped_packet_in
         d["monitors"] = len(self.events.monitors)
+        d["table_full_waiting"] = len(self._waiting)
         d["api_errors"] = self.api.errors
         for k, v in self.aging.stats.items():
             d[f"aging.{k}"] = v

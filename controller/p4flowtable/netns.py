@@ -72,3 +72,9 @@ def read_sysctl(name: str | None, key: str) -> str:
     with entered(name):
         with open("/proc/sys/" + key.replace(".", "/")) as f:
             return f.read().strip()
+
+
+def write_sysctl(name: str | None, key: str, value: str) -> None:
+    with entered(name):
+        with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+            f.write(value)
