@@ -184,7 +184,7 @@ class SoftSwitch(P4RuntimeSwitch):
 
 def soft_switch_available() -> bool:
     try:
-        import p4flowtable.target.soft.main  # noqa: F401
+        import p4flowtable.softswitch.main  # noqa: F401
     except ImportError:
         return False
     return True
@@ -197,7 +197,7 @@ def pick_switch(kind: str = "auto") -> type[P4RuntimeSwitch]:
         return Bmv2Switch
     if kind in ("soft", "auto"):
         if not soft_switch_available():
-            raise RuntimeError("the embedded target (p4flowtable.target.soft) is not available")
+            raise RuntimeError("the embedded target (p4flowtable.softswitch) is not available")
         return SoftSwitch
     raise ValueError(f"unknown switch kind {kind!r} (auto, bmv2, soft)")
 

@@ -23,7 +23,7 @@ from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple
 from p4flowtable.offload import port_entry
 from p4flowtable.p4info import P4Schema
 from p4flowtable.p4runtime import Session
-from p4flowtable.target.soft.server import Pipeline, SoftSwitchServer
+from p4flowtable.softswitch.server import Pipeline, SoftSwitchServer
 from p4ft_topo import free_tcp_port, start_switch_process, veth_links
 
 ROOT = Path(__file__).resolve().parents[1]

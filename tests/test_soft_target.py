@@ -21,9 +21,9 @@ from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple
 from p4flowtable.offload import port_entry
 from p4flowtable.p4info import P4Schema, encode
 from p4flowtable.p4runtime import Session, SwitchError, WriteError
-from p4flowtable.target.soft.pipeline import Program, UnsupportedConstruct
-from p4flowtable.target.soft.ports import Ports, parse_port_spec
-from p4flowtable.target.soft.server import Pipeline, SoftSwitchServer, serve
+from p4flowtable.softswitch.pipeline import Program, UnsupportedConstruct
+from p4flowtable.softswitch.ports import Ports, parse_port_spec
+from p4flowtable.softswitch.server import Pipeline, SoftSwitchServer, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 JSON = ROOT / "p4src/build/flowtable.json"

@@ -212,7 +212,7 @@ def cmd_monitor(args) -> int:
 
 
 def cmd_switch(args) -> int:
-    from .target.soft.main import main as switch_main
+    from .softswitch.main import main as switch_main
     return switch_main(args)
 
 
