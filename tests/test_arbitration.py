@@ -5,7 +5,6 @@ import os
 import queue
 import shutil
 import threading
-import time
 
 import grpc
 import pytest
@@ -15,7 +14,7 @@ from p4.config.v1 import p4info_pb2
 from p4.v1 import p4runtime_pb2 as p4r, p4runtime_pb2_grpc
 
 from integration import ROOT
-from p4ft_topo import port_in_use, switch_on_veths
+from p4ft_topo import switch_on_veths, wait_port
 
 BUILD = ROOT / "p4src" / "build"
 LINKS = [("p4ar-s1", "p4ar-p1")]
@@ -128,10 +127,7 @@ def heard():
     for kind in ["soft"] + (["bmv2"] if shutil.which("simple_switch_grpc") else []):
         with switch_on_veths(kind, LINKS) as addr:
             host, port = addr.rsplit(":", 1)
-            end = time.monotonic() + 30
-            while not port_in_use(host, int(port)):
-                assert time.monotonic() < end, f"{kind} switch not serving {addr}"
-                time.sleep(0.05)
+            wait_port(host, int(port), 30)
             out[kind] = run_sequence(addr)
     return out
 

@@ -6,7 +6,6 @@ import asyncio
 import json
 import socket
 import subprocess
-import time
 import urllib.request
 
 import jsonschema

@@ -6,12 +6,11 @@ import json
 import os
 import shutil
 import subprocess
-import time
 
 import pytest
 
 from integration import ROOT
-from p4ft_topo import port_in_use, switch_on_veths
+from p4ft_topo import switch_on_veths, wait_port
 
 SHELL_PY = ROOT / ".venv-shell" / "bin" / "python"
 CLIENT = ROOT / "tests" / "p4rt_shell_client.py"
@@ -33,10 +32,7 @@ def answers():
     for kind in kinds():
         with switch_on_veths(kind, LINKS) as grpc:
             host, port = grpc.rsplit(":", 1)
-            end = time.monotonic() + 30
-            while not port_in_use(host, int(port)):
-                assert time.monotonic() < end, f"{kind} switch not serving {grpc}"
-                time.sleep(0.05)
+            wait_port(host, int(port), 30)
             r = subprocess.run([str(SHELL_PY), str(CLIENT), grpc, str(BUILD / "flowtable.p4info.txtpb"),
                                 str(BUILD / "flowtable.json"), LINKS[0][1]],
                                capture_output=True, text=True, timeout=180)

@@ -7,11 +7,9 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-from p4flowtable import policy
 from p4flowtable.conntrack import ConntrackMirror
 from p4flowtable.nftables import load
 from p4flowtable.policy import PolicyError, assign_marks, read_ruleset

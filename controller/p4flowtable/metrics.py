@@ -94,8 +94,8 @@ class Metrics:
         """Just enough HTTP/1.0 for a scraper: GET /metrics."""
         try:
             request = await asyncio.wait_for(reader.readline(), 10)
-            while (line := await asyncio.wait_for(reader.readline(), 10)) not in (b"\r\n", b"\n", b""):
-                pass
+            while await asyncio.wait_for(reader.readline(), 10) not in (b"\r\n", b"\n", b""):
+                pass        # the request's headers
             parts = request.split()
             if len(parts) >= 2 and parts[0] == b"GET" and parts[1].split(b"?")[0] == b"/metrics":
                 body, status, ctype = self.render(), "200 OK", CONTENT_TYPE_LATEST

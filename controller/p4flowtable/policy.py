@@ -19,9 +19,7 @@ files, so errors read file:line:col of what the operator wrote.
 
 from __future__ import annotations
 
-import bisect
 import glob
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
