@@ -11,11 +11,11 @@ import time
 import pytest
 
 from integration import flow_for, host_tool, net_per_switch, read_json, stats, switch_flow_entries, wait_for
-from p4ft_topo import make_ruleset, sh
+from p4ft_topo import make_ruleset, p4ft, sh
 
 pytestmark = pytest.mark.integration
 N_TCP, N_UDP = 1000, 200
-DURATION = 75           # seconds the chatter talks: set-up, the daemon's restart, the switch's
+DURATION = 90           # seconds the chatter talks: set-up, and every restart and stop below
 DOWN = 4.0              # the daemon stays dead this long: longer than the UDP timeout
 UDP_TIMEOUT = 3
 
@@ -120,6 +120,27 @@ def test_switch_restart_reinstalls_the_pipeline_and_every_flow(net, chatter):
                     time.monotonic() - t0, 60, "every flow back in the switch", interval=0.2)
     print(f"\n[p4ft] {net.kind}: switch restarted; {before} flows back in the switch {back:.2f}s after its start")
     assert no_orphans_no_duplicates(net) == before
+
+
+def test_stop_keep_flows_leaves_them_for_the_next_daemon(net, chatter):
+    carried = offloaded(net)
+    assert "stay in the switch" in p4ft("stop", "--keep-flows", socket_path=net.socket)
+    net.daemon.wait(30)
+    assert len(switch_flow_entries(net)) == 2 * carried          # the switch still forwards them
+    net.start_daemon()
+    wait_for(lambda: stats(net).get("reconcile.adopted", 0) >= carried, 30, "the next daemon's reconcile")
+    assert stats(net).get("reconcile.written", 0) == 0
+    assert no_orphans_no_duplicates(net) == carried
+
+
+def test_a_plain_stop_hands_everything_back(net, chatter):
+    """SIGTERM, as the service manager stops it: the switch is emptied."""
+    net.daemon.send_signal(signal.SIGTERM)
+    net.daemon.wait(60)
+    assert switch_flow_entries(net) == []
+    net.start_daemon()
+    wait_for(lambda: stats(net)["flows_offloaded_now"] >= N_TCP + N_UDP, 60, "every flow offloaded again",
+             interval=0.5)
 
 
 def test_no_connection_broke(chatter):

@@ -113,7 +113,8 @@ class Daemon:
         self._tasks: list[asyncio.Task] = []
         self.events = EventBus()
         self.api = ApiServer(cfg.socket, self.handle, self.events)
-        self.metrics = Metrics(self)
+        self.metrics = Metrics(self.flowtables, self.mirror, self.stats, self.session, self.events,
+                               self.punt_names)
         self.ready = asyncio.Event()
         self.stopping = asyncio.Event()
         self.keep_flows_on_stop = False   # `p4ft stop --keep-flows`: for the next daemon to adopt

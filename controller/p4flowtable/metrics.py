@@ -8,17 +8,18 @@ loop, so a scrape reads that state from the thread that changes it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .conntrack import ConntrackMirror
+from .core import Flowtables
+from .events import EventBus
 from .model import FlowFlag
-
-if TYPE_CHECKING:
-    from .daemon import Daemon
+from .p4runtime import Session
 
 log = logging.getLogger("p4ft")
 
@@ -27,8 +28,13 @@ LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.
 
 
 class Metrics:
-    def __init__(self, daemon: "Daemon"):
-        self.daemon = daemon
+    """Reads, when scraped: the flowtables, the conntrack mirror, the daemon's
+    event counters (stats), the switch session and the monitors' bus."""
+
+    def __init__(self, flowtables: Flowtables, mirror: ConntrackMirror, stats: collections.Counter,
+                 session: Session, events: EventBus, punt_names: dict[int, str]):
+        self.flowtables, self.mirror, self.stats = flowtables, mirror, stats
+        self.session, self.events, self.punt_names = session, events, punt_names
         self.registry = CollectorRegistry()
         self.offload_latency = Histogram("p4ft_offload_latency_seconds",
                                          "Time from a connection becoming offloadable (or its miss) to both "
@@ -37,16 +43,15 @@ class Metrics:
         self.server: asyncio.AbstractServer | None = None
 
     def collect(self):
-        d = self.daemon
-        st = d.stats
+        st = self.stats
         flows = GaugeMetricFamily("p4ft_flows", "Flows by flowtable and state", labels=["flowtable", "state"])
-        for name, t in d.flowtables.tables.items():
+        for name, t in self.flowtables.tables.items():
             hw = sum(1 for f in t.flows.values() if f.flags & FlowFlag.HW)
             flows.add_metric([name, "offloaded"], hw)
             flows.add_metric([name, "pending"], len(t.flows) - hw)
         yield flows
         yield GaugeMetricFamily("p4ft_conntrack_entries", "Entries of the router's conntrack table",
-                                value=len(d.mirror.entries))
+                                value=len(self.mirror.entries))
         yield CounterMetricFamily("p4ft_offloads", "Flows offloaded (both entries written)",
                                   value=st.get("offloaded", 0))
         for prefix, name, doc, label in (
@@ -58,12 +63,12 @@ class Metrics:
                 if k.startswith(prefix):
                     fam.add_metric([k[len(prefix):]], v)
             if prefix == "punt.":
-                for reason in d.punt_names.values():
+                for reason in self.punt_names.values():
                     if f"punt.{reason}" not in st:
                         fam.add_metric([reason], 0)
             yield fam
         yield CounterMetricFamily("p4ft_expiries", "Flows expired (idle in the switch)", value=st.get("expired", 0))
-        s = d.session
+        s = self.session
         yield CounterMetricFamily("p4ft_switch_writes", "P4Runtime Write requests sent", value=s.writes)
         errs = CounterMetricFamily("p4ft_switch_write_errors", "Updates the switch refused, by status code",
                                    labels=["code"])
@@ -80,7 +85,7 @@ class Metrics:
         yield CounterMetricFamily("p4ft_packet_in_dropped", "PacketIns dropped before the daemon read them",
                                   value=s.dropped_packet_in)
         yield CounterMetricFamily("p4ft_monitor_events_dropped", "Events lost by slow monitors",
-                                  value=sum(m.dropped_total for m in d.events.monitors) + d.events.dropped_gone)
+                                  value=sum(m.dropped_total for m in self.events.monitors) + self.events.dropped_gone)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
