@@ -11,7 +11,7 @@ P4C      ?= p4c-bm2-ss
 APT_PKGS := nftables conntrack mininet iproute2 iperf3 tcpdump ethtool netcat-openbsd python3-venv \
             python3-pip
 
-.PHONY: install install-service demo test test-unit topo p4 check-p4 bench clean
+.PHONY: install install-service demo test test-unit topo p4 check-p4 bench fuzz clean
 
 install: $(STAMP) install-service
 
@@ -87,6 +87,10 @@ check-p4:
 	    || { echo "p4src/build/$$name differs from what $(P4C) produces: run 'make p4'"; rm -rf $$tmp; exit 1; }; \
 	  done; rm -rf $$tmp; echo "P4 artifacts fresh (hash and recompiled with $(P4C))"; \
 	else echo "P4 artifacts fresh (hash; $(P4C) not installed, not recompiled)"; fi
+
+# 100,000 random and malformed frames into each switch (root; the tests send 3,000).
+fuzz: install
+	P4FT_FUZZ_FRAMES=100000 $(PY) -m pytest -s -m integration tests/test_malformed.py
 
 # Benchmarks (root): results in bench/results/, plots in docs/img/.
 bench: install

@@ -202,6 +202,46 @@ def chatter(a):
            silent=sorted(ports[j] for j in range(a.count) if sent[j] and not got[j]))
 
 
+MARK = b"P4FTFUZZ"
+
+
+def blast(a):
+    """Frames from a file (one hex frame a line) out of an interface, paced."""
+    frames = [bytes.fromhex(line) for line in open(a.frames) if line.strip()]
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((a.ifname, 0))
+    start, sent = time.monotonic(), 0
+    for i, f in enumerate(frames):
+        try:
+            s.send(f)
+            sent += 1
+        except OSError:      # a frame the interface will not take (too long, too short)
+            pass
+        time.sleep(max(0.0, start + (i + 1) / a.rate - time.monotonic()))
+    report(a.out, sent=sent, frames=len(frames))
+
+
+def capture(a):
+    """Every frame carrying the blaster's mark that arrives on an interface,
+    until the stop file appears; one hex frame a line."""
+    import os
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))   # ETH_P_ALL
+    s.bind((a.ifname, 0))
+    s.settimeout(0.2)
+    got = []
+    report(a.out + ".ready", listening=True)
+    while not os.path.exists(a.stop):
+        try:
+            data, addr = s.recvfrom(65535)
+        except socket.timeout:
+            continue
+        if addr[2] != socket.PACKET_OUTGOING and MARK in data:
+            got.append(data.hex())
+    with open(a.out + ".tmp", "w") as f:
+        f.write("\n".join(got) + "\n")
+    os.replace(a.out + ".tmp", a.out)
+
+
 def udp_stream(a):
     """One direction only: count datagrams, no replies expected."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -254,6 +294,15 @@ def main():
     p.add_argument("--interval", type=float, default=1.0, help="seconds between one flow's messages")
     p.add_argument("--duration", type=float, required=True)
     p.add_argument("--out", required=True)
+    p = sub.add_parser("blast")
+    p.add_argument("--ifname", required=True)
+    p.add_argument("--frames", required=True)
+    p.add_argument("--rate", type=float, default=2000.0, help="frames per second")
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("capture")
+    p.add_argument("--ifname", required=True)
+    p.add_argument("--stop", required=True, help="a file whose appearance ends the capture")
+    p.add_argument("--out", required=True)
     p = sub.add_parser("icmp-ping")
     p.add_argument("--host", required=True)
     p.add_argument("--count", type=int, default=5)
@@ -270,7 +319,8 @@ def main():
     p.add_argument("--out", required=True)
     a = ap.parse_args()
     {"tcp-sink": tcp_sink, "tcp-source": tcp_source, "udp-echo": udp_echo, "udp-ping": udp_ping,
-     "udp-stream": udp_stream, "icmp-ping": icmp_ping, "echo": echo, "chatter": chatter}[a.cmd](a)
+     "udp-stream": udp_stream, "icmp-ping": icmp_ping, "echo": echo, "chatter": chatter,
+     "blast": blast, "capture": capture}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -88,8 +88,8 @@ def generate(n: int, seed: int = 7) -> list[tuple[int, bytes]]:
         t = f.tuples[d]
         port = f.iif[d]
         kind = rng.choices(["hit", "miss", "finrst", "ttl", "big", "opts", "frag", "badip", "badl4",
-                            "trunc", "arp", "v6", "icmp", "unbound", "udp0", "cpuhdr"],
-                           weights=[30, 8, 5, 5, 4, 4, 4, 4, 6, 6, 3, 3, 3, 4, 3, 3])[0]
+                            "trunc", "arp", "v6", "icmp", "unbound", "udp0", "cpuhdr", "badlen"],
+                           weights=[30, 8, 5, 5, 4, 4, 4, 4, 6, 6, 3, 3, 3, 4, 3, 3, 8])[0]
         payload = Raw(rng.randbytes(rng.randint(0, 700 if kind == "big" else 200)))
         ttl = rng.choice([0, 1, 2]) if kind == "ttl" else rng.randint(2, 255)
         eth = Ether(src="00:00:00:00:00:0%d" % port, dst=MACS.get(port, "02:00:00:00:00:03"))
@@ -124,6 +124,11 @@ def generate(n: int, seed: int = 7) -> list[tuple[int, bytes]]:
             raw[off] ^= 0xA5
         if kind == "udp0" and t.l4proto == 17 and ext is None:
             raw[14 + iplen + 6:14 + iplen + 8] = b"\x00\x00"
+        if kind == "badlen" and ext is None:    # lengths that disagree with the frame, or doff < 5
+            at, actual = (18, len(raw) - 54) if v6 else (16, len(raw) - 14)
+            raw[at:at + 2] = ((actual + rng.choice([-40, -12, -1, 1, 300])) & 0xFFFF).to_bytes(2, "big")
+            if t.l4proto == 6 and rng.random() < 0.4:
+                raw[14 + iplen + 12] = rng.randint(0, 4) << 4
         if kind == "trunc":
             raw = raw[:rng.choice([20, 30, 40, 44, 50, 58])]   # 40, 58: ports but no more
         if kind == "arp":

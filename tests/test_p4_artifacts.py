@@ -39,7 +39,8 @@ def test_p4info_has_what_the_controller_looks_up():
     assert {"ingress_port", "punt_reason"} <= set(s.packet_meta("packet_in"))
     assert "egress_port" in s.packet_meta("packet_out")
     assert set(s.enum("PuntReason")) == {"NONE", "MISS", "TCP_FIN_RST", "MTU_EXCEEDED", "TTL_EXPIRED",
-                                         "IP_OPTIONS", "IP_FRAGMENT", "NOT_OFFLOADABLE", "PORT_UNBOUND"}
+                                         "IP_OPTIONS", "IP_FRAGMENT", "NOT_OFFLOADABLE", "PORT_UNBOUND",
+                                         "MALFORMED"}
 
 
 def test_unknown_names_fail_with_a_suggestion():

@@ -80,6 +80,25 @@ def lan_tcp(flags="A", ttl=64, payload=b"x" * 100, **kw):
             / TCP(sport=40000, dport=80, flags=flags, seq=1000, ack=2000) / Raw(payload))
 
 
+@pytest.mark.parametrize("mangle", ["total length past the frame", "total length short of its headers",
+                                    "TCP data offset below 5"])
+def test_lengths_that_disagree_with_the_frame_are_punted_malformed(switch, schema, mangle):
+    raw = bytearray(bytes(lan_tcp()))
+    if mangle == "total length past the frame":
+        raw[16:18] = (len(raw) - 14 + 1).to_bytes(2, "big")
+    elif mangle == "total length short of its headers":
+        raw[16:18] = (20 + 19).to_bytes(2, "big")
+    else:
+        raw[14 + 20 + 12] = 0x40
+    assert punt_reason(schema, run(switch, 1, bytes(raw))) == "MALFORMED"
+
+
+def test_bytes_past_the_total_length_are_padding_and_forwarded(switch):
+    raw = bytes(lan_tcp(payload=b"")) + b"\x00" * 6     # a minimum-size Ethernet frame's padding
+    out = run(switch, 1, raw)
+    assert out.port == 2 and len(out.data) == len(raw)
+
+
 def test_hit_rewrites_nat_ttl_macs_and_checksums(switch):
     out = run(switch, 1, lan_tcp())
     assert out.port == 2
@@ -382,6 +401,12 @@ def lan_tcp6(flags="A", hlim=64, payload=b"x" * 100, ext=None):
     ip = IPv6(src="2001:db8:1::1", dst="2001:db8:2::2", hlim=hlim)
     return Ether(src=H1_MAC, dst=LAN_MAC) / ip / (ext if ext is not None else TCP(
         sport=40000, dport=80, flags=flags, seq=1000, ack=2000) / Raw(payload))
+
+
+def test_ipv6_payload_length_past_the_frame_is_punted_malformed(switch6, schema):
+    raw = bytearray(bytes(lan_tcp6()))
+    raw[18:20] = (len(raw) - 54 + 300).to_bytes(2, "big")
+    assert punt_reason(schema, run(switch6, 1, bytes(raw))) == "MALFORMED"
 
 
 def test_ipv6_hit_rewrites_nat66_hop_limit_macs_and_checksum(switch6):

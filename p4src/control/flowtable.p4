@@ -239,12 +239,27 @@ control FlowtableIngress(inout headers_t hdr,
         size = FLOW_TABLE_V4_SIZE;
     }
 
+    // Bytes of the transport header the packet claims: TCP's data offset,
+    // UDP's fixed 8. A TCP data offset below 5 is caught by its own check.
+    @hidden
+    action l4_header_len(out bit<16> len) {
+        len = hdr.tcp.isValid() ? (bit<16>)(hdr.tcp.data_offset_res >> 4) << 2 : UDP_HDR_LEN;
+    }
+
     // The kernel checks FIN/RST (nf_flow_state_check) after the lookup and
     // the MTU; here it comes before the lookup, so that a hit's action can
     // rewrite the packet at once. Such packets leave the fast path either
     // way, and as in the kernel they neither refresh nor count on the flow
     // (the kernel's check precedes flow_offload_refresh and the accounting).
+    // A packet whose lengths disagree with its frame (total length past the
+    // frame's end, or too short for its own headers) or with itself (TCP data
+    // offset < 5) is never rewritten: the kernel's receive path drops such
+    // packets (ip_rcv_core, ipv6_rcv; tcp_v4_rcv for the data offset), so it
+    // is punted for the kernel to judge. Padding past the total length, as
+    // on a minimum-size Ethernet frame, is fine.
     apply {
+        bit<16> l4_len;
+        l4_header_len(l4_len);
         // IPv4 first: the common case meets the fewest conditions
         if (hdr.ipv4.isValid()) {
             if (!hdr.tcp.isValid() && !hdr.udp.isValid()) {
@@ -257,6 +272,10 @@ control FlowtableIngress(inout headers_t hdr,
                 } else {
                     punt(PuntReason.NOT_OFFLOADABLE);
                 }
+            } else if ((bit<32>)hdr.ipv4.total_len + ETH_HDR_LEN > std_meta.packet_length ||
+                       hdr.ipv4.total_len < IPV4_HDR_LEN + l4_len ||
+                       (hdr.tcp.isValid() && hdr.tcp.data_offset_res < 0x50)) {
+                punt(PuntReason.MALFORMED);
             } else if (hdr.ipv4.ttl <= 1) {
                 punt(PuntReason.TTL_EXPIRED);
             } else if (hdr.tcp.isValid() && (hdr.tcp.flags & TCP_FLAGS_FIN_RST) != 0) {
@@ -273,6 +292,10 @@ control FlowtableIngress(inout headers_t hdr,
                 } else {
                     punt(PuntReason.NOT_OFFLOADABLE);
                 }
+            } else if ((bit<32>)hdr.ipv6.payload_len + (bit<32>)IPV6_HDR_LEN + ETH_HDR_LEN > std_meta.packet_length ||
+                       hdr.ipv6.payload_len < l4_len ||
+                       (hdr.tcp.isValid() && hdr.tcp.data_offset_res < 0x50)) {
+                punt(PuntReason.MALFORMED);
             } else if (hdr.ipv6.hop_limit <= 1) {
                 punt(PuntReason.TTL_EXPIRED);
             } else if (hdr.tcp.isValid() && (hdr.tcp.flags & TCP_FLAGS_FIN_RST) != 0) {

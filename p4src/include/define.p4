@@ -30,8 +30,14 @@ enum bit<8> PuntReason {
     IP_OPTIONS      = 5,  // IHL != 5, or an IPv6 extension header: the fast path walks neither
     IP_FRAGMENT     = 6,  // MF set or offset != 0
     NOT_OFFLOADABLE = 7,  // not IPv4/IPv6 TCP/UDP (ARP, ICMP, ND, truncated L4, ...)
-    PORT_UNBOUND    = 8   // ingress port bound to no flowtable
+    PORT_UNBOUND    = 8,  // ingress port bound to no flowtable
+    MALFORMED       = 9   // lengths that disagree with the frame, TCP data offset < 5
 }
+
+const bit<32> ETH_HDR_LEN  = 14;
+const bit<16> IPV4_HDR_LEN = 20;
+const bit<16> IPV6_HDR_LEN = 40;
+const bit<16> UDP_HDR_LEN  = 8;
 
 // One's-complement update of a checksum by a precomputed delta d (RFC 1624
 // eqn. 3: HC' = ~(~HC + d), d the sum of ~m + m' over the changed words,
