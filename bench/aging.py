@@ -32,8 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from offload_rate import (NS, SOCK, LINKS, Router, call, create_entries, flush_conntrack,  # noqa: E402
-                          make_ruleset, percentile, setup_router, start_daemon, stop, switch_on_veths)
+from offload_rate import SOCK, call, create_entries, percentile, rig  # noqa: E402
 from p4ft_topo import wait_until  # noqa: E402
 from record import cpu_seconds, save  # noqa: E402
 
@@ -49,63 +48,53 @@ def offloaded_now() -> int:
 
 
 def one_size(switch: str, n: int, burst: int, probes: int, timeout: float) -> dict:
-    ruleset = Path("/tmp/p4ftb-aging.nft")
-    ruleset.write_text(make_ruleset("meta l4proto { tcp, udp } flow add @ft"))
-    setup_router()
-    d = None
-    try:
-        with switch_on_veths(switch, LINKS) as grpc:
-            d = start_daemon(grpc, ruleset, ("--timeout", "ft/tcp=3600", "--timeout", f"ft/udp={timeout}"))
-            # 1. N background flows
-            t0 = time.monotonic()
-            asyncio.run(create_entries(range(n)))
-            wait_until(lambda: offloaded_now() >= n, 60 + n / 200, f"{n} background flows offloaded", 0.2)
-            setup_s = time.monotonic() - t0
-            # 2. setup rate of a burst while the N are aged. Warm first, for
-            # every N alike: the burst's hosts' next hops are looked up and
-            # cached by flows that have expired again before it starts
-            warm_expired = call("counters", path=SOCK).get("expired", 0) + WARM
-            asyncio.run(create_entries(range(BASE_BURST - WARM, BASE_BURST), proto=UDP))
-            wait_until(lambda: call("counters", path=SOCK).get("expired", 0) >= warm_expired, timeout + 30,
-                       "warm-up flows expired", 0.2)
-            base = offloaded_now()
-            call("offload_timing", {"reset": True}, path=SOCK)
-            asyncio.run(create_entries(range(BASE_BURST, BASE_BURST + burst)))
-            t = wait_until(lambda: (x := call("offload_timing", path=SOCK))["offloaded"] >= base + burst and x,
-                           120, "burst offloaded", 0.2)
-            rate = burst / (t["last_offloaded"] - t["first_decided"])
-            # 3. probes: offloaded, never hit, expire after `timeout`
-            s0 = call("counters", path=SOCK)
-            c0 = (time.monotonic(), cpu_seconds(d.pid), cpu_seconds(grpc.pid))
-            asyncio.run(create_entries(range(BASE_PROBE, BASE_PROBE + probes), proto=UDP))
-            wait_until(lambda: call("counters", path=SOCK).get("expired", 0) >= s0.get("expired", 0) + probes,
-                       timeout + 60, "probes expired", 0.2)
-            c1 = (time.monotonic(), cpu_seconds(d.pid), cpu_seconds(grpc.pid))
-            s1 = call("counters", path=SOCK)
-            log = call("expiry_timing", path=SOCK)
-            lags = [removed - since - timeout for since, packets, _decided, removed in log if packets == 0]
-            window = c1[0] - c0[0]
-            reads = s1.get("aging.flows_read", 0) - s0.get("aging.flows_read", 0)
-            expired = s1.get("expired", 0) - s0.get("expired", 0)
-            return {
-                "flows": n, "background_setup_s": setup_s,
-                "burst": {"flows": burst, "flows_per_s": rate},
-                "expiry": {"probes": probes, "timeout_s": timeout, "expired": expired,
-                           "lag_over_timeout_s": {"p50": percentile(lags, 0.5), "p99": percentile(lags, 0.99),
-                                                  "max": max(lags)},
-                           "samples_s": lags},
-                "work": {"window_s": window,
-                         "daemon_cpu_per_s": (c1[1] - c0[1]) / window,
-                         "switch_cpu_per_s": (c1[2] - c0[2]) / window,
-                         "entries_read_per_expiry": 2 * reads / max(1, expired),
-                         "idle_notifications": s1.get("aging.idle_notifications", 0)
-                         - s0.get("aging.idle_notifications", 0)},
-            }
-    finally:
-        if d is not None and d.poll() is None:
-            stop(d)
-        flush_conntrack()
-        Router(NS).stop()
+    with rig(switch, "aging", ("--timeout", "ft/tcp=3600", "--timeout", f"ft/udp={timeout}")) as r:
+        grpc, d = r.grpc, r.daemon
+        # 1. N background flows
+        t0 = time.monotonic()
+        asyncio.run(create_entries(range(n)))
+        wait_until(lambda: offloaded_now() >= n, 60 + n / 200, f"{n} background flows offloaded", 0.2)
+        setup_s = time.monotonic() - t0
+        # 2. setup rate of a burst while the N are aged. Warm first, for
+        # every N alike: the burst's hosts' next hops are looked up and
+        # cached by flows that have expired again before it starts
+        warm_expired = call("counters", path=SOCK).get("expired", 0) + WARM
+        asyncio.run(create_entries(range(BASE_BURST - WARM, BASE_BURST), proto=UDP))
+        wait_until(lambda: call("counters", path=SOCK).get("expired", 0) >= warm_expired, timeout + 30,
+                   "warm-up flows expired", 0.2)
+        base = offloaded_now()
+        call("offload_timing", {"reset": True}, path=SOCK)
+        asyncio.run(create_entries(range(BASE_BURST, BASE_BURST + burst)))
+        t = wait_until(lambda: (x := call("offload_timing", path=SOCK))["offloaded"] >= base + burst and x,
+                       120, "burst offloaded", 0.2)
+        rate = burst / (t["last_offloaded"] - t["first_decided"])
+        # 3. probes: offloaded, never hit, expire after `timeout`
+        s0 = call("counters", path=SOCK)
+        c0 = (time.monotonic(), cpu_seconds(d.pid), cpu_seconds(grpc.pid))
+        asyncio.run(create_entries(range(BASE_PROBE, BASE_PROBE + probes), proto=UDP))
+        wait_until(lambda: call("counters", path=SOCK).get("expired", 0) >= s0.get("expired", 0) + probes,
+                   timeout + 60, "probes expired", 0.2)
+        c1 = (time.monotonic(), cpu_seconds(d.pid), cpu_seconds(grpc.pid))
+        s1 = call("counters", path=SOCK)
+        log = call("expiry_timing", path=SOCK)
+        lags = [removed - since - timeout for since, packets, _decided, removed in log if packets == 0]
+        window = c1[0] - c0[0]
+        reads = s1.get("aging.flows_read", 0) - s0.get("aging.flows_read", 0)
+        expired = s1.get("expired", 0) - s0.get("expired", 0)
+        return {
+            "flows": n, "background_setup_s": setup_s,
+            "burst": {"flows": burst, "flows_per_s": rate},
+            "expiry": {"probes": probes, "timeout_s": timeout, "expired": expired,
+                       "lag_over_timeout_s": {"p50": percentile(lags, 0.5), "p99": percentile(lags, 0.99),
+                                              "max": max(lags)},
+                       "samples_s": lags},
+            "work": {"window_s": window,
+                     "daemon_cpu_per_s": (c1[1] - c0[1]) / window,
+                     "switch_cpu_per_s": (c1[2] - c0[2]) / window,
+                     "entries_read_per_expiry": 2 * reads / max(1, expired),
+                     "idle_notifications": s1.get("aging.idle_notifications", 0)
+                     - s0.get("aging.idle_notifications", 0)},
+        }
 
 
 def main() -> int:

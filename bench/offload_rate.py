@@ -20,6 +20,7 @@ namespace whose routes and neighbours point at the switch's ports.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import asyncio
 import ipaddress
 import os
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "controller"))
@@ -110,6 +112,36 @@ def stop(p: subprocess.Popen) -> None:
         p.wait(60)
     except subprocess.TimeoutExpired:
         p.kill()
+
+
+class Rig:
+    """One run's router, switch and daemon; `daemon` may be replaced by
+    `restart()` (a new daemon on the same switch and router)."""
+    grpc: str
+    daemon: subprocess.Popen | None
+    restart: "Callable[[], subprocess.Popen]"
+
+
+@contextlib.contextmanager
+def rig(switch: str, name: str, extra: tuple[str, ...] = ()):
+    """A router namespace, a switch on veths and a daemon with the seed
+    ruleset offloading TCP and UDP; all stopped and cleaned after the block."""
+    ruleset = Path(f"/tmp/p4ftb-{name}.nft")
+    ruleset.write_text(make_ruleset("meta l4proto { tcp, udp } flow add @ft"))
+    setup_router()
+    r = Rig()
+    r.daemon = None
+    try:
+        with switch_on_veths(switch, LINKS) as grpc:
+            r.grpc = grpc
+            r.daemon = start_daemon(grpc, ruleset, extra)
+            r.restart = lambda: start_daemon(grpc, ruleset, extra)
+            yield r
+    finally:
+        if r.daemon is not None and r.daemon.poll() is None:
+            stop(r.daemon)
+        flush_conntrack()
+        Router(NS).stop()
 
 
 async def create_entries(idx: range, pace: float | None = None, proto: int = 6) -> float:

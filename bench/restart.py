@@ -27,8 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from offload_rate import (NS, SOCK, LINKS, Router, call, create_entries, flush_conntrack,  # noqa: E402
-                          make_ruleset, setup_router, start_daemon, stop, switch_on_veths)
+from offload_rate import SOCK, call, create_entries, rig  # noqa: E402
 from p4ft_topo import wait_until  # noqa: E402
 from record import save  # noqa: E402
 
@@ -36,34 +35,22 @@ DAEMON_OUT = Path("/tmp/p4ftb-daemon.out")
 
 
 def one_size(switch: str, n: int) -> dict:
-    ruleset = Path("/tmp/p4ftb-restart.nft")
-    ruleset.write_text(make_ruleset("meta l4proto { tcp, udp } flow add @ft"))
-    setup_router()
-    d = None
-    extra = ("--timeout", "ft/tcp=3600")
-    try:
-        with switch_on_veths(switch, LINKS) as grpc:
-            d = start_daemon(grpc, ruleset, extra)
-            asyncio.run(create_entries(range(n)))
-            wait_until(lambda: call("counters", path=SOCK).get("offloaded", 0) >= n, 60 + n / 200,
-                       f"{n} flows offloaded", 0.2)
-            d.send_signal(signal.SIGKILL)
-            d.wait(10)
-            t0 = time.monotonic()
-            d = start_daemon(grpc, ruleset, extra)
-            wait_until(lambda: call("counters", path=SOCK, timeout=60).get("reconcile.adopted", 0) >= n, 60 + n / 500,
-                       f"{n} flows adopted", 0.02)
-            total = time.monotonic() - t0
-            c = call("counters", path=SOCK)
-            m = re.search(r"switch reconciled in ([\d.]+)s", DAEMON_OUT.read_text())
-            return {"flows": n, "converged_s": total, "reconcile_s": float(m.group(1)) if m else None,
-                    "adopted": c.get("reconcile.adopted", 0), "written": c.get("reconcile.written", 0),
-                    "orphans_deleted": c.get("reconcile.orphans_deleted", 0)}
-    finally:
-        if d is not None and d.poll() is None:
-            stop(d)
-        flush_conntrack()
-        Router(NS).stop()
+    with rig(switch, "restart", ("--timeout", "ft/tcp=3600")) as r:
+        asyncio.run(create_entries(range(n)))
+        wait_until(lambda: call("counters", path=SOCK).get("offloaded", 0) >= n, 60 + n / 200,
+                   f"{n} flows offloaded", 0.2)
+        r.daemon.send_signal(signal.SIGKILL)
+        r.daemon.wait(10)
+        t0 = time.monotonic()
+        r.daemon = r.restart()
+        wait_until(lambda: call("counters", path=SOCK, timeout=60).get("reconcile.adopted", 0) >= n,
+                   60 + n / 500, f"{n} flows adopted", 0.02)
+        total = time.monotonic() - t0
+        c = call("counters", path=SOCK)
+        m = re.search(r"switch reconciled in ([\d.]+)s", DAEMON_OUT.read_text())
+        return {"flows": n, "converged_s": total, "reconcile_s": float(m.group(1)) if m else None,
+                "adopted": c.get("reconcile.adopted", 0), "written": c.get("reconcile.written", 0),
+                "orphans_deleted": c.get("reconcile.orphans_deleted", 0)}
 
 
 def main() -> int:
