@@ -332,7 +332,7 @@ class Daemon:
             await self.switch.write(plan.writes, "reconcile")
         except WriteError as err:
             log.error("reconciling the switch: %s", err)
-            failed = {id(f) for f in plan.repaired}     # handed back below; retried on their next packet
+            failed = {id(f) for f in plan.repaired}     # dropped below; their leases released with the rest
         now = self.clock()
         for f in plan.adopted + plan.repaired:
             if id(f) in failed:
@@ -371,14 +371,8 @@ class Daemon:
         devices = {p: n for n, p in self.cfg.ports.items()}
         if devices.get(o[0]) not in table.config.devices or devices.get(r[0]) not in table.config.devices:
             return None
-        flow = Flow(e.id, (e.orig, e.reply), table.config.name, table.config.timeout_for(e.l4proto),
-                    iif=(o[0], r[0]), routes=(o[1], r[1]))
-        try:
-            self.flowtables.add(flow)
-        except ValueError:
-            return None
-        flow.test_and_set(FlowFlag.PENDING)
-        return flow, e
+        flow = self._pending_flow(e, table, (o[0], r[0]), (o[1], r[1]))
+        return (flow, e) if flow is not None else None
 
     async def _release_leases(self) -> int:
         """Entries on an offload lease (a timeout above their state's) that no
@@ -576,15 +570,21 @@ class Daemon:
         current = self.mirror.entries.get(e.orig)
         if current is None or current.offloadable() is not None or self._flow_of(e) is not None:
             return "changed"
-        flow = Flow(e.id, (e.orig, e.reply), ft, table.config.timeout_for(e.l4proto),
-                    iif=(out_reply.route.port, out_orig.route.port),
-                    routes=(out_orig.route, out_reply.route))
+        flow = self._pending_flow(e, table, (out_reply.route.port, out_orig.route.port),
+                                  (out_orig.route, out_reply.route))
+        return (flow, current) if flow is not None else "tuple_clash"
+
+    def _pending_flow(self, e: CtEntry, table, iif: tuple[int, int], routes) -> Flow | None:
+        """The entry's flow, added to its flowtable, pending its writes; None
+        when a tuple of it is already offloaded (a clash)."""
+        flow = Flow(e.id, (e.orig, e.reply), table.config.name, table.config.timeout_for(e.l4proto),
+                    iif=iif, routes=routes)
         try:
             self.flowtables.add(flow)
         except ValueError:
-            return "tuple_clash"
+            return None
         flow.test_and_set(FlowFlag.PENDING)
-        return flow, current
+        return flow
 
     # -- teardown (flow_offload_teardown) -----------------------------------------
     def teardown(self, flow: Flow, reason: TeardownReason, direction: Dir | None = None) -> None:
@@ -812,8 +812,7 @@ class Daemon:
 
     def _row(self, e: CtEntry, f: Flow | None, now: float) -> dict:
         """A flow as `p4ft flow list -o json` shows it (docs/p4ft.schema.json)."""
-        row = {"id": e.id, "proto": L4PROTO_NAMES.get(e.l4proto, str(e.l4proto)), "l4proto": e.l4proto,
-               "state": e.state_name, "orig": _tuple_dict(e.orig), "reply": _tuple_dict(e.reply),
+        row = {"id": e.id, **_tuples_dict(e.orig, e.reply), "l4proto": e.l4proto, "state": e.state_name,
                "offload": bool(f and f.flags & FlowFlag.HW), "flowtable": None, "pending": False}
         if f is not None:
             row.update(flowtable=f.flowtable, pending=bool(f.flags & FlowFlag.PENDING),
@@ -826,24 +825,23 @@ class Daemon:
         refresh: the switch's counters read first for the offloaded ones shown."""
         flt = flt or FlowFilter()
         now = self.clock()
-        shown = [(e, f) for e in list(self.mirror.entries.values())
-                 if flt.matches(self._row(e, f := self._flow_of(e), now))]
-        if refresh:
-            await self.aging.read_now([f for _, f in shown if f is not None and f.flags & FlowFlag.HW])
-            now = self.clock()
-        return [self._row(e, f, now) for e, f in shown]
+        shown = [(e, f, row) for e in list(self.mirror.entries.values())
+                 if flt.matches(row := self._row(e, f := self._flow_of(e), now))]
+        read = [f for _, f, _ in shown if f is not None and f.flags & FlowFlag.HW] if refresh else []
+        if not read:
+            return [row for _, _, row in shown]
+        await self.aging.read_now(read)
+        now = self.clock()
+        return [self._row(e, f, now) if f is not None else row for e, f, row in shown]
 
     def _event(self, event: str, f: Flow | CtEntry, **fields) -> None:
         """Publish a flow's event to the monitors (cheap when there are none)."""
         if not self.events.monitors:
             return
         if isinstance(f, Flow):
-            t = f.tuples
-            flow = {"proto": L4PROTO_NAMES.get(t[0].l4proto, str(t[0].l4proto)), "orig": _tuple_dict(t[0]),
-                    "reply": _tuple_dict(t[1]), "flowtable": f.flowtable, "offload": bool(f.flags & FlowFlag.HW)}
+            flow = {**_tuples_dict(*f.tuples), "flowtable": f.flowtable, "offload": bool(f.flags & FlowFlag.HW)}
         else:
-            flow = {"proto": L4PROTO_NAMES.get(f.l4proto, str(f.l4proto)), "orig": _tuple_dict(f.orig),
-                    "reply": _tuple_dict(f.reply), "flowtable": None, "offload": False}
+            flow = {**_tuples_dict(f.orig, f.reply), "flowtable": None, "offload": False}
         self.events.publish(event, flow, **fields)
 
     def stats_dict(self) -> dict:
@@ -898,6 +896,12 @@ class OffloadQueue:
         while self._items and len(batch) < limit and self._items[0][0] == op:
             batch.append(self._items.popleft()[1])
         return op, batch
+
+
+def _tuples_dict(orig, reply) -> dict:
+    """A flow's identity as flow list and the monitor show it."""
+    return {"proto": L4PROTO_NAMES.get(orig.l4proto, str(orig.l4proto)), "orig": _tuple_dict(orig),
+            "reply": _tuple_dict(reply)}
 
 
 def _tuple_dict(t) -> dict:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from p4.v1 import p4runtime_pb2 as p4r
 
-from .ip import entry_key, flow_entry, flow_key, match_tuple, route_of
+from .ip import entry_key, flow_entry, match_tuple, route_of
 from .model import Dir, Flow, FlowRoute, FlowTuple
 from .p4info import P4Schema
 from .p4runtime import Session
@@ -69,17 +69,8 @@ class SwitchControl:
     async def _sync(self, table_id: int, wanted: list[p4r.Update], what: str) -> None:
         """Make a table hold exactly the wanted entries (INSERT, MODIFY, DELETE)."""
         have = {entry_key(e): e for e in await self.entries(table_id)}
-        updates = []
-        for u in wanted:
-            key = entry_key(u.entity.table_entry)
-            old = have.pop(key, None)
-            if old is None:
-                updates.append(u)
-            elif _action(old) != _action(u.entity.table_entry):
-                updates.append(p4r.Update(type=p4r.Update.MODIFY, entity=u.entity))
-        updates += [p4r.Update(type=p4r.Update.DELETE, entity=p4r.Entity(table_entry=_match_only(e)))
-                    for e in have.values()]
-        await self.session.write(updates, what)
+        updates = [u for w in wanted if (u := _update_for(w.entity.table_entry, have)) is not None]
+        await self.session.write(updates + _deletes(have), what)
 
     async def entries(self, table_id: int) -> list[p4r.TableEntry]:
         return [e.table_entry async for e in self.session.read(
@@ -116,19 +107,28 @@ async def plan_reconcile(schema: P4Schema, flows: list[Flow], present: dict[tupl
         if i % 1000 == 0:
             await asyncio.sleep(0)
         ttl = int(f.timeout * 1e9) if idle_timeout else 0
-        ups = []
-        for d in Dir:
-            want = flow_entry(schema, f, d, True, ttl)
-            have = left.pop(flow_key(schema, f, d), None)
-            if have is None:
-                ups.append(p4r.Update(type=p4r.Update.INSERT, entity=p4r.Entity(table_entry=want)))
-            elif _action(have) != _action(want):
-                ups.append(p4r.Update(type=p4r.Update.MODIFY, entity=p4r.Entity(table_entry=want)))
+        ups = [u for d in Dir if (u := _update_for(flow_entry(schema, f, d, True, ttl), left)) is not None]
         (plan.repaired if ups else plan.adopted).append(f)
         plan.writes += ups
-    plan.orphans = [p4r.Update(type=p4r.Update.DELETE, entity=p4r.Entity(table_entry=_match_only(e)))
-                    for e in left.values()]
+    plan.orphans = _deletes(left)
     return plan
+
+
+def _update_for(want: p4r.TableEntry, have: dict[tuple, p4r.TableEntry]) -> p4r.Update | None:
+    """What makes the switch hold `want`, given what it holds (the matching
+    entry is taken out of `have`): INSERT, MODIFY, or nothing."""
+    old = have.pop(entry_key(want), None)
+    if old is None:
+        return p4r.Update(type=p4r.Update.INSERT, entity=p4r.Entity(table_entry=want))
+    if _action(old) != _action(want):
+        return p4r.Update(type=p4r.Update.MODIFY, entity=p4r.Entity(table_entry=want))
+    return None
+
+
+def _deletes(left: dict[tuple, p4r.TableEntry]) -> list[p4r.Update]:
+    """DELETEs of the entries nothing wants."""
+    return [p4r.Update(type=p4r.Update.DELETE, entity=p4r.Entity(table_entry=_match_only(e)))
+            for e in left.values()]
 
 
 def by_tuple(schema: P4Schema, present: dict[tuple, p4r.TableEntry]) -> dict[FlowTuple, tuple[int, FlowRoute]]:
