@@ -46,11 +46,13 @@ def test_a_full_table_keeps_flows_whole_and_admits_the_heaviest_first(net, tmp_p
         host_tool(net.h1, "udp-ping", "--host", "192.0.2.2", "--port", "6001", "--sport", str(sport),
                   "--count", "3", "--out", str(tmp_path / f"a{sport}.json")).wait(10)
     wait_for(lambda: stats(net)["flows_offloaded_now"] == 2, 5, "the table full of two flows")
-    # while it is full: three flows with little traffic, and a bulk transfer
+    # while it is full: three flows with little traffic, and a bulk transfer. The
+    # bulk one fills the slow path while it waits: a light flow's reply can queue
+    # there for over a second (each ping waits up to 5 s for its reply)
     sink = host_tool(net.h2, "tcp-sink", "--port", "5001", "--out", str(tmp_path / "sink.json"))
     read_json(str(tmp_path / "sink.json.ready"))
     light = [host_tool(net.h1, "udp-ping", "--host", "192.0.2.2", "--port", "6001", "--sport", str(sport),
-                       "--count", "40", "--interval", "0.5", "--out", str(tmp_path / f"w{sport}.json"))
+                       "--count", "40", "--interval", "0.5", "--wait", "5", "--out", str(tmp_path / f"w{sport}.json"))
              for sport in (6201, 6202, 6203)]
     bulk = host_tool(net.h1, "tcp-source", "--host", "192.0.2.2", "--port", "5001", "--bytes", "20000000",
                      "--pause", "0.5", "--out", str(tmp_path / "bulk.json"))
