@@ -43,6 +43,10 @@ LAN = dict(host="10.0.1.1/24", router="10.0.1.254", rep="lan0", rep_mac="02:00:0
            host6="2001:db8:1::1/64", router6="2001:db8:1::fe")
 WAN = dict(host="192.0.2.2/24", router="192.0.2.1", rep="wan0", rep_mac="02:00:00:00:02:01", port=2,
            host6="2001:db8:2::2/64", router6="2001:db8:2::fe")
+# A second LAN port, for tests that need a third host (FlowtableNet(third_host=True)):
+# in no flowtable's devices, so everything from it is punted.
+LAN2 = dict(host="10.0.3.1/24", router="10.0.3.254", rep="lan1", rep_mac="02:00:00:00:03:fe", port=3,
+            host6="2001:db8:3::1/64", router6="2001:db8:3::fe")
 
 
 def make_ruleset(offload_rule: str = "ip protocol tcp flow offload @ft", family: str = "ip",
@@ -203,12 +207,11 @@ def pick_switch(kind: str = "auto") -> type[P4RuntimeSwitch]:
 
 
 class FlowtableTopo(Topo):
-    def build(self, switch_cls):
+    def build(self, switch_cls, sides=(LAN, WAN)):
         s1 = self.addSwitch("s1", cls=switch_cls)
-        h1 = self.addHost("h1", ip=LAN["host"], defaultRoute=f"via {LAN['router']}")
-        h2 = self.addHost("h2", ip=WAN["host"], defaultRoute=f"via {WAN['router']}")
-        self.addLink(h1, s1, port2=LAN["port"])
-        self.addLink(h2, s1, port2=WAN["port"])
+        for i, side in enumerate(sides, 1):
+            h = self.addHost(f"h{i}", ip=side["host"], defaultRoute=f"via {side['router']}")
+            self.addLink(h, s1, port2=side["port"])
 
 
 def sh(*argv: str, ns: str | None = ROUTER_NS, check: bool = True) -> str:
@@ -268,14 +271,14 @@ def switch_on_veths(kind: str, pairs: list[tuple[str, str]]):
 class Router:
     """The slow path: a Linux network namespace with representors."""
 
-    def __init__(self, name: str = ROUTER_NS):
-        self.name = name
+    def __init__(self, name: str = ROUTER_NS, sides=(LAN, WAN)):
+        self.name, self.sides = name, sides
 
     def start(self) -> None:
         self.stop()
         subprocess.run(["ip", "netns", "add", self.name], check=True)
         sh("ip", "link", "set", "lo", "up", ns=self.name)
-        for side in (LAN, WAN):
+        for side in self.sides:
             sh("ip", "tuntap", "add", "dev", side["rep"], "mode", "tap", ns=self.name)
             sh("ip", "link", "set", side["rep"], "address", side["rep_mac"], ns=self.name)
             sh("ip", "addr", "add", f"{side['router']}/24", "dev", side["rep"], ns=self.name)
@@ -296,9 +299,12 @@ class FlowtableNet:
     def __init__(self, switch: str = "auto", ruleset: str = DEFAULT_RULESET,
                  timeouts: dict[str, float] | None = None, poll_interval: float = 0.5,
                  socket_path: str = "/run/p4ft-topo.sock", grpc_port: int = 9559, daemon: bool = True,
-                 daemon_args: list[str] | None = None, ruleset_file: Path | None = None):
+                 daemon_args: list[str] | None = None, ruleset_file: Path | None = None,
+                 third_host: bool = False):
         """ruleset: the ruleset's text; ruleset_file: a ruleset file used where
-        it is (its includes are found beside it), in place of the text."""
+        it is (its includes are found beside it), in place of the text;
+        third_host: h3 on a second LAN port (LAN2)."""
+        self.sides = (LAN, WAN, LAN2) if third_host else (LAN, WAN)
         self.switch_cls = pick_switch(switch)
         self.ruleset_text = ruleset
         self.timeouts = timeouts or {}
@@ -307,7 +313,7 @@ class FlowtableNet:
         self.grpc_port = grpc_port
         self.with_daemon = daemon
         self.daemon_args = list(daemon_args or [])
-        self.router = Router()
+        self.router = Router(sides=self.sides)
         self.net: Mininet | None = None
         self.daemon: subprocess.Popen | None = None
         LOG_DIR.mkdir(exist_ok=True)
@@ -327,9 +333,10 @@ class FlowtableNet:
             def __init__(self, name, **kw):
                 super().__init__(name, grpc_port=grpc_port, **kw)
 
-        self.net = Mininet(topo=FlowtableTopo(Sw), controller=None, autoSetMacs=True)
+        self.net = Mininet(topo=FlowtableTopo(Sw, self.sides), controller=None, autoSetMacs=True)
         self.net.start()
-        for h, side in ((self.h1, LAN), (self.h2, WAN)):
+        for i, side in enumerate(self.sides, 1):
+            h = self.net.get(f"h{i}")
             intf = h.defaultIntf().name
             h.cmd(f"ethtool -K {intf} tx off rx off tso off gso off gro off")
             h.cmd(f"sysctl -q -w net.ipv6.conf.{intf}.disable_ipv6=0 net.ipv6.conf.{intf}.accept_ra=0")
@@ -348,7 +355,7 @@ class FlowtableNet:
         sock = socket_path or self.socket
         argv = [PYTHON, "-m", "p4flowtable.cli", "--socket", sock, "daemon",
                 "--grpc-addr", f"127.0.0.1:{self.grpc_port}", "--netns", ROUTER_NS,
-                "--port", f"{LAN['port']}={LAN['rep']}", "--port", f"{WAN['port']}={WAN['rep']}",
+                *[a for side in self.sides for a in ("--port", f"{side['port']}={side['rep']}")],
                 "--ruleset", str(self.ruleset_path), "--poll-interval", str(self.poll_interval)]
         for name, t in self.timeouts.items():
             argv += ["--timeout", f"{name}={t}"]
@@ -383,6 +390,10 @@ class FlowtableNet:
     @property
     def h2(self):
         return self.net.get("h2")
+
+    @property
+    def h3(self):
+        return self.net.get("h3")
 
     def stop(self) -> None:
         if self.daemon and self.daemon.poll() is None:

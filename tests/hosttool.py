@@ -242,6 +242,74 @@ def capture(a):
     os.replace(a.out + ".tmp", a.out)
 
 
+def syn_flood(a):
+    """TCP SYNs to random ports out of an interface (raw frames, from one
+    address to another, random source ports), paced to a.pps for a.seconds;
+    reports how many went out and at what rate."""
+    from scapy.all import IP, TCP, Ether
+    rng = random.Random(a.seed)
+    frames = [bytes(Ether(src=a.src_mac, dst=a.dst_mac) / IP(src=a.src, dst=a.dst, ttl=64)
+                    / TCP(sport=rng.randrange(1024, 65536), dport=rng.randrange(1, 65536), flags="S",
+                          seq=rng.getrandbits(32)))
+              for _ in range(4096)]
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((a.ifname, 0))
+    report(a.out + ".started", started_at=time.time())
+    start = time.monotonic()
+    end, sent, failed, batch = start + a.seconds, 0, 0, max(1, int(a.pps / 1000))
+    while (now := time.monotonic()) < end:
+        due = int((now - start) * a.pps)
+        while sent + failed < due:
+            for _ in range(batch):
+                try:
+                    s.send(frames[(sent + failed) % len(frames)])
+                    sent += 1
+                except OSError:     # the interface's queue is full: counted, not retried
+                    failed += 1
+        time.sleep(0.001)
+    took = time.monotonic() - start
+    report(a.out, sent=sent, failed=failed, seconds=took, pps=sent / took)
+
+
+def arrivals(a):
+    """New TCP connections to an echo server, one every a.interval: each
+    sends a message, reads the echo, then stays open and echoes a message
+    every second until the end. Reports each connection's setup time."""
+    import selectors
+    sel = selectors.DefaultSelector()
+    conns, results = [], []
+    nxt = time.monotonic()
+    end = nxt + a.count * a.interval + a.hold
+    while time.monotonic() < end:
+        if len(results) < a.count and time.monotonic() >= nxt:
+            t0 = time.monotonic()
+            try:
+                c = socket.create_connection((a.host, a.port), timeout=30)
+                c.sendall(b"p4ft-arrival")
+                ok = c.recv(64) == b"p4ft-arrival"
+                results.append({"port": c.getsockname()[1], "setup_s": time.monotonic() - t0, "ok": ok})
+                c.setblocking(False)
+                sel.register(c, selectors.EVENT_READ)
+                conns.append(c)
+            except OSError as e:
+                results.append({"port": None, "setup_s": time.monotonic() - t0, "ok": False, "error": str(e)})
+            nxt += a.interval
+        for c in conns:
+            try:
+                c.send(b"p4ft-tick")
+            except OSError:
+                pass
+        for key, _ in sel.select(0.2):
+            try:
+                key.fileobj.recv(4096)
+            except OSError:
+                pass
+        time.sleep(max(0.0, min(1.0, nxt - time.monotonic())))
+    report(a.out, connections=results)
+    for c in conns:
+        c.close()
+
+
 def udp_stream(a):
     """One direction only: count datagrams, no replies expected."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -317,10 +385,27 @@ def main():
     p.add_argument("--interval", type=float, default=0.2)
     p.add_argument("--size", type=int, default=100)
     p.add_argument("--out", required=True)
+    p = sub.add_parser("syn-flood")
+    p.add_argument("--ifname", required=True)
+    p.add_argument("--src", required=True)
+    p.add_argument("--dst", required=True)
+    p.add_argument("--src-mac", required=True)
+    p.add_argument("--dst-mac", required=True)
+    p.add_argument("--pps", type=float, default=20000)
+    p.add_argument("--seconds", type=float, default=30)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("arrivals")
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--interval", type=float, default=1.0)
+    p.add_argument("--hold", type=float, default=2.0, help="seconds the connections stay open after the last")
+    p.add_argument("--out", required=True)
     a = ap.parse_args()
     {"tcp-sink": tcp_sink, "tcp-source": tcp_source, "udp-echo": udp_echo, "udp-ping": udp_ping,
      "udp-stream": udp_stream, "icmp-ping": icmp_ping, "echo": echo, "chatter": chatter,
-     "blast": blast, "capture": capture}[a.cmd](a)
+     "blast": blast, "capture": capture, "syn-flood": syn_flood, "arrivals": arrivals}[a.cmd](a)
 
 
 if __name__ == "__main__":

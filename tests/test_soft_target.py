@@ -248,7 +248,9 @@ def test_direct_counters_count_hits(switch, schema):
     (lambda js: js["actions"][0]["primitives"].append({"op": "clone_ingress_pkt_to_egress", "parameters": []}),
      "clone_ingress_pkt_to_egress"),
     (lambda js: js["calculations"].append({"name": "c", "id": 0, "algo": "crc32", "input": []}), "crc32"),
-    (lambda js: js["meter_arrays"].append({"name": "m"}), "meter_arrays"),
+    (lambda js: js["meter_arrays"].append({"name": "m", "is_direct": True}), "direct meter m"),
+    (lambda js: js["meter_arrays"].append({"name": "m", "rate_count": 1, "size": 1, "type": "packets"}),
+     "meter m with 1 rates"),
 ])
 def test_unsupported_json_constructs_are_refused_by_name(mutate, what):
     js = json.loads(JSON.read_text())

@@ -41,6 +41,19 @@ def _timeouts(items: list[str]) -> dict[str, float]:
     return out
 
 
+def _count(option: str):
+    """argparse type: a whole number >= 0."""
+    def parse(v: str) -> int:
+        try:
+            n = int(v)
+        except ValueError:
+            n = -1
+        if n < 0:
+            raise argparse.ArgumentTypeError(f"{option} {v!r}: expected a whole number >= 0")
+        return n
+    return parse
+
+
 def cmd_daemon(args) -> int:
     from .daemon import DaemonConfig, Daemon
     from .policy import PolicyError, parse_label_bits
@@ -59,6 +72,10 @@ def cmd_daemon(args) -> int:
                        idle_timeouts=not args.no_idle_timeouts,
                        load_kernel_ruleset=not args.no_kernel_ruleset, label_bits=label_bits,
                        metrics_addr=args.metrics_addr)
+    if args.punt_rate is not None:
+        cfg.punt_rate = args.punt_rate
+    if args.punt_burst is not None:
+        cfg.punt_burst = args.punt_burst
     if args.p4info:
         cfg.p4info = Path(args.p4info)
     if args.device_config:
@@ -287,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--ct-label-bits", default="120-127", metavar="FIRST-LAST",
                    help="conntrack label bits p4ft uses as flowtable marks, one per flowtable; a ruleset "
                         "that uses them itself is refused (default %(default)s)")
+    d.add_argument("--punt-rate", type=_count("--punt-rate"), metavar="PPS",
+                   help="packets per second each ingress port may punt to the slow path; the switch drops "
+                        "and counts the rest (p4ft stats: punt_dropped). 0: no limit (default 2000)")
+    d.add_argument("--punt-burst", type=_count("--punt-burst"), metavar="PACKETS",
+                   help="packets a port may punt at once above its rate after a quiet time "
+                        "(default 500)")
     d.set_defaults(func=cmd_daemon)
 
     fl = sub.add_parser("flow", help="offloaded and tracked flows").add_subparsers(dest="sub", required=True)

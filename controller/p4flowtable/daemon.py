@@ -33,6 +33,7 @@ from .offload import P4RuntimeDriver
 from .p4info import P4Schema, decode, encode
 from .p4runtime import Session, SwitchError, SwitchUnavailable, WriteError
 from .policy import DEFAULT_LABEL_BITS
+from .punt import DEFAULT_BURST as DEFAULT_PUNT_BURST, DEFAULT_RATE as DEFAULT_PUNT_RATE, PuntLimit
 from .relay import Relay
 from .ruleset import RulesetControl
 from .switch import SwitchControl, by_tuple, plan_reconcile
@@ -68,6 +69,8 @@ class DaemonConfig:
     connect_timeout: float = 10.0
     label_bits: range = DEFAULT_LABEL_BITS   # ct label bits for flowtable marks (policy.py)
     metrics_addr: str | None = None         # HOST:PORT for Prometheus
+    punt_rate: int = DEFAULT_PUNT_RATE      # punted packets/s per ingress port; 0: no limit (punt.py)
+    punt_burst: int = DEFAULT_PUNT_BURST
 
 
 class Daemon:
@@ -81,7 +84,9 @@ class Daemon:
         text_format.Parse(Path(cfg.p4info).read_text(), p4info)
         self.p4info = p4info
         self.schema = P4Schema(p4info)
-        self.switch = SwitchControl(self.session, self.schema, Path(cfg.device_config).read_bytes())
+        self.punt = PuntLimit(self.schema, cfg.punt_rate, cfg.punt_burst)
+        self.switch = SwitchControl(self.session, self.schema, Path(cfg.device_config).read_bytes(),
+                                    settings=self.punt.updates)
         self.driver = P4RuntimeDriver(self.session, self.schema)
         self.driver.idle_timeout = self.driver.idle_timeout and cfg.idle_timeouts
         self.aging = Aging(self.flowtables, self.driver, clock, idle_timeout=self.driver.idle_timeout,
@@ -114,7 +119,7 @@ class Daemon:
         self.events = EventBus()
         self.api = ApiServer(cfg.socket, self.handle, self.events)
         self.metrics = Metrics(self.flowtables, self.mirror, self.stats, self.session, self.events,
-                               self.punt_names)
+                               self.punt_names, self.punt)
         self.ready = asyncio.Event()
         self.stopping = asyncio.Event()
         self.keep_flows_on_stop = False   # `p4ft stop --keep-flows`: for the next daemon to adopt
@@ -157,6 +162,7 @@ class Daemon:
                            (self._route_events(), "route-events"),
                            (self._decide_worker(), "decide"), (self._offload_worker(), "offload"),
                            (self.aging.run(cfg.poll_interval), "aging"), (self._idle_events(), "idle"),
+                           (self.punt.follow(self.session, cfg.poll_interval), "punt-drops"),
                            (self._supervise(), "switch")):
             self._tasks.append(asyncio.create_task(coro, name=name))
         await self._reconcile(kept)
@@ -856,6 +862,10 @@ class Daemon:
             d["offload_latency_ms.p50"] = round(1000 * lat[len(lat) // 2], 2)
             d["offload_latency_ms.p99"] = round(1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], 2)
         d["packet_in_dropped"] = self.session.dropped_packet_in
+        d["punt_rate"], d["punt_burst"] = self.punt.rate, self.punt.burst
+        d["punt_dropped"] = self.punt.total
+        for port, n in sorted(self.punt.dropped.items()):
+            d[f"punt_dropped.port.{port}"] = n
         d["monitors"] = len(self.events.monitors)
         d["table_full_waiting"] = len(self._waiting)
         d["api_errors"] = self.api.errors

@@ -59,6 +59,14 @@ class TableInfo:
         return _lookup(f"match field of table {self.name!r}", self.fields, name)
 
 
+@dataclass(frozen=True, slots=True)
+class CounterInfo:
+    """An indexed counter or meter."""
+    id: int
+    name: str
+    size: int
+
+
 def _short(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
@@ -70,7 +78,8 @@ class P4Schema:
         self.p4info = p4info
         self.tables: dict[str, TableInfo] = {}
         self.actions: dict[str, ActionInfo] = {}
-        self.counters: dict[str, int] = {}
+        self.counters: dict[str, CounterInfo] = {}
+        self.meters: dict[str, CounterInfo] = {}
         self.packet_metadata: dict[str, dict[str, FieldInfo]] = {}
         self.enums: dict[str, dict[str, int]] = {}
         actions_by_id = {}
@@ -90,8 +99,11 @@ class P4Schema:
                 t.idle_timeout_behavior == p4info_pb2.Table.NOTIFY_CONTROL)
             for n in {t.preamble.name, t.preamble.alias, _short(t.preamble.name)}:
                 self.tables.setdefault(n, info)
-        for c in p4info.counters:
-            self.counters[c.preamble.name] = c.preamble.id
+        for kind, items in ((self.counters, p4info.counters), (self.meters, p4info.meters)):
+            for c in items:
+                info = CounterInfo(c.preamble.id, c.preamble.name, c.size)
+                for n in {c.preamble.name, c.preamble.alias, _short(c.preamble.name)}:
+                    kind.setdefault(n, info)
         for m in p4info.controller_packet_metadata:
             self.packet_metadata[m.preamble.name] = {
                 f.name: FieldInfo(f.id, f.name, f.bitwidth) for f in m.metadata}
@@ -110,6 +122,12 @@ class P4Schema:
 
     def action(self, name: str) -> ActionInfo:
         return _lookup("action", self.actions, name)
+
+    def counter(self, name: str) -> CounterInfo:
+        return _lookup("counter", self.counters, name)
+
+    def meter(self, name: str) -> CounterInfo:
+        return _lookup("meter", self.meters, name)
 
     def enum(self, name: str) -> dict[str, int]:
         return _lookup("serializable enum", self.enums, name)

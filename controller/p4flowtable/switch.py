@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass, field
+from typing import Callable
 
 from p4.v1 import p4runtime_pb2 as p4r
 
@@ -38,8 +39,12 @@ def pipeline_cookie(p4info_bytes: bytes, device_config: bytes) -> int:
 
 
 class SwitchControl:
-    def __init__(self, session: Session, schema: P4Schema, device_config: bytes):
+    def __init__(self, session: Session, schema: P4Schema, device_config: bytes,
+                 settings: Callable[[], list[p4r.Update]] = list):
+        """settings: the switch-wide configuration (the punt meter's cells),
+        written (MODIFY) whenever the daemon takes the switch over."""
         self.session, self.schema, self.device_config = session, schema, device_config
+        self.settings = settings
         self.cookie = pipeline_cookie(schema.p4info.SerializeToString(deterministic=True), device_config)
         self.pipeline_kept = False
 
@@ -64,6 +69,7 @@ class SwitchControl:
         else:
             await self.session.set_pipeline(self.schema.p4info, self.device_config, self.cookie)
             await self.session.write(port_updates, "port binding")
+        await self.write(self.settings(), "switch settings")
         return self.pipeline_kept
 
     async def _sync(self, table_id: int, wanted: list[p4r.Update], what: str) -> None:

@@ -2,15 +2,21 @@
 #ifndef P4FT_DEFINE_P4
 #define P4FT_DEFINE_P4
 
-typedef bit<9>  PortId_t;      // v1model port width
+#ifndef __TARGET_TOFINO__
+typedef bit<9>  PortId_t;      // v1model's width; tna.p4 defines Tofino's, also 9 bits
+#endif
 typedef bit<48> MacAddr_t;
 typedef bit<32> Ipv4Addr_t;
 typedef bit<128> Ipv6Addr_t;
 typedef bit<16> L4Port_t;
 typedef bit<8>  FlowtableId_t;
 
-// Must equal the switch's --cpu-port.
-const PortId_t CPU_PORT = 510;
+// Must equal the switch's CPU port: simple_switch's --cpu-port; on Tofino
+// its PCIe CPU port (tna/flowtable.p4 is built with -DP4FT_CPU_PORT=...).
+#ifndef P4FT_CPU_PORT
+#define P4FT_CPU_PORT 510
+#endif
+const PortId_t CPU_PORT = P4FT_CPU_PORT;
 
 const bit<16> ETHERTYPE_IPV4 = 0x0800;
 const bit<16> ETHERTYPE_IPV6 = 0x86dd;

@@ -2,8 +2,13 @@
 #define P4FT_SIZE_P4
 
 #define PORT_TABLE_SIZE     512
-// Two entries per offloaded flow (one per direction).
+// Two entries per offloaded flow (one per direction). A build may set its
+// own (-D): the Tofino build sets what the chip holds (docs/tofino.md).
+#ifndef FLOW_TABLE_V4_SIZE
 #define FLOW_TABLE_V4_SIZE  262144
+#endif
+#ifndef FLOW_TABLE_V6_SIZE
 #define FLOW_TABLE_V6_SIZE  65536
+#endif
 
 #endif

@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .meters import MeterArray
 from .tables import Table
 
 DROP_PORT = 511  # v1model: egress_spec value that drops
@@ -90,7 +91,7 @@ class Program:
         if ver[0] != 2:
             raise UnsupportedConstruct(f"BMv2 JSON version {ver} (2.x supported)")
         for key in ("header_stacks", "header_union_types", "header_unions", "header_union_stacks",
-                    "parse_vsets", "meter_arrays", "learn_lists", "extern_instances"):
+                    "parse_vsets", "learn_lists", "extern_instances"):
             if js.get(key):
                 raise UnsupportedConstruct(f"{key} ({', '.join(x.get('name', '?') for x in js[key])})")
         self.htypes = {}
@@ -114,6 +115,13 @@ class Program:
                 self.fidx[(name, fname)] = (hi, fi, w)
         self.errors = {e[0]: e[1] for e in js.get("errors", [])}
         self.sm = self._std_meta_index()
+        self.meters: dict[str, MeterArray] = {}
+        for m in js.get("meter_arrays", []):
+            if m.get("is_direct"):
+                raise UnsupportedConstruct(f"direct meter {m['name']}")
+            if m.get("rate_count", 2) != 2:
+                raise UnsupportedConstruct(f"meter {m['name']} with {m['rate_count']} rates (2 supported)")
+            self.meters[m["name"]] = MeterArray(m["name"], m["size"], m["type"] == "packets")
         self.actions = {}
         self.action_by_id = {}
         for a in js["actions"]:
@@ -521,6 +529,12 @@ def compile_primitive(prog: Program, prim: dict, where: str) -> Callable:
             cell[0] += 1
             cell[1] += prog.get_sm(p, "packet_length")
         return count
+    if op == "execute_meter":
+        meter, idx, setter = prog.meters[params[0]["value"]], prog.expr(params[1]), prog.lvalue(params[2])
+
+        def execute_meter(p, d):
+            setter(p, meter.execute(idx(p, d), prog.get_sm(p, "packet_length")))
+        return execute_meter
     if op == "register_read":
         setter, name, idx = prog.lvalue(params[0]), params[1]["value"], prog.expr(params[2])
         return lambda p, d: setter(p, prog.registers[name][idx(p, d)])

@@ -22,6 +22,7 @@ from p4.config.v1 import p4info_pb2
 from p4.v1 import p4runtime_pb2 as p4r
 from p4.v1 import p4runtime_pb2_grpc
 
+from .meters import MeterArray, MeterConfig
 from .pipeline import Output, PipelineError, Program, UnsupportedConstruct
 from .tables import Entry, Table, TableError
 
@@ -86,6 +87,11 @@ class Pipeline:
             if c.preamble.name not in self.prog.counters:
                 raise PipelineError(f"P4Info counter {c.preamble.name} is not in the JSON")
             self.counters[c.preamble.id] = c.preamble.name
+        self.meters: dict[int, MeterArray] = {}
+        for m in p4info.meters:
+            if m.preamble.name not in self.prog.meters:
+                raise PipelineError(f"P4Info meter {m.preamble.name} is not in the JSON")
+            self.meters[m.preamble.id] = self.prog.meters[m.preamble.name]
         self.packet_in = self._ctrl_meta("packet_in")
         self.packet_out = self._ctrl_meta("packet_out")
 
@@ -454,6 +460,9 @@ class SoftSwitchServer(p4runtime_pb2_grpc.P4RuntimeServicer):
         if upd.type == p4r.Update.UNSPECIFIED:
             raise RequestError("INVALID_ARGUMENT", "update type is unspecified")
         kind = upd.entity.WhichOneof("entity")
+        if kind == "meter_entry":
+            self._meter_write(pipe, upd)
+            return
         if kind != "table_entry":
             raise RequestError("UNIMPLEMENTED", f"writing {kind} entities")
         te = upd.entity.table_entry
@@ -489,6 +498,34 @@ class SoftSwitchServer(p4runtime_pb2_grpc.P4RuntimeServicer):
             table.insert(entry)
         else:
             table.modify(entry)
+
+    @staticmethod
+    def _meter_of(pipe: Pipeline, meter_id: int) -> MeterArray:
+        meter = pipe.meters.get(meter_id)
+        if meter is None:
+            raise RequestError("NOT_FOUND", f"no meter with id {meter_id}")
+        return meter
+
+    def _meter_write(self, pipe: Pipeline, upd: p4r.Update) -> None:
+        """A meter cell's rates: MODIFY only, one cell per update (as PI
+        answers BMv2's clients); no config resets the cell to all green."""
+        me = upd.entity.meter_entry
+        meter = self._meter_of(pipe, me.meter_id)
+        if upd.type != p4r.Update.MODIFY:
+            raise RequestError("INVALID_ARGUMENT", f"{p4r.Update.Type.Name(upd.type)} is not supported for "
+                                                   "meters: write MODIFY")
+        if not me.HasField("index"):
+            raise RequestError("UNIMPLEMENTED", "wildcard write of an indirect meter: name the index")
+        if not 0 <= me.index.index < meter.size:
+            raise RequestError("OUT_OF_RANGE", f"meter {meter.name} has {meter.size} cells, "
+                                               f"index {me.index.index} is outside them")
+        config = None
+        if me.HasField("config"):
+            c = me.config
+            config = MeterConfig(c.cir, c.cburst, c.pir, c.pburst)
+            if (why := config.check()) is not None:
+                raise RequestError("INVALID_ARGUMENT", f"meter {meter.name}[{me.index.index}]: {why}")
+        meter.set(me.index.index, config)
 
     # -- read ------------------------------------------------------------------------
     def Read(self, request, context):
@@ -564,6 +601,21 @@ class SoftSwitchServer(p4runtime_pb2_grpc.P4RuntimeServicer):
                     res.append(p4r.Entity(counter_entry=p4r.CounterEntry(
                         counter_id=cid, index=p4r.Index(index=i),
                         data=p4r.CounterData(packet_count=cells[i][0], byte_count=cells[i][1]))))
+            return res
+        if kind == "meter_entry":
+            me = ent.meter_entry
+            res = []
+            for mid in [me.meter_id] if me.meter_id else list(pipe.meters):
+                meter = self._meter_of(pipe, mid)
+                idxs = [me.index.index] if me.HasField("index") else range(meter.size)
+                for i in idxs:
+                    if not 0 <= i < meter.size:
+                        raise RequestError("OUT_OF_RANGE", f"meter {meter.name} has {meter.size} cells")
+                    out = p4r.MeterEntry(meter_id=mid, index=p4r.Index(index=i))
+                    if (cfg := meter.get(i)) is not None:
+                        out.config.CopyFrom(p4r.MeterConfig(cir=cfg.cir, cburst=cfg.cburst, pir=cfg.pir,
+                                                            pburst=cfg.pburst))
+                    res.append(p4r.Entity(meter_entry=out))
             return res
         raise RequestError("UNIMPLEMENTED", f"reading {kind} entities")
 
