@@ -11,7 +11,7 @@ P4C      ?= p4c-bm2-ss
 APT_PKGS := nftables conntrack mininet iproute2 iperf3 tcpdump ethtool netcat-openbsd python3-venv \
             python3-pip
 
-.PHONY: install install-service demo test test-unit topo p4 check-p4 bench fuzz clean
+.PHONY: install install-service demo test test-unit topo p4 check-p4 tofino-into bench fuzz clean
 
 install: $(STAMP) install-service
 
@@ -62,15 +62,47 @@ test-unit: install
 PROGRAMS := flowtable:p4src/flowtable.p4 l3fwd:p4src/bench/l3fwd.p4
 P4C_ARGS := --std p4-16 --arch v1model
 
+# The Tofino build (p4src/tna, docs/tofino.md): p4c's Tofino backend, then
+# its assembler. The flow tables as large as fit Tofino 1's 12 stages; the
+# CPU port is the PCIe CPU port of a 2-pipe Tofino 1 (192; 320 on 4 pipes).
+P4C_TOFINO     ?= p4c-barefoot
+BFAS           ?= bfas
+TOFINO_BUILD   := $(P4BUILD)/tofino
+TOFINO_CPU_PORT ?= 192
+TOFINO_V4_SIZE ?= 81920
+TOFINO_V6_SIZE ?= 16384
+TOFINO_INFO    := cpu_port=$(TOFINO_CPU_PORT) flow_table_v4_size=$(TOFINO_V4_SIZE) flow_table_v6_size=$(TOFINO_V6_SIZE)
+TOFINO_ARGS    := --target tofino --arch tna --std p4-16 --p4runtime-force-std-externs -g --verbose \
+                  -DP4FT_CPU_PORT=$(TOFINO_CPU_PORT) -DFLOW_TABLE_V4_SIZE=$(TOFINO_V4_SIZE) \
+                  -DFLOW_TABLE_V6_SIZE=$(TOFINO_V6_SIZE)
+
+# tofino-build DIR: compile p4src/tna into DIR/ (p4info, bf-rt.json, context.json, tofino.bin, resources.json)
+define tofino-build
+	$(P4C_TOFINO) $(TOFINO_ARGS) -o $(1)/out --p4runtime-files $(1)/flowtable.p4info.txtpb \
+	  --bf-rt-schema $(1)/bf-rt.json p4src/tna/flowtable.p4 > $(1)/p4c.log 2>&1 \
+	  || { tail -20 $(1)/p4c.log; exit 1; }
+	cd $(1)/out/pipe && $(BFAS) flowtable.bfa -o . > ../../bfas.log 2>&1 || { tail -5 $(1)/bfas.log; exit 1; }
+	test -s $(1)/out/pipe/tofino.bin || { echo "bfas wrote no binary:"; tail -5 $(1)/bfas.log; exit 1; }
+endef
+
 # Compile p4src/ with p4c into p4src/build/ and record the sources' hash.
+# The Tofino program too where its compiler is installed.
 p4:
 	@command -v $(P4C) >/dev/null || { echo "$(P4C) not found: install p4c (BMv2 backend)"; exit 1; }
 	@for prog in $(PROGRAMS); do name=$${prog%%:*}; src=$${prog#*:}; \
 	  echo "$(P4C) $$src"; \
 	  $(P4C) $(P4C_ARGS) -o $(P4BUILD)/$$name.json --p4runtime-files $(P4BUILD)/$$name.p4info.txtpb $$src \
 	  || exit 1; done
+	@if command -v $(P4C_TOFINO) >/dev/null && command -v $(BFAS) >/dev/null; then \
+	  echo "$(P4C_TOFINO) p4src/tna/flowtable.p4 (v4 $(TOFINO_V4_SIZE), v6 $(TOFINO_V6_SIZE), CPU port $(TOFINO_CPU_PORT))"; \
+	  tmp=$$(mktemp -d) && $(MAKE) -s tofino-into DIR=$$tmp && mkdir -p $(TOFINO_BUILD) && \
+	  $(PY_SYS) p4src/tna/artifacts.py pack $$tmp $(TOFINO_BUILD) $(TOFINO_INFO) && rm -rf $$tmp || exit 1; \
+	else echo "$(P4C_TOFINO) not installed: the Tofino artifacts are left as committed"; fi
 	sha256sum $(P4SRC) > $(P4BUILD)/SOURCES.sha256
 	@echo "artifacts in $(P4BUILD)/, sources hash recorded"
+
+tofino-into:
+	$(call tofino-build,$(DIR))
 
 # Fails when the committed artifacts were not built from the current sources.
 check-p4:
@@ -87,6 +119,12 @@ check-p4:
 	    || { echo "p4src/build/$$name differs from what $(P4C) produces: run 'make p4'"; rm -rf $$tmp; exit 1; }; \
 	  done; rm -rf $$tmp; echo "P4 artifacts fresh (hash and recompiled with $(P4C))"; \
 	else echo "P4 artifacts fresh (hash; $(P4C) not installed, not recompiled)"; fi
+	@if command -v $(P4C_TOFINO) >/dev/null && command -v $(BFAS) >/dev/null; then \
+	  tmp=$$(mktemp -d) && $(MAKE) -s tofino-into DIR=$$tmp && \
+	  $(PY_SYS) p4src/tna/artifacts.py check $$tmp $(TOFINO_BUILD) $(TOFINO_INFO) \
+	  || { echo "p4src/build/tofino differs from what $(P4C_TOFINO) produces: run 'make p4'"; rm -rf $$tmp; exit 1; }; \
+	  rm -rf $$tmp; echo "Tofino artifacts fresh (recompiled with $(P4C_TOFINO))"; \
+	else echo "Tofino artifacts: $(P4C_TOFINO) not installed, not recompiled"; fi
 
 # 100,000 random and malformed frames into each switch (root; the tests send 3,000).
 fuzz: install

@@ -76,9 +76,14 @@ def cmd_daemon(args) -> int:
         cfg.punt_rate = args.punt_rate
     if args.punt_burst is not None:
         cfg.punt_burst = args.punt_burst
+    cfg.target = args.target
+    if args.target == "tofino":
+        from .tofino import TofinoBuild
+        build = TofinoBuild(Path(args.device_config) if args.device_config else TofinoBuild().directory)
+        cfg.p4info, cfg.device_config = build.p4info, build.directory
     if args.p4info:
         cfg.p4info = Path(args.p4info)
-    if args.device_config:
+    if args.device_config and args.target != "tofino":
         cfg.device_config = Path(args.device_config)
 
     async def main() -> int:
@@ -296,7 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="aging tick, seconds: lease renewals and, on a switch without idle timeouts, "
                         "counter reads of flows near expiry")
     d.add_argument("--p4info", help="P4Info text file (default: p4src/build)")
-    d.add_argument("--device-config", help="BMv2 JSON (default: p4src/build)")
+    d.add_argument("--target", choices=("bmv2", "tofino"), default="bmv2",
+                   help="the switch's kind: bmv2 (BMv2 and the embedded target: the v1model program) or tofino "
+                        "(the TNA program, packed for the SDE's P4Runtime server; docs/tofino.md)")
+    d.add_argument("--device-config", help="BMv2 JSON (default: p4src/build); with --target tofino, the "
+                                           "build's directory (default: p4src/build/tofino)")
     d.add_argument("--no-kernel-ruleset", action="store_true",
                    help="do not load the non-offload part of the ruleset into the kernel")
     d.add_argument("--metrics-addr", metavar="HOST:PORT",

@@ -71,6 +71,7 @@ class DaemonConfig:
     metrics_addr: str | None = None         # HOST:PORT for Prometheus
     punt_rate: int = DEFAULT_PUNT_RATE      # punted packets/s per ingress port; 0: no limit (punt.py)
     punt_burst: int = DEFAULT_PUNT_BURST
+    target: str = "bmv2"     # bmv2 (BMv2 and the embedded target) or tofino (tofino.py)
 
 
 class Daemon:
@@ -85,8 +86,7 @@ class Daemon:
         self.p4info = p4info
         self.schema = P4Schema(p4info)
         self.punt = PuntLimit(self.schema, cfg.punt_rate, cfg.punt_burst)
-        self.switch = SwitchControl(self.session, self.schema, Path(cfg.device_config).read_bytes(),
-                                    settings=self.punt.updates)
+        self.switch = SwitchControl(self.session, self.schema, device_config_of(cfg), settings=self.punt.updates)
         self.driver = P4RuntimeDriver(self.session, self.schema)
         self.driver.idle_timeout = self.driver.idle_timeout and cfg.idle_timeouts
         self.aging = Aging(self.flowtables, self.driver, clock, idle_timeout=self.driver.idle_timeout,
@@ -881,6 +881,16 @@ class Daemon:
         result = await self.rulesets.reload(target)
         self.cfg.ruleset = target
         return result
+
+
+def device_config_of(cfg: DaemonConfig) -> bytes:
+    """What SetForwardingPipelineConfig carries for the target: BMv2's JSON,
+    or the Tofino build packed for the SDE's P4Runtime server
+    (cfg.device_config: the build's directory)."""
+    if cfg.target == "tofino":
+        from .tofino import TofinoBuild
+        return TofinoBuild(Path(cfg.device_config)).device_config()
+    return Path(cfg.device_config).read_bytes()
 
 
 class OffloadQueue:

@@ -153,6 +153,7 @@ _PARAMS = ("port", "src_mac", "dst_mac", "src_addr", "dst_addr", "src_port", "ds
 _TABLES = {4: "flow_table_v4", 6: "flow_table_v6"}
 _PARAMS_OF = {4: _PARAMS + ("ip_csum_delta", "l4_csum_delta"), 6: _PARAMS + ("l4_csum_delta",)}
 _ROUTE_PARAMS = ("port", "src_mac", "dst_mac", "mtu")
+COMPUTED_BY_SWITCH = frozenset({"ip_csum_delta", "l4_csum_delta"})   # parameters a program may leave out
 _TRANSPORT = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp"}
 TTL_DECREMENT_DELTA = 0xFEFF   # ~m + m' for the (ttl, protocol) word when ttl drops by one
 
@@ -190,7 +191,10 @@ def _layout(schema: P4Schema, version: int, l4proto: int = IPPROTO_TCP, nat: boo
     else:
         action, names = schema.action(f"route_v{version}"), _ROUTE_PARAMS
     fields = tuple((table.field(n).id, (table.field(n).bitwidth + 7) // 8) for n in _MATCH_FIELDS)
-    params = tuple((action.param(n).id, (action.param(n).bitwidth + 7) // 8) for n in names)
+    # a program that updates checksums itself (the Tofino one: its deparser's
+    # checksum units) has no delta parameters: their ids are None
+    params = tuple((None, 0) if n in COMPUTED_BY_SWITCH and n not in action.params
+                   else (action.param(n).id, (action.param(n).bitwidth + 7) // 8) for n in names)
     return table.id, fields, action.id, params
 
 
@@ -234,6 +238,8 @@ def flow_entry(schema: P4Schema, flow: Flow, d: Dir, with_action: bool = True,
         action = entry.action.action
         action.action_id = action_id
         for (pid, n), v in zip(params, values):
+            if pid is None:
+                continue
             p = action.params.add()
             p.param_id = pid
             p.value = v.to_bytes(n, "big")
