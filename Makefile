@@ -63,14 +63,15 @@ PROGRAMS := flowtable:p4src/flowtable.p4 l3fwd:p4src/bench/l3fwd.p4
 P4C_ARGS := --std p4-16 --arch v1model
 
 # The Tofino build (p4src/tna, docs/tofino.md): p4c's Tofino backend, then
-# its assembler. The flow tables as large as fit Tofino 1's 12 stages; the
-# CPU port is the PCIe CPU port of a 2-pipe Tofino 1 (192; 320 on 4 pipes).
+# its assembler. The flow tables as large as fit Tofino 1's 12 stages
+# (docs/tofino.md: 131,072 + 28,672 needs 14); the CPU port is the PCIe CPU
+# port of a 2-pipe Tofino 1 (192; 320 on 4 pipes).
 P4C_TOFINO     ?= p4c-barefoot
 BFAS           ?= bfas
 TOFINO_BUILD   := $(P4BUILD)/tofino
 TOFINO_CPU_PORT ?= 192
-TOFINO_V4_SIZE ?= 81920
-TOFINO_V6_SIZE ?= 16384
+TOFINO_V4_SIZE ?= 131072
+TOFINO_V6_SIZE ?= 24576
 TOFINO_INFO    := cpu_port=$(TOFINO_CPU_PORT) flow_table_v4_size=$(TOFINO_V4_SIZE) flow_table_v6_size=$(TOFINO_V6_SIZE)
 TOFINO_ARGS    := --target tofino --arch tna --std p4-16 --p4runtime-force-std-externs -g --verbose \
                   -DP4FT_CPU_PORT=$(TOFINO_CPU_PORT) -DFLOW_TABLE_V4_SIZE=$(TOFINO_V4_SIZE) \
@@ -139,6 +140,7 @@ bench: install
 	$(PY) bench/paths.py
 	$(PY) bench/poll_cost.py
 	$(PY) bench/aging.py
+	$(PY) bench/punt_storm.py
 	$(PY) bench/plot.py
 
 clean:

@@ -111,6 +111,26 @@ def main() -> int:
             ax.legend(fontsize=7)
         fig.suptitle(f"aging on the switch's idle timeouts (rev {aging['git']})", fontsize=10)
         made.append(save(fig, "aging.png"))
+    storm = load("punt_storm")
+    if storm and storm["results"]:
+        rs = storm["results"]
+        labels = [f"{r['switch']}\n{'meter ' + str(r['punt_rate']) + '/s' if r['punt_rate'] else 'no meter'}"
+                  for r in rs]
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+        colors = ["#228833" if r["punt_rate"] else "#ee6677" for r in rs]
+        ax1.bar(labels, [r["arrivals_ok"] for r in rs], color=colors)
+        ax1.axhline(rs[0]["arrivals"], color="grey", ls="--", label="connections opened")
+        ax1.set_ylabel("connections set up during the flood")
+        ax1.legend(fontsize=7)
+        ax2.bar(labels, [r["api_p99_ms"] for r in rs], color=colors)
+        ax2.axhline(100, color="grey", ls="--", label="target 100 ms")
+        ax2.set_ylabel("API p99 (ms)")
+        ax2.legend(fontsize=7)
+        for ax in (ax1, ax2):
+            ax.tick_params(axis="x", labelsize=8)
+        fig.suptitle(f"SYN flood, {storm['pps']:.0f}/s for {storm['seconds']:.0f} s from a third port "
+                     f"(rev {storm['git']})", fontsize=10)
+        made.append(save(fig, "punt_storm.png"))
     print("plots:", ", ".join(made) or "none (no results yet)")
     return 0
 

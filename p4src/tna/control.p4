@@ -33,7 +33,10 @@ control FtIngress(inout headers_t hdr,
     // A hit only records its rewrite (the v1model actions rewrite at once,
     // inside an `if` on the MTU: Tofino's actions have no conditions, and
     // subtract no action data). The MTU check follows the table.
-    DirectCounter<bit<64>>(CounterType_t.PACKETS_AND_BYTES) flow_table_v4_counter;
+    // Counters 32 bits wide in the chip: the SDE's driver adds them up into
+    // 64-bit counts (its periodic counter sync), which is what P4Runtime
+    // reads; half the SRAM of 64-bit cells.
+    DirectCounter<bit<32>>(CounterType_t.PACKETS_AND_BYTES) flow_table_v4_counter;
 
     @hidden
     action hit_v4(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac, bit<16> mtu) {
@@ -99,7 +102,7 @@ control FtIngress(inout headers_t hdr,
         size = FLOW_TABLE_V4_SIZE;
     }
 
-    DirectCounter<bit<64>>(CounterType_t.PACKETS_AND_BYTES) flow_table_v6_counter;
+    DirectCounter<bit<32>>(CounterType_t.PACKETS_AND_BYTES) flow_table_v6_counter;
 
     @hidden
     action hit_v6(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac, bit<16> mtu) {
@@ -217,8 +220,6 @@ control FtIngress(inout headers_t hdr,
                     } else {
                         punt(PuntReason.NOT_OFFLOADABLE);
                     }
-                } else if (meta.malformed == 1) {
-                    punt(PuntReason.MALFORMED);
                 } else if (hdr.ipv4.ttl <= 1) {
                     punt(PuntReason.TTL_EXPIRED);
                 } else if (hdr.tcp.isValid() && (hdr.tcp.flags & TCP_FLAGS_FIN_RST) != 0) {
@@ -237,8 +238,6 @@ control FtIngress(inout headers_t hdr,
                     } else {
                         punt(PuntReason.NOT_OFFLOADABLE);
                     }
-                } else if (meta.malformed == 1) {
-                    punt(PuntReason.MALFORMED);
                 } else if (hdr.ipv6.hop_limit <= 1) {
                     punt(PuntReason.TTL_EXPIRED);
                 } else if (hdr.tcp.isValid() && (hdr.tcp.flags & TCP_FLAGS_FIN_RST) != 0) {
@@ -248,6 +247,15 @@ control FtIngress(inout headers_t hdr,
                 }
             } else {
                 punt(PuntReason.NOT_OFFLOADABLE);
+            }
+            // A packet whose lengths disagree with its headers is punted
+            // whatever the lookup found. The v1model program checks before
+            // the lookup; here the check runs beside it, so that the flow
+            // tables can start in the first stage: such a packet of an
+            // offloaded flow counts on its entry (and refreshes its idle
+            // time) before it is punted. docs/tofino.md.
+            if (meta.malformed == 1) {
+                punt(PuntReason.MALFORMED);
             }
             // nf_flow_exceeds_mtu: a saturating subtraction, 0 when it fits
             if (meta.hit == 1) {

@@ -6,9 +6,14 @@
 // (control.p4). Where Tofino cannot do what the v1model program does, the
 // difference is written where it happens and in docs/tofino.md.
 //
-// Build: p4c-barefoot --target tofino --arch tna -DP4FT_CPU_PORT=N (make p4).
+// Build: p4c-barefoot --target tofino --arch tna -DP4FT_CPU_PORT=N (make p4);
+// for Tofino 2, --target tofino2 --arch t2na.
 #include <core.p4>
+#if __TARGET_TOFINO__ == 2
+#include <t2na.p4>
+#else
 #include <tna.p4>
+#endif
 
 #include "../include/define.p4"
 #include "../include/size.p4"
