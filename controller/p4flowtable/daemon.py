@@ -114,6 +114,7 @@ class Daemon:
         self.cpu_first: float | None = None       # process CPU time at the first decision
         self.cpu_last: float | None = None        # ... and at the last offload since a reset
         self._declined: dict = {}
+        self._no_route: set = set()   # orig tuples declined for want of a next hop: retried on route events
         self._waiting: dict = {}   # orig tuple -> (entry, its packets when refused): table was full
         self._tasks: list[asyncio.Task] = []
         self.events = EventBus()
@@ -462,6 +463,7 @@ class Daemon:
             flow = self._flow_of(e)
             if ev is CtEvent.DESTROY:
                 self._waiting.pop(e.orig, None)
+                self._no_route.discard(e.orig)
                 if flow is not None:
                     flow.test_and_set(FlowFlag.DYING)
                     self.teardown(flow, TeardownReason.CT_DESTROYED)
@@ -480,10 +482,19 @@ class Daemon:
                 self._maybe_offload(e)
 
     async def _route_events(self) -> None:
-        """Any link, address, route or neighbour change drops cached next hops."""
+        """Any link, address, route or neighbour change drops cached next hops,
+        and the connections declined for want of one are considered again at
+        once. (The kernel asks again with the connection's next packet, which
+        a connection that has gone quiet may not send for long.)"""
         while True:
             async for _msg in self._rt_monitor.get():
                 self.routes.invalidate()
+                if self._no_route:
+                    retry, self._no_route = self._no_route, set()
+                    for orig in retry:
+                        self._declined.pop(orig, None)
+                        if (e := self.mirror.entries.get(orig)) is not None:
+                            self._maybe_offload(e)
 
     def _flow_of(self, e: CtEntry) -> Flow | None:
         hit = self.flowtables.lookup(e.orig)
@@ -552,6 +563,8 @@ class Daemon:
         self._event("REFUSED", e, reason=why)
         self._since.pop(e.orig, None)
         self._declined[e.orig] = self.clock()
+        if why == "no_route":
+            self._no_route.add(e.orig)
         self.stats[f"not_offloaded.{why}"] += 1
         log.debug("not offloading %s: %s", e.orig, why)
 
