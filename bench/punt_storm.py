@@ -58,8 +58,12 @@ def storm(net, tmp: Path, seconds: float = 30, pps: float = 20000, arrivals: int
     t0 = time.monotonic()
     prober.start()
     arr = host_tool(net.h1, "arrivals", "--host", WAN["host"].split("/")[0], "--port", "7000",
-                    "--count", str(arrivals), "--interval", str(seconds / arrivals * 0.9), "--hold", "3",
+                    "--count", str(arrivals), "--interval", str(seconds / arrivals * 0.9), "--hold", "5",
                     "--out", str(tmp / "arrivals.json"))
+    # every arrival, while all are still open: offloaded?
+    ports = read_json(str(tmp / "arrivals.json.all"), timeout=seconds + 120)["ports"]
+    rows = {f["orig"]["sport"]: f for f in net.api("flow_list", {"refresh": False}) if f["proto"] == "tcp"}
+    offloaded = sum(1 for p in ports if p in rows and rows[p]["offload"])
     fl = read_json(str(tmp / "flood.json"), timeout=seconds + 60)
     storm_s = time.monotonic() - t0
     stop.set()
@@ -77,7 +81,7 @@ def storm(net, tmp: Path, seconds: float = 30, pps: float = 20000, arrivals: int
             "packet_in_dropped": s["packet_in_dropped"] - s0["packet_in_dropped"],
             "api_calls": len(api_ms), "api_p50_ms": percentile(api_ms, 0.5), "api_p99_ms": percentile(api_ms, 0.99),
             "api_max_ms": max(api_ms) if api_ms else None,
-            "offloads": len(lat_ms), "arrivals": arrivals, "arrivals_ok": sum(1 for c in conns if c["ok"]),
+            "offloads": len(lat_ms), "arrivals": arrivals, "arrivals_offloaded": offloaded, "arrivals_ok": sum(1 for c in conns if c["ok"]),
             "offload_p50_ms": percentile(lat_ms, 0.5), "offload_p99_ms": percentile(lat_ms, 0.99),
             "setup_max_s": max(c["setup_s"] for c in conns), "daemon_alive": net.daemon.poll() is None}
 

@@ -294,6 +294,8 @@ def arrivals(a):
             except OSError as e:
                 results.append({"port": None, "setup_s": time.monotonic() - t0, "ok": False, "error": str(e)})
             nxt += a.interval
+            if len(results) == a.count:
+                report(a.out + ".all", ports=[r["port"] for r in results], at=time.time())
         for c in conns:
             try:
                 c.send(b"p4ft-tick")
