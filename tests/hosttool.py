@@ -284,7 +284,7 @@ def arrivals(a):
         if len(results) < a.count and time.monotonic() >= nxt:
             t0 = time.monotonic()
             try:
-                c = socket.create_connection((a.host, a.port), timeout=30)
+                c = socket.create_connection((a.host, a.port), timeout=a.connect_timeout)
                 c.sendall(b"p4ft-arrival")
                 ok = c.recv(64) == b"p4ft-arrival"
                 results.append({"port": c.getsockname()[1], "setup_s": time.monotonic() - t0, "ok": ok})
@@ -403,6 +403,8 @@ def main():
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--interval", type=float, default=1.0)
     p.add_argument("--hold", type=float, default=2.0, help="seconds the connections stay open after the last")
+    p.add_argument("--connect-timeout", type=float, default=5.0,
+                   help="seconds a connection may take to set up and echo (TCP's SYN retries: 1 s, 3 s)")
     p.add_argument("--out", required=True)
     a = ap.parse_args()
     {"tcp-sink": tcp_sink, "tcp-source": tcp_source, "udp-echo": udp_echo, "udp-ping": udp_ping,
