@@ -66,8 +66,8 @@ def storm(net, tmp: Path, seconds: float = 30, pps: float = 20000, arrivals: int
                     "--count", str(arrivals), "--interval", str(seconds / arrivals * 0.9), "--hold", "5",
                     "--out", str(tmp / "arrivals.json"))
     # every arrival, while all are still open: offloaded?
-    # (each connection given 5 s at most)
-    ports = read_json(str(tmp / "arrivals.json.all"), timeout=seconds + 6 * arrivals + 60)["ports"]
+    # (each connection given 5 s to connect and 5 s for its echo)
+    ports = read_json(str(tmp / "arrivals.json.all"), timeout=seconds + 11 * arrivals + 60)["ports"]
     rows = {f["orig"]["sport"]: f for f in net.api("flow_list", {"refresh": False}) if f["proto"] == "tcp"}
     offloaded = sum(1 for p in ports if p in rows and rows[p]["offload"])
     fl = read_json(str(tmp / "flood.json"), timeout=seconds + 60)

@@ -279,8 +279,8 @@ def arrivals(a):
     sel = selectors.DefaultSelector()
     conns, results = [], []
     nxt = time.monotonic()
-    end = nxt + a.count * a.interval + a.hold
-    while time.monotonic() < end:
+    end = None       # a.hold after the last connection's attempt, however long the attempts took
+    while end is None or time.monotonic() < end:
         if len(results) < a.count and time.monotonic() >= nxt:
             t0 = time.monotonic()
             try:
@@ -296,6 +296,7 @@ def arrivals(a):
             nxt += a.interval
             if len(results) == a.count:
                 report(a.out + ".all", ports=[r["port"] for r in results], at=time.time())
+                end = time.monotonic() + a.hold
         for c in conns:
             try:
                 c.send(b"p4ft-tick")

@@ -264,7 +264,8 @@ control FtIngress(inout headers_t hdr,
                 } else {
                     meta.oversize = meta.ipv6_len |-| meta.mtu;
                 }
-                if (meta.oversize != 0) {
+                // not over MALFORMED, which the v1model program finds first
+                if (meta.oversize != 0 && meta.malformed == 0) {
                     punt(PuntReason.MTU_EXCEEDED);
                 }
             }
