@@ -23,12 +23,14 @@ from pyroute2.netlink import NETLINK_ROUTE
 from . import netns
 from .aging import Aging
 from .apiserver import ApiServer
-from .events import EventBus, FlowFilter
+from .commands import Commands
+from .decide import MAX_BATCH_FLOWS, Decisions
+from .events import EventBus, tuples_dict
 from .metrics import Metrics
 from .conntrack import IPS_SEEN_REPLY, NF_CT_DAY, ConntrackMirror, CtEntry, CtEvent
 from .core import Flowtables
-from .ip import HOP_GROUPS, Routes, RouteError, match_tuple, parse_tuple
-from .model import Dir, Flow, FlowFlag, L4PROTO_NAMES, TeardownReason
+from .ip import HOP_GROUPS, Routes, match_tuple, parse_tuple
+from .model import Dir, Flow, FlowFlag, TeardownReason
 from .offload import P4RuntimeDriver
 from .p4info import P4Schema, decode, encode
 from .p4runtime import Session, SwitchError, SwitchUnavailable, WriteError
@@ -44,9 +46,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_P4INFO = REPO / "p4src" / "build" / "flowtable.p4info.txtpb"
 DEFAULT_JSON = REPO / "p4src" / "build" / "flowtable.json"
 from .api import DEFAULT_SOCKET  # noqa: E402
-MAX_BATCH_FLOWS = 512
 WRITES_IN_FLIGHT = 2   # add batches at the switch at once (see _offload_worker)
-RETRY_DECLINED = 1.0   # seconds before a declined flow is considered again
 YIELD_EVERY = 1000     # long loops give the event loop a turn this often
 
 
@@ -104,21 +104,17 @@ class Daemon:
         self.stats: collections.Counter[str] = collections.Counter()
         self.queue = OffloadQueue()
         self._deferred: list[Flow] = []   # adds that met a lost switch
-        self._considering: set = set()
-        self._candidates: collections.deque[CtEntry] = collections.deque()
-        self._candidates_ready = asyncio.Event()
-        self._since: dict = {}     # flow key -> clock when its offload was decided
         self.offload_latency: collections.deque[float] = collections.deque(maxlen=100_000)
         self.first_decided: float | None = None   # for setup-rate measurements
         self.last_offloaded: float | None = None
         self.cpu_first: float | None = None       # process CPU time at the first decision
         self.cpu_last: float | None = None        # ... and at the last offload since a reset
-        self._declined: dict = {}
-        self._no_route: set = set()   # orig tuples declined for want of a next hop: retried on route events
         self._waiting: dict = {}   # orig tuple -> (entry, its packets when refused): table was full
+        self.decisions = Decisions(self)
         self._tasks: list[asyncio.Task] = []
         self.events = EventBus()
-        self.api = ApiServer(cfg.socket, self.handle, self.events)
+        self.commands = Commands(self)
+        self.api = ApiServer(cfg.socket, self.commands.handle, self.events)
         self.metrics = Metrics(self.flowtables, self.mirror, self.stats, self.session, self.events,
                                self.punt_names, self.punt)
         self.ready = asyncio.Event()
@@ -161,7 +157,7 @@ class Daemon:
         await self._rt_monitor.bind(groups=HOP_GROUPS)
         for coro, name in ((self._ct_events(), "ct-events"), (self._packet_in(), "packet-in"),
                            (self._route_events(), "route-events"),
-                           (self._decide_worker(), "decide"), (self._offload_worker(), "offload"),
+                           (self.decisions.run(), "decide"), (self._offload_worker(), "offload"),
                            (self.aging.run(cfg.poll_interval), "aging"), (self._idle_events(), "idle"),
                            (self.punt.follow(self.session, cfg.poll_interval), "punt-drops"),
                            (self._supervise(), "switch")):
@@ -325,10 +321,10 @@ class Daemon:
         for i, e in enumerate(list(self.mirror.entries.values())):
             if i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)     # the API, conntrack events, the switch's stream meanwhile
-            if self._flow_of(e) is None and e.offloadable() is None and self.rulesets.select(e.labels):
-                got = self._adopt(e, held) or await self._decide(e)
+            if self.flow_of(e) is None and e.offloadable() is None and self.rulesets.select(e.labels):
+                got = self._adopt(e, held) or await self.decisions.decide(e)
                 if isinstance(got, str):
-                    self._decline(e, got)
+                    self.decisions.decline(e, got)
                     declined[got] += 1
                 else:
                     fresh.append(got)
@@ -351,7 +347,7 @@ class Daemon:
                 self.aging.track(f, now)
         for i, f in enumerate(plan.adopted):
             self.aging.idle(f)     # idle while the daemon was away? the switch's last hit says
-            self._event("ADOPT", f)
+            self.publish("ADOPT", f)
             if i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
         ok = [ct for f, ct in fresh if id(f) not in failed]
@@ -378,7 +374,7 @@ class Daemon:
         devices = {p: n for n, p in self.cfg.ports.items()}
         if devices.get(o[0]) not in table.config.devices or devices.get(r[0]) not in table.config.devices:
             return None
-        flow = self._pending_flow(e, table, (o[0], r[0]), (o[1], r[1]))
+        flow = self.decisions.pending_flow(e, table, (o[0], r[0]), (o[1], r[1]))
         return (flow, e) if flow is not None else None
 
     async def _release_leases(self) -> int:
@@ -389,7 +385,7 @@ class Daemon:
         for i, e in enumerate(list(self.mirror.entries.values())):
             if i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-            if self._flow_of(e) is not None or e.timeout is None:
+            if self.flow_of(e) is not None or e.timeout is None:
                 continue
             key = (e.l4proto, e.tcp_state, bool(e.status & IPS_SEEN_REPLY))
             if key not in timeouts:
@@ -433,7 +429,7 @@ class Daemon:
             if name == "MISS" and t is not None:
                 ct = self.mirror.lookup(t)
                 if ct is not None:
-                    self._maybe_offload(ct)
+                    self.decisions.consider(ct)
 
     # -- conntrack -----------------------------------------------------------
     async def _ct_events(self) -> None:
@@ -446,24 +442,24 @@ class Daemon:
                 log.warning("conntrack events lost (%s); resynchronising", err)
                 present, gone = await self.mirror.resync()
                 for e in gone:
-                    flow = self._flow_of(e)
+                    flow = self.flow_of(e)
                     if flow is not None:
                         flow.test_and_set(FlowFlag.DYING)
                         self.teardown(flow, TeardownReason.CT_DESTROYED)
                 for e in present:
-                    flow = self._flow_of(e)
+                    flow = self.flow_of(e)
                     if flow is None:
-                        self._maybe_offload(e)
+                        self.decisions.consider(e)
                     elif e.offloadable() is not None:
                         self.teardown(flow, TeardownReason.CT_STATE)
 
     async def _follow_ct(self) -> None:
         async for ev, e, old in self.mirror.events():
-            self._declined.pop(e.orig, None)
-            flow = self._flow_of(e)
+            self.decisions.forget_decline(e.orig)
+            flow = self.flow_of(e)
             if ev is CtEvent.DESTROY:
                 self._waiting.pop(e.orig, None)
-                self._no_route.discard(e.orig)
+                self.decisions.no_route.discard(e.orig)
                 if flow is not None:
                     flow.test_and_set(FlowFlag.DYING)
                     self.teardown(flow, TeardownReason.CT_DESTROYED)
@@ -479,7 +475,7 @@ class Daemon:
             # statement again, as in the kernel). Updates that change neither
             # (our own timeout writes, say) do not.
             if old is None or old.offloadable() is not None or e.labels & ~old.labels & self.rulesets.marks:
-                self._maybe_offload(e)
+                self.decisions.consider(e)
 
     async def _route_events(self) -> None:
         """Any link, address, route or neighbour change drops cached next hops,
@@ -489,128 +485,26 @@ class Daemon:
         while True:
             async for _msg in self._rt_monitor.get():
                 self.routes.invalidate()
-                if self._no_route:
-                    retry, self._no_route = self._no_route, set()
-                    for orig in retry:
-                        self._declined.pop(orig, None)
-                        if (e := self.mirror.entries.get(orig)) is not None:
-                            self._maybe_offload(e)
+                self.decisions.retry_no_route()
 
-    def _flow_of(self, e: CtEntry) -> Flow | None:
+    @property
+    def waiting_for_room(self) -> int:
+        """Flows refused by a full table, waiting for room."""
+        return len(self._waiting)
+
+    def waits_for_room(self, orig) -> bool:
+        return orig in self._waiting
+
+    def flow_of(self, e: CtEntry) -> Flow | None:
         hit = self.flowtables.lookup(e.orig)
         return hit[0] if hit is not None and hit[0].key == e.orig else None
-
-    # -- offload decision (nft_flow_offload_eval) -----------------------------
-    def _maybe_offload(self, e: CtEntry) -> None:
-        if e.orig in self._considering or e.orig in self._waiting or self._flow_of(e) is not None:
-            return
-        if e.offloadable() is not None:
-            return
-        declined = self._declined.get(e.orig)
-        if declined is not None and self.clock() - declined < RETRY_DECLINED:
-            return
-        self._considering.add(e.orig)
-        self._since[e.orig] = self.clock()
-        if self.cpu_first is None:
-            self.cpu_first = time.process_time()
-        self._candidates.append(e)
-        self._candidates_ready.set()
-
-    async def _decide_worker(self) -> None:
-        """Offload decisions in batches: each candidate is judged in turn
-        (next hops, policy, devices); the conntrack marks of those chosen are
-        then written together, and their adds queued. A burst of new flows
-        thus costs one pass and one round of netlink requests per batch."""
-        while True:
-            while not self._candidates:
-                self._candidates_ready.clear()
-                await self._candidates_ready.wait()
-            n = min(len(self._candidates), MAX_BATCH_FLOWS)
-            batch = [self._candidates.popleft() for _ in range(n)]
-            try:
-                await self._decide_batch(batch)
-            finally:
-                for e in batch:
-                    self._considering.discard(e.orig)
-
-    async def _decide_batch(self, batch: list[CtEntry]) -> None:
-        chosen: list[tuple[Flow, CtEntry]] = []
-        for e in batch:
-            try:
-                got = await self._decide(e)
-            except Exception as err:  # netlink trouble: the flow stays in the slow path
-                log.warning("offload of %s failed: %r", e.orig, err)
-                got = "error"
-            if isinstance(got, str):
-                self._decline(e, got)
-            else:
-                chosen.append(got)
-        if not chosen:
-            return
-        try:
-            errors = await self.mirror.offloaded([ct for _, ct in chosen], self.cfg.ct_lease)
-        except Exception as err:
-            errors = [err] * len(chosen)
-        for (flow, ct), err in zip(chosen, errors):
-            if err is None:
-                self.queue.put_nowait(("add", flow))
-                continue
-            self.flowtables.delete(flow)
-            log.warning("conntrack refused offload marks for %s: %s", ct.orig, err)
-            self._decline(ct, "ct_update_failed")
-
-    def _decline(self, e: CtEntry, why: str) -> None:
-        self._event("REFUSED", e, reason=why)
-        self._since.pop(e.orig, None)
-        self._declined[e.orig] = self.clock()
-        if why == "no_route":
-            self._no_route.add(e.orig)
-        self.stats[f"not_offloaded.{why}"] += 1
-        log.debug("not offloading %s: %s", e.orig, why)
-
-    async def _decide(self, e: CtEntry) -> tuple[Flow, CtEntry] | str:
-        """The flow to offload for this entry (added to its flowtable, pending),
-        or why not."""
-        ft = self.rulesets.select(e.labels)
-        if ft is None:
-            return "policy"      # no packet reached an offload statement (no mark)
-        try:
-            # where each direction leaves: ORIGINAL towards reply.src, REPLY towards orig.src
-            out_orig = await self.routes.hop(e.reply.src)
-            out_reply = await self.routes.hop(e.orig.src)
-        except RouteError as err:
-            log.debug("%s", err)
-            return "no_route"
-        table = self.flowtables.tables.get(ft)
-        if table is None:
-            return "flowtable_deleted"
-        if out_orig.ifname not in table.config.devices or out_reply.ifname not in table.config.devices:
-            return "device_not_in_flowtable"
-        current = self.mirror.entries.get(e.orig)
-        if current is None or current.offloadable() is not None or self._flow_of(e) is not None:
-            return "changed"
-        flow = self._pending_flow(e, table, (out_reply.route.port, out_orig.route.port),
-                                  (out_orig.route, out_reply.route))
-        return (flow, current) if flow is not None else "tuple_clash"
-
-    def _pending_flow(self, e: CtEntry, table, iif: tuple[int, int], routes) -> Flow | None:
-        """The entry's flow, added to its flowtable, pending its writes; None
-        when a tuple of it is already offloaded (a clash)."""
-        flow = Flow(e.id, (e.orig, e.reply), table.config.name, table.config.timeout_for(e.l4proto),
-                    iif=iif, routes=routes)
-        try:
-            self.flowtables.add(flow)
-        except ValueError:
-            return None
-        flow.test_and_set(FlowFlag.PENDING)
-        return flow
 
     # -- teardown (flow_offload_teardown) -----------------------------------------
     def teardown(self, flow: Flow, reason: TeardownReason, direction: Dir | None = None) -> None:
         if flow.test_and_set(FlowFlag.TEARDOWN):
             return
         self.stats[f"teardown.{reason.value}"] += 1
-        self._event("TEARDOWN", flow, reason=reason.value,
+        self.publish("TEARDOWN", flow, reason=reason.value,
                     direction=direction.name.lower() if direction is not None else None)
         flow.reason = reason
         self.queue.put_nowait(("del", flow))
@@ -669,8 +563,8 @@ class Daemon:
             f.test_and_set(FlowFlag.HW)
             self.aging.track(f, now)
             self.stats["offloaded"] += 1
-            since = self._since.pop(f.key, None)
-            self._event("OFFLOAD", f, after_ms=round(1000 * (now - since), 2) if since is not None else None)
+            since = self.decisions.since.pop(f.key, None)
+            self.publish("OFFLOAD", f, after_ms=round(1000 * (now - since), 2) if since is not None else None)
             if since is not None:   # conntrack event or miss -> both entries written
                 self.offload_latency.append(now - since)
                 self.metrics.offload_latency.observe(now - since)
@@ -706,10 +600,10 @@ class Daemon:
         for f, msg in refused:
             full = msg.startswith(("RESOURCE_EXHAUSTED", "UNKNOWN"))
             self.stats["table_full" if full else "offload_failed"] += 1
-            self._event("REFUSED", f, reason="table_full" if full else msg)
+            self.publish("REFUSED", f, reason="table_full" if full else msg)
             if not full:
                 log.error("switch refused flow %s: %s", f.key, msg)
-            self._since.pop(f.key, None)
+            self.decisions.since.pop(f.key, None)
             self.flowtables.delete(f)
             ct = self.mirror.entries.get(f.key)
             if ct is None:
@@ -736,7 +630,7 @@ class Daemon:
             cur = self.mirror.entries.get(key)
             if cur is not None:
                 self.stats["table_full_admitted"] += 1
-                self._maybe_offload(cur)
+                self.decisions.consider(cur)
 
     async def _do_del(self, batch: list[Flow]) -> None:
         res = await self.driver.delete(batch)
@@ -752,7 +646,7 @@ class Daemon:
 
     async def _handed_back(self, f: Flow) -> None:
         f.clear(FlowFlag.HW | FlowFlag.PENDING)
-        self._event("HANDBACK", f, reason=f.reason.value if f.reason else None)
+        self.publish("HANDBACK", f, reason=f.reason.value if f.reason else None)
         self.flowtables.delete(f)
         if f.flags & FlowFlag.DYING:
             return
@@ -779,112 +673,25 @@ class Daemon:
 
     def _expired(self, f: Flow) -> None:
         self.stats["expired"] += 1
-        self._event("EXPIRE", f, idle_s=round(self.clock() - f.last_used, 1))
+        self.publish("EXPIRE", f, idle_s=round(self.clock() - f.last_used, 1))
         self.teardown(f, TeardownReason.EXPIRED)
 
     async def _renew_lease(self, f: Flow) -> None:
         ct = self.mirror.entries.get(f.key)
         if ct is not None:
             await self.mirror.keepalive(ct, self.cfg.ct_lease)
-            self._event("REFRESH", f, lease_s=int(self.cfg.ct_lease))
+            self.publish("REFRESH", f, lease_s=int(self.cfg.ct_lease))
 
     # -- API -----------------------------------------------------------------------
-    async def handle(self, cmd: str, args: dict):
-        if cmd == "flow_list":
-            return await self.flow_list(FlowFilter.from_args(args.get("filter")), bool(args.get("refresh", True)))
-        if cmd == "stats":
-            return self.stats_dict()
-        if cmd == "flowtable_list":
-            return [self.rulesets.info(name) for name in self.flowtables.tables]
-        if cmd == "flowtable_add":
-            return await self.rulesets.add_runtime(args["name"], list(args["devices"]),
-                                                   float(args.get("timeout", 30.0)))
-        if cmd == "flowtable_delete":
-            return await self.rulesets.remove(self.flowtables.table(args["name"]).config.name)
-        if cmd == "ruleset_reload":
-            return await self.reload(args.get("path"))
-        if cmd == "ping":
-            return "pong"
-        if cmd == "stop":
-            self.keep_flows_on_stop = bool(args.get("keep_flows"))
-            self.stopping.set()
-            return {"keep_flows": self.keep_flows_on_stop}
-        if cmd == "expiry_timing":
-            return [r for r in self.aging.expiry_log if r[3] is not None]
-        if cmd == "offload_timing":
-            if args.get("reset"):
-                self.offload_latency.clear()
-                self.first_decided = self.last_offloaded = None
-                self.cpu_first = self.cpu_last = None
-                return {}
-            # cheap unless the samples are asked for: benchmarks poll it
-            return {"latency": list(self.offload_latency) if args.get("samples") else None,
-                    "first_decided": self.first_decided,
-                    "last_offloaded": self.last_offloaded, "offloaded": self.stats["offloaded"],
-                    "cpu_seconds": (self.cpu_last - self.cpu_first
-                                    if self.cpu_first is not None and self.cpu_last is not None else None),
-                    "batches": self.stats["offload_batches"]}
-        if cmd == "counters":
-            # the event counters of `stats` without what costs O(flows)
-            return {**self.stats, **{f"aging.{k}": v for k, v in self.aging.stats.items()}}
-        raise ValueError(f"unknown command {cmd!r}")
-
-    def _row(self, e: CtEntry, f: Flow | None, now: float) -> dict:
-        """A flow as `p4ft flow list -o json` shows it (docs/p4ft.schema.json)."""
-        row = {"id": e.id, **_tuples_dict(e.orig, e.reply), "l4proto": e.l4proto, "state": e.state_name,
-               "offload": bool(f and f.flags & FlowFlag.HW), "flowtable": None, "pending": False}
-        if f is not None:
-            row.update(flowtable=f.flowtable, pending=bool(f.flags & FlowFlag.PENDING),
-                       packets=list(f.packets), bytes=list(f.bytes), idle=round(now - f.last_used, 1),
-                       counters_age=round(now - f.stats_at, 1) if f.stats_at else None)
-        return row
-
-    async def flow_list(self, flt: FlowFilter | None = None, refresh: bool = True) -> list[dict]:
-        """conntrack's entries with what p4ft does with them, those flt keeps;
-        refresh: the switch's counters read first for the offloaded ones shown."""
-        flt = flt or FlowFilter()
-        now = self.clock()
-        shown = [(e, f, row) for e in list(self.mirror.entries.values())
-                 if flt.matches(row := self._row(e, f := self._flow_of(e), now))]
-        read = [f for _, f, _ in shown if f is not None and f.flags & FlowFlag.HW] if refresh else []
-        if not read:
-            return [row for _, _, row in shown]
-        await self.aging.read_now(read)
-        now = self.clock()
-        return [self._row(e, f, now) if f is not None else row for e, f, row in shown]
-
-    def _event(self, event: str, f: Flow | CtEntry, **fields) -> None:
+    def publish(self, event: str, f: Flow | CtEntry, **fields) -> None:
         """Publish a flow's event to the monitors (cheap when there are none)."""
         if not self.events.monitors:
             return
         if isinstance(f, Flow):
-            flow = {**_tuples_dict(*f.tuples), "flowtable": f.flowtable, "offload": bool(f.flags & FlowFlag.HW)}
+            flow = {**tuples_dict(*f.tuples), "flowtable": f.flowtable, "offload": bool(f.flags & FlowFlag.HW)}
         else:
-            flow = {**_tuples_dict(f.orig, f.reply), "flowtable": None, "offload": False}
+            flow = {**tuples_dict(f.orig, f.reply), "flowtable": None, "offload": False}
         self.events.publish(event, flow, **fields)
-
-    def stats_dict(self) -> dict:
-        d = dict(self.stats)
-        d["role"] = "primary" if self.session.is_primary else "backup"
-        d["election_id"] = self.session.election_id
-        for name in self.punt_names.values():
-            d.setdefault(f"punt.{name}", 0)
-        d["flows_offloaded_now"] = sum(1 for f in self.flowtables if f.flags & FlowFlag.HW)
-        lat = sorted(self.offload_latency)
-        if lat:
-            d["offload_latency_ms.p50"] = round(1000 * lat[len(lat) // 2], 2)
-            d["offload_latency_ms.p99"] = round(1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], 2)
-        d["packet_in_dropped"] = self.session.dropped_packet_in
-        d["punt_rate"], d["punt_burst"] = self.punt.rate, self.punt.burst
-        d["punt_dropped"] = self.punt.total
-        for port, n in sorted(self.punt.dropped.items()):
-            d[f"punt_dropped.port.{port}"] = n
-        d["monitors"] = len(self.events.monitors)
-        d["table_full_waiting"] = len(self._waiting)
-        d["api_errors"] = self.api.errors
-        for k, v in self.aging.stats.items():
-            d[f"aging.{k}"] = v
-        return d
 
     async def reload(self, path: str | None = None) -> dict:
         """`p4ft ruleset reload [FILE]`, SIGHUP: FILE becomes the ruleset."""
@@ -929,13 +736,3 @@ class OffloadQueue:
         while self._items and len(batch) < limit and self._items[0][0] == op:
             batch.append(self._items.popleft()[1])
         return op, batch
-
-
-def _tuples_dict(orig, reply) -> dict:
-    """A flow's identity as flow list and the monitor show it."""
-    return {"proto": L4PROTO_NAMES.get(orig.l4proto, str(orig.l4proto)), "orig": _tuple_dict(orig),
-            "reply": _tuple_dict(reply)}
-
-
-def _tuple_dict(t) -> dict:
-    return {"src": str(t.src), "dst": str(t.dst), "sport": t.sport, "dport": t.dport}

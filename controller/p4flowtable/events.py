@@ -18,6 +18,8 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from .model import L4PROTO_NAMES
+
 QUEUE = 10_000          # events a monitor may fall behind by
 
 FLOW_EVENTS = ("OFFLOAD", "ADOPT", "REFRESH", "EXPIRE", "TEARDOWN", "HANDBACK", "REFUSED")
@@ -123,3 +125,13 @@ def format_event(ev: dict) -> str:
         if ev.get(k) is not None:
             parts.append(f"{k}={ev[k]}")
     return " ".join(parts)
+
+
+def tuples_dict(orig, reply) -> dict:
+    """A flow's identity as flow list and the monitor show it."""
+    return {"proto": L4PROTO_NAMES.get(orig.l4proto, str(orig.l4proto)), "orig": _tuple_dict(orig),
+            "reply": _tuple_dict(reply)}
+
+
+def _tuple_dict(t) -> dict:
+    return {"src": str(t.src), "dst": str(t.dst), "sport": t.sport, "dport": t.dport}

@@ -18,12 +18,7 @@ from .tables import Table
 DROP_PORT = 511  # v1model: egress_spec value that drops
 
 
-class UnsupportedConstruct(ValueError):
-    """The JSON uses something the embedded target does not implement."""
-
-
-class PipelineError(ValueError):
-    """The JSON is malformed."""
+from .errors import PipelineError, UnsupportedConstruct  # noqa: E402,F401  (raised here, named by callers)
 
 
 @dataclass(slots=True)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import heapq
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .pipeline import Program
+from .errors import UnsupportedConstruct
 
 
 class TableError(Exception):
@@ -37,8 +35,8 @@ def _hex(v: str) -> int:
 
 
 class Table:
-    def __init__(self, prog: "Program", js: dict):
-        from .pipeline import UnsupportedConstruct
+    def __init__(self, prog, js: dict):
+        """prog: the pipeline.Program the table belongs to; js: its BMv2 JSON."""
         self.prog = prog
         self.name, self.id = js["name"], js["id"]
         if js.get("type", "simple") != "simple":
