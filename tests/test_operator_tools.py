@@ -135,6 +135,7 @@ def test_metrics_move_with_traffic(life):
     assert a[("p4ft_switch_writes_total", ())] > b[("p4ft_switch_writes_total", ())]
     assert a[("p4ft_switch_connected", ())] == 1
     assert a[("p4ft_switch_role", (("role", "primary"),))] == 1
+    assert a[("p4ft_punt_rate", ())] == 2000      # the daemon's default; drops are in test_punt_storm
 
 
 def burst_p99(net, base: int, n: int) -> float:
