@@ -23,6 +23,9 @@ def p4ft(*args, timeout=60):
     (["daemon", "--timeout", "ft=-3"], "expected FLOWTABLE=SECONDS"),
     (["switch", "-i", "eth0"], "bad port spec 'eth0'"),
     (["flowtable", "add", "x"], "--devices"),
+    (["daemon", "--punt-rate", "-5"], "--punt-rate '-5': expected a whole number >= 0"),
+    (["daemon", "--punt-burst", "lots"], "--punt-burst 'lots': expected a whole number >= 0"),
+    (["daemon", "--target", "tofino3"], "invalid choice: 'tofino3'"),
 ])
 def test_bad_arguments_are_named(args, text):
     r = p4ft(*args)
@@ -65,6 +68,12 @@ def test_ruleset_setting_p4fts_own_label_bit_is_refused_with_the_rules_position(
     r = p4ft("--socket", str(tmp_path / "s"), "daemon", "--netns", netns, "--port", "1=a", "--ruleset", str(f),
              "--ct-label-bits", "0-3", "--grpc-addr", "127.0.0.1:1")
     assert "no P4Runtime server at 127.0.0.1:1" in r.stderr
+
+
+def test_a_punt_rate_without_a_burst_is_refused():
+    r = p4ft("daemon", "--punt-rate", "10", "--punt-burst", "0", "--grpc-addr", "127.0.0.1:1")
+    assert r.returncode != 0
+    assert "a punt rate needs a burst of at least 1 packet" in r.stderr
 
 
 def test_bad_label_bits_are_named():
