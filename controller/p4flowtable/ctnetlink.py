@@ -57,6 +57,11 @@ HDR_LEN = _NLMSGHDR.size + _NFGENMSG.size
 RECV_SIZE = 1 << 17
 EVENT_DRAIN = 8192      # datagrams read per wake-up on an event socket
 REQUEST_BATCH = 64      # requests per datagram
+# Requests in flight at once. The kernel answers every request of a datagram
+# while we send it, into this socket's receive buffer; more answers than it
+# holds are dropped (ENOBUFS) and their requests' outcome is lost. 100,000
+# lease writes at once after a restart lost most of their answers.
+REQUEST_WINDOW = 512
 
 
 class CtnlError(OSError):
@@ -297,12 +302,16 @@ class CtnlSocket:
 
     async def requests(self, reqs: list[tuple[int, int, bytes, int]]) -> list:
         """Several requests in flight together, (msg_type, family, payload,
-        flags) each, sent REQUEST_BATCH to a datagram: per request its
-        messages or its error, in order."""
-        msgs = [self._message(*req) for req in reqs]
-        for i in range(0, len(msgs), REQUEST_BATCH):
-            self._send_all(msgs[i:i + REQUEST_BATCH])
-        return await asyncio.gather(*(fut for _, _, fut in msgs), return_exceptions=True)
+        flags) each, sent REQUEST_BATCH to a datagram and at most
+        REQUEST_WINDOW unanswered: per request its messages or its error, in
+        order."""
+        out: list = []
+        for w in range(0, len(reqs), REQUEST_WINDOW):
+            msgs = [self._message(*req) for req in reqs[w:w + REQUEST_WINDOW]]
+            for i in range(0, len(msgs), REQUEST_BATCH):
+                self._send_all(msgs[i:i + REQUEST_BATCH])
+            out += await asyncio.gather(*(fut for _, _, fut in msgs), return_exceptions=True)
+        return out
 
     async def dump(self, family: int = socket.AF_UNSPEC) -> list[CtMsg]:
         return await self.request(IPCTNL_MSG_CT_GET, family, b"", NLM_F_DUMP)
