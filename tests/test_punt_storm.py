@@ -11,17 +11,14 @@ import os
 import pytest
 
 from integration import net_per_switch
-from punt_storm import storm
+from punt_storm import FLOOD_PPS, storm
 
 pytestmark = pytest.mark.integration
 SECONDS = float(os.environ.get("P4FT_STORM_SECONDS", 30))
 ARRIVALS = 20
 RATE, BURST = 2000, 500          # the daemon's defaults (punt.py)
-# The flood: 20,000/s into BMv2. The embedded target (Python) takes about
-# 17,000 misses/s with nothing else to do; at 20,000/s its own port queues
-# overflow before any meter, and that is not what this test is about. It
-# gets 6,000/s, three times its punt rate. P4FT_STORM_PPS overrides both.
-FLOOD_PPS = {"bmv2": 20000, "soft": 6000}
+# The flood rate by switch: bench/punt_storm.py's FLOOD_PPS, which says why
+# the embedded target gets less. P4FT_STORM_PPS overrides both.
 
 net = net_per_switch(third_host=True)
 

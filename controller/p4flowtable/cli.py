@@ -79,7 +79,7 @@ def cmd_daemon(args) -> int:
     cfg.target = args.target
     if args.target == "tofino":
         from .tofino import TofinoBuild
-        build = TofinoBuild(Path(args.device_config) if args.device_config else TofinoBuild().directory)
+        build = TofinoBuild(Path(args.device_config)) if args.device_config else TofinoBuild()
         cfg.p4info, cfg.device_config = build.p4info, build.directory
     if args.p4info:
         cfg.p4info = Path(args.p4info)

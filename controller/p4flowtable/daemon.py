@@ -155,12 +155,14 @@ class Daemon:
         self.relay.open()
         self._rt_monitor = AsyncIPRoute(use_socket=netns.netlink_socket(cfg.netns, NETLINK_ROUTE))
         await self._rt_monitor.bind(groups=HOP_GROUPS)
-        for coro, name in ((self._ct_events(), "ct-events"), (self._packet_in(), "packet-in"),
-                           (self._route_events(), "route-events"),
-                           (self.decisions.run(), "decide"), (self._offload_worker(), "offload"),
-                           (self.aging.run(cfg.poll_interval), "aging"), (self._idle_events(), "idle"),
-                           (self.punt.follow(self.session, cfg.poll_interval), "punt-drops"),
-                           (self._supervise(), "switch")):
+        tasks = [(self._ct_events(), "ct-events"), (self._packet_in(), "packet-in"),
+                 (self._route_events(), "route-events"),
+                 (self.decisions.run(), "decide"), (self._offload_worker(), "offload"),
+                 (self.aging.run(cfg.poll_interval), "aging"), (self._idle_events(), "idle"),
+                 (self._supervise(), "switch")]
+        if self.punt.rate:
+            tasks.append((self.punt.follow(self.session, cfg.poll_interval), "punt-drops"))
+        for coro, name in tasks:
             self._tasks.append(asyncio.create_task(coro, name=name))
         await self._reconcile(kept)
         self.ready.set()
@@ -455,11 +457,10 @@ class Daemon:
 
     async def _follow_ct(self) -> None:
         async for ev, e, old in self.mirror.events():
-            self.decisions.forget_decline(e.orig)
+            self.decisions.forget_decline(e.orig, destroyed=ev is CtEvent.DESTROY)
             flow = self.flow_of(e)
             if ev is CtEvent.DESTROY:
                 self._waiting.pop(e.orig, None)
-                self.decisions.no_route.discard(e.orig)
                 if flow is not None:
                     flow.test_and_set(FlowFlag.DYING)
                     self.teardown(flow, TeardownReason.CT_DESTROYED)

@@ -37,9 +37,12 @@ class Decisions:
         self.declined: dict = {}  # orig tuple -> clock of its last decline
         self.no_route: set = set()   # orig tuples declined for want of a next hop
 
-    def forget_decline(self, orig) -> None:
-        """A conntrack event for the entry: judge it afresh."""
+    def forget_decline(self, orig, destroyed: bool = False) -> None:
+        """A conntrack event for the entry: judge it afresh; a destroyed one
+        is not waiting for a next hop any more."""
         self.declined.pop(orig, None)
+        if destroyed:
+            self.no_route.discard(orig)
 
     def retry_no_route(self) -> None:
         """A route or neighbour changed: judge again, at once, the entries

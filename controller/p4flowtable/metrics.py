@@ -20,6 +20,7 @@ from .core import Flowtables
 from .events import EventBus
 from .model import FlowFlag
 from .p4runtime import Session
+from .punt import PuntLimit
 
 log = logging.getLogger("p4ft")
 
@@ -32,7 +33,7 @@ class Metrics:
     event counters (stats), the switch session and the monitors' bus."""
 
     def __init__(self, flowtables: Flowtables, mirror: ConntrackMirror, stats: collections.Counter,
-                 session: Session, events: EventBus, punt_names: dict[int, str], punt=None):
+                 session: Session, events: EventBus, punt_names: dict[int, str], punt: PuntLimit):
         self.flowtables, self.mirror, self.stats = flowtables, mirror, stats
         self.session, self.events, self.punt_names = session, events, punt_names
         self.punt = punt
@@ -85,14 +86,13 @@ class Metrics:
         yield GaugeMetricFamily("p4ft_election_id", "This daemon's P4Runtime election id", value=s.election_id)
         yield CounterMetricFamily("p4ft_packet_in_dropped", "PacketIns dropped before the daemon read them",
                                   value=s.dropped_packet_in)
-        if self.punt is not None:
-            drops = CounterMetricFamily("p4ft_punt_dropped", "Punted packets the switch dropped over the punt "
-                                        "rate (--punt-rate), by ingress port, as last read", labels=["port"])
-            for port, n in sorted(self.punt.dropped.items()):
-                drops.add_metric([str(port)], n)
-            yield drops
-            yield GaugeMetricFamily("p4ft_punt_rate", "Packets per second each ingress port may punt (0: no limit)",
-                                    value=self.punt.rate)
+        drops = CounterMetricFamily("p4ft_punt_dropped", "Punted packets the switch dropped over the punt "
+                                    "rate (--punt-rate), by ingress port, as last read", labels=["port"])
+        for port, n in sorted(self.punt.dropped.items()):
+            drops.add_metric([str(port)], n)
+        yield drops
+        yield GaugeMetricFamily("p4ft_punt_rate", "Packets per second each ingress port may punt (0: no limit)",
+                                value=self.punt.rate)
         yield CounterMetricFamily("p4ft_monitor_events_dropped", "Events lost by slow monitors",
                                   value=sum(m.dropped_total for m in self.events.monitors) + self.events.dropped_gone)
 

@@ -70,11 +70,15 @@ def run(name: str | None, argv: list[str], input: str | None = None, check: bool
 
 def read_sysctl(name: str | None, key: str) -> str:
     with entered(name):
-        with open("/proc/sys/" + key.replace(".", "/")) as f:
+        with open(_sysctl_path(key)) as f:
             return f.read().strip()
 
 
 def write_sysctl(name: str | None, key: str, value: str) -> None:
     with entered(name):
-        with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+        with open(_sysctl_path(key), "w") as f:
             f.write(value)
+
+
+def _sysctl_path(key: str) -> str:
+    return "/proc/sys/" + key.replace(".", "/")

@@ -69,7 +69,9 @@ class PuntLimit:
         return sum(self.dropped.values())
 
     async def follow(self, session: Session, interval: float) -> None:
-        """Read the drop counter every interval while the switch is there."""
+        """Read the drop counter every interval while the switch is there.
+        (Not run without a limit: every cell is then green, and nothing can
+        be dropped.)"""
         while True:
             await asyncio.sleep(interval)
             if session.lost.is_set() or not session.is_primary:

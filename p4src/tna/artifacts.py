@@ -21,9 +21,6 @@ import re
 import sys
 from pathlib import Path
 
-FILES = ("build.json", "flowtable.p4info.txtpb", "bf-rt.json", "context.json.gz", "tofino.bin.gz", "resources.txt")
-
-
 def _gz(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=9, mtime=0)
 

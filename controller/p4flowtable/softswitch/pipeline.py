@@ -12,13 +12,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .errors import PipelineError, UnsupportedConstruct  # noqa: F401  (raised here, named by callers)
 from .meters import MeterArray
 from .tables import Table
 
 DROP_PORT = 511  # v1model: egress_spec value that drops
-
-
-from .errors import PipelineError, UnsupportedConstruct  # noqa: E402,F401  (raised here, named by callers)
 
 
 @dataclass(slots=True)
