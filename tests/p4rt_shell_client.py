@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Drives a switch with p4runtime-shell (a stock P4Runtime client, run from its
 own venv) and prints, as JSON, every answer the switch gave: set pipeline,
-insert, read, modify, delete, direct counters, packet-in, and the error codes
-for a duplicate and a missing entry. Frames are sent into the switch's port 1
-through the peer of its veth (argv: GRPC_ADDR P4INFO JSON PEER_IFNAME)."""
+insert, read, modify, delete, direct counters, packet-in, the punt meter and
+its drop counter, and the error codes for a duplicate and a missing entry.
+Frames are sent into the switch's port 1 through the peer of its veth (argv:
+GRPC_ADDR P4INFO JSON PEER_IFNAME)."""
 
 import json
 import os
@@ -98,6 +99,25 @@ try:
         pins.append({"payload": p.packet.payload.hex(),
                      "metadata": {str(m.metadata_id): m.value.hex() for m in p.packet.metadata}})
     out["packet_in"] = pins
+
+    # the punt meter: port 1's cell at 1 packet/s, burst 2, read back; then
+    # five more misses from port 1: two punted, three dropped and counted
+    m = sh.MeterEntry("FtIngress.PuntIngress.punt_meter")
+    m.index = 1
+    m.cir, m.cburst, m.pir, m.pburst = 1, 2, 1, 2
+    m.modify()
+    got = sh.MeterEntry("FtIngress.PuntIngress.punt_meter")
+    got.index = 1
+    out["meter"] = [[e.msg().index.index, e.msg().config.cir, e.msg().config.cburst, e.msg().config.pir,
+                     e.msg().config.pburst] for e in got.read()]
+    # (the same sniffer: each PacketIn() starts a reader thread of its own
+    # that takes packet-ins from the shell's one queue, and never stops)
+    for _ in range(5):
+        tx.send(miss)
+    out["metered_packet_in"] = len(list(sniffer.sniff(timeout=3)))
+    dropped = sh.CounterEntry("FtIngress.PuntIngress.punt_dropped")
+    dropped.index = 1
+    out["punt_dropped"] = [e.msg().data.packet_count for e in dropped.read()]
 
     fl.delete()
     out["after_delete"] = read("FtIngress.FlowtableIngress.flow_table_v4")

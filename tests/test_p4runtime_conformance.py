@@ -55,6 +55,9 @@ def test_the_embedded_target_answers_a_stock_client_as_the_spec_says(answers):
     assert a["direct_counter"] is not None and a["direct_counter"][0][0] == 3
     [pin] = a["packet_in"]
     assert pin["payload"].startswith("020000000001") and pin["metadata"]["1"] == "01"
+    # the punt meter, set and read back; five misses through a burst of two
+    assert a["meter"] == [[1, 1, 2, 1, 2]]
+    assert a["metered_packet_in"] == 2 and a["punt_dropped"] == [3]
 
 
 def test_the_embedded_target_answers_as_bmv2_does(answers):
