@@ -28,6 +28,7 @@ import p4flowtable  # noqa: E402,F401  (first: it loads the P4Runtime protobufs)
 from p4.v1 import p4runtime_pb2 as p4r  # noqa: E402
 
 from p4flowtable.ip import flow_entry  # noqa: E402
+from p4flowtable.nexthop import NextHops, assign  # noqa: E402
 from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple  # noqa: E402
 from p4flowtable.offload import P4RuntimeDriver  # noqa: E402
 from p4flowtable.p4info import P4Schema  # noqa: E402
@@ -56,6 +57,8 @@ async def measure(grpc: str, schema: P4Schema, n: int) -> dict:
     await s.set_pipeline(schema.p4info, (ROOT / "p4src/build/flowtable.json").read_bytes())
     fl = flows(n)
     t0 = time.monotonic()
+    nexthops = NextHops(schema)
+    await s.write([nexthops.update(nh, p4r.Update.INSERT) for nh in assign(nexthops, fl)])
     for k in range(0, n, 500):
         await s.write([p4r.Update(type=p4r.Update.INSERT, entity=p4r.Entity(table_entry=flow_entry(schema, f, d)))
                        for f in fl[k:k + 500] for d in Dir])

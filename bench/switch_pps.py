@@ -36,6 +36,7 @@ from p4.v1 import p4runtime_pb2 as p4r  # noqa: E402
 from scapy.all import IP, TCP, Ether, Raw  # noqa: E402
 
 from p4flowtable.ip import flow_entry  # noqa: E402
+from p4flowtable.nexthop import NextHops, assign  # noqa: E402
 from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple  # noqa: E402
 from p4flowtable.offload import port_entry  # noqa: E402
 from p4flowtable.p4info import P4Schema, encode  # noqa: E402
@@ -80,6 +81,8 @@ async def program(grpc: str, schema: P4Schema, nat: bool = True) -> None:
                         FlowRoute(1, "02:00:00:00:01:fe", "00:00:00:00:00:01", 1500)))
     ups = [p4r.Update(type=p4r.Update.INSERT, entity=p4r.Entity(table_entry=port_entry(schema, p, 1)))
            for p in (1, 2)]
+    nexthops = NextHops(schema)
+    ups += [nexthops.update(nh, p4r.Update.INSERT) for nh in assign(nexthops, [flow])]
     ups += [p4r.Update(type=p4r.Update.INSERT, entity=p4r.Entity(table_entry=flow_entry(schema, flow, d)))
             for d in Dir]
     await s.write(ups)

@@ -47,6 +47,9 @@ WAN = dict(host="192.0.2.2/24", router="192.0.2.1", rep="wan0", rep_mac="02:00:0
 # in no flowtable's devices, so everything from it is punted.
 LAN2 = dict(host="10.0.3.1/24", router="10.0.3.254", rep="lan1", rep_mac="02:00:00:00:03:fe", port=3,
             host6="2001:db8:3::1/64", router6="2001:db8:3::fe")
+# A second uplink (FlowtableNet(sides=(LAN, WAN, WAN2))), as a multi-WAN router has.
+WAN2 = dict(host="198.51.100.2/24", router="198.51.100.1", rep="wan1", rep_mac="02:00:00:00:03:01", port=3,
+            host6="2001:db8:4::2/64", router6="2001:db8:4::fe")
 
 
 def make_ruleset(offload_rule: str = "ip protocol tcp flow offload @ft", family: str = "ip",
@@ -300,11 +303,12 @@ class FlowtableNet:
                  timeouts: dict[str, float] | None = None, poll_interval: float = 0.5,
                  socket_path: str = "/run/p4ft-topo.sock", grpc_port: int = 9559, daemon: bool = True,
                  daemon_args: list[str] | None = None, ruleset_file: Path | None = None,
-                 third_host: bool = False):
+                 third_host: bool = False, sides: tuple | None = None):
         """ruleset: the ruleset's text; ruleset_file: a ruleset file used where
         it is (its includes are found beside it), in place of the text;
-        third_host: h3 on a second LAN port (LAN2)."""
-        self.sides = (LAN, WAN, LAN2) if third_host else (LAN, WAN)
+        third_host: h3 on a second LAN port (LAN2); sides: the hosts' sides
+        h1, h2, ... in full (say (LAN, WAN, WAN2): two uplinks)."""
+        self.sides = sides or ((LAN, WAN, LAN2) if third_host else (LAN, WAN))
         self.switch_cls = pick_switch(switch)
         self.ruleset_text = ruleset
         self.timeouts = timeouts or {}

@@ -10,6 +10,7 @@
 #include "include/checksum.p4"
 #include "control/packetio.p4"
 #include "control/flowtable.p4"
+#include "control/nexthop.p4"
 
 control FtIngress(inout headers_t hdr,
                   inout metadata_t meta,
@@ -22,7 +23,10 @@ control FtIngress(inout headers_t hdr,
             PacketIoIngress.apply(hdr, meta, std_meta);
         } else {
             FlowtableIngress.apply(hdr, meta, std_meta);
-            if (meta.punt_reason != PuntReason.NONE) {
+            if (meta.punt_reason == PuntReason.NONE) {
+                // a hit that fits its route's MTU: out to its next hop
+                NexthopIngress.apply(hdr, meta, std_meta);
+            } else {
                 PuntIngress.apply(hdr, meta, std_meta);
             }
         }

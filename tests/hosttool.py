@@ -79,15 +79,18 @@ def udp_ping(a):
     s.settimeout(a.wait)
     got = 0
     errors = []
+    start = time.monotonic()
+    times = []      # when each reply came, seconds from the start
     for i in range(a.count):
         try:
             s.sendto(bytes([i % 256]) * a.size, (a.host, a.port))
             s.recvfrom(65535)
             got += 1
+            times.append(round(time.monotonic() - start, 4))
         except OSError as e:
             errors.append(str(e))
         time.sleep(a.interval)
-    report(a.out, replies=got, errors=errors)
+    report(a.out, replies=got, errors=errors, reply_times=times)
 
 
 def icmp_ping(a):

@@ -150,6 +150,25 @@ def switch_flow_entries(net, missing_ok: bool = False, counters: bool = False) -
             raise
 
 
+def switch_nexthops(net) -> dict[int, tuple[int, str]]:
+    """nexthop_table as the switch holds it (read by a second client): id -> (port, dst MAC)."""
+    import grpc
+    from p4flowtable.nexthop import NextHops
+    from p4flowtable.p4info import P4Schema
+    from p4.v1 import p4runtime_pb2 as p4r, p4runtime_pb2_grpc
+    nhs = NextHops(P4Schema.from_file(ROOT / "p4src/build/flowtable.p4info.txtpb"))
+    with grpc.insecure_channel(f"127.0.0.1:{net.grpc_port}") as ch:
+        stub = p4runtime_pb2_grpc.P4RuntimeStub(ch)
+        req = p4r.ReadRequest(device_id=1, entities=[p4r.Entity(table_entry=p4r.TableEntry(table_id=nhs.table_id))])
+        out = {}
+        for resp in stub.Read(req, timeout=10):
+            for e in resp.entities:
+                got = nhs.decode(e.table_entry)
+                if got is not None:
+                    out[got[0]] = (got[1], got[3])
+        return out
+
+
 def stats(net) -> dict:
     return net.api("stats")
 

@@ -19,6 +19,7 @@ from scapy.all import ARP, ICMP, IP, IPv6, TCP, UDP, Ether, Raw
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 
 from p4flowtable.ip import flow_entry
+from p4flowtable.nexthop import NextHops, assign
 from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple
 from p4flowtable.offload import port_entry
 from p4flowtable.p4info import P4Schema
@@ -71,7 +72,9 @@ def flows() -> list[Flow]:
 def updates(schema: P4Schema) -> list[p4r.Update]:
     ups = [p4r.Update(type=p4r.Update.INSERT, entity=p4r.Entity(table_entry=port_entry(schema, p, 1)))
            for p in (1, 2)]
-    for f in flows():
+    fl, nexthops = flows(), NextHops(schema)
+    ups += [nexthops.update(nh, p4r.Update.INSERT) for nh in assign(nexthops, fl)]
+    for f in fl:
         for d in Dir:
             ups.append(p4r.Update(type=p4r.Update.INSERT, entity=p4r.Entity(
                 table_entry=flow_entry(schema, f, d))))

@@ -27,13 +27,14 @@ def test_p4info_has_what_the_controller_looks_up():
     flow = s.table("flow_table_v4")
     assert set(flow.fields) == {"ingress_port", "src_addr", "dst_addr", "l4proto", "src_port", "dst_port"}
     assert flow.direct_counter is not None and flow.supports_idle_timeout
-    v4 = {"port", "src_mac", "dst_mac", "src_addr", "dst_addr", "src_port", "dst_port", "mtu",
-          "ip_csum_delta", "l4_csum_delta"}
+    v4 = {"nexthop_id", "src_addr", "dst_addr", "src_port", "dst_port", "mtu", "ip_csum_delta", "l4_csum_delta"}
     for l4 in ("tcp", "udp"):
         assert set(s.action(f"forward_{l4}_v4").params) == v4
         assert set(s.action(f"forward_{l4}_v6").params) == v4 - {"ip_csum_delta"}
     for family in ("v4", "v6"):
-        assert set(s.action(f"route_{family}").params) == {"port", "src_mac", "dst_mac", "mtu"}
+        assert set(s.action(f"route_{family}").params) == {"nexthop_id", "mtu"}
+    assert set(s.table("nexthop_table").fields) == {"nexthop_id"}
+    assert set(s.action("set_nexthop").params) == {"port", "src_mac", "dst_mac"}
     assert set(s.table("port_table").fields) == {"ingress_port"}
     assert set(s.action("set_flowtable").params) == {"flowtable_id"}
     assert {"ingress_port", "punt_reason"} <= set(s.packet_meta("packet_in"))

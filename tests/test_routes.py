@@ -1,5 +1,7 @@
-"""Next-hop resolution in a router namespace, both families, against the real
-kernel's routes and neighbours (pyroute2 in the namespace, as the daemon)."""
+"""Paths in a router namespace, both families, against the real kernel: the
+daemon's full-key lookups (route.py) give what `ip route get` gives for the
+same key (ip rules by mark and source, ECMP under the L4 hash), and the
+neighbours and links behind them."""
 
 from __future__ import annotations
 
@@ -12,54 +14,133 @@ import subprocess
 import pytest
 from pyroute2 import AsyncIPRoute
 
-from p4flowtable.ip import RouteError, Routes
+from p4flowtable.model import FlowTuple
 from p4flowtable.netns import netlink_socket
+from p4flowtable.route import RouteError, RouteKey, RouteLookups, Routes, route_keys
 
 NS = "p4ft-rtt"
+A = ipaddress.ip_address
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
                                 reason="needs root and iproute2 (a network namespace)")
 
 
-def ip(*args: str) -> None:
-    subprocess.run(["ip", "-n", NS, *args], check=True, capture_output=True)
+def ip(*args: str) -> str:
+    return subprocess.run(["ip", "-n", NS, *args], check=True, capture_output=True, text=True).stdout
 
 
 @pytest.fixture
 def ns():
     subprocess.run(["ip", "netns", "del", NS], capture_output=True)
     subprocess.run(["ip", "netns", "add", NS], check=True)
-    for name, mtu in (("lan0", 1500), ("wan0", 1400), ("other0", 1500)):
+    for name, mtu in (("lan0", 1500), ("wan0", 1400), ("wan1", 1500), ("other0", 1500)):
         ip("link", "add", name, "mtu", str(mtu), "type", "veth", "peer", "name", name + "p")
         ip("link", "set", name + "p", "up")
         ip("link", "set", name, "up")
+    subprocess.run(["ip", "netns", "exec", NS, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+                    "net.ipv6.conf.all.forwarding=1"], check=True)
     ip("addr", "add", "10.0.1.254/24", "dev", "lan0")
     ip("addr", "add", "192.0.2.1/24", "dev", "wan0")
+    ip("addr", "add", "198.51.100.1/24", "dev", "wan1")
     ip("-6", "addr", "add", "2001:db8:1::fe/64", "dev", "lan0", "nodad")
     ip("-6", "addr", "add", "2001:db8:2::fe/64", "dev", "wan0", "nodad")
+    ip("-6", "addr", "add", "2001:db8:4::fe/64", "dev", "wan1", "nodad")
     ip("-6", "addr", "add", "2001:db8:3::fe/64", "dev", "other0", "nodad")
     ip("-6", "route", "add", "2001:db8:99::/48", "via", "2001:db8:2::2")
-    ip("neigh", "add", "10.0.1.1", "lladdr", "00:00:00:00:00:01", "dev", "lan0", "nud", "permanent")
-    ip("-6", "neigh", "add", "2001:db8:2::2", "lladdr", "00:00:00:00:00:02", "dev", "wan0", "nud", "permanent")
+    ip("route", "add", "203.0.113.0/24", "via", "192.0.2.2")
+    ip("route", "add", "203.0.113.0/24", "via", "198.51.100.2", "table", "100")
+    ip("rule", "add", "fwmark", "0x100", "lookup", "100")
+    for addr, mac, dev in (("10.0.1.1", "00:00:00:00:00:01", "lan0"), ("192.0.2.2", "00:00:00:00:00:02", "wan0"),
+                           ("198.51.100.2", "00:00:00:00:00:03", "wan1"),
+                           ("2001:db8:2::2", "00:00:00:00:00:02", "wan0")):
+        ip("neigh", "add", addr, "lladdr", mac, "dev", dev, "nud", "permanent")
     yield NS
     subprocess.run(["ip", "netns", "del", NS], capture_output=True)
 
 
-def test_hops_of_both_families(ns):
+def with_routes(ns, fn):
     async def run():
         ipr = AsyncIPRoute(use_socket=netlink_socket(ns, 0))   # NETLINK_ROUTE
+        routes = Routes(ipr, {"lan0": 1, "wan0": 2, "wan1": 3}, RouteLookups(netlink_socket(ns, 0)))
         try:
-            routes = Routes(ipr, {"lan0": 1, "wan0": 2})
-            h4 = await routes.hop(ipaddress.ip_address("10.0.1.1"))
-            assert (h4.ifname, h4.route.port, h4.route.dst_mac, h4.route.mtu) == \
-                ("lan0", 1, "00:00:00:00:00:01", 1500)
-            # via a gateway: the gateway's neighbour entry, the link's MTU
-            h6 = await routes.hop(ipaddress.ip_address("2001:db8:99::7"))
-            assert (h6.ifname, h6.route.port, h6.route.dst_mac, h6.route.mtu) == \
-                ("wan0", 2, "00:00:00:00:00:02", 1400)
-            with pytest.raises(RouteError, match="not resolved"):
-                await routes.hop(ipaddress.ip_address("2001:db8:1::9"))    # no neighbour yet
-            with pytest.raises(RouteError, match="no switch port"):
-                await routes.hop(ipaddress.ip_address("2001:db8:3::1"))
+            await routes.load()
+            return await fn(routes)
         finally:
+            routes.lookups.close()
             ipr.close()
-    asyncio.run(run())
+    return asyncio.run(run())
+
+
+def kernel_dev(dst: str, src: str, mark: int, sport: int, dport: int, proto: str = "udp") -> str:
+    out = ip("route", "get", dst, "from", src, "iif", "lan0", "mark", str(mark), "ipproto", proto,
+             "sport", str(sport), "dport", str(dport))
+    return out.split(" dev ")[1].split()[0]
+
+
+def test_paths_of_both_families_by_destination(ns):
+    async def run(routes):
+        h4, h6, unresolved, other = await routes.resolve([
+            (None, A("10.0.1.1")), (None, A("2001:db8:99::7")), (None, A("2001:db8:1::9")),
+            (None, A("2001:db8:3::1"))])
+        assert (h4.port, h4.dst_mac, h4.mtu, h4.neighbour) == (1, "00:00:00:00:00:01", 1500, "10.0.1.1")
+        # via a gateway: the gateway's neighbour entry, the link's MTU
+        assert (h6.port, h6.dst_mac, h6.mtu, h6.neighbour) == (2, "00:00:00:00:00:02", 1400, "2001:db8:2::2")
+        assert isinstance(unresolved, RouteError) and "not resolved" in str(unresolved)    # no neighbour yet
+        assert isinstance(other, RouteError) and "no switch port" in str(other)
+    with_routes(ns, run)
+
+
+def test_full_key_lookups_answer_as_ip_route_get(ns):
+    """Rules by mark and source, and ECMP under the L4 hash: each key's answer
+    is the device `ip route get` names for the same key."""
+    ip("rule", "add", "from", "10.0.1.7", "lookup", "100", "pref", "50")
+    keys = []
+    for mark in (0, 0x100):
+        for src in ("10.0.1.1", "10.0.1.7"):
+            keys.append(RouteKey(A("203.0.113.10"), A(src), 0, mark, 17, 5000, 7000))
+
+    async def run(routes):
+        lan0 = await routes.ifindex("lan0")
+        ks = [RouteKey(k.dst, k.src, lan0, k.mark, k.l4proto, k.sport, k.dport) for k in keys]
+        return await routes.resolve([(k, None) for k in ks])
+    got = with_routes(ns, run)
+    names = {1: "lan0", 2: "wan0", 3: "wan1"}
+    for k, g in zip(keys, got):
+        assert names[g.port] == kernel_dev(str(k.dst), str(k.src), k.mark, k.sport, k.dport), k
+    assert [names[g.port] for g in got] == ["wan0", "wan1", "wan1", "wan1"]
+
+    # ECMP with the L4 hash: each source port where the kernel hashes it
+    subprocess.run(["ip", "netns", "exec", NS, "sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"], check=True)
+    ip("route", "replace", "203.0.113.0/24", "nexthop", "via", "192.0.2.2", "dev", "wan0",
+       "nexthop", "via", "198.51.100.2", "dev", "wan1")
+    sports = list(range(5000, 5032))
+
+    async def run_ecmp(routes):
+        lan0 = await routes.ifindex("lan0")
+        return await routes.resolve([(RouteKey(A("203.0.113.10"), A("10.0.1.1"), lan0, 0, 17, s, 7000), None)
+                                     for s in sports])
+    got = with_routes(ns, run_ecmp)
+    want = [kernel_dev("203.0.113.10", "10.0.1.1", 0, s, 7000) for s in sports]
+    assert [names[g.port] for g in got] == want
+    assert set(want) == {"wan0", "wan1"}
+
+
+def test_null_routes_are_no_path(ns):
+    for kind, dst in (("blackhole", "192.0.2.9"), ("unreachable", "192.0.2.10"), ("prohibit", "192.0.2.11")):
+        ip("route", "add", kind, f"{dst}/32")
+
+    async def run(routes):
+        lan0 = await routes.ifindex("lan0")
+        return await routes.resolve([(RouteKey(A(d), A("10.0.1.1"), lan0, 0, 6, 1, 2), None)
+                                     for d in ("192.0.2.9", "192.0.2.10", "192.0.2.11")])
+    for got in with_routes(ns, run):
+        assert isinstance(got, RouteError), got
+
+
+def test_route_keys_take_each_direction_as_the_kernel_routes_it():
+    """ORIGINAL: to the DNAT target from the original source; REPLY: to the
+    original source (un-SNATted) from the reply's source; ports likewise."""
+    orig = FlowTuple(A("10.0.1.1"), A("198.18.0.1"), 17, 40000, 53)      # DNATed to 192.0.2.53:5353
+    reply = FlowTuple(A("192.0.2.53"), A("192.0.2.1"), 17, 5353, 61000)  # and masqueraded
+    o, r = route_keys(orig, reply, (11, 12), 0x100)
+    assert (o.dst, o.src, o.iif, o.mark, o.sport, o.dport) == (A("192.0.2.53"), A("10.0.1.1"), 11, 0x100, 40000, 5353)
+    assert (r.dst, r.src, r.iif, r.mark, r.sport, r.dport) == (A("10.0.1.1"), A("192.0.2.53"), 12, 0x100, 5353, 40000)

@@ -17,6 +17,7 @@ from scapy.all import ICMP, IP, TCP, UDP, Ether, Raw
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 
 from p4flowtable.ip import flow_entry
+from p4flowtable.nexthop import NextHops, assign
 from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple
 from p4flowtable.offload import port_entry
 from p4flowtable.p4info import P4Schema, encode
@@ -52,15 +53,24 @@ def switch(schema):
     sw.pipeline = Pipeline(schema.p4info, JSON.read_bytes(), CPU, 0)
     for port in (1, 2):
         _write(sw, schema, port_entry(schema, port, 1))
-    flow = masq_flow()
-    for d in Dir:
-        _write(sw, schema, flow_entry(schema, flow, d))
+    write_flow(sw, schema, masq_flow())
     return sw
 
 
 def _write(sw, schema, entry):
     pipe = sw.pipeline
     sw._update(pipe, p4r.Update(type=p4r.Update.INSERT, entity=p4r.Entity(table_entry=entry)))
+
+
+def write_flow(sw, schema, flow, dirs=tuple(Dir)):
+    """A flow's entries, after the next hops they name (the pipeline's own
+    NextHops, so that flows written to it share them)."""
+    nhs = sw.pipeline.__dict__.setdefault("test_nexthops", NextHops(schema))
+    for nh in assign(nhs, [flow]):
+        _write(sw, schema, nhs.entry(nh))
+        nh.written = True
+    for d in dirs:
+        _write(sw, schema, flow_entry(schema, flow, d))
 
 
 def run(sw, port, pkt):
@@ -134,10 +144,9 @@ def routed_flow(l4proto=6, version=4, mtu=1500):
 @pytest.mark.parametrize("l4proto,version", [(6, 4), (17, 4), (6, 6), (17, 6)])
 def test_flow_without_nat_only_loses_a_ttl_and_gets_next_hop_macs(switch, schema, l4proto, version):
     flow = routed_flow(l4proto, version)
+    write_flow(switch, schema, flow)
     for d in Dir:
-        entry = flow_entry(schema, flow, d)
-        assert entry.action.action.action_id == schema.action(f"route_v{version}").id
-        _write(switch, schema, entry)
+        assert flow_entry(schema, flow, d).action.action.action_id == schema.action(f"route_v{version}").id
     rng = random.Random(l4proto * 10 + version)
     for ttl in [2, 3, 64, 255] + [rng.randint(2, 255) for _ in range(40)]:
         for d in Dir:
@@ -215,8 +224,7 @@ def test_udp_zero_checksum_stays_zero(schema):
     sw = SoftSwitchServer(1, CPU)
     sw.pipeline = Pipeline(schema.p4info, JSON.read_bytes(), CPU, 0)
     _write(sw, schema, port_entry(schema, 1, 1))
-    flow = masq_flow(l4proto=17)
-    _write(sw, schema, flow_entry(schema, flow, Dir.ORIGINAL))
+    write_flow(sw, schema, masq_flow(l4proto=17), dirs=(Dir.ORIGINAL,))
     pkt = Ether(src=H1_MAC, dst=LAN_MAC) / IP(src="10.0.1.1", dst="192.0.2.2") / UDP(sport=40000, dport=80)
     raw = bytearray(bytes(pkt / Raw(b"u" * 20)))
     raw[14 + 20 + 6:14 + 20 + 8] = b"\x00\x00"
@@ -393,9 +401,7 @@ def masq_flow6(l4proto=6, mtu=1500):
 
 @pytest.fixture
 def switch6(switch, schema):
-    flow = masq_flow6()
-    for d in Dir:
-        _write(switch, schema, flow_entry(schema, flow, d))
+    write_flow(switch, schema, masq_flow6())
     return switch
 
 

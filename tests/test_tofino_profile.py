@@ -12,6 +12,7 @@ from google.protobuf import text_format
 from p4.config.v1 import p4info_pb2
 
 from p4flowtable.ip import flow_entry, has_nat
+from p4flowtable.nexthop import NextHops, assign
 from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple
 from p4flowtable.offload import port_entry
 from p4flowtable.p4info import P4Schema
@@ -124,7 +125,7 @@ def test_the_controller_drives_the_tofino_p4info_by_the_same_names(schemas):
     for hdr in ("packet_in", "packet_out"):
         assert {n: f.bitwidth for n, f in tna.packet_meta(hdr).items()} == \
                {n: f.bitwidth for n, f in v1.packet_meta(hdr).items()}
-    for name in ("port_table", "flow_table_v4", "flow_table_v6"):
+    for name in ("port_table", "flow_table_v4", "flow_table_v6", "nexthop_table"):
         t = tna.table(name)
         assert set(t.fields) == set(v1.table(name).fields)
         assert {a.rsplit(".", 1)[-1] for a in t.actions} == {a.rsplit(".", 1)[-1] for a in v1.table(name).actions}
@@ -133,8 +134,15 @@ def test_the_controller_drives_the_tofino_p4info_by_the_same_names(schemas):
     assert port_entry(tna, 1, 1).table_id == tna.table("port_table").id
     limit = PuntLimit(tna)
     assert len(limit.updates()) == tna.meter("punt_meter").size == 512
-    # every flow kind builds on both; on Tofino without the checksum deltas
-    for f in flows():
+    # next hops and every flow kind build on both; flows on Tofino without the checksum deltas
+    fl = list(flows())
+    for schema in (v1, tna):
+        nexthops = NextHops(schema)
+        new = assign(nexthops, fl)
+        assert len(new) == 2 and all(nexthops.entry(nh).table_id == schema.table("nexthop_table").id for nh in new)
+        assert [nexthops.decode(nexthops.entry(nh)) for nh in new] == [(nh.id, nh.port, nh.src_mac, nh.dst_mac)
+                                                                      for nh in new]
+    for f in fl:
         for d in Dir:
             a, b = flow_entry(v1, f, d).action.action, flow_entry(tna, f, d).action.action
             deltas = (2 if f.tuples[0].src.version == 4 else 1) if has_nat(f.tuples) else 0

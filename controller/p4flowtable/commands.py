@@ -52,7 +52,8 @@ class Commands:
                     "batches": self.d.stats["offload_batches"]}
         if cmd == "counters":
             # the event counters of `stats` without what costs O(flows)
-            return {**self.d.stats, **{f"aging.{k}": v for k, v in self.d.aging.stats.items()}}
+            return {**self.d.stats, **{f"aging.{k}": v for k, v in self.d.aging.stats.items()},
+                    "nexthop_writes": self.d.driver.nexthop_writes, "nexthops": len(self.d.driver.nexthops)}
         raise ValueError(f"unknown command {cmd!r}")
 
     def _row(self, e: CtEntry, f: Flow | None, now: float) -> dict:
@@ -63,6 +64,12 @@ class Commands:
             row.update(flowtable=f.flowtable, pending=bool(f.flags & FlowFlag.PENDING),
                        packets=list(f.packets), bytes=list(f.bytes), idle=round(now - f.last_used, 1),
                        counters_age=round(now - f.stats_at, 1) if f.stats_at else None)
+            if f.routes is not None:
+                nhs = self.d.driver.nexthops.by_id
+                row["egress"] = [{"port": r.port, "nexthop": f.nexthops[d], "neighbour": r.neighbour,
+                                  "mac": nh.dst_mac if (nh := nhs.get(f.nexthops[d])) else r.dst_mac,
+                                  "mtu": r.mtu, "followed": f.route_keys[d] is not None}
+                                 for d, r in enumerate(f.routes)]
         return row
 
     async def flow_list(self, flt: FlowFilter | None = None, refresh: bool = True) -> list[dict]:
@@ -86,6 +93,7 @@ class Commands:
         for name in self.d.punt_names.values():
             d.setdefault(f"punt.{name}", 0)
         d["flows_offloaded_now"] = sum(1 for f in self.d.flowtables if f.flags & FlowFlag.HW)
+        d["nexthops"] = len(self.d.driver.nexthops)
         lat = sorted(self.d.offload_latency)
         if lat:
             d["offload_latency_ms.p50"] = round(1000 * lat[len(lat) // 2], 2)

@@ -58,6 +58,7 @@ class CtEntry:
     timeout: int | None
     helper: bool = False
     labels: int = 0          # ct label bits; flowtable marks among them (policy.py)
+    mark: int = 0            # ct mark: the packet mark a ruleset restores from it routes the flow (route.py)
 
     @property
     def l4proto(self) -> int:
@@ -92,7 +93,8 @@ def entry_from_msg(m: ctnl.CtMsg) -> CtEntry | None:
     """An entry from a full message (a dump, a get, a NEW event), IPv4 or IPv6."""
     if m.orig is None or m.reply is None:
         return None
-    return CtEntry(m.id or 0, m.orig, m.reply, m.status or 0, m.tcp_state, m.timeout, m.helper, m.labels or 0)
+    return CtEntry(m.id or 0, m.orig, m.reply, m.status or 0, m.tcp_state, m.timeout, m.helper, m.labels or 0,
+                   m.mark or 0)
 
 
 class ConntrackMirror:
@@ -190,6 +192,7 @@ class ConntrackMirror:
                 e.status = e.status if m.status is not None else old.status
                 e.helper = e.helper or old.helper
                 e.labels = e.labels if m.labels is not None else old.labels
+                e.mark = e.mark if m.mark is not None else old.mark
             self._store(e)
             yield (CtEvent.NEW if m.flags & ctnl.NLM_F_CREATE else CtEvent.UPDATE), e, old
 

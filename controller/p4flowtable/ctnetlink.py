@@ -1,7 +1,7 @@
 """ctnetlink on an asyncio loop: the conntrack messages p4ft reads and writes.
 
 Encodes and decodes only what the mirror uses (tuples, status, TCP state and
-flags, timeout, id, helper, labels), from the layout in the kernel's uapi headers
+flags, timeout, id, helper, labels, mark), from the layout in the kernel's uapi headers
 (linux/netfilter/nfnetlink_conntrack.h, linux/netlink.h). Requests are
 pipelined: any number may be in flight on one socket, each matched to its
 answer by sequence number.
@@ -35,7 +35,7 @@ NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 0, 1, 2
 NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY = 1, 2, 3
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO, CTA_HELP = 1, 2, 3, 4, 5
-CTA_TIMEOUT, CTA_ID = 7, 12
+CTA_TIMEOUT, CTA_MARK, CTA_ID = 7, 8, 12
 CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY = 9, 10
 CTA_COUNTERS_PACKETS = 1
 CTA_LABELS, CTA_LABELS_MASK = 22, 23
@@ -83,6 +83,7 @@ class CtMsg:
     tcp_flags: int | None = None   # the original direction's IP_CT_TCP_FLAG_* bits
     labels: int | None = None      # ct label bits (bit N of the label is 1 << N)
     packets: int | None = None     # both directions, where conntrack accounting is on
+    mark: int | None = None        # ct mark (what `meta mark set ct mark` restores)
 
 
 # -- decoding ------------------------------------------------------------------
@@ -160,7 +161,7 @@ def decode(buf: bytes, off: int, end: int, msg_type: int, flags: int) -> CtMsg:
     return CtMsg(msg_type, flags, _tuple(buf, o) if o else None, _tuple(buf, r) if r else None,
                  _uint(buf, top.get(CTA_STATUS), 4), tcp_state, _uint(buf, top.get(CTA_TIMEOUT), 4),
                  _uint(buf, top.get(CTA_ID), 4), CTA_HELP in top, tcp_flags, _labels(buf, top.get(CTA_LABELS)),
-                 packets)
+                 packets, _uint(buf, top.get(CTA_MARK), 4))
 
 
 # -- encoding --------------------------------------------------------------------

@@ -29,7 +29,7 @@ from .events import EventBus, tuples_dict
 from .metrics import Metrics
 from .conntrack import IPS_SEEN_REPLY, NF_CT_DAY, ConntrackMirror, CtEntry, CtEvent
 from .core import Flowtables
-from .ip import HOP_GROUPS, Routes, match_tuple, parse_tuple
+from .ip import match_tuple, parse_tuple
 from .model import Dir, Flow, FlowFlag, TeardownReason
 from .offload import P4RuntimeDriver
 from .p4info import P4Schema, decode, encode
@@ -37,6 +37,8 @@ from .p4runtime import Session, SwitchError, SwitchUnavailable, WriteError
 from .policy import DEFAULT_LABEL_BITS
 from .punt import DEFAULT_BURST as DEFAULT_PUNT_BURST, DEFAULT_RATE as DEFAULT_PUNT_RATE, PuntLimit
 from .relay import Relay
+from .reroute import GROUPS as ROUTE_GROUPS, Reroute
+from .route import RouteLookups, Routes, route_keys
 from .ruleset import RulesetControl
 from .switch import SwitchControl, by_tuple, plan_reconcile
 
@@ -123,6 +125,7 @@ class Daemon:
         self.ipr: AsyncIPRoute | None = None
         self._rt_monitor: AsyncIPRoute | None = None
         self.routes: Routes | None = None
+        self.reroute: Reroute | None = None
 
     # -- start and stop ----------------------------------------------------
     async def start(self) -> None:
@@ -130,7 +133,9 @@ class Daemon:
         if cfg.ruleset is not None:
             self.rulesets.load(Path(cfg.ruleset))
         self.ipr = AsyncIPRoute(use_socket=netns.netlink_socket(cfg.netns, NETLINK_ROUTE))
-        self.routes = Routes(self.ipr, cfg.ports)
+        self.routes = Routes(self.ipr, cfg.ports, RouteLookups(netns.netlink_socket(cfg.netns, NETLINK_ROUTE)))
+        self.reroute = Reroute(lambda: list(self.flowtables), self.routes, self.driver, self.teardown,
+                               self.stats, self.decisions.retry_no_route, self.clock)
         await self.mirror.open()
         await self.mirror.dump()
         kept = await self._connect_switch()
@@ -154,9 +159,10 @@ class Daemon:
         self.mirror.enable_accounting()
         self.relay.open()
         self._rt_monitor = AsyncIPRoute(use_socket=netns.netlink_socket(cfg.netns, NETLINK_ROUTE))
-        await self._rt_monitor.bind(groups=HOP_GROUPS)
+        await self._rt_monitor.bind(groups=ROUTE_GROUPS)
+        await self.routes.load()
         tasks = [(self._ct_events(), "ct-events"), (self._packet_in(), "packet-in"),
-                 (self._route_events(), "route-events"),
+                 (self._route_events(), "route-events"), (self.reroute.run(), "reroute"),
                  (self.decisions.run(), "decide"), (self._offload_worker(), "offload"),
                  (self.aging.run(cfg.poll_interval), "aging"), (self._idle_events(), "idle"),
                  (self._supervise(), "switch")]
@@ -218,6 +224,8 @@ class Daemon:
         self.api.close()
         self.metrics.close()
         self.relay.close()
+        if self.routes is not None and self.routes.lookups is not None:
+            self.routes.lookups.close()
         await self.session.close()
         await self.mirror.close()
         for sock in (self.ipr, self._rt_monitor):
@@ -316,25 +324,35 @@ class Daemon:
         an offload lease that no flow carries now get their state's timeout."""
         t0 = self.clock()
         present = await self.switch.flow_entries() if kept else {}
+        nexthops = self.driver.nexthops
+        nexthops.reset()
+        for entry in (await self.switch.entries(nexthops.table_id) if kept else []):
+            got = nexthops.decode(entry)
+            if got is not None:
+                nh_id, port, src, dst = got
+                nexthops.adopt(nh_id, port, src, dst, await self.routes.neighbour_on_port(port, dst))
         carried = [f for f in self.flowtables if not f.flags & FlowFlag.TEARDOWN]
         fresh: list[tuple[Flow, CtEntry]] = []
         declined: collections.Counter[str] = collections.Counter()
-        held = by_tuple(self.schema, present)
+        held = by_tuple(self.schema, present, nexthops)
         for i, e in enumerate(list(self.mirror.entries.values())):
             if i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)     # the API, conntrack events, the switch's stream meanwhile
             if self.flow_of(e) is None and e.offloadable() is None and self.rulesets.select(e.labels):
-                got = self._adopt(e, held) or await self.decisions.decide(e)
+                got = await self._adopt(e, held) or await self.decisions.decide(e)
                 if isinstance(got, str):
                     self.decisions.decline(e, got)
                     declined[got] += 1
                 else:
                     fresh.append(got)
-        plan = await plan_reconcile(self.schema, carried + [f for f, _ in fresh], present, self.driver.idle_timeout)
+        plan = await plan_reconcile(self.schema, carried + [f for f, _ in fresh], present, self.driver.idle_timeout,
+                                    nexthops)
         failed: set[int] = set()
         try:
+            await self.switch.write(plan.nexthop_writes, "next hop")
             await self.switch.write(plan.orphans, "orphan delete")
             await self.switch.write(plan.writes, "reconcile")
+            await self.switch.write(plan.nexthop_orphans, "orphan next hop delete")
         except WriteError as err:
             log.error("reconciling the switch: %s", err)
             failed = {id(f) for f in plan.repaired}     # dropped below; their leases released with the rest
@@ -365,10 +383,12 @@ class Daemon:
                  "%d kernel lease(s) released; marked connections not offloaded: %s", self.clock() - t0,
                  len(plan.adopted), len(plan.repaired), len(plan.orphans), released, dict(declined) or "none")
 
-    def _adopt(self, e: CtEntry, held: dict) -> tuple[Flow, CtEntry] | None:
+    async def _adopt(self, e: CtEntry, held: dict) -> tuple[Flow, CtEntry] | None:
         """The flow of a live, marked connection whose two entries the switch
         holds, as they stand: their next hops are the ones the switch uses,
-        whatever the neighbour table says while it settles after a restart."""
+        whatever the neighbour table says while it settles after a restart.
+        Its route keys are those the previous daemon decided by (its ports,
+        the connection's mark): a routing change looks it up again."""
         o, r = held.get(e.orig), held.get(e.reply)
         table = self.flowtables.tables.get(self.rulesets.select(e.labels) or "")
         if o is None or r is None or table is None:
@@ -376,7 +396,9 @@ class Daemon:
         devices = {p: n for n, p in self.cfg.ports.items()}
         if devices.get(o[0]) not in table.config.devices or devices.get(r[0]) not in table.config.devices:
             return None
-        flow = self.decisions.pending_flow(e, table, (o[0], r[0]), (o[1], r[1]))
+        iif = (await self.routes.port_ifindex(o[0]), await self.routes.port_ifindex(r[0]))
+        flow = self.decisions.pending_flow(e, table, (o[0], r[0]), (o[1], r[1]),
+                                           route_keys(e.orig, e.reply, iif, e.mark))
         return (flow, e) if flow is not None else None
 
     async def _release_leases(self) -> int:
@@ -402,6 +424,8 @@ class Daemon:
         return n
 
     def _transmit(self, port: int, frame: bytes) -> None:
+        # where the kernel sent this frame: the path its flow takes (route.py)
+        self.routes.observe_egress(port, frame, parse_tuple(frame))
         try:
             self.session.packet_out(frame, [p4r.PacketMetadata(
                 metadata_id=self._pout_port.id, value=encode(port, self._pout_port.bitwidth))])
@@ -422,6 +446,8 @@ class Daemon:
             name = self.punt_names.get(reason, f"UNKNOWN_{reason}")
             self.stats[f"punt.{name}"] += 1
             t = parse_tuple(pkt.payload)
+            if t is not None:
+                self.routes.observe_ingress(port, t)
             if name == "TCP_FIN_RST" and t is not None:
                 hit = self.flowtables.lookup(t)
                 if hit is not None:
@@ -461,6 +487,7 @@ class Daemon:
             flow = self.flow_of(e)
             if ev is CtEvent.DESTROY:
                 self._waiting.pop(e.orig, None)
+                self.routes.forget(e.orig, e.reply)
                 if flow is not None:
                     flow.test_and_set(FlowFlag.DYING)
                     self.teardown(flow, TeardownReason.CT_DESTROYED)
@@ -479,14 +506,14 @@ class Daemon:
                 self.decisions.consider(e)
 
     async def _route_events(self) -> None:
-        """Any link, address, route or neighbour change drops cached next hops,
-        and the connections declined for want of one are considered again at
-        once. (The kernel asks again with the connection's next packet, which
-        a connection that has gone quiet may not send for long.)"""
+        """Link, address, route, rule and neighbour changes: offloaded flows
+        follow them (reroute.py), and the connections declined for want of a
+        path are considered again at once. (The kernel asks again with the
+        connection's next packet, which a connection that has gone quiet may
+        not send for long.)"""
         while True:
-            async for _msg in self._rt_monitor.get():
-                self.routes.invalidate()
-                self.decisions.retry_no_route()
+            async for msg in self._rt_monitor.get():
+                self.reroute.on_message(msg)
 
     @property
     def waiting_for_room(self) -> int:

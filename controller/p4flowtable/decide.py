@@ -2,12 +2,18 @@
 become flows in a flowtable, judged in batches.
 
 A candidate is a conntrack entry that just became offloadable or got a
-flowtable's mark. Each is judged in turn (the mark, both next hops, the
+flowtable's mark. Each is judged in turn (the mark, both paths, the
 flowtable's devices, a clash with a flow already there); the conntrack
 marks of those chosen are then written together and their adds queued for
 the switch. Declines are remembered: a declined entry is not judged again
 for RETRY_DECLINED seconds, except one declined for want of a next hop,
 which is judged again at the next route or neighbour event.
+
+Each direction's path is the one the kernel chose (route.py): the frames it
+sent for the connection, and a route lookup with the key it routed by,
+compared. As nft_flow_route takes the packet's own route for its direction
+and looks the other up, the flow's ingress port of each direction is where
+the other direction leaves (the kernel's iifidx).
 """
 
 from __future__ import annotations
@@ -17,8 +23,8 @@ import collections
 import logging
 import time
 from .conntrack import CtEntry
-from .ip import RouteError
-from .model import Flow, FlowFlag
+from .model import Dir, Flow, FlowFlag, FlowRoute
+from .route import RouteError, RouteKey, route_keys
 
 log = logging.getLogger("p4ft")
 
@@ -90,12 +96,12 @@ class Decisions:
 
     async def _batch(self, batch: list[CtEntry]) -> None:
         chosen: list[tuple[Flow, CtEntry]] = []
-        for e in batch:
-            try:
-                got = await self.decide(e)
-            except Exception as err:  # netlink trouble: the flow stays in the slow path
-                log.warning("offload of %s failed: %r", e.orig, err)
-                got = "error"
+        try:
+            judged = await self.decide_many(batch)
+        except Exception as err:  # netlink trouble: the flows stay in the slow path
+            log.warning("offload of %d flow(s) failed: %r", len(batch), err)
+            judged = ["error"] * len(batch)
+        for e, got in zip(batch, judged):
             if isinstance(got, str):
                 self.decline(e, got)
             else:
@@ -126,33 +132,111 @@ class Decisions:
     async def decide(self, e: CtEntry) -> tuple[Flow, CtEntry] | str:
         """The flow to offload for this entry (added to its flowtable, pending),
         or why not."""
-        ft = self.d.rulesets.select(e.labels)
-        if ft is None:
-            return "policy"      # no packet reached an offload statement (no mark)
-        try:
-            # where each direction leaves: ORIGINAL towards reply.src, REPLY towards orig.src
-            out_orig = await self.d.routes.hop(e.reply.src)
-            out_reply = await self.d.routes.hop(e.orig.src)
-        except RouteError as err:
-            log.debug("%s", err)
-            return "no_route"
-        table = self.d.flowtables.tables.get(ft)
-        if table is None:
-            return "flowtable_deleted"
-        if out_orig.ifname not in table.config.devices or out_reply.ifname not in table.config.devices:
-            return "device_not_in_flowtable"
-        current = self.d.mirror.entries.get(e.orig)
-        if current is None or current.offloadable() is not None or self.d.flow_of(e) is not None:
-            return "changed"
-        flow = self.pending_flow(e, table, (out_reply.route.port, out_orig.route.port),
-                                 (out_orig.route, out_reply.route))
-        return (flow, current) if flow is not None else "tuple_clash"
+        return (await self.decide_many([e]))[0]
 
-    def pending_flow(self, e: CtEntry, table, iif: tuple[int, int], routes) -> Flow | None:
+    async def decide_many(self, batch: list[CtEntry]) -> list[tuple[Flow, CtEntry] | str]:
+        """decide() of each entry; the paths of all looked up together."""
+        out: list = []
+        tables: list = []
+        for e in batch:
+            ft = self.d.rulesets.select(e.labels)
+            table = self.d.flowtables.tables.get(ft) if ft is not None else None
+            # no packet reached an offload statement (no mark), or its flowtable is gone
+            out.append("policy" if ft is None else ("flowtable_deleted" if table is None else None))
+            tables.append(table)
+        todo = [i for i, why in enumerate(out) if why is None]
+        paths = await self.paths([batch[i] for i in todo])
+        names = {p: n for n, p in self.d.cfg.ports.items()}
+        for i, got in zip(todo, paths):
+            e, table = batch[i], tables[i]
+            if isinstance(got, str):
+                out[i] = got
+                continue
+            routes, keys = got
+            if any(names.get(r.port) not in table.config.devices for r in routes):
+                out[i] = "device_not_in_flowtable"
+                continue
+            current = self.d.mirror.entries.get(e.orig)
+            if current is None or current.offloadable() is not None or self.d.flow_of(e) is not None:
+                out[i] = "changed"
+                continue
+            flow = self.pending_flow(e, table, (routes[Dir.REPLY].port, routes[Dir.ORIGINAL].port), routes, keys)
+            out[i] = (flow, current) if flow is not None else "tuple_clash"
+        return out
+
+    async def paths(self, batch: list[CtEntry]) -> list[tuple[tuple[FlowRoute, FlowRoute], tuple] | str]:
+        """Per entry, both directions' paths and the keys that reproduce them
+        (None where only the frames the kernel sent do), or why there are none.
+
+        Where each direction's packets come in is where the punted ones came
+        in, or where the other direction leaves (seen, or, failing both, the
+        router's own route towards the other direction's destination). Each
+        direction is then looked up with its full key; where the kernel was
+        seen sending the direction elsewhere, what it did wins."""
+        r = self.d.routes
+        self.d.relay.drain()      # frames the kernel sent just now
+        out: list = [None] * len(batch)
+        seen = []
+        bare = []
+        for i, e in enumerate(batch):
+            eg = (r.egress(e.reply.reversed()), r.egress(e.orig.reversed()))
+            inp = [r.ingress(e.orig) or (eg[1].port if eg[1] else None),
+                   r.ingress(e.reply) or (eg[0].port if eg[0] else None)]
+            seen.append((eg, inp))
+            for d in Dir:
+                if inp[d] is None:
+                    bare.append((i, d, (None, (e.orig if d is Dir.ORIGINAL else e.reply).src)))
+        if bare:
+            for (i, d, _), got in zip(bare, await r.resolve([q for _, _, q in bare])):
+                if isinstance(got, RouteError):
+                    log.debug("%s", got)
+                    out[i] = "no_route"
+                else:
+                    seen[i][1][d] = got.port
+        keyed: list[tuple[int, tuple[RouteKey, RouteKey]]] = []
+        for i, e in enumerate(batch):
+            if out[i] is not None:
+                continue
+            try:
+                iif = (await r.port_ifindex(seen[i][1][0]), await r.port_ifindex(seen[i][1][1]))
+            except RouteError as err:
+                log.debug("%s", err)
+                out[i] = "no_route"
+                continue
+            keyed.append((i, route_keys(e.orig, e.reply, iif, e.mark)))
+        got = await r.resolve([(k, None) for _, keys in keyed for k in keys])
+        for n, (i, keys) in enumerate(keyed):
+            e, eg = batch[i], seen[i][0]
+            routes: list[FlowRoute] = []
+            kept: list[RouteKey | None] = []
+            for d in Dir:
+                g, o = got[2 * n + d], eg[d]
+                key: RouteKey | None = keys[d]
+                if o is not None and (isinstance(g, RouteError) or (g.port, g.dst_mac) != (o.port, o.dst_mac)):
+                    log.info("%s %s: the kernel sent it out of port %d to %s; a lookup with the connection's key "
+                             "says %s: the frames win, and a routing change hands the flow back", e.orig,
+                             d.name.lower(), o.port, o.dst_mac, g if isinstance(g, RouteError) else
+                             f"port {g.port} to {g.dst_mac}")
+                    try:
+                        g = await r.from_frame(o, e.orig.src.version)
+                    except RouteError as err:
+                        g = err
+                    key = None
+                if isinstance(g, RouteError):
+                    log.debug("%s", g)
+                    out[i] = "no_route"
+                    break
+                routes.append(g)
+                kept.append(key)
+            else:
+                out[i] = ((routes[0], routes[1]), (kept[0], kept[1]))
+        return out
+
+    def pending_flow(self, e: CtEntry, table, iif: tuple[int, int], routes, keys=(None, None)) -> Flow | None:
         """The entry's flow, added to its flowtable, pending its writes; None
         when a tuple of it is already offloaded (a clash)."""
         flow = Flow(e.id, (e.orig, e.reply), table.config.name, table.config.timeout_for(e.l4proto),
-                    iif=iif, routes=routes)
+                    iif=iif, routes=routes, route_keys=keys)
         try:
             self.d.flowtables.add(flow)
         except ValueError:

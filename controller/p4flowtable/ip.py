@@ -1,121 +1,19 @@
 """Datapath glue of both families (the kernel's nf_flow_table_ip.c, controller side).
 
-Reads routes, neighbours and links of the router namespace to find where each
-direction of a flow leaves, builds the tuple of a punted packet, and turns a
-flow into its two entries of flow_table_v4 or flow_table_v6.
+Builds the tuple of a punted packet, and turns a flow into its two entries of
+flow_table_v4 or flow_table_v6. Where each direction leaves is route.py's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import ipaddress
-import socket
 import struct
-from dataclasses import dataclass
 
 from p4.v1 import p4runtime_pb2 as p4r
 
-from .model import Dir, Flow, FlowRoute, FlowTuple, IPPROTO_TCP, IPPROTO_UDP, has_nat, ipv4, rewrite_for
+from .model import Dir, Flow, FlowTuple, IPPROTO_TCP, IPPROTO_UDP, has_nat, ipv4, rewrite_for
 from .p4info import P4Schema
-
-# Neighbour states the kernel would transmit to without resolving again.
-NUD_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # REACHABLE STALE DELAY PROBE NOARP PERMANENT
-RTAX_MTU = "RTAX_MTU"
-
-
-class RouteError(Exception):
-    """No usable path for one direction of a flow (yet)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Hop:
-    ifname: str
-    route: FlowRoute
-
-
-async def _all(coro) -> list:
-    res = await coro
-    if hasattr(res, "__aiter__"):
-        return [x async for x in res]
-    return list(res)
-
-
-# rtnetlink groups whose messages can change a next hop
-RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x1, 0x4, 0x10, 0x40
-RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE = 0x100, 0x400
-HOP_GROUPS = (RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
-              | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE)
-
-
-class Routes:
-    """Route, neighbour and link lookups in the router namespace.
-
-    Resolved hops are cached per destination, like the kernel's dst cache;
-    any link, address, route or neighbour change clears the cache
-    (`invalidate`, driven by the daemon's rtnetlink monitor).
-    """
-
-    def __init__(self, ipr, ports: dict[str, int]):
-        self.ipr = ipr          # pyroute2 AsyncIPRoute bound to the namespace
-        self.ports = ports      # representor name -> switch port
-        self._cache: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, Hop] = {}
-        self._links: dict[int, tuple[str, int, str]] = {}   # ifindex -> (name, mtu, MAC)
-        self.generation = 0     # bumped by every invalidation
-        # one request at a time: a pyroute2 socket does not take concurrent ones
-        self._lock = asyncio.Lock()
-
-    def invalidate(self) -> None:
-        self._cache.clear()
-        self._links.clear()
-        self.generation += 1
-
-    async def hop(self, dst: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Hop:
-        hop = self._cache.get(dst)
-        if hop is not None:
-            return hop
-        async with self._lock:
-            hop = self._cache.get(dst)     # resolved while we waited?
-            if hop is None:
-                gen = self.generation
-                hop = await self._resolve(dst)
-                if gen == self.generation:   # nothing changed while we asked
-                    self._cache[dst] = hop
-        return hop
-
-    async def _resolve(self, dst: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Hop:
-        family = socket.AF_INET6 if dst.version == 6 else socket.AF_INET
-        try:
-            routes = await _all(self.ipr.route("get", dst=str(dst), family=family))
-        except Exception as e:  # netlink error: unreachable, prohibited...
-            raise RouteError(f"no route to {dst}: {e}") from None
-        if not routes:
-            raise RouteError(f"no route to {dst}")
-        rt = routes[0]
-        if rt["type"] != 1:  # RTN_UNICAST
-            raise RouteError(f"route to {dst} is not unicast (type {rt['type']})")
-        oif = rt.get("RTA_OIF")
-        nexthop = rt.get("RTA_GATEWAY") or str(dst)
-        link = self._links.get(oif)
-        if link is None:
-            gen = self.generation
-            got = (await _all(self.ipr.link("get", index=oif)))[0]
-            link = (got.get("IFLA_IFNAME"), got.get("IFLA_MTU"), got.get("IFLA_ADDRESS"))
-            if gen == self.generation:
-                self._links[oif] = link
-        ifname, mtu, mac = link
-        if ifname not in self.ports:
-            raise RouteError(f"route to {dst} leaves via {ifname}, which is no switch port")
-        metrics = rt.get("RTA_METRICS")
-        if metrics and metrics.get(RTAX_MTU):
-            mtu = min(mtu, metrics.get(RTAX_MTU))
-        try:
-            neigh = await _all(self.ipr.neigh("get", dst=nexthop, ifindex=oif, family=family))
-        except Exception:   # ENOENT: no entry yet
-            neigh = []
-        if not neigh or not neigh[0]["state"] & NUD_USABLE or not neigh[0].get("NDA_LLADDR"):
-            raise RouteError(f"next hop {nexthop} on {ifname} is not resolved")
-        return Hop(ifname, FlowRoute(self.ports[ifname], mac, neigh[0].get("NDA_LLADDR"), mtu))
 
 
 def parse_tuple(frame: bytes) -> FlowTuple | None:
@@ -141,18 +39,16 @@ def parse_tuple(frame: bytes) -> FlowTuple | None:
                      proto, sport, dport)
 
 
-def _mac(s: str) -> int:
-    return int(s.replace(":", ""), 16)
-
-
 _MATCH_FIELDS = ("ingress_port", "src_addr", "dst_addr", "l4proto", "src_port", "dst_port")
-_PARAMS = ("port", "src_mac", "dst_mac", "src_addr", "dst_addr", "src_port", "dst_port", "mtu")
+_PARAMS = ("nexthop_id", "src_addr", "dst_addr", "src_port", "dst_port", "mtu")
 # one table per family and one NAT action per family and transport, with the
 # same field and parameter names; IPv4 adds its header checksum's delta.
 # A flow without NAT takes its family's route action: next hop and MTU only.
+# The next hop is an id into nexthop_table (nexthop.py), the route's MTU the
+# entry's own (the kernel's flow_offload_tuple.mtu).
 _TABLES = {4: "flow_table_v4", 6: "flow_table_v6"}
 _PARAMS_OF = {4: _PARAMS + ("ip_csum_delta", "l4_csum_delta"), 6: _PARAMS + ("l4_csum_delta",)}
-_ROUTE_PARAMS = ("port", "src_mac", "dst_mac", "mtu")
+_ROUTE_PARAMS = ("nexthop_id", "mtu")
 COMPUTED_BY_SWITCH = frozenset({"ip_csum_delta", "l4_csum_delta"})   # parameters a program may leave out
 _TRANSPORT = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp"}
 TTL_DECREMENT_DELTA = 0xFEFF   # ~m + m' for the (ttl, protocol) word when ttl drops by one
@@ -227,14 +123,14 @@ def flow_entry(schema: P4Schema, flow: Flow, d: Dir, with_action: bool = True,
         m.field_id = fid
         m.exact.value = v.to_bytes(n, "big")
     if with_action:
-        route = flow.routes[d]
+        mtu, nexthop = flow.routes[d].mtu, flow.nexthops[d]
         if nat:
             rw = rewrite_for(flow.tuples, d)
             ip_delta, l4_delta = checksum_deltas(t, rw)
-            values = (route.port, _mac(route.src_mac), _mac(route.dst_mac), int(rw.src), int(rw.dst),
-                      rw.sport, rw.dport, route.mtu) + ((ip_delta, l4_delta) if t.src.version == 4 else (l4_delta,))
+            values = (nexthop, int(rw.src), int(rw.dst), rw.sport, rw.dport, mtu) \
+                + ((ip_delta, l4_delta) if t.src.version == 4 else (l4_delta,))
         else:
-            values = (route.port, _mac(route.src_mac), _mac(route.dst_mac), route.mtu)
+            values = (nexthop, mtu)
         action = entry.action.action
         action.action_id = action_id
         for (pid, n), v in zip(params, values):
@@ -273,9 +169,9 @@ def match_tuple(schema: P4Schema, entry: p4r.TableEntry) -> tuple[int, FlowTuple
     return port, FlowTuple(address(src), address(dst), proto, sport, dport)
 
 
-def route_of(schema: P4Schema, entry: p4r.TableEntry) -> FlowRoute | None:
-    """The next hop a flow entry sends its packets to (its action's port,
-    MACs and MTU); None for an entry of no flow action."""
+def nexthop_of(schema: P4Schema, entry: p4r.TableEntry) -> tuple[int, int] | None:
+    """(next-hop id, MTU) of a flow entry's action; None for an entry of no
+    flow action."""
     a = entry.action.action
     for version in (4, 6):
         for l4proto, nat in ((IPPROTO_TCP, True), (IPPROTO_UDP, True), (IPPROTO_TCP, False)):
@@ -284,14 +180,10 @@ def route_of(schema: P4Schema, entry: p4r.TableEntry) -> FlowRoute | None:
                 continue
             got = {p.param_id: int.from_bytes(p.value, "big") for p in a.params}
             v = dict(zip(_PARAMS_OF[version] if nat else _ROUTE_PARAMS, (got.get(pid) for pid, _ in params)))
-            if None in (v["port"], v["src_mac"], v["dst_mac"], v["mtu"]):
+            if None in (v["nexthop_id"], v["mtu"]):
                 return None
-            return FlowRoute(v["port"], _mac_str(v["src_mac"]), _mac_str(v["dst_mac"]), v["mtu"])
+            return v["nexthop_id"], v["mtu"]
     return None
-
-
-def _mac_str(v: int) -> str:
-    return ":".join(f"{b:02x}" for b in v.to_bytes(6, "big"))
 
 
 def entry_key(entry: p4r.TableEntry) -> tuple:

@@ -52,12 +52,22 @@ class FlowTuple:
 
 @dataclass(frozen=True, slots=True)
 class FlowRoute:
-    """Where a packet of one direction goes (flow_offload_tuple.out)."""
+    """Where a packet of one direction goes (flow_offload_tuple.out): the
+    next hop (port, MACs, and the neighbour's address where known) and the
+    route's MTU. The switch holds the next hop once for every flow sent to
+    it (nexthop.py); `nexthop_key` names it."""
 
     port: int
     src_mac: str
     dst_mac: str
     mtu: int
+    neighbour: str = ""     # the gateway, or the destination itself when on-link
+
+    @property
+    def nexthop_key(self) -> tuple[int, str]:
+        """The neighbour behind a port, as the kernel's neighbour table keys
+        it; a route of unknown neighbour (built by hand) by its MAC."""
+        return self.port, self.neighbour or self.dst_mac
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +109,7 @@ class TeardownReason(enum.Enum):
     CT_STATE = "ct_state"
     OPERATOR = "operator"
     FLOWTABLE_DELETED = "flowtable_deleted"
+    ROUTE_CHANGED = "route_changed"       # its path moved to another port, or is gone (reroute.py)
 
 
 @dataclass(slots=True)
@@ -111,6 +122,8 @@ class Flow:
     timeout: float
     iif: tuple[int, int] = (0, 0)            # ingress port per direction
     routes: tuple[FlowRoute, FlowRoute] | None = None
+    nexthops: tuple[int, int] = (0, 0)       # the switch's next-hop ids the entries name (nexthop.py)
+    route_keys: tuple = (None, None)         # what each direction is routed by (route.RouteKey); None: seen only
     flags: FlowFlag = FlowFlag.NONE
     last_used: float = 0.0                   # clock of last traffic seen
     packets: tuple[int, int] = (0, 0)       # per direction, from the switch

@@ -15,7 +15,8 @@ from typing import Protocol
 from p4.v1 import p4runtime_pb2 as p4r
 
 from .ip import entry_key, entry_query, flow_entry, flow_key
-from .model import Dir, Flow
+from .model import Dir, Flow, FlowRoute
+from .nexthop import NextHop, NextHops, NextHopsFull, assign
 from .p4info import P4Schema, encode
 from .p4runtime import Session, SwitchError, SwitchUnavailable, WriteError
 
@@ -42,11 +43,14 @@ class OffloadDriver(Protocol):
 
 
 class P4RuntimeDriver:
-    """flow_table_v4 entries over a P4Runtime session."""
+    """Flow entries (flow_table_v4, flow_table_v6) and the next hops they name
+    (nexthop.py) over a P4Runtime session."""
 
     def __init__(self, session: Session, schema: P4Schema):
         self.session = session
         self.schema = schema
+        self.nexthops = NextHops(schema)
+        self.nexthop_writes = 0          # next-hop updates the switch took (INSERT, MODIFY, DELETE)
         self.table = schema.table("flow_table_v4")
         # entries carry the flow's timeout as idle_timeout_ns where the table
         # ages entries itself (BMv2, Tofino, the embedded target)
@@ -76,11 +80,88 @@ class P4RuntimeDriver:
         return BatchResult(list(flows), [])
 
     async def add(self, flows: list[Flow]) -> BatchResult:
+        """Both entries of each flow, after the next hops they name that the
+        switch does not hold yet. A flow that fails keeps its next hops until
+        its delete (the caller removes what got in)."""
+        try:
+            new = assign(self.nexthops, flows)
+        except NextHopsFull as e:
+            return BatchResult([], [(f, f"RESOURCE_EXHAUSTED: {e}") for f in flows])
+        if new:
+            try:
+                await self.write_nexthops(new, p4r.Update.INSERT)
+            except WriteError as e:
+                return BatchResult([], [(f, f"next hop refused: {e}") for f in flows])
         return await self._batch(flows, p4r.Update.INSERT, True, "flow add")
 
     async def delete(self, flows: list[Flow]) -> BatchResult:
-        # NOT_FOUND is fine: teardown may repeat, or the switch restarted.
-        return await self._batch(flows, p4r.Update.DELETE, False, "flow delete", ("NOT_FOUND",))
+        """Both entries of each flow, then the next hops no flow names any more.
+        NOT_FOUND is fine: teardown may repeat, or the switch restarted."""
+        res = await self._batch(flows, p4r.Update.DELETE, False, "flow delete", ("NOT_FOUND",))
+        freed = [nh for f in flows for d in Dir if (nh := self.nexthops.release(f, d, f.nexthops[d])) is not None]
+        if freed:
+            try:
+                await self.write_nexthops(freed, p4r.Update.DELETE)
+            except WriteError as e:
+                log.warning("deleting %d unused next hop(s): %s", len(freed), e)
+        return res
+
+    async def write_nexthops(self, nhs: list[NextHop], kind: int) -> None:
+        """INSERT, MODIFY or DELETE next hops (a DELETE tolerates NOT_FOUND)."""
+        try:
+            await self.session.write([self.nexthops.update(nh, kind) for nh in nhs], "next hop")
+        except WriteError as e:
+            if kind != p4r.Update.DELETE or any(err.code != "NOT_FOUND" for err in e.errors):
+                raise
+        self.nexthop_writes += len(nhs)
+        for nh in nhs:
+            nh.written = kind != p4r.Update.DELETE
+
+    async def move(self, moves: list[tuple[Flow, Dir, FlowRoute]]) -> BatchResult:
+        """Directions whose path changed within the same port (another
+        gateway, another MTU): each entry MODIFYed to name its new next hop,
+        written first where new; the old next hops released. A direction
+        whose write failed keeps naming the next hop the switch still has."""
+        old = [(f, d, f.nexthops[d], f.routes[d]) for f, d, _ in moves]
+        new: dict[int, NextHop] = {}
+        updates = []
+        for f, d, route in moves:
+            nh = self.nexthops.acquire(f, d, route)
+            if not nh.written:
+                new[nh.id] = nh
+            _set_path(f, d, nh.id, route)
+            u = p4r.Update(type=p4r.Update.MODIFY)
+            flow_entry(self.schema, f, d, True, int(f.timeout * 1e9) if self.idle_timeout else 0,
+                       entry=u.entity.table_entry)
+            updates.append(u)
+        failed: dict[int, str] = {}
+        try:
+            if new:
+                await self.write_nexthops(list(new.values()), p4r.Update.INSERT)
+            await self.session.write(updates, "flow move")
+        except WriteError as e:
+            for err in e.errors:
+                for i in (range(len(moves)) if err.index < 0 or new and not all(n.written for n in new.values())
+                          else (err.index,)):
+                    failed.setdefault(i, f"{err.code}: {err.message}")
+        except SwitchError as e:
+            failed = {i: str(e) for i in range(len(moves))}
+        freed = []
+        for i, (f, d, old_id, old_route) in enumerate(old):
+            if i in failed:       # back to what the switch holds
+                nh = self.nexthops.release(f, d, f.nexthops[d])
+                _set_path(f, d, old_id, old_route)
+            else:
+                nh = self.nexthops.release(f, d, old_id) if old_id != f.nexthops[d] else None
+            if nh is not None and nh.written:
+                freed.append(nh)
+        if freed:
+            try:
+                await self.write_nexthops(freed, p4r.Update.DELETE)
+            except SwitchError as e:
+                log.warning("deleting %d unused next hop(s): %s", len(freed), e)
+        return BatchResult([f for i, (f, _, _) in enumerate(moves) if i not in failed],
+                           [(moves[i][0], msg) for i, msg in failed.items()])
 
     async def read(self, flows: list[Flow], last_hit: bool) -> dict[int, FlowRead]:
         """Both entries of each flow, read by their match (not a table walk)."""
@@ -171,3 +252,9 @@ def port_entry(schema: P4Schema, port: int, flowtable_id: int) -> p4r.TableEntry
     entry.action.action.action_id = action.id
     entry.action.action.params.add(param_id=p.id, value=encode(flowtable_id, p.bitwidth))
     return entry
+
+
+def _set_path(f: Flow, d: Dir, nexthop_id: int, route: FlowRoute) -> None:
+    ids, routes = list(f.nexthops), list(f.routes)
+    ids[d], routes[d] = nexthop_id, route
+    f.nexthops, f.routes = (ids[0], ids[1]), (routes[0], routes[1])

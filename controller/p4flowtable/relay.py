@@ -68,6 +68,12 @@ class Relay:
         self.by_name.clear()
         self.by_port.clear()
 
+    def drain(self) -> None:
+        """Relay now what the kernel has sent and the loop has not read yet
+        (a decision wants to see the frames of the packet it follows)."""
+        for rep in self.by_name.values():
+            self._on_readable(rep)
+
     def _on_readable(self, rep: Representor) -> None:
         # Drain what the kernel sent; each frame becomes a PacketOut.
         for _ in range(64):

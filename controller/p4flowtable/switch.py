@@ -21,8 +21,9 @@ from typing import Callable
 
 from p4.v1 import p4runtime_pb2 as p4r
 
-from .ip import entry_key, flow_entry, match_tuple, route_of
+from .ip import entry_key, flow_entry, match_tuple, nexthop_of
 from .model import Dir, Flow, FlowRoute, FlowTuple
+from .nexthop import NextHop, NextHops
 from .p4info import P4Schema
 from .p4runtime import Session
 
@@ -101,14 +102,32 @@ class ReconcilePlan:
     repaired: list[Flow] = field(default_factory=list)   # a direction missing or stale: written
     writes: list[p4r.Update] = field(default_factory=list)
     orphans: list[p4r.Update] = field(default_factory=list)  # deletes of entries no flow owns
+    nexthop_writes: list[p4r.Update] = field(default_factory=list)   # before the flows' writes
+    nexthop_orphans: list[p4r.Update] = field(default_factory=list)  # after them: next hops no flow names
 
 
 async def plan_reconcile(schema: P4Schema, flows: list[Flow], present: dict[tuple, p4r.TableEntry],
-                         idle_timeout: bool) -> ReconcilePlan:
+                         idle_timeout: bool, nexthops: NextHops) -> ReconcilePlan:
     """What to write so that the switch holds exactly these flows' entries
-    (a coroutine only to give the event loop a turn now and then)."""
+    and the next hops they name (a coroutine only to give the event loop a
+    turn now and then). `nexthops` holds what the switch holds (adopted),
+    and gets every flow's next hops."""
     plan = ReconcilePlan()
     left = dict(present)
+    for i, f in enumerate(flows):
+        if i % 1000 == 0:
+            await asyncio.sleep(0)
+        f.nexthops = tuple(nexthops.acquire(f, d, f.routes[d]).id for d in Dir)
+    new: dict[int, NextHop] = {}
+    for nh in list(nexthops.by_id.values()):
+        if not nh.users:
+            plan.nexthop_orphans.append(nexthops.update(nh, p4r.Update.DELETE))
+            nexthops.release(None, Dir.ORIGINAL, nh.id)
+        elif not nh.written:
+            new[nh.id] = nh
+    plan.nexthop_writes = [nexthops.update(nh, p4r.Update.INSERT) for nh in new.values()]
+    for nh in new.values():
+        nh.written = True
     for i, f in enumerate(flows):
         if i % 1000 == 0:
             await asyncio.sleep(0)
@@ -137,14 +156,19 @@ def _deletes(left: dict[tuple, p4r.TableEntry]) -> list[p4r.Update]:
             for e in left.values()]
 
 
-def by_tuple(schema: P4Schema, present: dict[tuple, p4r.TableEntry]) -> dict[FlowTuple, tuple[int, FlowRoute]]:
-    """The switch's flow entries as (ingress port, next hop) by the tuple they
-    match: what a flow adopted as it stands is made of."""
+def by_tuple(schema: P4Schema, present: dict[tuple, p4r.TableEntry],
+             nexthops: NextHops) -> dict[FlowTuple, tuple[int, FlowRoute]]:
+    """The switch's flow entries as (ingress port, path) by the tuple they
+    match, their next hops from those the switch holds (adopted in
+    `nexthops`): what a flow adopted as it stands is made of. An entry whose
+    next hop the switch does not hold is left out (it is rewritten)."""
     out = {}
     for e in present.values():
-        m, route = match_tuple(schema, e), route_of(schema, e)
-        if m is not None and route is not None:
-            out[m[1]] = (m[0], route)
+        m, hop = match_tuple(schema, e), nexthop_of(schema, e)
+        if m is None or hop is None or (nh := nexthops.by_id.get(hop[0])) is None:
+            continue
+        neighbour = nh.key[1] if nh.key[1] != nh.dst_mac else ""
+        out[m[1]] = (m[0], FlowRoute(nh.port, nh.src_mac, nh.dst_mac, hop[1], neighbour))
     return out
 
 

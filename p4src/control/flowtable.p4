@@ -46,7 +46,12 @@ control FlowtableIngress(inout headers_t hdr,
     // other direction's tuple, as in the kernel; the checksum deltas are
     // constants of the entry (the controller computes them), so a packet
     // costs one subtraction and one comparison per checksum (CSUM_UPDATE),
-    // not a sum over every changed word.
+    // not a sum over every changed word. Where the packet goes (port and
+    // MACs) is the next hop's, named by the entry (control/nexthop.p4): the
+    // kernel's flow keeps its route and resolves the neighbour per packet
+    // (neigh_xmit), so a neighbour's new MAC is one next-hop write here. The
+    // MTU is the route's, kept per entry as the kernel keeps it per tuple
+    // (flow_offload_tuple.mtu).
 
     // nf_flow_exceeds_mtu. The forward actions below test the same
     // condition again for their rewrite instead of reading the reason back:
@@ -55,13 +60,6 @@ control FlowtableIngress(inout headers_t hdr,
     @hidden
     action check_mtu(bool oversize) {
         meta.punt_reason = oversize ? PuntReason.MTU_EXCEEDED : PuntReason.NONE;
-    }
-
-    @hidden
-    action rewrite_l2(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac) {
-        hdr.ethernet.src_addr = src_mac;
-        hdr.ethernet.dst_addr = dst_mac;
-        std_meta.egress_spec = port;
     }
 
     @hidden
@@ -107,42 +105,42 @@ control FlowtableIngress(inout headers_t hdr,
 
     // One direction of an offloaded TCP or UDP flow over IPv4 (the entry's
     // l4proto picks the action). MTU first, then the rewrite.
-    action forward_tcp_v4(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac,
+    action forward_tcp_v4(NexthopId_t nexthop_id,
                           Ipv4Addr_t src_addr, Ipv4Addr_t dst_addr,
                           L4Port_t src_port, L4Port_t dst_port, bit<16> mtu,
                           bit<16> ip_csum_delta, bit<16> l4_csum_delta) {
         flow_table_v4_counter.count();
+        meta.nexthop_id = nexthop_id;
         check_mtu(hdr.ipv4.total_len > mtu);
         if (hdr.ipv4.total_len <= mtu) {
             rewrite_ipv4(src_addr, dst_addr, ip_csum_delta);
             rewrite_tcp(src_port, dst_port, l4_csum_delta);
-            rewrite_l2(port, src_mac, dst_mac);
         }
     }
 
-    action forward_udp_v4(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac,
+    action forward_udp_v4(NexthopId_t nexthop_id,
                           Ipv4Addr_t src_addr, Ipv4Addr_t dst_addr,
                           L4Port_t src_port, L4Port_t dst_port, bit<16> mtu,
                           bit<16> ip_csum_delta, bit<16> l4_csum_delta) {
         flow_table_v4_counter.count();
+        meta.nexthop_id = nexthop_id;
         check_mtu(hdr.ipv4.total_len > mtu);
         if (hdr.ipv4.total_len <= mtu) {
             rewrite_ipv4(src_addr, dst_addr, ip_csum_delta);
             rewrite_udp(src_port, dst_port, l4_csum_delta);
-            rewrite_l2(port, src_mac, dst_mac);
         }
     }
 
     // A flow without NAT: the kernel's nf_flow_nat_ip rewrites nothing
     // unless the flow has NF_FLOW_SNAT or NF_FLOW_DNAT, so the packet only
     // loses a TTL and gets the next hop's MACs. TCP and UDP alike.
-    action route_v4(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac, bit<16> mtu) {
+    action route_v4(NexthopId_t nexthop_id, bit<16> mtu) {
         flow_table_v4_counter.count();
+        meta.nexthop_id = nexthop_id;
         check_mtu(hdr.ipv4.total_len > mtu);
         if (hdr.ipv4.total_len <= mtu) {
             hdr.ipv4.ttl = hdr.ipv4.ttl - 1;
             hdr.ipv4.hdr_checksum = CSUM_UPDATE(hdr.ipv4.hdr_checksum, TTL_DECREMENT_DELTA);
-            rewrite_l2(port, src_mac, dst_mac);
         }
     }
 
@@ -155,38 +153,38 @@ control FlowtableIngress(inout headers_t hdr,
 
     // The IPv6 twins (nf_flow_offload_ipv6_hook): 128-bit addresses, hop
     // limit, no header checksum; the MTU check is on the IPv6 packet length.
-    action forward_tcp_v6(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac,
+    action forward_tcp_v6(NexthopId_t nexthop_id,
                           Ipv6Addr_t src_addr, Ipv6Addr_t dst_addr,
                           L4Port_t src_port, L4Port_t dst_port, bit<16> mtu,
                           bit<16> l4_csum_delta) {
         flow_table_v6_counter.count();
+        meta.nexthop_id = nexthop_id;
         check_mtu(hdr.ipv6.payload_len + 40 > mtu);
         if (hdr.ipv6.payload_len + 40 <= mtu) {
             rewrite_ipv6(src_addr, dst_addr);
             rewrite_tcp(src_port, dst_port, l4_csum_delta);
-            rewrite_l2(port, src_mac, dst_mac);
         }
     }
 
-    action forward_udp_v6(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac,
+    action forward_udp_v6(NexthopId_t nexthop_id,
                           Ipv6Addr_t src_addr, Ipv6Addr_t dst_addr,
                           L4Port_t src_port, L4Port_t dst_port, bit<16> mtu,
                           bit<16> l4_csum_delta) {
         flow_table_v6_counter.count();
+        meta.nexthop_id = nexthop_id;
         check_mtu(hdr.ipv6.payload_len + 40 > mtu);
         if (hdr.ipv6.payload_len + 40 <= mtu) {
             rewrite_ipv6(src_addr, dst_addr);
             rewrite_udp(src_port, dst_port, l4_csum_delta);
-            rewrite_l2(port, src_mac, dst_mac);
         }
     }
 
-    action route_v6(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac, bit<16> mtu) {
+    action route_v6(NexthopId_t nexthop_id, bit<16> mtu) {
         flow_table_v6_counter.count();
+        meta.nexthop_id = nexthop_id;
         check_mtu(hdr.ipv6.payload_len + 40 > mtu);
         if (hdr.ipv6.payload_len + 40 <= mtu) {
             hdr.ipv6.hop_limit = hdr.ipv6.hop_limit - 1;
-            rewrite_l2(port, src_mac, dst_mac);
         }
     }
 

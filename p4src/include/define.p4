@@ -10,6 +10,9 @@ typedef bit<32> Ipv4Addr_t;
 typedef bit<128> Ipv6Addr_t;
 typedef bit<16> L4Port_t;
 typedef bit<8>  FlowtableId_t;
+// Names an entry of nexthop_table (control/nexthop.p4): a neighbour behind
+// a port, which flow entries point to. 0 is never written by the controller.
+typedef bit<16> NexthopId_t;
 
 // Must equal the switch's CPU port: simple_switch's --cpu-port; on Tofino
 // its PCIe CPU port (tna/flowtable.p4 is built with -DP4FT_CPU_PORT=...).

@@ -88,6 +88,7 @@ struct headers_t {
 struct metadata_t {
     FlowtableId_t flowtable_id;
     PuntReason    punt_reason;
+    NexthopId_t   nexthop_id;      // a fitting hit's next hop (nexthop_table)
 }
 
 #endif

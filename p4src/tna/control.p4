@@ -39,19 +39,17 @@ control FtIngress(inout headers_t hdr,
     DirectCounter<bit<32>>(CounterType_t.PACKETS_AND_BYTES) flow_table_v4_counter;
 
     @hidden
-    action hit_v4(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac, bit<16> mtu) {
+    action hit_v4(NexthopId_t nexthop_id, bit<16> mtu) {
         meta.hit = 1;
-        meta.port = port;
-        meta.src_mac = src_mac;
-        meta.dst_mac = dst_mac;
+        meta.nexthop_id = nexthop_id;
         meta.mtu = mtu;
     }
 
-    action forward_tcp_v4(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac,
+    action forward_tcp_v4(NexthopId_t nexthop_id,
                           Ipv4Addr_t src_addr, Ipv4Addr_t dst_addr,
                           L4Port_t src_port, L4Port_t dst_port, bit<16> mtu) {
         flow_table_v4_counter.count();
-        hit_v4(port, src_mac, dst_mac, mtu);
+        hit_v4(nexthop_id, mtu);
         meta.nat = 1;
         meta.src_addr4 = src_addr;
         meta.dst_addr4 = dst_addr;
@@ -59,11 +57,11 @@ control FtIngress(inout headers_t hdr,
         meta.dst_port = dst_port;
     }
 
-    action forward_udp_v4(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac,
+    action forward_udp_v4(NexthopId_t nexthop_id,
                           Ipv4Addr_t src_addr, Ipv4Addr_t dst_addr,
                           L4Port_t src_port, L4Port_t dst_port, bit<16> mtu) {
         flow_table_v4_counter.count();
-        hit_v4(port, src_mac, dst_mac, mtu);
+        hit_v4(nexthop_id, mtu);
         meta.nat = 1;
         meta.src_addr4 = src_addr;
         meta.dst_addr4 = dst_addr;
@@ -71,9 +69,9 @@ control FtIngress(inout headers_t hdr,
         meta.dst_port = dst_port;
     }
 
-    action route_v4(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac, bit<16> mtu) {
+    action route_v4(NexthopId_t nexthop_id, bit<16> mtu) {
         flow_table_v4_counter.count();
-        hit_v4(port, src_mac, dst_mac, mtu);
+        hit_v4(nexthop_id, mtu);
     }
 
     @defaultonly
@@ -105,19 +103,17 @@ control FtIngress(inout headers_t hdr,
     DirectCounter<bit<32>>(CounterType_t.PACKETS_AND_BYTES) flow_table_v6_counter;
 
     @hidden
-    action hit_v6(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac, bit<16> mtu) {
+    action hit_v6(NexthopId_t nexthop_id, bit<16> mtu) {
         meta.hit = 1;
-        meta.port = port;
-        meta.src_mac = src_mac;
-        meta.dst_mac = dst_mac;
+        meta.nexthop_id = nexthop_id;
         meta.mtu = mtu;
     }
 
-    action forward_tcp_v6(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac,
+    action forward_tcp_v6(NexthopId_t nexthop_id,
                           Ipv6Addr_t src_addr, Ipv6Addr_t dst_addr,
                           L4Port_t src_port, L4Port_t dst_port, bit<16> mtu) {
         flow_table_v6_counter.count();
-        hit_v6(port, src_mac, dst_mac, mtu);
+        hit_v6(nexthop_id, mtu);
         meta.nat = 1;
         meta.src_addr6 = src_addr;
         meta.dst_addr6 = dst_addr;
@@ -125,11 +121,11 @@ control FtIngress(inout headers_t hdr,
         meta.dst_port = dst_port;
     }
 
-    action forward_udp_v6(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac,
+    action forward_udp_v6(NexthopId_t nexthop_id,
                           Ipv6Addr_t src_addr, Ipv6Addr_t dst_addr,
                           L4Port_t src_port, L4Port_t dst_port, bit<16> mtu) {
         flow_table_v6_counter.count();
-        hit_v6(port, src_mac, dst_mac, mtu);
+        hit_v6(nexthop_id, mtu);
         meta.nat = 1;
         meta.src_addr6 = src_addr;
         meta.dst_addr6 = dst_addr;
@@ -137,9 +133,9 @@ control FtIngress(inout headers_t hdr,
         meta.dst_port = dst_port;
     }
 
-    action route_v6(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac, bit<16> mtu) {
+    action route_v6(NexthopId_t nexthop_id, bit<16> mtu) {
         flow_table_v6_counter.count();
-        hit_v6(port, src_mac, dst_mac, mtu);
+        hit_v6(nexthop_id, mtu);
     }
 
     @defaultonly
@@ -166,6 +162,31 @@ control FtIngress(inout headers_t hdr,
         counters = flow_table_v6_counter;
         idle_timeout = true;
         size = FLOW_TABLE_V6_SIZE;
+    }
+
+    // Where a hit leaves, as ../control/nexthop.p4: the next hop its entry
+    // names. A miss (a next hop already gone) is dropped.
+    action set_nexthop(PortId_t port, MacAddr_t src_mac, MacAddr_t dst_mac) {
+        meta.port = port;
+        meta.src_mac = src_mac;
+        meta.dst_mac = dst_mac;
+    }
+
+    @defaultonly
+    action nexthop_miss() {
+        ig_dprsr_md.drop_ctl = 1;
+    }
+
+    table nexthop_table {
+        key = {
+            meta.nexthop_id: exact @name("nexthop_id");
+        }
+        actions = {
+            set_nexthop;
+            @defaultonly nexthop_miss;
+        }
+        const default_action = nexthop_miss();
+        size = NEXTHOP_TABLE_SIZE;
     }
 
     // The punt path's meter and drop counter, as in ../control/packetio.p4.
@@ -271,6 +292,7 @@ control FtIngress(inout headers_t hdr,
             }
 
             if (meta.punt_reason == PuntReason.NONE) {
+                nexthop_table.apply();
                 // the hit's rewrite (nf_flow_offload_ip_hook after its checks)
                 ig_tm_md.ucast_egress_port = meta.port;
                 hdr.ethernet.src_addr = meta.src_mac;

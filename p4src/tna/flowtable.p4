@@ -28,10 +28,11 @@ struct tna_metadata_t {
     // a hit's rewrite, applied once the MTU check passed
     bit<1>        hit;
     bit<1>        nat;
+    NexthopId_t   nexthop_id;      // the next hop the hit names (nexthop_table)
     bit<16>       mtu;             // the route's
     bit<16>       oversize;        // bytes over the route's MTU, 0 when it fits
     bit<16>       ipv6_len;        // an IPv6 packet's length, header included
-    PortId_t      port;
+    PortId_t      port;            // the next hop's port and MACs
     MacAddr_t     src_mac;
     MacAddr_t     dst_mac;
     Ipv4Addr_t    src_addr4;

@@ -1,0 +1,170 @@
+"""The switch's next hops (nexthop_table): the neighbours flows are sent to.
+
+The kernel's flow keeps its route and resolves the neighbour per packet
+(neigh_xmit); here a flow entry names a next hop by id, and the next hop holds
+the port and both MACs. One next hop per neighbour (port and address), shared
+by every flow sent to it and counted: it is written before the first flow
+entry that names it and deleted after the last, so a neighbour's new MAC is
+one write, whatever the number of flows behind it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from p4.v1 import p4runtime_pb2 as p4r
+
+from .model import Dir, Flow, FlowRoute
+from .p4info import P4Schema
+
+TABLE = "nexthop_table"
+
+
+class NextHopsFull(Exception):
+    """Every next-hop id is in use."""
+
+
+@dataclass(slots=True, eq=False)
+class NextHop:
+    id: int
+    key: tuple[int, str]            # FlowRoute.nexthop_key: port and neighbour
+    port: int
+    src_mac: str
+    dst_mac: str
+    users: dict = field(default_factory=dict)   # (id(flow), direction) -> flow
+    written: bool = False           # the switch holds it as it stands
+
+
+def _mac(s: str) -> int:
+    return int(s.replace(":", ""), 16)
+
+
+def mac_str(v: int) -> str:
+    return ":".join(f"{b:02x}" for b in v.to_bytes(6, "big"))
+
+
+class NextHops:
+    """Next hops by id and by neighbour, with the flows sent to each."""
+
+    def __init__(self, schema: P4Schema):
+        self.schema = schema
+        table = schema.table(TABLE)
+        self.size = table.size or 1 << 16
+        self._table_id = table.id
+        self._key = table.field("nexthop_id")
+        action = schema.action("set_nexthop")
+        self._action_id = action.id
+        self._params = tuple((action.param(n).id, action.param(n).bitwidth) for n in ("port", "src_mac", "dst_mac"))
+        self.by_id: dict[int, NextHop] = {}
+        self.by_key: dict[tuple[int, str], NextHop] = {}
+        self._next_id = 1
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+    def _new_id(self) -> int:
+        for _ in range(self.size):
+            i = self._next_id
+            self._next_id = self._next_id % (self.size - 1) + 1
+            if i not in self.by_id:
+                return i
+        raise NextHopsFull(f"all {self.size - 1} next hops of {TABLE} are in use")
+
+    def acquire(self, flow: Flow, d: Dir, route: FlowRoute) -> NextHop:
+        """The next hop of this route, for this flow's direction: the one
+        there is for its neighbour, or a new one (not yet written)."""
+        nh = self.by_key.get(route.nexthop_key)
+        if nh is None:
+            nh = NextHop(self._new_id(), route.nexthop_key, route.port, route.src_mac, route.dst_mac)
+            self.by_id[nh.id] = nh
+            self.by_key[nh.key] = nh
+        elif (nh.src_mac, nh.dst_mac) != (route.src_mac, route.dst_mac) and not nh.users:
+            # an unused next hop learnt again with other MACs
+            nh.src_mac, nh.dst_mac, nh.written = route.src_mac, route.dst_mac, False
+        nh.users[(id(flow), d)] = flow
+        return nh
+
+    def release(self, flow: Flow, d: Dir, nexthop_id: int) -> NextHop | None:
+        """This flow's direction no longer uses the next hop; the next hop when
+        that was its last user (then forgotten: its entry is to be deleted)."""
+        nh = self.by_id.get(nexthop_id)
+        if nh is None:
+            return None
+        nh.users.pop((id(flow), d), None)
+        if nh.users:
+            return None
+        del self.by_id[nh.id]
+        if self.by_key.get(nh.key) is nh:
+            del self.by_key[nh.key]
+        return nh
+
+    def reset(self) -> None:
+        """Forget every next hop (the switch is reconciled anew)."""
+        self.by_id.clear()
+        self.by_key.clear()
+
+    def adopt(self, nexthop_id: int, port: int, src_mac: str, dst_mac: str, neighbour: str) -> NextHop:
+        """A next hop the switch already holds (a daemon restarted, the
+        pipeline kept): its id stays, so that the flow entries naming it are
+        adopted as they are."""
+        key = (port, neighbour or dst_mac)
+        nh = NextHop(nexthop_id, key, port, src_mac, dst_mac, written=True)
+        self.by_id[nexthop_id] = nh
+        self.by_key.setdefault(key, nh)
+        return nh
+
+    def of_neighbour(self, port: int, addr: str) -> NextHop | None:
+        return self.by_key.get((port, addr))
+
+    def on_port(self, port: int) -> list[NextHop]:
+        return [nh for nh in self.by_id.values() if nh.port == port]
+
+    # -- entries ---------------------------------------------------------------
+    def entry(self, nh: NextHop, with_action: bool = True) -> p4r.TableEntry:
+        e = p4r.TableEntry(table_id=self._table_id)
+        e.match.add(field_id=self._key.id,
+                    exact=p4r.FieldMatch.Exact(value=nh.id.to_bytes((self._key.bitwidth + 7) // 8, "big")))
+        if with_action:
+            a = e.action.action
+            a.action_id = self._action_id
+            for (pid, width), v in zip(self._params, (nh.port, _mac(nh.src_mac), _mac(nh.dst_mac))):
+                a.params.add(param_id=pid, value=v.to_bytes((width + 7) // 8, "big"))
+        return e
+
+    def update(self, nh: NextHop, kind: int) -> p4r.Update:
+        u = p4r.Update(type=kind)
+        u.entity.table_entry.CopyFrom(self.entry(nh, kind != p4r.Update.DELETE))
+        return u
+
+    def decode(self, e: p4r.TableEntry) -> tuple[int, int, str, str] | None:
+        """(id, port, src MAC, dst MAC) of an entry the switch holds."""
+        if e.table_id != self._table_id or e.action.action.action_id != self._action_id or not e.match:
+            return None
+        got = {p.param_id: int.from_bytes(p.value, "big") for p in e.action.action.params}
+        try:
+            port, src, dst = (got[pid] for pid, _ in self._params)
+        except KeyError:
+            return None
+        return int.from_bytes(e.match[0].exact.value, "big"), port, mac_str(src), mac_str(dst)
+
+    @property
+    def table_id(self) -> int:
+        return self._table_id
+
+
+def assign(nexthops: NextHops, flows: list[Flow]) -> list[NextHop]:
+    """Give each flow's directions their next hops (Flow.nexthops); the next
+    hops the switch does not hold yet, to be written before the flows."""
+    new: dict[int, NextHop] = {}
+    for f in flows:
+        got: list[NextHop] = []
+        try:
+            for d in Dir:
+                got.append(nexthops.acquire(f, d, f.routes[d]))
+        except NextHopsFull:
+            for d, nh in zip(Dir, got):     # a flow has both its next hops or none
+                nexthops.release(f, d, nh.id)
+            raise
+        new.update((nh.id, nh) for nh in got if not nh.written)
+        f.nexthops = (got[0].id, got[1].id)
+    return list(new.values())

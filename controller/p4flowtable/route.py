@@ -1,0 +1,430 @@
+"""Where the kernel sends each direction of a flow (nft_flow_route), and with
+what key it decided.
+
+Two sources, compared:
+- the frames the kernel sent for the connection: the relay sees each one leave
+  a representor after routing, NAT and neighbour resolution (`observe_egress`);
+  that is the decision itself, whatever made it (ip rules, a mark a rule set,
+  the multipath hash);
+- a route lookup with the key the kernel routed the packet by: the input
+  interface, the source, the destination after DNAT, the connection's mark,
+  the protocol and ports. RTM_GETROUTE with an input interface routes a packet
+  built of that key as received (inet_rtm_getroute, inet6_rtm_getroute): ip
+  rules, every table, ECMP under the L3 or the L4 hash policy, as for the
+  packet itself.
+Where both agree, the key is the direction's: reroute.py follows a change by
+asking again with it. Where they disagree (a mark a rule set and conntrack
+does not keep, say), the frames win and the key is None: a change then hands
+the flow back to the kernel, which decides again, as its own flowtable does
+when a route goes stale (nf_flow_dst_check). The packet's TOS is not part of
+the key: routing by TOS is not followed.
+
+The lookups are pipelined on a raw rtnetlink socket, and encoded and decoded
+here (RTA_* from linux/rtnetlink.h): pyroute2 0.9 has no RTA_IP_PROTO,
+RTA_SPORT or RTA_DPORT, and its generic codec costs about 380 us a lookup,
+which a route change under 10,000 flows would pay 10,000 times. Links and
+neighbours are read with pyroute2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ipaddress
+import logging
+import os
+import socket
+import struct
+from dataclasses import dataclass
+
+from .model import FlowRoute, FlowTuple
+
+log = logging.getLogger(__name__)
+
+# linux/rtnetlink.h, linux/netlink.h, linux/neighbour.h
+RTM_GETROUTE = 26
+NLM_F_REQUEST = 0x1
+NLMSG_ERROR = 2
+RTA_DST, RTA_SRC, RTA_IIF, RTA_OIF, RTA_GATEWAY = 1, 2, 3, 4, 5
+RTA_METRICS, RTA_MULTIPATH, RTA_TABLE, RTA_MARK, RTA_VIA = 8, 9, 15, 16, 18
+RTA_IP_PROTO, RTA_SPORT, RTA_DPORT = 27, 28, 29
+RTAX_MTU = 2
+RTN_UNICAST = 1
+RTN_NAMES = {2: "local", 3: "broadcast", 4: "anycast", 5: "multicast", 6: "blackhole",
+             7: "unreachable", 8: "prohibit", 9: "throw", 10: "nat"}
+# Neighbour states the kernel would transmit to without resolving again.
+NUD_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # REACHABLE STALE DELAY PROBE NOARP PERMANENT
+
+_NLMSGHDR = struct.Struct("=IHHII")
+_RTMSG = struct.Struct("=BBBBBBBBI")      # family dst_len src_len tos table protocol scope type flags
+_NLA = struct.Struct("=HH")
+_U32 = struct.Struct("=I")
+_BE16 = struct.Struct("!H")
+LOOKUP_WINDOW = 256        # lookups in flight: their answers must fit the socket's buffer
+EGRESS_REMEMBERED = 65536  # frames' egress kept for decisions still to come
+
+
+class RouteError(Exception):
+    """No usable path for one direction of a flow (yet)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RouteKey:
+    """What the kernel routes one direction's packets by: they arrive on
+    `iif` (an ifindex) and are routed to dst (after DNAT) from src (before
+    SNAT) with the packet mark, protocol and ports (the multipath hash's)."""
+
+    dst: ipaddress.IPv4Address | ipaddress.IPv6Address
+    src: ipaddress.IPv4Address | ipaddress.IPv6Address
+    iif: int
+    mark: int
+    l4proto: int
+    sport: int
+    dport: int
+
+
+@dataclass(frozen=True, slots=True)
+class Egress:
+    """A frame the kernel sent: out of which port, with which MACs."""
+
+    port: int
+    src_mac: str
+    dst_mac: str
+
+
+def route_keys(orig: FlowTuple, reply: FlowTuple, iif: tuple[int, int], mark: int) -> tuple[RouteKey, RouteKey]:
+    """The keys of both directions. ORIGINAL packets are routed to the reply's
+    source (the DNAT target) from their own source; REPLY packets to the
+    original source (un-SNATted) from the reply's source. Ports likewise."""
+    return (RouteKey(reply.src, orig.src, iif[0], mark, orig.l4proto, orig.sport, reply.sport),
+            RouteKey(orig.src, reply.src, iif[1], mark, reply.l4proto, reply.sport, orig.sport))
+
+
+def _nla(atype: int, payload: bytes) -> bytes:
+    n = 4 + len(payload)
+    return _NLA.pack(n, atype) + payload + b"\0" * ((-n) & 3)
+
+
+def encode_lookup(key: RouteKey | None, dst=None, seq: int = 0) -> bytes:
+    """RTM_GETROUTE for a key (routed as received on key.iif), or for a bare
+    destination (routed as sent by the router itself)."""
+    if key is not None:
+        dst = key.dst
+    family = socket.AF_INET6 if dst.version == 6 else socket.AF_INET
+    bits = 128 if dst.version == 6 else 32
+    attrs = _nla(RTA_DST, dst.packed)
+    src_len = 0
+    if key is not None:
+        src_len = bits
+        attrs += (_nla(RTA_SRC, key.src.packed) + _nla(RTA_IIF, _U32.pack(key.iif))
+                  + _nla(RTA_MARK, _U32.pack(key.mark)) + _nla(RTA_IP_PROTO, bytes([key.l4proto]))
+                  + _nla(RTA_SPORT, _BE16.pack(key.sport)) + _nla(RTA_DPORT, _BE16.pack(key.dport)))
+    body = _RTMSG.pack(family, bits, src_len, 0, 0, 0, 0, 0, 0) + attrs
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETROUTE, NLM_F_REQUEST, seq, 0) + body
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What the kernel answered: the route's type, its output interface and
+    gateway (None on-link), and its MTU metric (0: the device's)."""
+
+    rtype: int
+    oif: int
+    gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    mtu: int
+
+
+def decode_route(buf: bytes, off: int, end: int) -> Lookup:
+    rtype = _RTMSG.unpack_from(buf, off)[7]
+    pos, oif, gw, mtu = off + _RTMSG.size, 0, None, 0
+    while pos + 4 <= end:
+        length, atype = _NLA.unpack_from(buf, pos)
+        if length < 4:
+            break
+        start, stop = pos + 4, pos + length
+        atype &= 0x3FFF
+        if atype == RTA_OIF:
+            oif = _U32.unpack_from(buf, start)[0]
+        elif atype == RTA_GATEWAY:
+            gw = ipaddress.ip_address(bytes(buf[start:stop]))
+        elif atype == RTA_VIA and stop - start >= 2:
+            gw = ipaddress.ip_address(bytes(buf[start + 2:stop]))
+        elif atype == RTA_METRICS:
+            p = start
+            while p + 8 <= stop:
+                ln, mt = _NLA.unpack_from(buf, p)
+                if mt == RTAX_MTU:
+                    mtu = _U32.unpack_from(buf, p + 4)[0]
+                p += max(4, (ln + 3) & ~3)
+        pos += (length + 3) & ~3
+    return Lookup(rtype, oif, gw, mtu)
+
+
+class RouteLookups:
+    """A raw rtnetlink socket for RTM_GETROUTE: many lookups in flight, each
+    matched to its answer by sequence number."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.bind((0, 0))
+        self._seq = 0
+        self._pending: dict[int, asyncio.Future] = {}
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._readable)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(RouteError("route lookups closed"))
+        self._pending.clear()
+
+    async def lookups(self, reqs: list[tuple[RouteKey | None, object]]) -> list[Lookup | OSError]:
+        """(key, dst) each (see encode_lookup): the kernel's answer or its error, in order."""
+        out: list = []
+        for w in range(0, len(reqs), LOOKUP_WINDOW):
+            futs, data = [], []
+            for key, dst in reqs[w:w + LOOKUP_WINDOW]:
+                self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
+                fut = self._loop.create_future()
+                self._pending[self._seq] = fut
+                futs.append(fut)
+                data.append(encode_lookup(key, dst, self._seq))
+            try:
+                self.sock.send(b"".join(data))
+            except OSError as e:
+                for f in futs:
+                    f.set_exception(e)
+            out += await asyncio.gather(*futs, return_exceptions=True)
+        return out
+
+    def _readable(self) -> None:
+        for _ in range(64):
+            try:
+                data = self.sock.recv(1 << 16)
+            except BlockingIOError:
+                return
+            except OSError as e:     # answers lost: every waiting lookup fails, its caller decides
+                for fut in self._pending.values():
+                    if not fut.done():
+                        fut.set_exception(e)
+                self._pending.clear()
+                return
+            off, n = 0, len(data)
+            while off + _NLMSGHDR.size <= n:
+                length, mtype, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, off)
+                if length < _NLMSGHDR.size or off + length > n:
+                    break
+                fut = self._pending.pop(seq, None)
+                if fut is not None and not fut.done():
+                    if mtype == NLMSG_ERROR:
+                        err = -struct.unpack_from("=i", data, off + _NLMSGHDR.size)[0]
+                        fut.set_exception(OSError(err, os.strerror(err)))
+                    else:
+                        fut.set_result(decode_route(data, off + _NLMSGHDR.size, off + length))
+                off += (length + 3) & ~3
+
+
+def _mac_of(frame: bytes, at: int) -> str:
+    return frame[at:at + 6].hex(":")
+
+
+class Routes:
+    """The router namespace's routing, links and neighbours, as the flows use them.
+
+    Neighbours are mirrored (a dump at start, then rtnetlink events through
+    `neighbour_event`), like the links' names, MTUs and MACs; the frames the
+    kernel sends and the ports its punted packets come in on are remembered
+    for the decisions to come.
+    """
+
+    def __init__(self, ipr, ports: dict[str, int], lookups: RouteLookups | None = None):
+        self.ipr = ipr                # pyroute2 AsyncIPRoute bound to the namespace
+        self.ports = ports            # representor name -> switch port
+        self.lookups = lookups
+        self._links: dict[int, tuple[str, int, str]] = {}   # ifindex -> (name, mtu, MAC)
+        self._ifindex: dict[str, int] = {}
+        self._neigh: dict[tuple[int, str], tuple[int, str | None]] = {}   # (ifindex, addr) -> (state, lladdr)
+        self._egress: collections.OrderedDict[FlowTuple, Egress] = collections.OrderedDict()
+        self._ingress: collections.OrderedDict[FlowTuple, int] = collections.OrderedDict()
+        self._port_by_ifindex: dict[int, int] = {}
+        self.generation = 0     # bumped by every link or address change
+        self._lock = asyncio.Lock()    # pyroute2's socket takes one request at a time
+
+    # -- what the slow path did ------------------------------------------------
+    def observe_egress(self, port: int, frame: bytes, t: FlowTuple | None) -> None:
+        """A frame the kernel sent out of a representor, with its tuple."""
+        if t is None:
+            return
+        self._egress[t] = Egress(port, _mac_of(frame, 6), _mac_of(frame, 0))
+        self._egress.move_to_end(t)
+        if len(self._egress) > EGRESS_REMEMBERED:
+            self._egress.popitem(last=False)
+
+    def observe_ingress(self, port: int, t: FlowTuple) -> None:
+        """A punted packet of this tuple came in on this port."""
+        self._ingress[t] = port
+        self._ingress.move_to_end(t)
+        if len(self._ingress) > EGRESS_REMEMBERED:
+            self._ingress.popitem(last=False)
+
+    def egress(self, sent: FlowTuple) -> Egress | None:
+        return self._egress.get(sent)
+
+    def ingress(self, t: FlowTuple) -> int | None:
+        return self._ingress.get(t)
+
+    def forget(self, orig: FlowTuple, reply: FlowTuple) -> None:
+        for t in (orig, reply):
+            self._ingress.pop(t, None)
+            self._egress.pop(t.reversed(), None)
+
+    # -- links and neighbours ------------------------------------------------------
+    def invalidate(self) -> None:
+        """A link or address changed: names, MTUs and MACs are read again."""
+        self._links.clear()
+        self._ifindex.clear()
+        self.generation += 1
+
+    async def load(self) -> None:
+        """The representors' interface indexes and the neighbour table as it
+        stands (events keep it current)."""
+        self._port_by_ifindex = {await self.ifindex(name): port for name, port in self.ports.items()}
+        async with self._lock:
+            got = await _all(self.ipr.neigh("dump"))
+        self._neigh.clear()
+        for n in got:
+            self.neighbour_event(n, deleted=False)
+
+    def port_of(self, ifindex: int) -> int | None:
+        """The switch port of a representor's interface index."""
+        return self._port_by_ifindex.get(ifindex)
+
+    def neighbour_event(self, msg, deleted: bool) -> tuple[int, str, str | None] | None:
+        """Mirror an RTM_NEWNEIGH/DELNEIGH; (ifindex, address, MAC or None when
+        unusable) of the neighbour, or None for a message of no neighbour."""
+        dst = msg.get("NDA_DST")
+        if dst is None:
+            return None
+        key = (msg["ifindex"], str(ipaddress.ip_address(dst)))
+        if deleted:
+            self._neigh.pop(key, None)
+            return key[0], key[1], None
+        lladdr = msg.get("NDA_LLADDR")
+        self._neigh[key] = (msg["state"], lladdr)
+        return key[0], key[1], lladdr if msg["state"] & NUD_USABLE and lladdr else None
+
+    def neighbour_mac(self, ifindex: int, addr: str) -> str | None:
+        got = self._neigh.get((ifindex, addr))
+        return got[1] if got and got[0] & NUD_USABLE and got[1] else None
+
+    def neighbour_by_mac(self, ifindex: int, version: int | None, mac: str) -> str | None:
+        """The neighbour (of this family, where given) on this interface with this MAC."""
+        for (ifi, addr), (state, lladdr) in self._neigh.items():
+            if ifi == ifindex and lladdr == mac and state & NUD_USABLE and \
+                    (version is None or ipaddress.ip_address(addr).version == version):
+                return addr
+        return None
+
+    async def neighbour_on_port(self, port: int, mac: str) -> str:
+        """The address of the neighbour behind a switch port with this MAC, or "" (a next hop
+        the switch holds is known by its neighbour again)."""
+        try:
+            return self.neighbour_by_mac(await self.port_ifindex(port), None, mac) or ""
+        except RouteError:
+            return ""
+
+    async def link(self, ifindex: int) -> tuple[str, int, str]:
+        link = self._links.get(ifindex)
+        if link is None:
+            gen = self.generation
+            async with self._lock:
+                got = (await _all(self.ipr.link("get", index=ifindex)))[0]
+            link = (got.get("IFLA_IFNAME"), got.get("IFLA_MTU"), got.get("IFLA_ADDRESS"))
+            if gen == self.generation:
+                self._links[ifindex] = link
+                self._ifindex[link[0]] = ifindex
+        return link
+
+    async def ifindex(self, name: str) -> int:
+        idx = self._ifindex.get(name)
+        if idx is None:
+            async with self._lock:
+                found = await self.ipr.link_lookup(ifname=name)
+            if not found:
+                raise RouteError(f"no interface {name!r} in the router namespace")
+            idx = found[0]
+            self._ifindex[name] = idx
+        return idx
+
+    async def port_ifindex(self, port: int) -> int:
+        for name, p in self.ports.items():
+            if p == port:
+                return await self.ifindex(name)
+        raise RouteError(f"switch port {port} has no representor")
+
+    # -- decisions -----------------------------------------------------------------------
+    async def resolve(self, reqs: list[tuple[RouteKey | None, object]]) -> list[FlowRoute | RouteError]:
+        """The path of each (key, dst): route, link and neighbour, or why none."""
+        answers = await self.lookups.lookups(reqs)
+        out: list = []
+        for (key, dst), got in zip(reqs, answers):
+            target = key.dst if key is not None else dst
+            if isinstance(got, BaseException):
+                why = got.strerror if isinstance(got, OSError) and got.strerror else repr(got)
+                out.append(RouteError(f"no route to {target}: {why}"))
+                continue
+            try:
+                out.append(await self._path(target, got))
+            except RouteError as e:
+                out.append(e)
+        return out
+
+    async def _path(self, dst, rt: Lookup) -> FlowRoute:
+        if rt.rtype != RTN_UNICAST:
+            raise RouteError(f"route to {dst} is {RTN_NAMES.get(rt.rtype, rt.rtype)}, not unicast")
+        ifname, mtu, mac = await self.link(rt.oif)
+        if ifname not in self.ports:
+            raise RouteError(f"route to {dst} leaves via {ifname}, which is no switch port")
+        if rt.mtu:
+            mtu = min(mtu, rt.mtu)
+        nexthop = str(rt.gateway or dst)
+        lladdr = self.neighbour_mac(rt.oif, nexthop)
+        if lladdr is None:
+            lladdr = await self._ask_neighbour(rt.oif, nexthop, dst.version)
+        if lladdr is None:
+            raise RouteError(f"next hop {nexthop} on {ifname} is not resolved")
+        return FlowRoute(self.ports[ifname], mac, lladdr, mtu, nexthop)
+
+    async def _ask_neighbour(self, ifindex: int, addr: str, version: int) -> str | None:
+        """A neighbour the mirror has not seen (yet): asked directly."""
+        family = socket.AF_INET6 if version == 6 else socket.AF_INET
+        try:
+            async with self._lock:
+                got = await _all(self.ipr.neigh("get", dst=addr, ifindex=ifindex, family=family))
+        except Exception:   # ENOENT: no entry yet
+            return None
+        for n in got:
+            self.neighbour_event(n, deleted=False)
+        return self.neighbour_mac(ifindex, addr)
+
+    async def from_frame(self, eg: Egress, version: int) -> FlowRoute:
+        """The path a frame the kernel sent took, as a route: its port and
+        MACs, the neighbour that has its MAC, the port's MTU."""
+        name = next((n for n, p in self.ports.items() if p == eg.port), None)
+        if name is None:
+            raise RouteError(f"a frame left through port {eg.port}, which has no representor")
+        idx = await self.ifindex(name)
+        _, mtu, _ = await self.link(idx)
+        neighbour = self.neighbour_by_mac(idx, version, eg.dst_mac) or ""
+        return FlowRoute(eg.port, eg.src_mac, eg.dst_mac, mtu, neighbour)
+
+
+async def _all(coro) -> list:
+    res = await coro
+    if hasattr(res, "__aiter__"):
+        return [x async for x in res]
+    return list(res)

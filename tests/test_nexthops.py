@@ -1,0 +1,74 @@
+"""The next-hop table's bookkeeping (nexthop.py): one next hop per neighbour,
+shared by the flows sent to it, written before them and freed after the last."""
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+from p4.v1 import p4runtime_pb2 as p4r
+
+from p4flowtable.ip import flow_entry, nexthop_of
+from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple
+from p4flowtable.nexthop import NextHops, NextHopsFull, assign
+from p4flowtable.p4info import P4Schema
+
+ROOT = Path(__file__).resolve().parents[1]
+A = ipaddress.IPv4Address
+WAN = FlowRoute(2, "02:00:00:00:02:01", "00:00:00:00:00:02", 1500, "192.0.2.2")
+
+
+@pytest.fixture(scope="module")
+def schema():
+    return P4Schema.from_file(ROOT / "p4src/build/flowtable.p4info.txtpb")
+
+
+def flow(i: int, lan_host: int = 1, wan: FlowRoute = WAN) -> Flow:
+    orig = FlowTuple(A(f"10.0.1.{lan_host}"), A("203.0.113.10"), 17, 40000 + i, 53)
+    reply = FlowTuple(A("203.0.113.10"), A("192.0.2.1"), 17, 53, 61000 + i)
+    lan = FlowRoute(1, "02:00:00:00:01:fe", f"00:00:00:00:01:{lan_host:02x}", 1500, f"10.0.1.{lan_host}")
+    return Flow(i, (orig, reply), "ft", 30, iif=(1, 2), routes=(wan, lan))
+
+
+def test_flows_to_one_neighbour_share_one_next_hop_freed_after_the_last(schema):
+    nhs = NextHops(schema)
+    flows = [flow(i) for i in range(3)]
+    new = assign(nhs, flows)
+    assert len(new) == 2 and len(nhs) == 2                # the gateway, and the one LAN host
+    assert len({f.nexthops for f in flows}) == 1
+    for nh in new:
+        nh.written = True
+    assert assign(nhs, [flow(9, lan_host=2)]) == [nhs.of_neighbour(1, "10.0.1.2")]   # only the new LAN host
+    wan_id = flows[0].nexthops[Dir.ORIGINAL]
+    assert nhs.release(flows[0], Dir.ORIGINAL, wan_id) is None
+    assert nhs.release(flows[1], Dir.ORIGINAL, wan_id) is None
+    freed = nhs.release(flows[2], Dir.ORIGINAL, wan_id)
+    assert freed is not None and freed.id == wan_id and nhs.of_neighbour(2, "192.0.2.2") is None
+
+
+def test_a_flow_entry_names_its_next_hop_and_keeps_the_route_mtu(schema):
+    nhs = NextHops(schema)
+    f = flow(1, wan=FlowRoute(2, "02:00:00:00:02:01", "00:00:00:00:00:02", 1400, "192.0.2.2"))
+    assign(nhs, [f])
+    assert nexthop_of(schema, flow_entry(schema, f, Dir.ORIGINAL)) == (f.nexthops[Dir.ORIGINAL], 1400)
+    nh = nhs.by_id[f.nexthops[Dir.ORIGINAL]]
+    assert nhs.decode(nhs.entry(nh)) == (nh.id, 2, "02:00:00:00:02:01", "00:00:00:00:00:02")
+    assert nhs.update(nh, p4r.Update.DELETE).entity.table_entry.action.action.action_id == 0
+
+
+def test_adopted_next_hops_keep_their_ids(schema):
+    nhs = NextHops(schema)
+    nhs.adopt(77, 2, "02:00:00:00:02:01", "00:00:00:00:00:02", "192.0.2.2")
+    f = flow(1)
+    new = assign(nhs, [f])
+    assert f.nexthops[Dir.ORIGINAL] == 77 and all(nh.id != 77 for nh in new)
+
+
+def test_ids_run_out_with_a_clear_error_and_come_back(schema):
+    nhs = NextHops(schema)
+    nhs.size = 4      # ids 1..3
+    flows = [flow(i, lan_host=i + 1) for i in range(2)]
+    assign(nhs, flows)                                  # the gateway and two LAN hosts
+    with pytest.raises(NextHopsFull, match="in use"):
+        assign(nhs, [flow(5, lan_host=9)])
+    nhs.release(flows[0], Dir.REPLY, flows[0].nexthops[Dir.REPLY])
+    assert assign(nhs, [flow(6, lan_host=10)])
