@@ -266,6 +266,26 @@ def router():
                     if port == 7:
                         s.sendto(data, peer)
         """)])
+    # Ready when h2's echo answers h1 in both families: fresh namespaces resolve
+    # their neighbours (IPv6's took over 1 s at times) before any connection is judged.
+    probe = _sh(sys.executable, "-c", textwrap.dedent("""
+        import socket, time
+        for dst in ("192.0.2.2", "2001:db8:2::2", "2001:db8:3::2"):
+            end = time.monotonic() + 10
+            while True:
+                s = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET, socket.SOCK_DGRAM)
+                s.settimeout(0.2)
+                try:
+                    s.sendto(b"ready?", (dst, 7))
+                    s.recv(16)
+                    break
+                except OSError:
+                    if time.monotonic() > end:
+                        raise SystemExit(f"h1 gets no echo from {dst} after 10 s")
+                finally:
+                    s.close()
+        """), ns=h1, check=False)
+    assert probe.returncode == 0, probe.stderr
     yield r
     peer.kill()
     peer.wait()
