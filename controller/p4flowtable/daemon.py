@@ -335,11 +335,19 @@ class Daemon:
         fresh: list[tuple[Flow, CtEntry]] = []
         declined: collections.Counter[str] = collections.Counter()
         held = by_tuple(self.schema, present, nexthops)
+        undecided: list[CtEntry] = []
         for i, e in enumerate(list(self.mirror.entries.values())):
             if i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)     # the API, conntrack events, the switch's stream meanwhile
             if self.flow_of(e) is None and e.offloadable() is None and self.rulesets.select(e.labels):
-                got = await self._adopt(e, held) or await self.decisions.decide(e)
+                got = await self._adopt(e, held)
+                if got is None:
+                    undecided.append(e)
+                else:
+                    fresh.append(got)
+        for i in range(0, len(undecided), MAX_BATCH_FLOWS):     # their paths looked up together
+            batch = undecided[i:i + MAX_BATCH_FLOWS]
+            for e, got in zip(batch, await self.decisions.decide_many(batch)):
                 if isinstance(got, str):
                     self.decisions.decline(e, got)
                     declined[got] += 1

@@ -129,13 +129,9 @@ class Decisions:
         self.d.stats[f"not_offloaded.{why}"] += 1
         log.debug("not offloading %s: %s", e.orig, why)
 
-    async def decide(self, e: CtEntry) -> tuple[Flow, CtEntry] | str:
-        """The flow to offload for this entry (added to its flowtable, pending),
-        or why not."""
-        return (await self.decide_many([e]))[0]
-
     async def decide_many(self, batch: list[CtEntry]) -> list[tuple[Flow, CtEntry] | str]:
-        """decide() of each entry; the paths of all looked up together."""
+        """Per entry, the flow to offload (added to its flowtable, pending), or
+        why not; the paths of all looked up together."""
         out: list = []
         tables: list = []
         for e in batch:
