@@ -141,6 +141,8 @@ bench: install
 	$(PY) bench/poll_cost.py
 	$(PY) bench/aging.py
 	$(PY) bench/punt_storm.py
+	$(PY) bench/reroute.py
+	$(PY) bench/reroute.py --switch soft --out bench/results/reroute_soft.json
 	$(PY) bench/plot.py
 
 clean:

@@ -131,6 +131,22 @@ def main() -> int:
         fig.suptitle(f"SYN flood for {storm['seconds']:.0f} s from a third port, 20 connections opened "
                      f"meanwhile (rev {storm['git']})", fontsize=10)
         made.append(save(fig, "punt_storm.png"))
+    runs = [r for r in (load("reroute"), load("reroute_soft")) if r and r.get("sizes")]
+    if runs:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for r, color in zip(runs, ("#4477aa", "#ee6677")):
+            xs = [s["behind"] for s in r["sizes"]]
+            for kind, style in (("mac_change", "o-"), ("route_change", "s--")):
+                ax.plot(xs, [s[kind]["p50_ms"] for s in r["sizes"]], style, color=color,
+                        label=f"{r['switch']}: {kind.replace('_', ' ')} p50")
+                ax.plot(xs, [s[kind]["p99_ms"] for s in r["sizes"]], style, color=color, alpha=0.4)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("flows behind the changed next hop")
+        ax.set_ylabel("kernel change -> switch updated, ms")
+        ax.set_title(f"faded: p99 (rev {runs[0]['git']})", fontsize=9)
+        ax.legend(fontsize=7)
+        made.append(save(fig, "reroute.png"))
     print("plots:", ", ".join(made) or "none (no results yet)")
     return 0
 

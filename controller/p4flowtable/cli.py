@@ -159,6 +159,11 @@ def cmd_flow_list(args) -> int:
             parts.append("[OFFLOAD]")
             age = f"{r['counters_age']}s" if r["counters_age"] is not None else "never"
             parts.append(f"flowtable={r['flowtable']} idle={r['idle']}s counters_age={age}")
+            if r.get("egress"):
+                # where each direction leaves: port, next hop (the neighbour), and "~" where
+                # only the frames the kernel sent showed it (a routing change hands it back)
+                parts.append("out=" + ",".join(f"{e['port']}:{e['neighbour'] or e['mac']}"
+                                               + ("" if e["followed"] else "~") for e in r["egress"]))
         elif r.get("pending"):
             parts.append("[OFFLOAD PENDING]")
         print(" ".join(p for p in parts if p))
