@@ -269,3 +269,35 @@ def test_flows_to_one_neighbour_share_its_next_hop(net, uplinks, tmp_path):
     held = switch_nexthops(net)
     assert len(held) == stats(net)["nexthops"]
     assert all(e["nexthop"] in held for e in a["egress"] + b["egress"])
+
+
+def test_rule_added_under_an_offloaded_flow_moves_it_to_the_other_uplink(net, uplinks, tmp_path):
+    """The flow's path moves to another port: handed back, the kernel sends it
+    out of the second uplink, and it is offloaded again there."""
+    sport = 7170
+    p, out = ping(net, tmp_path, SERVER, 7002, sport, count=200, interval=0.02, wait=0.3)
+    assert offloaded(net, sport)["egress"][0]["port"] == WAN["port"]
+    with router(("ip", "rule", "add", "from", "10.0.1.1", "lookup", "100", "pref", "50"),
+                undo=(("ip", "rule", "del", "from", "10.0.1.1", "lookup", "100", "pref", "50"),)):
+        time.sleep(0.5)
+        at_h2 = received(uplinks, "h2", 7002, sport)
+        f = wait_for(lambda: (f := flow_for(net, "udp", sport=sport)) and f["offload"]
+                     and f["egress"][0]["port"] == WAN2["port"] and f, 5, "the flow offloaded on the second uplink")
+        res = done(p, out)
+        assert received(uplinks, "h2", 7002, sport) == at_h2, "packets still left by the first uplink"
+        assert received(uplinks, "h3", 7002) > 0 and f["egress"][0]["followed"]
+        assert res["replies"] >= 190, res["replies"]
+
+
+def test_deleted_neighbour_hands_its_flows_back_and_the_kernel_resolves_it_again(net, uplinks, tmp_path):
+    sport = 7180
+    p, out = ping(net, tmp_path, "192.0.2.2", 7003, sport, count=150, interval=0.02, wait=0.3)
+    offloaded(net, sport)
+    torn = stats(net).get("teardown.route_changed", 0)
+    sh("ip", "neigh", "del", "192.0.2.2", "dev", WAN["rep"])
+    wait_for(lambda: stats(net).get("teardown.route_changed", 0) > torn, 3, "the flow handed back")
+    f = wait_for(lambda: (f := flow_for(net, "udp", sport=sport)) and f["offload"] and f, 5,
+                 "the flow offloaded again once the kernel resolved its neighbour")
+    res = done(p, out)
+    assert f["egress"][0]["mac"] == net.h2.defaultIntf().MAC()
+    assert res["replies"] >= 140 and max_gap(res["reply_times"]) <= 1.0, (res["replies"], res["reply_times"][-3:])

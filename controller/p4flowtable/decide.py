@@ -164,9 +164,10 @@ class Decisions:
         """Per entry, both directions' paths and the keys that reproduce them
         (None where only the frames the kernel sent do), or why there are none.
 
-        Where each direction's packets come in is where the punted ones came
-        in, or where the other direction leaves (seen, or, failing both, the
-        router's own route towards the other direction's destination). Each
+        Where each direction's packets come in is where the other direction
+        leaves (the kernel's iifidx) as seen, else where its punted packets came
+        in, else the router's own route towards the other direction's
+        destination. Frames seen before the last routing change are not used. Each
         direction is then looked up with its full key; where the kernel was
         seen sending the direction elsewhere, what it did wins."""
         r = self.d.routes
@@ -176,8 +177,7 @@ class Decisions:
         bare = []
         for i, e in enumerate(batch):
             eg = (r.egress(e.reply.reversed()), r.egress(e.orig.reversed()))
-            inp = [r.ingress(e.orig) or (eg[1].port if eg[1] else None),
-                   r.ingress(e.reply) or (eg[0].port if eg[0] else None)]
+            inp = [eg[1].port if eg[1] else r.ingress(e.orig), eg[0].port if eg[0] else r.ingress(e.reply)]
             seen.append((eg, inp))
             for d in Dir:
                 if inp[d] is None:

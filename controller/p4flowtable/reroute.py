@@ -109,6 +109,7 @@ class Reroute:
         else:
             return
         self.retry()
+        self.routes.changed()
         now = self.clock()
         if self._first is None:
             self._first = now

@@ -85,11 +85,13 @@ class RouteKey:
 
 @dataclass(frozen=True, slots=True)
 class Egress:
-    """A frame the kernel sent: out of which port, with which MACs."""
+    """A frame the kernel sent: out of which port, with which MACs, and when
+    (in `Routes.epoch`s: one that predates a routing change says nothing of now)."""
 
     port: int
     src_mac: str
     dst_mac: str
+    epoch: int = 0
 
 
 def route_keys(orig: FlowTuple, reply: FlowTuple, iif: tuple[int, int], mark: int) -> tuple[RouteKey, RouteKey]:
@@ -251,6 +253,7 @@ class Routes:
         self._egress: collections.OrderedDict[FlowTuple, Egress] = collections.OrderedDict()
         self._ingress: collections.OrderedDict[FlowTuple, int] = collections.OrderedDict()
         self._port_by_ifindex: dict[int, int] = {}
+        self.epoch = 0          # bumped by every routing change (changed())
         self.generation = 0     # bumped by every link or address change
         self._lock = asyncio.Lock()    # pyroute2's socket takes one request at a time
 
@@ -259,7 +262,7 @@ class Routes:
         """A frame the kernel sent out of a representor, with its tuple."""
         if t is None:
             return
-        self._egress[t] = Egress(port, _mac_of(frame, 6), _mac_of(frame, 0))
+        self._egress[t] = Egress(port, _mac_of(frame, 6), _mac_of(frame, 0), self.epoch)
         self._egress.move_to_end(t)
         if len(self._egress) > EGRESS_REMEMBERED:
             self._egress.popitem(last=False)
@@ -272,7 +275,14 @@ class Routes:
             self._ingress.popitem(last=False)
 
     def egress(self, sent: FlowTuple) -> Egress | None:
-        return self._egress.get(sent)
+        """The last frame sent with this tuple, if no routing changed since."""
+        eg = self._egress.get(sent)
+        return eg if eg is not None and eg.epoch == self.epoch else None
+
+    def changed(self) -> None:
+        """Routing changed (a route, rule, link, address or neighbour's MAC):
+        frames seen before say nothing of where the kernel sends now."""
+        self.epoch += 1
 
     def ingress(self, t: FlowTuple) -> int | None:
         return self._ingress.get(t)
@@ -311,11 +321,16 @@ class Routes:
             return None
         key = (msg["ifindex"], str(ipaddress.ip_address(dst)))
         if deleted:
-            self._neigh.pop(key, None)
+            if self._neigh.pop(key, None) is not None:
+                self.changed()
             return key[0], key[1], None
         lladdr = msg.get("NDA_LLADDR")
+        before = self._neigh.get(key)
         self._neigh[key] = (msg["state"], lladdr)
-        return key[0], key[1], lladdr if msg["state"] & NUD_USABLE and lladdr else None
+        usable = lladdr if msg["state"] & NUD_USABLE and lladdr else None
+        if before is not None and before[1] != usable:
+            self.changed()
+        return key[0], key[1], usable
 
     def neighbour_mac(self, ifindex: int, addr: str) -> str | None:
         got = self._neigh.get((ifindex, addr))
