@@ -21,8 +21,10 @@ import argparse
 import asyncio
 import ipaddress
 import os
+import re
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,6 +43,7 @@ from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple  # noqa: E402
 from p4flowtable.offload import port_entry  # noqa: E402
 from p4flowtable.p4info import P4Schema, encode  # noqa: E402
 from p4flowtable.p4runtime import Session  # noqa: E402
+from p4ft_topo import free_tcp_port, switch_command, veth_links, wait_port  # noqa: E402
 from p4ft_topo import switch_on_veths  # noqa: E402
 from record import cpu_seconds, medians, save  # noqa: E402
 
@@ -121,6 +124,35 @@ def blast(n: int, size: int) -> dict:
     return {"sent": sent, "received": got, "seconds": dt, "pps": got / dt if dt else 0.0}
 
 
+def callgrind(kind: str, schema: P4Schema, packets: int = 2000, warmup: int = 200) -> float:
+    """Instructions simple_switch_grpc executes per forwarded packet (callgrind,
+    collecting only while `packets` frames go through, after `warmup`): a
+    count that does not move with the machine's load, as packets/s does."""
+    with veth_links(LINKS):
+        grpc_addr = f"127.0.0.1:{free_tcp_port()}"
+        out = Path(f"/tmp/p4ftb-callgrind-{os.getpid()}.out")
+        argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"] + \
+            switch_command("bmv2", [(i + 1, a) for i, (a, _) in enumerate(LINKS)], grpc_addr)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_port("127.0.0.1", int(grpc_addr.rsplit(":", 1)[1]), 120, proc)
+            asyncio.run(program_l3fwd(grpc_addr) if kind.endswith("-l3fwd")
+                        else program(grpc_addr, schema, nat=not kind.endswith("-routed")))
+            assert blast(warmup, 128)["received"] == warmup
+            subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
+            got = blast(packets, 128)["received"]
+            subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True, capture_output=True)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+        total = sum(int(m.group(1)) for f in Path("/tmp").glob(f"{out.name}*")
+                    for m in [re.search(r"^totals: (\d+)", f.read_text(), re.M)] if m)
+        for f in Path("/tmp").glob(f"{out.name}*"):
+            f.unlink()
+        assert got == packets, f"{got} of {packets} forwarded"
+        return total / packets
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--packets", type=int, default=50000)
@@ -129,12 +161,21 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-l3fwd", dest="l3fwd", action="store_false",
                     help="skip the minimal L3 forwarder on BMv2")
+    ap.add_argument("--callgrind", action="store_true",
+                    help="BMv2's instructions per packet instead (masqueraded, routed, L3 forwarder)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/switch_pps.json"))
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("switch_pps: needs root (network namespace, raw sockets)", file=sys.stderr)
         return 1
     schema = P4Schema.from_file(ROOT / "p4src/build/flowtable.p4info.txtpb")
+    if a.callgrind:
+        got = {k: callgrind(k, schema) for k in ("bmv2", "bmv2-routed", "bmv2-l3fwd")}
+        save(ROOT / "bench/results/switch_callgrind.json", {"bench": "switch_callgrind", "instructions": got})
+        print("instructions per packet: " + ", ".join(f"{k} {v / 1000:.1f}k" for k, v in got.items())
+              + f"; masqueraded / l3fwd {got['bmv2'] / got['bmv2-l3fwd']:.2f}x, "
+              f"routed / l3fwd {got['bmv2-routed'] / got['bmv2-l3fwd']:.2f}x")
+        return 0
     kinds = a.switch.split(",")
     if "bmv2" in kinds and not shutil.which("simple_switch_grpc"):
         print("bmv2: skipped, simple_switch_grpc is not installed")
