@@ -56,12 +56,18 @@ try:
     port.insert()
     out["port_entry"] = read("FtIngress.FlowtableIngress.port_table")
 
+    nh = sh.TableEntry("FtIngress.NexthopIngress.nexthop_table")(action="FtIngress.NexthopIngress.set_nexthop")
+    nh.match["nexthop_id"] = "7"
+    for k, v in (("port", "2"), ("src_mac", "02:00:00:00:02:01"), ("dst_mac", "02:00:00:00:00:02")):
+        nh.action[k] = v
+    nh.insert()
+    out["nexthop_entry"] = read("FtIngress.NexthopIngress.nexthop_table")
+
     fl = sh.TableEntry("FtIngress.FlowtableIngress.flow_table_v4")(action="FtIngress.FlowtableIngress.route_v4")
     for k, v in (("ingress_port", "1"), ("src_addr", "10.0.1.1"), ("dst_addr", "192.0.2.2"), ("l4proto", "17"),
                  ("src_port", "40000"), ("dst_port", "53")):
         fl.match[k] = v
-    for k, v in (("port", "2"), ("src_mac", "02:00:00:00:02:01"), ("dst_mac", "02:00:00:00:00:02"),
-                 ("mtu", "1500")):
+    for k, v in (("nexthop_id", "7"), ("mtu", "1500")):
         fl.action[k] = v
     fl.insert()
     out["flow_entry"] = read("FtIngress.FlowtableIngress.flow_table_v4")

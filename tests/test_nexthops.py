@@ -37,8 +37,10 @@ def test_flows_to_one_neighbour_share_one_next_hop_freed_after_the_last(schema):
     assert len({f.nexthops for f in flows}) == 1
     for nh in new:
         nh.written = True
-    assert assign(nhs, [flow(9, lan_host=2)]) == [nhs.of_neighbour(1, "10.0.1.2")]   # only the new LAN host
+    flows.append(flow(9, lan_host=2))
+    assert assign(nhs, flows[3:]) == [nhs.of_neighbour(1, "10.0.1.2")]   # only the new LAN host
     wan_id = flows[0].nexthops[Dir.ORIGINAL]
+    assert nhs.release(flows[3], Dir.ORIGINAL, wan_id) is None
     assert nhs.release(flows[0], Dir.ORIGINAL, wan_id) is None
     assert nhs.release(flows[1], Dir.ORIGINAL, wan_id) is None
     freed = nhs.release(flows[2], Dir.ORIGINAL, wan_id)

@@ -45,10 +45,12 @@ def test_the_embedded_target_answers_a_stock_client_as_the_spec_says(answers):
     a = answers["soft"]
     # canonical byte strings in read responses (spec 8.4): port 1 is 01, not 0001
     assert a["port_entry"] == [{"match": {"1": "01"}, "action": {"1": "01"}, "idle_timeout_ns": 0}]
+    assert a["nexthop_entry"] == [{"match": {"1": "07"}, "action": {"1": "02", "2": "020000000201",
+                                                                   "3": "020000000002"}, "idle_timeout_ns": 0}]
     flow = a["flow_entry"][0]
     assert flow["match"] == {"1": "01", "2": "0a000101", "3": "c0000202", "4": "11", "5": "9c40", "6": "35"}
-    assert flow["action"]["1"] == "02" and flow["action"]["4"] == "05dc"
-    assert a["after_modify"][0]["action"]["4"] == "0578"
+    assert flow["action"] == {"1": "07", "2": "05dc"}      # route_v4: the next hop's id, the route's MTU
+    assert a["after_modify"][0]["action"]["2"] == "0578"
     assert a["duplicate_insert"] == "ALREADY_EXISTS"
     assert a["missing_delete"] == "NOT_FOUND"
     assert a["after_delete"] == []
