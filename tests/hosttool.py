@@ -57,8 +57,13 @@ def tcp_source(a):
 
 
 def udp_echo(a):
-    s = socket.socket(socket.AF_INET6 if a.ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("::" if a.ipv6 else "0.0.0.0", a.port))
+    # --bind: answer from that address (a host with several answers from the
+    # one a request went to only if bound to it; a wildcard socket answers from
+    # the address of its route back)
+    v6 = a.ipv6 or (a.bind is not None and ":" in a.bind)
+    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((a.bind or ("::" if v6 else "0.0.0.0"), a.port))
     report(a.out + ".ready", listening=True)
     seen = []
     while True:
@@ -346,6 +351,7 @@ def main():
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--ipv6", action="store_true")
     p.add_argument("--max-replies", type=int, help="answer only the first N datagrams")
+    p.add_argument("--bind", help="the address to answer from (default: any)")
     p.add_argument("--out", required=True)
     p = sub.add_parser("udp-ping")
     p.add_argument("--host", required=True)

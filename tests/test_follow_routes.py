@@ -54,10 +54,13 @@ def uplinks(net, tmp_path_factory):
     for host, side in ((net.h2, WAN), (net.h3, WAN2)):
         host.cmd(f"ip addr add {SERVER}/32 dev lo")
         host.cmd(f"ip -6 addr add {SERVER6}/128 dev lo")
+        # each answers from the address it was asked at: the server's, or the host's own
         for port in ECHO_PORTS:
-            out = str(d / f"{host.name}-{port}.json")
-            procs.append(host_tool(host, "udp-echo", "--port", str(port), "--ipv6", "--out", out))
-            read_json(out + ".ready")
+            own4, own6 = side["host"].split("/")[0], side["host6"].split("/")[0]
+            for tag, bind in (("srv", SERVER), ("srv6", SERVER6), ("own", own4), ("own6", own6)):
+                out = str(d / f"{host.name}-{port}-{tag}.json")
+                procs.append(host_tool(host, "udp-echo", "--port", str(port), "--bind", bind, "--out", out))
+                read_json(out + ".ready")
     sh("ip", "route", "add", "203.0.113.0/24", "via", "192.0.2.2", "dev", WAN["rep"])
     sh("ip", "-6", "route", "add", "2001:db8:ff::/64", "via", "2001:db8:2::2", "dev", WAN["rep"])
     sh("ip", "route", "add", "203.0.113.0/24", "via", "198.51.100.2", "dev", WAN2["rep"], "table", "100")
@@ -71,13 +74,12 @@ def uplinks(net, tmp_path_factory):
 
 
 def received(uplinks, host: str, port: int, peer_port: int | None = None) -> int:
-    """Datagrams the echo server on host:port received (from peer_port)."""
-    path = uplinks / f"{host}-{port}.json"
-    try:
+    """Datagrams the echo servers on host:port received (from peer_port)."""
+    n = 0
+    for path in uplinks.glob(f"{host}-{port}-*.json"):     # each written whole (os.replace)
         seen = json.loads(path.read_text())["received"]
-    except (FileNotFoundError, ValueError):
-        return 0
-    return sum(1 for _, p, _ in seen if peer_port is None or p == peer_port)
+        n += sum(1 for _, p, _ in seen if peer_port is None or p == peer_port)
+    return n
 
 
 def ping(net, tmp_path, host: str, port: int, sport: int, count: int, interval: float = 0.01,
