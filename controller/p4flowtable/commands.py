@@ -64,6 +64,8 @@ class Commands:
             row.update(flowtable=f.flowtable, pending=bool(f.flags & FlowFlag.PENDING),
                        packets=list(f.packets), bytes=list(f.bytes), idle=round(now - f.last_used, 1),
                        counters_age=round(now - f.stats_at, 1) if f.stats_at else None)
+            if f.flags & FlowFlag.HW:
+                row["offloaded_s"] = round(now - f.offloaded_at, 2)
             if f.routes is not None:
                 nhs = self.d.driver.nexthops.by_id
                 row["egress"] = [{"port": r.port, "nexthop": f.nexthops[d], "neighbour": r.neighbour,

@@ -373,6 +373,7 @@ class Daemon:
             if not f.flags & FlowFlag.HW:
                 f.test_and_set(FlowFlag.HW)
                 self.aging.track(f, now)
+                f.offloaded_at = now
         for i, f in enumerate(plan.adopted):
             self.aging.idle(f)     # idle while the daemon was away? the switch's last hit says
             self.publish("ADOPT", f)
@@ -407,7 +408,10 @@ class Daemon:
         iif = (await self.routes.port_ifindex(o[0]), await self.routes.port_ifindex(r[0]))
         flow = self.decisions.pending_flow(e, table, (o[0], r[0]), (o[1], r[1]),
                                            route_keys(e.orig, e.reply, iif, e.mark))
-        return (flow, e) if flow is not None else None
+        if flow is None:
+            return None
+        flow.route_epoch = self.routes.epoch
+        return flow, e
 
     async def _release_leases(self) -> int:
         """Entries on an offload lease (a timeout above their state's) that no
@@ -598,6 +602,7 @@ class Daemon:
             f.clear(FlowFlag.PENDING)
             f.test_and_set(FlowFlag.HW)
             self.aging.track(f, now)
+            f.offloaded_at = now
             self.stats["offloaded"] += 1
             since = self.decisions.since.pop(f.key, None)
             self.publish("OFFLOAD", f, after_ms=round(1000 * (now - since), 2) if since is not None else None)
@@ -615,6 +620,7 @@ class Daemon:
                 f.clear(FlowFlag.PENDING)
                 f.test_and_set(FlowFlag.HW)
                 self.aging.track(f, now)
+                f.offloaded_at = now
             else:
                 refused.append((f, msg))
         if refused:

@@ -141,6 +141,7 @@ class Decisions:
             out.append("policy" if ft is None else ("flowtable_deleted" if table is None else None))
             tables.append(table)
         todo = [i for i, why in enumerate(out) if why is None]
+        epoch = self.d.routes.epoch       # the routing the lookups below see (or a later one)
         paths = await self.paths([batch[i] for i in todo])
         names = {p: n for n, p in self.d.cfg.ports.items()}
         for i, got in zip(todo, paths):
@@ -157,6 +158,8 @@ class Decisions:
                 out[i] = "changed"
                 continue
             flow = self.pending_flow(e, table, (routes[Dir.REPLY].port, routes[Dir.ORIGINAL].port), routes, keys)
+            if flow is not None:
+                flow.route_epoch = epoch
             out[i] = (flow, current) if flow is not None else "tuple_clash"
         return out
 

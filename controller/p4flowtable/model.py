@@ -124,6 +124,8 @@ class Flow:
     routes: tuple[FlowRoute, FlowRoute] | None = None
     nexthops: tuple[int, int] = (0, 0)       # the switch's next-hop ids the entries name (nexthop.py)
     route_keys: tuple = (None, None)         # what each direction is routed by (route.RouteKey); None: seen only
+    route_epoch: int = 0                     # the routing (route.Routes.epoch) its paths reflect
+    offloaded_at: float = 0.0                # clock when its entries were written
     flags: FlowFlag = FlowFlag.NONE
     last_used: float = 0.0                   # clock of last traffic seen
     packets: tuple[int, int] = (0, 0)       # per direction, from the switch

@@ -33,6 +33,7 @@ class NextHop:
     dst_mac: str
     users: dict = field(default_factory=dict)   # (id(flow), direction) -> flow
     written: bool = False           # the switch holds it as it stands
+    writing: object = None          # an asyncio.Future while one batch INSERTs it: others wait for it
 
 
 def _mac(s: str) -> int:

@@ -89,10 +89,39 @@ class P4RuntimeDriver:
             return BatchResult([], [(f, f"RESOURCE_EXHAUSTED: {e}") for f in flows])
         if new:
             try:
-                await self.write_nexthops(new, p4r.Update.INSERT)
-            except WriteError as e:
+                await self.insert_nexthops(new)
+            except SwitchUnavailable:
+                raise
+            except SwitchError as e:
                 return BatchResult([], [(f, f"next hop refused: {e}") for f in flows])
         return await self._batch(flows, p4r.Update.INSERT, True, "flow add")
+
+    async def insert_nexthops(self, nhs: list[NextHop]) -> None:
+        """INSERT the next hops the switch does not hold yet. One that another
+        batch is inserting right now (two add batches are at the switch at
+        once) is waited for, not written twice; its failure is this batch's."""
+        mine = [nh for nh in nhs if nh.writing is None and not nh.written]
+        theirs = [nh.writing for nh in nhs if nh.writing is not None]
+        loop = asyncio.get_running_loop()
+        for nh in mine:
+            nh.writing = loop.create_future()
+        err: BaseException | None = None
+        try:
+            if mine:
+                await self.write_nexthops(mine, p4r.Update.INSERT)
+        except BaseException as e:
+            err = e
+            raise
+        finally:
+            for nh in mine:
+                fut, nh.writing = nh.writing, None
+                if err is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(SwitchError(f"next hop {nh.id}: {err}"))
+                    fut.exception()       # retrieved here: a batch that waited re-raises it
+        for fut in theirs:
+            await fut
 
     async def delete(self, flows: list[Flow]) -> BatchResult:
         """Both entries of each flow, then the next hops no flow names any more.
@@ -137,7 +166,7 @@ class P4RuntimeDriver:
         failed: dict[int, str] = {}
         try:
             if new:
-                await self.write_nexthops(list(new.values()), p4r.Update.INSERT)
+                await self.insert_nexthops(list(new.values()))
             await self.session.write(updates, "flow move")
         except WriteError as e:
             for err in e.errors:

@@ -108,6 +108,8 @@ class Reroute:
             self._families.update({4, 6})
         else:
             return
+        log.debug("routing change: %s family %s dst %s/%s", event, msg.get("family"), msg.get("RTA_DST"),
+                  msg.get("dst_len"))
         self.retry()
         self.routes.changed()
         now = self.clock()
@@ -140,7 +142,7 @@ class Reroute:
             prefixes, families = self._prefixes, self._families
             self._prefixes, self._families, self._first = set(), set(), None
             self._last_pass = self.clock()
-            await self.reroute(prefixes, families)
+            await self.reroute(prefixes, families, self.routes.epoch)
 
     async def _neighbours(self, changes: dict[tuple[int, str], str | None]) -> None:
         modified = []
@@ -170,11 +172,12 @@ class Reroute:
                     for f in list(nh.users.values()):
                         self.teardown(f, TeardownReason.ROUTE_CHANGED)
 
-    def candidates(self, prefixes: set, families: set[int]) -> list[tuple[Flow, Dir]]:
-        """The offloaded directions these changes may move."""
+    def candidates(self, prefixes: set, families: set[int], epoch: int) -> list[tuple[Flow, Dir]]:
+        """The offloaded directions these changes (the last of them made the
+        routing `epoch`) may move; a flow decided since saw them already."""
         out = []
         for f in self.flows():
-            if f.flags & (FlowFlag.TEARDOWN | FlowFlag.DYING) or f.routes is None:
+            if f.flags & (FlowFlag.TEARDOWN | FlowFlag.DYING) or f.routes is None or f.route_epoch >= epoch:
                 continue
             version = f.key.src.version
             changed = any(v == version for v, _, _ in prefixes)
@@ -188,10 +191,10 @@ class Reroute:
                         out.append((f, d))
         return out
 
-    async def reroute(self, prefixes: set, families: set[int]) -> None:
+    async def reroute(self, prefixes: set, families: set[int], epoch: int) -> None:
         """One pass: the directions these changes may move, looked up again."""
         t0 = self.clock()
-        cands = self.candidates(prefixes, families)
+        cands = self.candidates(prefixes, families, epoch)
         self.stats["reroute.passes"] += 1
         if not cands:
             return
@@ -210,6 +213,8 @@ class Reroute:
                 moves.append((f, d, new))
         for f, _ in gone:
             self.teardown(f, TeardownReason.ROUTE_CHANGED)
+        for f, _ in asked:
+            f.route_epoch = max(f.route_epoch, epoch)
         torn = {id(f) for f, _ in gone}
         moves = [m for m in moves if id(m[0]) not in torn]
         if moves:
