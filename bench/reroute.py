@@ -113,7 +113,7 @@ def measure_size(ipr: IPRoute, reader: SwitchReader, wan: int, n: int, rounds: i
         route_ms.append(1000 * (time.perf_counter() - t0))
         time.sleep(0.3)
         c1 = counters()
-        route_writes.append(c1["nexthop_writes"] - c0["nexthop_writes"] + c1["reroute.moved"] - c0["reroute.moved"])
+        route_writes.append(c1["nexthop_writes"] - c0["nexthop_writes"] + c1["reroute.moved"] - c0.get("reroute.moved", 0))
         assert c1.get("teardown.route_changed", 0) == c0.get("teardown.route_changed", 0), "flows handed back"
     return {"flows": n, "behind": behind,
             "mac_change": {"p50_ms": percentile(mac_ms, 0.5), "p99_ms": percentile(mac_ms, 0.99),
