@@ -94,10 +94,14 @@ class NextHops:
         nh.users.pop((id(flow), d), None)
         if nh.users:
             return None
-        del self.by_id[nh.id]
+        self.forget(nh)
+        return nh
+
+    def forget(self, nh: NextHop) -> None:
+        """No flow names it any more: its id is free (its entry is to be deleted)."""
+        self.by_id.pop(nh.id, None)
         if self.by_key.get(nh.key) is nh:
             del self.by_key[nh.key]
-        return nh
 
     def reset(self) -> None:
         """Forget every next hop (the switch is reconciled anew)."""
@@ -116,9 +120,6 @@ class NextHops:
 
     def of_neighbour(self, port: int, addr: str) -> NextHop | None:
         return self.by_key.get((port, addr))
-
-    def on_port(self, port: int) -> list[NextHop]:
-        return [nh for nh in self.by_id.values() if nh.port == port]
 
     # -- entries ---------------------------------------------------------------
     def entry(self, nh: NextHop, with_action: bool = True) -> p4r.TableEntry:

@@ -73,7 +73,6 @@ class Reroute:
         self._last_pass = -HOLD_MAX
         self._hold = HOLD_MIN
         self._wake = asyncio.Event()
-        self.last_change_at: float | None = None                      # for the bench: kernel event -> switch
 
     # -- messages ----------------------------------------------------------------------
     def on_message(self, msg) -> None:
@@ -117,7 +116,6 @@ class Reroute:
             self._first = now
             quiet = now - self._last_pass > HOLD_MAX
             self._hold = HOLD_MIN if quiet else min(2 * self._hold, HOLD_MAX)
-        self.last_change_at = now
         self._wake.set()
 
     # -- the worker ----------------------------------------------------------------------

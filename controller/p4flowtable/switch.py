@@ -122,7 +122,7 @@ async def plan_reconcile(schema: P4Schema, flows: list[Flow], present: dict[tupl
     for nh in list(nexthops.by_id.values()):
         if not nh.users:
             plan.nexthop_orphans.append(nexthops.update(nh, p4r.Update.DELETE))
-            nexthops.release(None, Dir.ORIGINAL, nh.id)
+            nexthops.forget(nh)
         elif not nh.written:
             new[nh.id] = nh
     plan.nexthop_writes = [nexthops.update(nh, p4r.Update.INSERT) for nh in new.values()]
