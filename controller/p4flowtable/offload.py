@@ -152,12 +152,11 @@ class P4RuntimeDriver:
         written first where new; the old next hops released. A direction
         whose write failed keeps naming the next hop the switch still has."""
         old = [(f, d, f.nexthops[d], f.routes[d]) for f, d, _ in moves]
-        new: dict[int, NextHop] = {}
+        taken: dict[int, NextHop] = {}
         updates = []
         for f, d, route in moves:
             nh = self.nexthops.acquire(f, d, route)
-            if not nh.written:
-                new[nh.id] = nh
+            taken[nh.id] = nh
             _set_path(f, d, nh.id, route)
             u = p4r.Update(type=p4r.Update.MODIFY)
             flow_entry(self.schema, f, d, True, int(f.timeout * 1e9) if self.idle_timeout else 0,
@@ -165,16 +164,18 @@ class P4RuntimeDriver:
             updates.append(u)
         failed: dict[int, str] = {}
         try:
-            if new:
-                await self.insert_nexthops(list(new.values()))
-            await self.session.write(updates, "flow move")
-        except WriteError as e:
-            for err in e.errors:
-                for i in (range(len(moves)) if err.index < 0 or new and not all(n.written for n in new.values())
-                          else (err.index,)):
-                    failed.setdefault(i, f"{err.code}: {err.message}")
-        except SwitchError as e:
-            failed = {i: str(e) for i in range(len(moves))}
+            await self.insert_nexthops(list(taken.values()))     # those the switch holds are skipped
+        except SwitchError as e:          # no next hop, no move
+            failed = {i: f"next hop refused: {e}" for i in range(len(moves))}
+        else:
+            try:
+                await self.session.write(updates, "flow move")
+            except WriteError as e:
+                for err in e.errors:
+                    for i in range(len(moves)) if err.index < 0 else (err.index,):
+                        failed.setdefault(i, f"{err.code}: {err.message}")
+            except SwitchError as e:
+                failed = {i: str(e) for i in range(len(moves))}
         freed = []
         for i, (f, d, old_id, old_route) in enumerate(old):
             if i in failed:       # back to what the switch holds
