@@ -28,6 +28,7 @@ import contextlib
 import asyncio
 import ipaddress
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -45,7 +46,7 @@ from p4.v1 import p4runtime_pb2 as p4r  # noqa: E402
 
 from p4flowtable import ctnetlink as ctnl, netns  # noqa: E402
 from p4flowtable.api import call  # noqa: E402
-from p4flowtable.daemon import WRITES_IN_FLIGHT  # noqa: E402
+from p4flowtable.flowoffload import WRITES_IN_FLIGHT  # noqa: E402
 from p4flowtable.ip import flow_entry  # noqa: E402
 from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple  # noqa: E402
 from p4flowtable.nexthop import assign  # noqa: E402
@@ -308,6 +309,40 @@ async def write_round_trip(grpc: str, schema: P4Schema, samples: int) -> list[fl
     return out
 
 
+def profiler(pid: int, out: str) -> subprocess.Popen:
+    """py-spy sampling the daemon (its Python threads, 500 Hz) while the burst runs."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    p = subprocess.Popen([spy, "record", "-p", str(pid), "-r", "500", "--format", "raw", "-o", out],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1)     # attached before the burst starts (py-spy has no ready signal)
+    return p
+
+
+def stop_profiler(p: subprocess.Popen, out: str, top: int = 25) -> dict:
+    """Stops py-spy; the functions with the most samples, self and inclusive,
+    as shares of the daemon's busy samples (idle waits in the event loop's
+    select are left out)."""
+    p.send_signal(2)
+    p.wait(60)
+    selfs: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    busy = 0
+    for line in Path(out).read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames = stack.split(";")
+        if not frames or "select (selectors.py" in frames[-1] or "poll (" in frames[-1]:
+            continue
+        n = int(n)
+        busy += n
+        frames = [re.sub(r":\d+\)$", ")", f) for f in frames]     # by function, not by line
+        leaf = frames[-1]
+        selfs[leaf] = selfs.get(leaf, 0) + n
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + n
+    pick = lambda d: [(k, round(v / busy, 4)) for k, v in sorted(d.items(), key=lambda x: -x[1])[:top]]  # noqa: E731
+    return {"busy_samples": busy, "self": pick(selfs), "inclusive": pick(incl)}
+
+
 def percentile(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(len(xs) * q))]
@@ -319,6 +354,7 @@ def main() -> int:
     ap.add_argument("--latency-flows", type=int, default=1000)
     ap.add_argument("--pace", type=float, default=200.0, help="entries per second for the latency run")
     ap.add_argument("--rtt-samples", type=int, default=500, help="pre-encoded single-flow writes timed")
+    ap.add_argument("--profile", metavar="FILE", help="sample the daemon with py-spy during the burst (raw stacks)")
     ap.add_argument("--switch", default="bmv2" if shutil.which("simple_switch_grpc") else "soft")
     ap.add_argument("--out", default=str(ROOT / "bench/results/offload_rate.json"))
     a = ap.parse_args()
@@ -346,8 +382,11 @@ def main() -> int:
             # daemon runs (those found at its start are the reconcile's,
             # docs/restarts.md); conntrack's creation rate is reported beside
             d = start_daemon(grpc, ruleset)
+            spy = profiler(d.pid, a.profile) if a.profile else None
             create_rate = asyncio.run(create_entries(range(a.flows)))
             t = wait_offloaded(a.flows, 600)
+            if spy is not None:
+                result["profile"] = stop_profiler(spy, a.profile)
             rate = a.flows / (t["last_offloaded"] - t["first_decided"])
             cpu_per_flow = t["cpu_seconds"] / a.flows
             batch = max(1, round(t["offloaded"] / max(1, t["batches"])))

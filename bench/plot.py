@@ -30,6 +30,13 @@ def load(name: str) -> dict | None:
 
 
 def main() -> int:
+    global RES, OUT
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", default=str(RES), help="where the benchmarks' JSON is")
+    ap.add_argument("--out", default=str(OUT), help="where the plots go")
+    a = ap.parse_args()
+    RES, OUT = Path(a.results), Path(a.out)
     OUT.mkdir(parents=True, exist_ok=True)
     made = []
     pps = load("switch_pps")

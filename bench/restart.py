@@ -7,7 +7,8 @@ conntrack entries carrying the flowtable's mark); the daemon is killed with
 SIGKILL and started again; converged is when its reconcile has adopted all N
 (polled on its socket). Reported: from the new process's start to converged,
 and the reconcile alone (the daemon's own log line), with what it adopted,
-wrote and deleted.
+wrote and deleted; and its yardstick, measured in the same run: one read
+of every flow entry and one conntrack dump.
 
     sudo .venv/bin/python bench/restart.py [--flows 1000,100000] [--switch bmv2,soft]
 """
@@ -27,11 +28,37 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from offload_rate import SOCK, call, create_entries, rig  # noqa: E402
+from offload_rate import NS, SOCK, call, create_entries, rig  # noqa: E402
+from p4.v1 import p4runtime_pb2 as p4r  # noqa: E402
+from p4flowtable import ctnetlink as ctnl, netns  # noqa: E402
+from p4flowtable.p4info import P4Schema  # noqa: E402
+from p4flowtable.p4runtime import Session  # noqa: E402
+from p4flowtable.switch import FLOW_TABLES  # noqa: E402
 from p4ft_topo import wait_until  # noqa: E402
 from record import save  # noqa: E402
 
 DAEMON_OUT = Path("/tmp/p4ftb-daemon.out")
+
+
+async def read_and_dump(grpc: str) -> tuple[float, float, int, int]:
+    """The reconcile's yardstick: one wildcard read of both flow tables (a
+    second client: reads need no primary) and one conntrack dump, each
+    timed; and what they returned."""
+    schema = P4Schema.from_file(ROOT / "p4src/build/flowtable.p4info.txtpb")
+    s = Session(grpc, election_id=1)
+    await s.connect(10, allow_backup=True)
+    t0 = time.monotonic()
+    entries = 0
+    async for _ in s.read([p4r.Entity(table_entry=p4r.TableEntry(table_id=schema.table(t).id)) for t in FLOW_TABLES]):
+        entries += 1
+    read_s = time.monotonic() - t0
+    await s.close()
+    sock = ctnl.CtnlSocket(netns.netlink_socket(NS, 12))
+    t0 = time.monotonic()
+    dumped = len(await sock.dump())
+    dump_s = time.monotonic() - t0
+    sock.close()
+    return read_s, dump_s, entries, dumped
 
 
 def one_size(switch: str, n: int) -> dict:
@@ -48,9 +75,13 @@ def one_size(switch: str, n: int) -> dict:
         total = time.monotonic() - t0
         c = call("counters", path=SOCK)
         m = re.search(r"switch reconciled in ([\d.]+)s", DAEMON_OUT.read_text())
-        return {"flows": n, "converged_s": total, "reconcile_s": float(m.group(1)) if m else None,
+        read_s, dump_s, entries, dumped = asyncio.run(read_and_dump(r.grpc))
+        reconcile = float(m.group(1)) if m else None
+        return {"flows": n, "converged_s": total, "reconcile_s": reconcile,
                 "adopted": c.get("reconcile.adopted", 0), "written": c.get("reconcile.written", 0),
-                "orphans_deleted": c.get("reconcile.orphans_deleted", 0)}
+                "orphans_deleted": c.get("reconcile.orphans_deleted", 0),
+                "read_all_s": read_s, "entries_read": entries, "ct_dump_s": dump_s, "ct_dumped": dumped,
+                "reconcile_over_read_and_dump": reconcile / (read_s + dump_s) if reconcile else None}
 
 
 def main() -> int:
@@ -69,7 +100,9 @@ def main() -> int:
             result["runs"].append(r)
             print(f"{switch} N={n}: converged {r['converged_s']:.2f} s after the new daemon's start (reconcile "
                   f"{r['reconcile_s']:.2f} s): {r['adopted']} adopted, {r['written']} written, "
-                  f"{r['orphans_deleted']} orphan entries deleted", flush=True)
+                  f"{r['orphans_deleted']} orphan entries deleted; one read of all {r['entries_read']} entries "
+                  f"{r['read_all_s']:.2f} s + one conntrack dump of {r['ct_dumped']} {r['ct_dump_s']:.2f} s: "
+                  f"reconcile {r['reconcile_over_read_and_dump']:.2f}x", flush=True)
     save(a.out, result)
     return 0
 

@@ -166,6 +166,33 @@ def test_pipelined_requests_each_get_their_own_answer(ns):
     asyncio.run(run())
 
 
+@kernel
+def test_quiet_changes_report_each_failure_by_its_request(ns):
+    """Updates sent with only each window's last one acknowledged: every
+    request still gets its own outcome, failures in the middle and at the
+    end of a window included, and the successes took effect."""
+    async def run():
+        s = ctnl.CtnlSocket(netlink_socket(ns, 12))
+        try:
+            n = ctnl.REQUEST_WINDOW + 100         # two windows
+            tuples = [(FlowTuple(ipv4(f"10.1.{i // 200}.{1 + i % 200}"), ipv4("192.0.2.2"), 6, 1000 + i, 80),
+                       FlowTuple(ipv4("192.0.2.2"), ipv4("198.51.100.1"), 6, 80, 20000 + i)) for i in range(n)]
+            missing = {3, 250, ctnl.REQUEST_WINDOW - 1, ctnl.REQUEST_WINDOW, n - 1}    # never created
+            await asyncio.gather(*(create(s, o, r) for i, (o, r) in enumerate(tuples) if i not in missing))
+            reqs = [(ctnl.IPCTNL_MSG_CT_NEW, socket.AF_INET,
+                     ctnl.tuple_attr(ctnl.CTA_TUPLE_ORIG, o) + ctnl.timeout_attr(4321), 0) for o, _ in tuples]
+            got = await s.changes(reqs)
+            assert len(got) == n
+            assert {i for i, e in enumerate(got) if e is not None} == missing
+            assert all(got[i].errno == errno.ENOENT for i in missing)
+            timeouts = {m.orig: m.timeout for m in await s.dump(socket.AF_INET)}
+            assert all(timeouts[o] > 4000 for i, (o, _) in enumerate(tuples) if i not in missing)
+            assert not s._quiet and not s._pending
+        finally:
+            s.close()
+    asyncio.run(run())
+
+
 def test_decoder_survives_every_truncation_and_garbage():
     """A message cut at any byte, or random bytes, decodes to what is left (never raises)."""
     v6 = FlowTuple(ipaddress.IPv6Address("2001:db8::1"), ipaddress.IPv6Address("2001:db8:1::2"), 17, 5, 6)
@@ -218,3 +245,10 @@ def test_ipv6_entries_are_mirrored_too(ns):
             writer.close()
             await mirror.close()
     asyncio.run(run())
+
+
+def test_a_tuple_attribute_is_the_same_in_one_call_as_nested():
+    for t in (ORIG, REPLY, FlowTuple(ipaddress.IPv6Address("2001:db8::1"), ipaddress.IPv6Address("2001:db8:1::2"),
+                                     17, 0, 65535)):
+        for atype in (ctnl.CTA_TUPLE_ORIG, ctnl.CTA_TUPLE_REPLY):
+            assert ctnl.tuple_attr(atype, t) == ctnl.tuple_attr_nested(atype, t)

@@ -144,3 +144,22 @@ def test_route_keys_take_each_direction_as_the_kernel_routes_it():
     o, r = route_keys(orig, reply, (11, 12), 0x100)
     assert (o.dst, o.src, o.iif, o.mark, o.sport, o.dport) == (A("192.0.2.53"), A("10.0.1.1"), 11, 0x100, 40000, 5353)
     assert (r.dst, r.src, r.iif, r.mark, r.sport, r.dport) == (A("10.0.1.1"), A("192.0.2.53"), 12, 0x100, 5353, 40000)
+
+
+def test_a_keyed_lookup_is_the_same_request_attribute_by_attribute():
+    """encode_lookup's one-struct layout is what the attributes, encoded one
+    by one, make (either family)."""
+    import ipaddress as ia
+    import socket as so
+    from p4flowtable import route as rt
+    for src, dst in ((ia.ip_address("10.0.1.5"), ia.ip_address("192.0.2.9")),
+                     (ia.ip_address("2001:db8::5"), ia.ip_address("2001:db8:4::9"))):
+        key = rt.RouteKey(dst=dst, src=src, iif=7, mark=0x80000001, l4proto=17, sport=40000, dport=53)
+        bits = 128 if dst.version == 6 else 32
+        attrs = (rt._nla(rt.RTA_DST, dst.packed) + rt._nla(rt.RTA_SRC, src.packed)
+                 + rt._nla(rt.RTA_IIF, rt._U32.pack(7)) + rt._nla(rt.RTA_MARK, rt._U32.pack(0x80000001))
+                 + rt._nla(rt.RTA_IP_PROTO, bytes([17])) + rt._nla(rt.RTA_SPORT, rt._BE16.pack(40000))
+                 + rt._nla(rt.RTA_DPORT, rt._BE16.pack(53)))
+        body = rt._RTMSG.pack(so.AF_INET6 if dst.version == 6 else so.AF_INET, bits, bits, 0, 0, 0, 0, 0, 0) + attrs
+        want = rt._NLMSGHDR.pack(rt._NLMSGHDR.size + len(body), rt.RTM_GETROUTE, rt.NLM_F_REQUEST, 42, 0) + body
+        assert rt.encode_lookup(key, None, 42) == want

@@ -36,8 +36,10 @@ import logging
 from typing import Awaitable, Callable
 
 from .core import Flowtables
+from .ip import match_tuple
 from .model import Flow, FlowFlag
 from .offload import FlowRead, OffloadDriver, read_flows
+from .p4info import P4Schema
 from .p4runtime import SwitchError, SwitchUnavailable
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,19 @@ class Aging:
         flows = [f for f in flows if self._live(f)]
         for i in range(0, len(flows), READ_BATCH):
             await self._read(flows[i:i + READ_BATCH])
+
+    async def follow_idle(self, notes: asyncio.Queue, schema: P4Schema) -> None:
+        """The switch's IdleTimeoutNotifications: the entries named get their
+        flow read (an entry of no flow is counted, idle_unknown_entry)."""
+        while True:
+            note = await notes.get()
+            for te in note.table_entry:
+                hit = match_tuple(schema, te)
+                found = self.flowtables.lookup(hit[1]) if hit is not None else None
+                if found is None or found[0].iif[found[1]] != hit[0]:
+                    self.stats["idle_unknown_entry"] += 1
+                    continue
+                self.idle(found[0])
 
     def removed(self, f: Flow, now: float) -> None:
         """The switch no longer holds f's entries."""

@@ -1,19 +1,38 @@
 """The daemon's API: the requests `p4ft` sends over its socket (apiserver.py),
-answered from the daemon's state. Reading state and running commands is
-this module's job; deciding, writing and aging stay in the daemon.
+answered from the modules' state. Reading state and running commands is
+this module's job; deciding, writing and aging stay with their owners.
 """
 
 from __future__ import annotations
 
-from .conntrack import CtEntry
-from .events import FlowFilter, tuples_dict
+import collections
+from typing import Awaitable, Callable
+
+from .aging import Aging
+from .conntrack import ConntrackMirror, CtEntry
+from .core import Flowtables
+from .events import EventBus, FlowFilter, tuples_dict
+from .flowoffload import FlowOffload
 from .model import Flow, FlowFlag
+from .offload import P4RuntimeDriver
+from .p4runtime import Session
+from .punt import PuntLimit
+from .ruleset import RulesetControl
 
 
 class Commands:
-    def __init__(self, daemon):
-        """daemon: the daemon whose state it answers from (daemon.Daemon)."""
-        self.d = daemon
+    def __init__(self, flowtables: Flowtables, mirror: ConntrackMirror, rulesets: RulesetControl,
+                 driver: P4RuntimeDriver, aging: Aging, offload: FlowOffload, session: Session, punt: PuntLimit,
+                 events: EventBus, stats: collections.Counter, *, punt_names: dict[int, str],
+                 clock: Callable[[], float], reload: Callable[[str | None], Awaitable[dict]],
+                 stop: Callable[[bool], None], api_errors: Callable[[], int]):
+        """reload: the ruleset reloaded (from a file); stop: the daemon stops,
+        keeping its flows in the switch or not; api_errors: the API server's
+        count of bad requests."""
+        self.flowtables, self.mirror, self.rulesets, self.driver = flowtables, mirror, rulesets, driver
+        self.aging, self.offload, self.session, self.punt = aging, offload, session, punt
+        self.events, self.stats, self.punt_names, self.clock = events, stats, punt_names, clock
+        self.reload, self.stop, self.api_errors = reload, stop, api_errors
 
     async def handle(self, cmd: str, args: dict):
         if cmd == "flow_list":
@@ -21,39 +40,38 @@ class Commands:
         if cmd == "stats":
             return self.stats_dict()
         if cmd == "flowtable_list":
-            return [self.d.rulesets.info(name) for name in self.d.flowtables.tables]
+            return [self.rulesets.info(name) for name in self.flowtables.tables]
         if cmd == "flowtable_add":
-            return await self.d.rulesets.add_runtime(args["name"], list(args["devices"]),
-                                                     float(args.get("timeout", 30.0)))
+            return await self.rulesets.add_runtime(args["name"], list(args["devices"]),
+                                                   float(args.get("timeout", 30.0)))
         if cmd == "flowtable_delete":
-            return await self.d.rulesets.remove(self.d.flowtables.table(args["name"]).config.name)
+            return await self.rulesets.remove(self.flowtables.table(args["name"]).config.name)
         if cmd == "ruleset_reload":
-            return await self.d.reload(args.get("path"))
+            return await self.reload(args.get("path"))
         if cmd == "ping":
             return "pong"
         if cmd == "stop":
-            self.d.keep_flows_on_stop = bool(args.get("keep_flows"))
-            self.d.stopping.set()
-            return {"keep_flows": self.d.keep_flows_on_stop}
+            keep = bool(args.get("keep_flows"))
+            self.stop(keep)
+            return {"keep_flows": keep}
         if cmd == "expiry_timing":
-            return [r for r in self.d.aging.expiry_log if r[3] is not None]
+            return [r for r in self.aging.expiry_log if r[3] is not None]
         if cmd == "offload_timing":
+            t = self.offload.timing
             if args.get("reset"):
-                self.d.offload_latency.clear()
-                self.d.first_decided = self.d.last_offloaded = None
-                self.d.cpu_first = self.d.cpu_last = None
+                t.reset()
                 return {}
             # cheap unless the samples are asked for: benchmarks poll it
-            return {"latency": list(self.d.offload_latency) if args.get("samples") else None,
-                    "first_decided": self.d.first_decided,
-                    "last_offloaded": self.d.last_offloaded, "offloaded": self.d.stats["offloaded"],
-                    "cpu_seconds": (self.d.cpu_last - self.d.cpu_first
-                                    if self.d.cpu_first is not None and self.d.cpu_last is not None else None),
-                    "batches": self.d.stats["offload_batches"]}
+            return {"latency": list(t.latency) if args.get("samples") else None,
+                    "first_decided": t.first_decided,
+                    "last_offloaded": t.last_offloaded, "offloaded": self.stats["offloaded"],
+                    "cpu_seconds": (t.cpu_last - t.cpu_first
+                                    if t.cpu_first is not None and t.cpu_last is not None else None),
+                    "batches": self.stats["offload_batches"]}
         if cmd == "counters":
             # the event counters of `stats` without what costs O(flows)
-            return {**self.d.stats, **{f"aging.{k}": v for k, v in self.d.aging.stats.items()},
-                    "nexthop_writes": self.d.driver.nexthop_writes, "nexthops": len(self.d.driver.nexthops)}
+            return {**self.stats, **{f"aging.{k}": v for k, v in self.aging.stats.items()},
+                    "nexthop_writes": self.driver.nexthop_writes, "nexthops": len(self.driver.nexthops)}
         raise ValueError(f"unknown command {cmd!r}")
 
     def _row(self, e: CtEntry, f: Flow | None, now: float) -> dict:
@@ -67,7 +85,7 @@ class Commands:
             if f.flags & FlowFlag.HW:
                 row["offloaded_s"] = round(now - f.offloaded_at, 2)
             if f.routes is not None:
-                nhs = self.d.driver.nexthops.by_id
+                nhs = self.driver.nexthops.by_id
                 row["egress"] = [{"port": r.port, "nexthop": f.nexthops[d], "neighbour": r.neighbour,
                                   "mac": nh.dst_mac if (nh := nhs.get(f.nexthops[d])) else r.dst_mac,
                                   "mtu": r.mtu, "followed": f.route_keys[d] is not None}
@@ -78,36 +96,36 @@ class Commands:
         """conntrack's entries with what p4ft does with them, those flt keeps;
         refresh: the switch's counters read first for the offloaded ones shown."""
         flt = flt or FlowFilter()
-        now = self.d.clock()
-        shown = [(e, f, row) for e in list(self.d.mirror.entries.values())
-                 if flt.matches(row := self._row(e, f := self.d.flow_of(e), now))]
+        now = self.clock()
+        shown = [(e, f, row) for e in list(self.mirror.entries.values())
+                 if flt.matches(row := self._row(e, f := self.flowtables.flow_of(e.orig), now))]
         read = [f for _, f, _ in shown if f is not None and f.flags & FlowFlag.HW] if refresh else []
         if not read:
             return [row for _, _, row in shown]
-        await self.d.aging.read_now(read)
-        now = self.d.clock()
+        await self.aging.read_now(read)
+        now = self.clock()
         return [self._row(e, f, now) if f is not None else row for e, f, row in shown]
 
     def stats_dict(self) -> dict:
-        d = dict(self.d.stats)
-        d["role"] = "primary" if self.d.session.is_primary else "backup"
-        d["election_id"] = self.d.session.election_id
-        for name in self.d.punt_names.values():
+        d = dict(self.stats)
+        d["role"] = "primary" if self.session.is_primary else "backup"
+        d["election_id"] = self.session.election_id
+        for name in self.punt_names.values():
             d.setdefault(f"punt.{name}", 0)
-        d["flows_offloaded_now"] = sum(1 for f in self.d.flowtables if f.flags & FlowFlag.HW)
-        d["nexthops"] = len(self.d.driver.nexthops)
-        lat = sorted(self.d.offload_latency)
+        d["flows_offloaded_now"] = sum(1 for f in self.flowtables if f.flags & FlowFlag.HW)
+        d["nexthops"] = len(self.driver.nexthops)
+        lat = sorted(self.offload.timing.latency)
         if lat:
             d["offload_latency_ms.p50"] = round(1000 * lat[len(lat) // 2], 2)
             d["offload_latency_ms.p99"] = round(1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], 2)
-        d["packet_in_dropped"] = self.d.session.dropped_packet_in
-        d["punt_rate"], d["punt_burst"] = self.d.punt.rate, self.d.punt.burst
-        d["punt_dropped"] = self.d.punt.total
-        for port, n in sorted(self.d.punt.dropped.items()):
+        d["packet_in_dropped"] = self.session.dropped_packet_in
+        d["punt_rate"], d["punt_burst"] = self.punt.rate, self.punt.burst
+        d["punt_dropped"] = self.punt.total
+        for port, n in sorted(self.punt.dropped.items()):
             d[f"punt_dropped.port.{port}"] = n
-        d["monitors"] = len(self.d.events.monitors)
-        d["table_full_waiting"] = self.d.waiting_for_room
-        d["api_errors"] = self.d.api.errors
-        for k, v in self.d.aging.stats.items():
+        d["monitors"] = len(self.events.monitors)
+        d["table_full_waiting"] = self.offload.waiting_for_room
+        d["api_errors"] = self.api_errors()
+        for k, v in self.aging.stats.items():
             d[f"aging.{k}"] = v
         return d

@@ -211,14 +211,11 @@ class ConntrackMirror:
         timeout = ctnl.timeout_attr(int(lease))
         liberal = ctnl.tcp_flags_attr(IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_BE_LIBERAL)
         reqs = [self._change(e, timeout, liberal if e.l4proto == IPPROTO_TCP else b"") for e in entries]
-        out = []
-        for e, res in zip(entries, await self._cmd.requests(reqs)):
-            if isinstance(res, Exception):
-                out.append(res)
-            else:
+        errors = await self._cmd.changes(reqs)
+        for e, err in zip(entries, errors):
+            if err is None:
                 e.timeout = int(lease)
-                out.append(None)
-        return out
+        return errors
 
     def state_timeout(self, e: CtEntry) -> int:
         if e.l4proto == IPPROTO_TCP:
@@ -285,8 +282,8 @@ class ConntrackMirror:
         """Clear the bits of `mark` from these entries (a flowtable that is
         gone: its mark means nothing now). Entries that died meanwhile are skipped."""
         reqs = [self._change(e, ctnl.labels_attr(0, mark)) for e in entries]
-        for e, res in zip(entries, await self._cmd.requests(reqs)):
-            if not isinstance(res, Exception):
+        for e, err in zip(entries, await self._cmd.changes(reqs)):
+            if err is None:
                 e.labels &= ~mark
 
     async def keepalive(self, e: CtEntry, lease: float = NF_CT_DAY) -> None:

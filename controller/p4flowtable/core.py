@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from .model import Dir, Flow, FlowTuple
+from .model import DIRS, Dir, Flow, FlowTuple
 
 NF_FLOW_TIMEOUT = 30.0  # seconds, the kernel's default flowtable timeout
 REFRESH_SLACK = 1.0     # a refresh moves the deadline only by more than this
@@ -77,12 +77,12 @@ class Flowtables:
     # -- flows (flow_offload_add/_del/_lookup/_refresh) ---------------------
     def add(self, flow: Flow) -> None:
         table = self.table(flow.flowtable)
-        for d in Dir:
+        for d in DIRS:
             if flow.tuples[d] in self._by_tuple:
                 raise ValueError(f"tuple {flow.tuples[d]} is already offloaded")
         flow.last_used = self.clock()
         table.flows[flow.key] = flow
-        for d in Dir:
+        for d in DIRS:
             self._by_tuple[flow.tuples[d]] = flow
 
     def delete(self, flow: Flow) -> bool:
@@ -95,7 +95,7 @@ class Flowtables:
         return True
 
     def _unindex(self, flow: Flow) -> None:
-        for d in Dir:
+        for d in DIRS:
             if self._by_tuple.get(flow.tuples[d]) is flow:
                 del self._by_tuple[flow.tuples[d]]
 
@@ -104,6 +104,11 @@ class Flowtables:
         if flow is None:
             return None
         return flow, (Dir.ORIGINAL if flow.tuples[Dir.ORIGINAL] == t else Dir.REPLY)
+
+    def flow_of(self, orig: FlowTuple) -> Flow | None:
+        """The flow of the connection whose original tuple this is."""
+        flow = self._by_tuple.get(orig)
+        return flow if flow is not None and flow.tuples[Dir.ORIGINAL] == orig else None
 
     def refresh(self, flow: Flow, now: float | None = None) -> bool:
         """Traffic seen: push the deadline; True when it moved."""

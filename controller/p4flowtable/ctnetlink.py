@@ -73,13 +73,13 @@ class CtMsg:
     """One conntrack message; fields the kernel left out are None."""
     msg_type: int          # IPCTNL_MSG_CT_*
     flags: int             # nlmsghdr flags (NLM_F_CREATE on a NEW event)
-    orig: FlowTuple | None
-    reply: FlowTuple | None
-    status: int | None
-    tcp_state: int | None
-    timeout: int | None
-    id: int | None
-    helper: bool
+    orig: FlowTuple | None = None
+    reply: FlowTuple | None = None
+    status: int | None = None
+    tcp_state: int | None = None
+    timeout: int | None = None
+    id: int | None = None
+    helper: bool = False
     tcp_flags: int | None = None   # the original direction's IP_CT_TCP_FLAG_* bits
     labels: int | None = None      # ct label bits (bit N of the label is 1 << N)
     packets: int | None = None     # both directions, where conntrack accounting is on
@@ -126,42 +126,90 @@ def _labels(buf: bytes, span: tuple[int, int] | None) -> int | None:
 
 
 def _tuple(buf: bytes, span: tuple[int, int]) -> FlowTuple | None:
-    t = attrs(buf, *span)
-    ip, proto = t.get(CTA_TUPLE_IP), t.get(CTA_TUPLE_PROTO)
-    if ip is None or proto is None:
-        return None
-    a = attrs(buf, *ip)
-    src = _addr(buf, a.get(CTA_IP_V4_SRC) or a.get(CTA_IP_V6_SRC))
-    dst = _addr(buf, a.get(CTA_IP_V4_DST) or a.get(CTA_IP_V6_DST))
-    p = attrs(buf, *proto)
-    num = _uint(buf, p.get(CTA_PROTO_NUM), 1)
+    return _tuple_at(buf, span[0], span[1])
+
+
+def _tuple_at(buf: bytes, pos: int, end: int) -> FlowTuple | None:
+    """CTA_TUPLE_ORIG/REPLY's payload: addresses and ports, in one walk of
+    each nest (a NEW event carries two; this is the events' hot path)."""
+    unpack = _NLA.unpack_from
+    src = dst = num = None
+    sport = dport = 0
+    while pos + 4 <= end:
+        length, atype = unpack(buf, pos)
+        if length < 4 or pos + length > end:
+            break
+        inner, stop = pos + 4, pos + length
+        atype &= NLA_TYPE_MASK
+        if atype == CTA_TUPLE_IP:
+            while inner + 4 <= stop:
+                ln, at = unpack(buf, inner)
+                if ln < 4 or inner + ln > stop:
+                    break
+                at &= NLA_TYPE_MASK
+                if at in (CTA_IP_V4_SRC, CTA_IP_V6_SRC):
+                    src = _addr(buf, (inner + 4, inner + ln))
+                elif at in (CTA_IP_V4_DST, CTA_IP_V6_DST):
+                    dst = _addr(buf, (inner + 4, inner + ln))
+                inner += (ln + 3) & ~3
+        elif atype == CTA_TUPLE_PROTO:
+            while inner + 4 <= stop:
+                ln, at = unpack(buf, inner)
+                if ln < 4 or inner + ln > stop:
+                    break
+                at &= NLA_TYPE_MASK
+                if at == CTA_PROTO_NUM and ln >= 5:
+                    num = buf[inner + 4]
+                elif at == CTA_PROTO_SRC_PORT and ln >= 6:
+                    sport = _BE16.unpack_from(buf, inner + 4)[0]
+                elif at == CTA_PROTO_DST_PORT and ln >= 6:
+                    dport = _BE16.unpack_from(buf, inner + 4)[0]
+                inner += (ln + 3) & ~3
+        pos += (length + 3) & ~3
     if src is None or dst is None or num is None or src.version != dst.version:
         return None
-    return FlowTuple(src, dst, num, _uint(buf, p.get(CTA_PROTO_SRC_PORT), 2) or 0,
-                     _uint(buf, p.get(CTA_PROTO_DST_PORT), 2) or 0)
+    return FlowTuple(src, dst, num, sport, dport)
 
 
 def decode(buf: bytes, off: int, end: int, msg_type: int, flags: int) -> CtMsg:
-    """One ctnetlink message; attributes that are missing or malformed are None."""
-    top = attrs(buf, off + HDR_LEN, end)
-    o, r = top.get(CTA_TUPLE_ORIG), top.get(CTA_TUPLE_REPLY)
-    tcp_state = tcp_flags = None
-    pi = top.get(CTA_PROTOINFO)
-    if pi is not None:
-        tcp = attrs(buf, *pi).get(CTA_PROTOINFO_TCP)
-        if tcp is not None:
-            info = attrs(buf, *tcp)
-            tcp_state = _uint(buf, info.get(CTA_PROTOINFO_TCP_STATE), 1)
-            tcp_flags = _uint(buf, info.get(CTA_PROTOINFO_TCP_FLAGS_ORIGINAL), 1)
-    packets = None
-    for c in (top.get(CTA_COUNTERS_ORIG), top.get(CTA_COUNTERS_REPLY)):
-        if c is not None:
-            n = _uint(buf, attrs(buf, *c).get(CTA_COUNTERS_PACKETS), 8)
-            packets = (packets or 0) + (n or 0)
-    return CtMsg(msg_type, flags, _tuple(buf, o) if o else None, _tuple(buf, r) if r else None,
-                 _uint(buf, top.get(CTA_STATUS), 4), tcp_state, _uint(buf, top.get(CTA_TIMEOUT), 4),
-                 _uint(buf, top.get(CTA_ID), 4), CTA_HELP in top, tcp_flags, _labels(buf, top.get(CTA_LABELS)),
-                 packets, _uint(buf, top.get(CTA_MARK), 4))
+    """One ctnetlink message; attributes that are missing or malformed are None.
+    One walk of the top level; nests are walked only where a field is read."""
+    unpack = _NLA.unpack_from
+    m = CtMsg(msg_type, flags)
+    pos = off + HDR_LEN
+    while pos + 4 <= end:
+        length, atype = unpack(buf, pos)
+        if length < 4 or pos + length > end:
+            break
+        start, stop = pos + 4, pos + length
+        atype &= NLA_TYPE_MASK
+        if atype == CTA_TUPLE_ORIG:
+            m.orig = _tuple_at(buf, start, stop)
+        elif atype == CTA_TUPLE_REPLY:
+            m.reply = _tuple_at(buf, start, stop)
+        elif atype == CTA_STATUS and stop - start >= 4:
+            m.status = _BE32.unpack_from(buf, start)[0]
+        elif atype == CTA_TIMEOUT and stop - start >= 4:
+            m.timeout = _BE32.unpack_from(buf, start)[0]
+        elif atype == CTA_ID and stop - start >= 4:
+            m.id = _BE32.unpack_from(buf, start)[0]
+        elif atype == CTA_MARK and stop - start >= 4:
+            m.mark = _BE32.unpack_from(buf, start)[0]
+        elif atype == CTA_LABELS:
+            m.labels = int.from_bytes(buf[start:stop], "little")
+        elif atype == CTA_HELP:
+            m.helper = True
+        elif atype == CTA_PROTOINFO:
+            tcp = attrs(buf, start, stop).get(CTA_PROTOINFO_TCP)
+            if tcp is not None:
+                info = attrs(buf, *tcp)
+                m.tcp_state = _uint(buf, info.get(CTA_PROTOINFO_TCP_STATE), 1)
+                m.tcp_flags = _uint(buf, info.get(CTA_PROTOINFO_TCP_FLAGS_ORIGINAL), 1)
+        elif atype in (CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY):
+            n = _uint(buf, attrs(buf, start, stop).get(CTA_COUNTERS_PACKETS), 8)
+            m.packets = (m.packets or 0) + (n or 0)
+        pos += (length + 3) & ~3
+    return m
 
 
 # -- encoding --------------------------------------------------------------------
@@ -174,8 +222,33 @@ def nest(atype: int, *children: bytes) -> bytes:
     return nla(atype | NLA_F_NESTED, b"".join(children))
 
 
+def _tuple_layout(alen: int) -> struct.Struct:
+    a = f"HH{alen}s"
+    return struct.Struct("=HH" + "HH" + a + a + "HH" + "HHB3x" + "HH2s2x" + "HH2s2x")
+
+
+_TUPLE = {4: _tuple_layout(4), 16: _tuple_layout(16)}
+
+
 def tuple_attr(atype: int, t) -> bytes:
-    """CTA_TUPLE_ORIG/REPLY from anything with src, dst, l4proto, sport, dport."""
+    """CTA_TUPLE_ORIG/REPLY from anything with src, dst, l4proto, sport, dport
+    (one struct call; tuple_attr_nested builds the same attribute by attribute)."""
+    src, dst = t.src.packed, t.dst.packed
+    alen = len(src)
+    st = _TUPLE.get(alen)
+    if st is None or len(dst) != alen:
+        return tuple_attr_nested(atype, t)
+    ip_len = 4 + 2 * (4 + alen)
+    v6 = alen == 16
+    return st.pack(st.size, atype | NLA_F_NESTED, ip_len, CTA_TUPLE_IP | NLA_F_NESTED,
+                   4 + alen, CTA_IP_V6_SRC if v6 else CTA_IP_V4_SRC, src,
+                   4 + alen, CTA_IP_V6_DST if v6 else CTA_IP_V4_DST, dst,
+                   28, CTA_TUPLE_PROTO | NLA_F_NESTED, 5, CTA_PROTO_NUM, t.l4proto,
+                   6, CTA_PROTO_SRC_PORT, _BE16.pack(t.sport), 6, CTA_PROTO_DST_PORT, _BE16.pack(t.dport))
+
+
+def tuple_attr_nested(atype: int, t) -> bytes:
+    """tuple_attr, attribute by attribute."""
     v6 = t.src.version == 6
     return nest(atype,
                 nest(CTA_TUPLE_IP, nla(CTA_IP_V6_SRC if v6 else CTA_IP_V4_SRC, t.src.packed),
@@ -238,6 +311,7 @@ class CtnlSocket:
         sock.setblocking(False)
         self._seq = 0
         self._pending: dict[int, tuple[asyncio.Future, list[CtMsg]]] = {}
+        self._quiet: dict[int, dict[int, Exception]] = {}   # seq of an unacknowledged change -> its window's errors
         self._events: asyncio.Queue | None = None
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._readable)
@@ -274,15 +348,19 @@ class CtnlSocket:
         if self._events is not None:
             self._events.put_nowait(err)
 
-    def _message(self, msg_type: int, family: int, payload: bytes, flags: int) -> tuple[int, bytes, asyncio.Future]:
+    def _encode(self, msg_type: int, family: int, payload: bytes, flags: int) -> tuple[int, bytes]:
         self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
         seq = self._seq
         body = _NFGENMSG.pack(family, 0, 0) + payload
         hdr = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), (NFNL_SUBSYS_CTNETLINK << 8) | msg_type,
-                             NLM_F_REQUEST | NLM_F_ACK | flags, seq, 0)
+                             NLM_F_REQUEST | flags, seq, 0)
+        return seq, hdr + body + b"\0" * (-len(body) & 3)
+
+    def _message(self, msg_type: int, family: int, payload: bytes, flags: int) -> tuple[int, bytes, asyncio.Future]:
+        seq, data = self._encode(msg_type, family, payload, flags | NLM_F_ACK)
         fut = self._loop.create_future()
         self._pending[seq] = (fut, [])
-        return seq, hdr + body + b"\0" * (-len(body) & 3), fut
+        return seq, data, fut
 
     def _send_all(self, msgs: list[tuple[int, bytes, asyncio.Future]]) -> None:
         """One datagram for many requests: the kernel handles each message in
@@ -291,6 +369,9 @@ class CtnlSocket:
             self.sock.send(b"".join(m for _, m, _ in msgs))
         except OSError as e:
             for seq, _, fut in msgs:
+                if fut is None:          # a quiet change (changes()): its window's last request fails too
+                    self._quiet.get(seq, {})[seq] = e
+                    continue
                 del self._pending[seq]
                 fut.set_exception(e)
 
@@ -312,6 +393,45 @@ class CtnlSocket:
             for i in range(0, len(msgs), REQUEST_BATCH):
                 self._send_all(msgs[i:i + REQUEST_BATCH])
             out += await asyncio.gather(*(fut for _, _, fut in msgs), return_exceptions=True)
+        return out
+
+    async def changes(self, reqs: list[tuple[int, int, bytes, int]]) -> list[Exception | None]:
+        """Requests the kernel answers with nothing but their outcome
+        (updates of entries): per request None or its error, in order.
+
+        Only the last request of each window asks for an acknowledgement
+        (NLM_F_ACK); the kernel reports the others only if they fail
+        (netlink_rcv_skb acks a message when asked or on error) and handles
+        a datagram's messages in order, so that acknowledgement says every
+        earlier one without an error succeeded. A burst of offloads costs
+        one answer to read per window instead of one per connection."""
+        out: list = []
+        for w in range(0, len(reqs), REQUEST_WINDOW):
+            chunk = reqs[w:w + REQUEST_WINDOW]
+            errors: dict[int, Exception] = {}
+            seqs, msgs = [], []
+            for mt, fam, payload, flags in chunk[:-1]:
+                seq, data = self._encode(mt, fam, payload, flags)
+                self._quiet[seq] = errors
+                seqs.append(seq)
+                msgs.append((seq, data, None))
+            last = self._message(*chunk[-1])
+            msgs.append(last)
+            for i in range(0, len(msgs), REQUEST_BATCH):
+                self._send_all(msgs[i:i + REQUEST_BATCH])
+            try:
+                await last[2]
+                final = None
+            except Exception as e:
+                final = e
+            for seq in seqs:
+                self._quiet.pop(seq, None)
+            if isinstance(final, CtnlError) and final.errno != errno.ENOBUFS:
+                out += [errors.get(seq) for seq in seqs] + [final]
+            elif final is not None:         # answers lost, or the socket failed: outcome unknown
+                out += [errors.get(seq, final) for seq in seqs] + [final]
+            else:
+                out += [errors.get(seq) for seq in seqs] + [None]
         return out
 
     async def dump(self, family: int = socket.AF_UNSPEC) -> list[CtMsg]:
@@ -381,6 +501,11 @@ class CtnlSocket:
             off, start = off + ((length + 3) & ~3), off
             pend = self._pending.get(seq)
             if pend is None:
+                window = self._quiet.get(seq)
+                if window is not None and mtype == NLMSG_ERROR and length >= _NLMSGHDR.size + 4:
+                    err = -_ERRNO.unpack_from(data, start + _NLMSGHDR.size)[0]
+                    if err:
+                        window[seq] = CtnlError(err, os.strerror(err))
                 continue
             fut, got = pend
             if mtype == NLMSG_ERROR:

@@ -21,25 +21,34 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import time
-from .conntrack import CtEntry
-from .model import Dir, Flow, FlowFlag, FlowRoute
-from .route import RouteError, RouteKey, route_keys
+from typing import Callable
+
+from .conntrack import ConntrackMirror, CtEntry
+from .core import Flowtables
+from .events import EventBus
+from .flowoffload import MAX_BATCH_FLOWS, FlowOffload
+from .model import DIRS, Dir, Flow, FlowFlag, FlowRoute
+from .relay import Relay
+from .route import RouteError, RouteKey, Routes, route_keys
+from .ruleset import RulesetControl
 
 log = logging.getLogger("p4ft")
 
-MAX_BATCH_FLOWS = 512
 RETRY_DECLINED = 1.0   # seconds before a declined flow is considered again
 
 
 class Decisions:
-    def __init__(self, daemon):
-        """daemon: the daemon whose state it reads and writes (mirror, flowtables, rulesets, routes, offload queue, stats) (daemon.Daemon)."""
-        self.d = daemon
+    def __init__(self, mirror: ConntrackMirror, flowtables: Flowtables, rulesets: RulesetControl, routes: Routes,
+                 relay: Relay, offload: FlowOffload, events: EventBus, stats: collections.Counter, *,
+                 ports: dict[str, int], ct_lease: float, clock: Callable[[], float]):
+        """relay: the representors, whose frames say where the kernel sent a
+        connection; offload: where chosen flows are queued for their adds."""
+        self.mirror, self.flowtables, self.rulesets, self.routes = mirror, flowtables, rulesets, routes
+        self.relay, self.offload, self.events, self.stats = relay, offload, events, stats
+        self.ports, self.ct_lease, self.clock = ports, ct_lease, clock
         self.considering: set = set()
         self.candidates: collections.deque[CtEntry] = collections.deque()
         self.candidates_ready = asyncio.Event()
-        self.since: dict = {}     # flow key -> clock when its offload was decided
         self.declined: dict = {}  # orig tuple -> clock of its last decline
         self.no_route: set = set()   # orig tuples declined for want of a next hop
 
@@ -59,21 +68,20 @@ class Decisions:
         retry, self.no_route = self.no_route, set()
         for orig in retry:
             self.declined.pop(orig, None)
-            if (e := self.d.mirror.entries.get(orig)) is not None:
+            if (e := self.mirror.entries.get(orig)) is not None:
                 self.consider(e)
 
     def consider(self, e: CtEntry) -> None:
-        if e.orig in self.considering or self.d.waits_for_room(e.orig) or self.d.flow_of(e) is not None:
+        if e.orig in self.considering or self.offload.waits_for_room(e.orig) or self.flowtables.flow_of(e.orig):
             return
         if e.offloadable() is not None:
             return
+        now = self.clock()
         declined = self.declined.get(e.orig)
-        if declined is not None and self.d.clock() - declined < RETRY_DECLINED:
+        if declined is not None and now - declined < RETRY_DECLINED:
             return
         self.considering.add(e.orig)
-        self.since[e.orig] = self.d.clock()
-        if self.d.cpu_first is None:
-            self.d.cpu_first = time.process_time()
+        self.offload.timing.decided(e.orig, now)
         self.candidates.append(e)
         self.candidates_ready.set()
 
@@ -109,24 +117,24 @@ class Decisions:
         if not chosen:
             return
         try:
-            errors = await self.d.mirror.offloaded([ct for _, ct in chosen], self.d.cfg.ct_lease)
+            errors = await self.mirror.offloaded([ct for _, ct in chosen], self.ct_lease)
         except Exception as err:
             errors = [err] * len(chosen)
         for (flow, ct), err in zip(chosen, errors):
             if err is None:
-                self.d.queue.put_nowait(("add", flow))
+                self.offload.add(flow)
                 continue
-            self.d.flowtables.delete(flow)
+            self.flowtables.delete(flow)
             log.warning("conntrack refused offload marks for %s: %s", ct.orig, err)
             self.decline(ct, "ct_update_failed")
 
     def decline(self, e: CtEntry, why: str) -> None:
-        self.d.publish("REFUSED", e, reason=why)
-        self.since.pop(e.orig, None)
-        self.declined[e.orig] = self.d.clock()
+        self.events.flow("REFUSED", e, reason=why)
+        self.offload.timing.since.pop(e.orig, None)
+        self.declined[e.orig] = self.clock()
         if why == "no_route":
             self.no_route.add(e.orig)
-        self.d.stats[f"not_offloaded.{why}"] += 1
+        self.stats[f"not_offloaded.{why}"] += 1
         log.debug("not offloading %s: %s", e.orig, why)
 
     async def decide_many(self, batch: list[CtEntry]) -> list[tuple[Flow, CtEntry] | str]:
@@ -135,15 +143,15 @@ class Decisions:
         out: list = []
         tables: list = []
         for e in batch:
-            ft = self.d.rulesets.select(e.labels)
-            table = self.d.flowtables.tables.get(ft) if ft is not None else None
+            ft = self.rulesets.select(e.labels)
+            table = self.flowtables.tables.get(ft) if ft is not None else None
             # no packet reached an offload statement (no mark), or its flowtable is gone
             out.append("policy" if ft is None else ("flowtable_deleted" if table is None else None))
             tables.append(table)
         todo = [i for i, why in enumerate(out) if why is None]
-        epoch = self.d.routes.epoch       # the routing the lookups below see (or a later one)
+        epoch = self.routes.epoch       # the routing the lookups below see (or a later one)
         paths = await self.paths([batch[i] for i in todo])
-        names = {p: n for n, p in self.d.cfg.ports.items()}
+        names = {p: n for n, p in self.ports.items()}
         for i, got in zip(todo, paths):
             e, table = batch[i], tables[i]
             if isinstance(got, str):
@@ -153,8 +161,8 @@ class Decisions:
             if any(names.get(r.port) not in table.config.devices for r in routes):
                 out[i] = "device_not_in_flowtable"
                 continue
-            current = self.d.mirror.entries.get(e.orig)
-            if current is None or current.offloadable() is not None or self.d.flow_of(e) is not None:
+            current = self.mirror.entries.get(e.orig)
+            if current is None or current.offloadable() is not None or self.flowtables.flow_of(e.orig) is not None:
                 out[i] = "changed"
                 continue
             flow = self.pending_flow(e, table, (routes[Dir.REPLY].port, routes[Dir.ORIGINAL].port), routes, keys)
@@ -173,8 +181,8 @@ class Decisions:
         destination. Frames seen before the last routing change are not used. Each
         direction is then looked up with its full key; where the kernel was
         seen sending the direction elsewhere, what it did wins."""
-        r = self.d.routes
-        self.d.relay.drain()      # frames the kernel sent just now
+        r = self.routes
+        self.relay.drain()      # frames the kernel sent just now
         out: list = [None] * len(batch)
         seen = []
         bare = []
@@ -182,7 +190,7 @@ class Decisions:
             eg = (r.egress(e.reply.reversed()), r.egress(e.orig.reversed()))
             inp = [eg[1].port if eg[1] else r.ingress(e.orig), eg[0].port if eg[0] else r.ingress(e.reply)]
             seen.append((eg, inp))
-            for d in Dir:
+            for d in DIRS:
                 if inp[d] is None:
                     bare.append((i, d, (None, (e.orig if d is Dir.ORIGINAL else e.reply).src)))
         if bare:
@@ -208,7 +216,7 @@ class Decisions:
             e, eg = batch[i], seen[i][0]
             routes: list[FlowRoute] = []
             kept: list[RouteKey | None] = []
-            for d in Dir:
+            for d in DIRS:
                 g, o = got[2 * n + d], eg[d]
                 key: RouteKey | None = keys[d]
                 if o is not None and (isinstance(g, RouteError) or (g.port, g.dst_mac) != (o.port, o.dst_mac)):
@@ -237,7 +245,7 @@ class Decisions:
         flow = Flow(e.id, (e.orig, e.reply), table.config.name, table.config.timeout_for(e.l4proto),
                     iif=iif, routes=routes, route_keys=keys)
         try:
-            self.d.flowtables.add(flow)
+            self.flowtables.add(flow)
         except ValueError:
             return None
         flow.test_and_set(FlowFlag.PENDING)

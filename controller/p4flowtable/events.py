@@ -18,7 +18,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from .model import L4PROTO_NAMES
+from .model import L4PROTO_NAMES, Flow, FlowFlag
 
 QUEUE = 10_000          # events a monitor may fall behind by
 
@@ -99,6 +99,17 @@ class EventBus:
             except asyncio.QueueFull:
                 m.dropped += 1
                 m.dropped_total += 1
+
+    def flow(self, event: str, f, **fields) -> None:
+        """Publish a flow's event (a Flow, or a CtEntry p4ft does not carry);
+        cheap when no monitor listens."""
+        if not self.monitors:
+            return
+        if isinstance(f, Flow):
+            flow = {**tuples_dict(*f.tuples), "flowtable": f.flowtable, "offload": bool(f.flags & FlowFlag.HW)}
+        else:
+            flow = {**tuples_dict(f.orig, f.reply), "flowtable": None, "offload": False}
+        self.publish(event, flow, **fields)
 
     @staticmethod
     async def next(m: Monitor) -> dict:

@@ -105,32 +105,43 @@ def flow_key(schema: P4Schema, flow: Flow, d: Dir) -> tuple:
     return table_id, tuple(sorted(zip((fid for fid, _ in fields), _key_values(flow, d))))
 
 
+def entry_values(schema: P4Schema, flow: Flow, d: Dir, with_action: bool = True) -> tuple:
+    """The layout of one direction's entry (_layout: table, fields, action,
+    parameters) with its match values and, with_action, its parameter
+    values, in layout order: what flow_entry and wire.UpdateTemplate encode."""
+    t = flow.tuples[d]
+    nat = has_nat(flow.tuples)
+    layout = _layout(schema, t.src.version, t.l4proto, nat)
+    keys = (flow.iif[d], int(t.src), int(t.dst), t.l4proto, t.sport, t.dport)
+    if not with_action:
+        return layout, keys, ()
+    mtu, nexthop = flow.routes[d].mtu, flow.nexthops[d]
+    if nat:
+        rw = rewrite_for(flow.tuples, d)
+        ip_delta, l4_delta = checksum_deltas(t, rw)
+        values = (nexthop, int(rw.src), int(rw.dst), rw.sport, rw.dport, mtu) \
+            + ((ip_delta, l4_delta) if t.src.version == 4 else (l4_delta,))
+    else:
+        values = (nexthop, mtu)
+    return layout, keys, values
+
+
 def flow_entry(schema: P4Schema, flow: Flow, d: Dir, with_action: bool = True,
                idle_timeout_ns: int = 0, entry: p4r.TableEntry | None = None) -> p4r.TableEntry:
     """The entry of one direction in its family's flow table (values
     big-endian, padded to their field's width). Fills `entry` in place when
     given, e.g. the one inside an Update: building a message and then
     wrapping it copies it."""
-    t = flow.tuples[d]
-    nat = has_nat(flow.tuples)
-    table_id, fields, action_id, params = _layout(schema, t.src.version, t.l4proto, nat)
+    (table_id, fields, action_id, params), keys, values = entry_values(schema, flow, d, with_action)
     entry = p4r.TableEntry() if entry is None else entry
     entry.table_id = table_id
     if idle_timeout_ns:
         entry.idle_timeout_ns = idle_timeout_ns
-    for (fid, n), v in zip(fields, _key_values(flow, d)):
+    for (fid, n), v in zip(fields, keys):
         m = entry.match.add()
         m.field_id = fid
         m.exact.value = v.to_bytes(n, "big")
     if with_action:
-        mtu, nexthop = flow.routes[d].mtu, flow.nexthops[d]
-        if nat:
-            rw = rewrite_for(flow.tuples, d)
-            ip_delta, l4_delta = checksum_deltas(t, rw)
-            values = (nexthop, int(rw.src), int(rw.dst), rw.sport, rw.dport, mtu) \
-                + ((ip_delta, l4_delta) if t.src.version == 4 else (l4_delta,))
-        else:
-            values = (nexthop, mtu)
         action = entry.action.action
         action.action_id = action_id
         for (pid, n), v in zip(params, values):

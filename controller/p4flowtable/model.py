@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
@@ -24,6 +24,9 @@ class Dir(enum.IntEnum):
     @property
     def other(self) -> "Dir":
         return Dir(1 - self)
+
+
+DIRS = (Dir.ORIGINAL, Dir.REPLY)   # `for d in DIRS`: iterating the enum itself costs a microsecond a loop
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -42,6 +45,15 @@ class FlowTuple:
     l4proto: int
     sport: int
     dport: int
+    # computed once: a tuple is a key of many dicts (conntrack's mirror, the
+    # flowtables, the decisions), and an address hashes slowly (its hex text)
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.src, self.dst, self.l4proto, self.sport, self.dport)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def reversed(self) -> "FlowTuple":
         return FlowTuple(self.dst, self.src, self.l4proto, self.dport, self.sport)

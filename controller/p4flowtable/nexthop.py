@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from p4.v1 import p4runtime_pb2 as p4r
 
-from .model import Dir, Flow, FlowRoute
+from .model import DIRS, Dir, Flow, FlowRoute
 from .p4info import P4Schema
 
 TABLE = "nexthop_table"
@@ -161,7 +161,7 @@ def assign(nexthops: NextHops, flows: list[Flow]) -> list[NextHop]:
     for f in flows:
         got: list[NextHop] = []
         try:
-            for d in Dir:
+            for d in DIRS:
                 got.append(nexthops.acquire(f, d, f.routes[d]))
         except NextHopsFull:
             for d, nh in zip(Dir, got):     # a flow has both its next hops or none

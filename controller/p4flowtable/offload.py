@@ -14,11 +14,12 @@ from typing import Protocol
 
 from p4.v1 import p4runtime_pb2 as p4r
 
-from .ip import entry_key, entry_query, flow_entry, flow_key
-from .model import Dir, Flow, FlowRoute
+from .ip import entry_key, entry_query, flow_key
+from .model import DIRS, Dir, Flow, FlowRoute
 from .nexthop import NextHop, NextHops, NextHopsFull, assign
 from .p4info import P4Schema, encode
 from .p4runtime import Session, SwitchError, SwitchUnavailable, WriteError
+from .wire import EntryEncoder
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,33 @@ class FlowStats:
     bytes: tuple[int, int]
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why the switch did not take a flow: the canonical code of its failed
+    update (or of the next hop it names, with nexthop set) and the message."""
+    code: str
+    message: str
+    nexthop: bool = False
+
+    def __str__(self) -> str:
+        return f"{'next hop refused: ' if self.nexthop else ''}{self.code}: {self.message}"
+
+    @property
+    def exists(self) -> bool:
+        return self.code == "ALREADY_EXISTS"
+
+    @property
+    def table_full(self) -> bool:
+        """A full table is RESOURCE_EXHAUSTED, as the spec says; BMv2's server
+        reports it, like any failure of its target, as UNKNOWN. A next hop's
+        refusal is a full table only when it says so."""
+        return self.code == "RESOURCE_EXHAUSTED" or (self.code == "UNKNOWN" and not self.nexthop)
+
+
 @dataclass(slots=True)
 class BatchResult:
     done: list[Flow]
-    failed: list[tuple[Flow, str]]
+    failed: list[tuple[Flow, Refusal]]
 
 
 class OffloadDriver(Protocol):
@@ -50,6 +74,7 @@ class P4RuntimeDriver:
         self.session = session
         self.schema = schema
         self.nexthops = NextHops(schema)
+        self.encoder = EntryEncoder(schema)     # flow entries from templates (wire.py)
         self.nexthop_writes = 0          # next-hop updates the switch took (INSERT, MODIFY, DELETE)
         self.table = schema.table("flow_table_v4")
         # entries carry the flow's timeout as idle_timeout_ns where the table
@@ -58,25 +83,22 @@ class P4RuntimeDriver:
 
     async def _batch(self, flows: list[Flow], kind: int, with_action: bool, what: str,
                      tolerate: tuple[str, ...] = ()) -> BatchResult:
+        enc = self.encoder.flow
         updates = []
         for flow in flows:
-            for d in Dir:
-                ttl = int(flow.timeout * 1e9) if with_action and self.idle_timeout else 0
-                u = p4r.Update(type=kind)
-                flow_entry(self.schema, flow, d, with_action, ttl, entry=u.entity.table_entry)
-                updates.append(u)
+            updates += enc(kind, flow, with_action, int(flow.timeout * 1e9) if with_action and self.idle_timeout else 0)
         try:
-            await self.session.write(updates, what)
+            await self.session.write_encoded(updates, what)
         except WriteError as e:
-            bad: dict[int, str] = {}
+            bad: dict[int, Refusal] = {}
             for err in e.errors:
                 if err.index < 0:        # whole batch failed, no per-update detail
-                    return BatchResult([], [(f, f"{err.code}: {err.message}") for f in flows])
+                    return BatchResult([], [(f, Refusal(err.code, err.message)) for f in flows])
                 if err.code in tolerate:
                     continue
-                bad.setdefault(err.index // 2, f"{err.code}: {err.message}")
+                bad.setdefault(err.index // 2, Refusal(err.code, err.message))
             return BatchResult([f for i, f in enumerate(flows) if i not in bad],
-                               [(flows[i], msg) for i, msg in bad.items()])
+                               [(flows[i], why) for i, why in bad.items()])
         return BatchResult(list(flows), [])
 
     async def add(self, flows: list[Flow]) -> BatchResult:
@@ -86,14 +108,14 @@ class P4RuntimeDriver:
         try:
             new = assign(self.nexthops, flows)
         except NextHopsFull as e:
-            return BatchResult([], [(f, f"RESOURCE_EXHAUSTED: {e}") for f in flows])
+            return BatchResult([], [(f, Refusal("RESOURCE_EXHAUSTED", str(e), nexthop=True)) for f in flows])
         if new:
             try:
                 await self.insert_nexthops(new)
             except SwitchUnavailable:
                 raise
             except SwitchError as e:
-                return BatchResult([], [(f, f"next hop refused: {e}") for f in flows])
+                return BatchResult([], [(f, _refusal(e, nexthop=True)) for f in flows])
         return await self._batch(flows, p4r.Update.INSERT, True, "flow add")
 
     async def insert_nexthops(self, nhs: list[NextHop]) -> None:
@@ -127,7 +149,7 @@ class P4RuntimeDriver:
         """Both entries of each flow, then the next hops no flow names any more.
         NOT_FOUND is fine: teardown may repeat, or the switch restarted."""
         res = await self._batch(flows, p4r.Update.DELETE, False, "flow delete", ("NOT_FOUND",))
-        freed = [nh for f in flows for d in Dir if (nh := self.nexthops.release(f, d, f.nexthops[d])) is not None]
+        freed = [nh for f in flows for d in DIRS if (nh := self.nexthops.release(f, d, f.nexthops[d])) is not None]
         if freed:
             try:
                 await self.write_nexthops(freed, p4r.Update.DELETE)
@@ -158,24 +180,22 @@ class P4RuntimeDriver:
             nh = self.nexthops.acquire(f, d, route)
             taken[nh.id] = nh
             _set_path(f, d, nh.id, route)
-            u = p4r.Update(type=p4r.Update.MODIFY)
-            flow_entry(self.schema, f, d, True, int(f.timeout * 1e9) if self.idle_timeout else 0,
-                       entry=u.entity.table_entry)
-            updates.append(u)
-        failed: dict[int, str] = {}
+            updates.append(self.encoder.update(p4r.Update.MODIFY, f, d, True,
+                                               int(f.timeout * 1e9) if self.idle_timeout else 0))
+        failed: dict[int, Refusal] = {}
         try:
             await self.insert_nexthops(list(taken.values()))     # those the switch holds are skipped
         except SwitchError as e:          # no next hop, no move
-            failed = {i: f"next hop refused: {e}" for i in range(len(moves))}
+            failed = {i: _refusal(e, nexthop=True) for i in range(len(moves))}
         else:
             try:
-                await self.session.write(updates, "flow move")
+                await self.session.write_encoded(updates, "flow move")
             except WriteError as e:
                 for err in e.errors:
                     for i in range(len(moves)) if err.index < 0 else (err.index,):
-                        failed.setdefault(i, f"{err.code}: {err.message}")
+                        failed.setdefault(i, Refusal(err.code, err.message))
             except SwitchError as e:
-                failed = {i: str(e) for i in range(len(moves))}
+                failed = {i: _refusal(e) for i in range(len(moves))}
         freed = []
         for i, (f, d, old_id, old_route) in enumerate(old):
             if i in failed:       # back to what the switch holds
@@ -191,14 +211,14 @@ class P4RuntimeDriver:
             except SwitchError as e:
                 log.warning("deleting %d unused next hop(s): %s", len(freed), e)
         return BatchResult([f for i, (f, _, _) in enumerate(moves) if i not in failed],
-                           [(moves[i][0], msg) for i, msg in failed.items()])
+                           [(moves[i][0], why) for i, why in failed.items()])
 
     async def read(self, flows: list[Flow], last_hit: bool) -> dict[int, FlowRead]:
         """Both entries of each flow, read by their match (not a table walk)."""
-        ents = [p4r.Entity(table_entry=entry_query(self.schema, f, d, last_hit)) for f in flows for d in Dir]
+        ents = [p4r.Entity(table_entry=entry_query(self.schema, f, d, last_hit)) for f in flows for d in DIRS]
         want = {}
         for f in flows:
-            for d in Dir:
+            for d in DIRS:
                 want[flow_key(self.schema, f, d)] = (f, d)
         got: dict[int, list] = {}
         async for e in self.session.read(ents):
@@ -219,7 +239,7 @@ class P4RuntimeDriver:
         full poll; bench/poll_cost.py measures what it costs)."""
         want = {}
         for flow in flows:
-            for d in Dir:
+            for d in DIRS:
                 want[flow_key(self.schema, flow, d)] = (flow, d)
         got: dict[int, list] = {}
         ent = p4r.Entity(direct_counter_entry=p4r.DirectCounterEntry(
@@ -282,6 +302,14 @@ def port_entry(schema: P4Schema, port: int, flowtable_id: int) -> p4r.TableEntry
     entry.action.action.action_id = action.id
     entry.action.action.params.add(param_id=p.id, value=encode(flowtable_id, p.bitwidth))
     return entry
+
+
+def _refusal(e: SwitchError, nexthop: bool = False) -> Refusal:
+    """A failed request as a Refusal: a write's first update error, or the
+    switch's failure as a whole (UNAVAILABLE)."""
+    if isinstance(e, WriteError) and e.errors:
+        return Refusal(e.errors[0].code, e.errors[0].message, nexthop)
+    return Refusal("UNAVAILABLE" if isinstance(e, SwitchUnavailable) else "UNKNOWN", str(e), nexthop)
 
 
 def _set_path(f: Flow, d: Dir, nexthop_id: int, route: FlowRoute) -> None:

@@ -16,6 +16,8 @@ import grpc
 from google.rpc import code_pb2, status_pb2
 from p4.v1 import p4runtime_pb2, p4runtime_pb2_grpc
 
+from . import wire
+
 log = logging.getLogger(__name__)
 
 
@@ -50,7 +52,7 @@ def _code_name(code: int) -> str:
     return code_pb2.Code.Name(code) if code in code_pb2.Code.values() else str(code)
 
 
-def write_errors(err: grpc.RpcError, n: int) -> list[UpdateError]:
+def write_errors(err: grpc.RpcError) -> list[UpdateError]:
     """Per-update errors from a failed Write (P4Runtime spec, Error Reporting)."""
     details = None
     for key, value in (err.trailing_metadata() or ()):
@@ -111,6 +113,9 @@ class Session:
                                    # a batch's per-update errors come in the trailers
                                    ("grpc.max_metadata_size", 16 << 20)])
         self._stub = p4runtime_pb2_grpc.P4RuntimeStub(self._channel)
+        # Write taking a serialized WriteRequest (write_encoded)
+        self._raw_write = self._channel.unary_unary("/p4.v1.P4Runtime/Write", request_serializer=None,
+                                                    response_deserializer=None)
         try:
             await asyncio.wait_for(self._channel.channel_ready(), timeout)
         except asyncio.TimeoutError:
@@ -216,6 +221,16 @@ class Session:
             raise SwitchUnavailable(f"not connected to {self.address}")
         return self._stub
 
+    def _closed_under_us(self) -> BaseException:
+        """A request's CancelledError: the caller's task was cancelled (raised
+        on), or the channel was closed under the request (a reconnect after
+        the switch was lost), which is the switch being unavailable. (Not
+        lost.set(): the reconnect that closed the channel owns that flag.)"""
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            return asyncio.CancelledError()
+        return SwitchUnavailable(f"{self.address}: the connection closed under the request")
+
     async def set_pipeline(self, p4info, device_config: bytes, cookie: int = 0) -> None:
         req = p4runtime_pb2.SetForwardingPipelineConfigRequest(
             device_id=self.device_id, election_id=self._eid,
@@ -244,15 +259,28 @@ class Session:
             return
         req = p4runtime_pb2.WriteRequest(device_id=self.device_id, election_id=self._eid,
                                          updates=updates)
+        await self._write(self._check().Write, req, what)
+
+    async def write_encoded(self, updates: list[bytes], what: str = "write") -> None:
+        """write() of Updates already serialized as WriteRequest fields
+        (wire.py): the request is joined, not built and serialized."""
+        if not updates:
+            return
+        self._check()
+        await self._write(self._raw_write, wire.write_request(self.device_id, self.election_id, updates), what)
+
+    async def _write(self, call, req, what: str) -> None:
         self.writes += 1
         try:
-            await self._check().Write(req)
+            await call(req)
+        except asyncio.CancelledError:
+            raise self._closed_under_us() from None
         except grpc.aio.AioRpcError as e:
             if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
                 self.write_errors["UNAVAILABLE"] += 1
                 self.lost.set()
                 raise SwitchUnavailable(f"{self.address}: {e.details()}") from None
-            errors = write_errors(e, len(updates))
+            errors = write_errors(e)
             self.write_errors.update(err.code for err in errors)
             raise WriteError(errors, what) from None
 
@@ -262,6 +290,8 @@ class Session:
             async for resp in self._check().Read(req):
                 for ent in resp.entities:
                     yield ent
+        except asyncio.CancelledError:
+            raise self._closed_under_us() from None
         except grpc.aio.AioRpcError as e:
             if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
                 self.lost.set()

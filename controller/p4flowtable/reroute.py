@@ -36,7 +36,7 @@ from typing import Callable
 
 from p4.v1 import p4runtime_pb2 as p4r
 
-from .model import Dir, Flow, FlowFlag, FlowRoute, TeardownReason
+from .model import DIRS, Dir, Flow, FlowFlag, FlowRoute, TeardownReason
 from .offload import P4RuntimeDriver
 from .p4runtime import SwitchError
 from .route import RouteError, Routes
@@ -75,6 +75,13 @@ class Reroute:
         self._wake = asyncio.Event()
 
     # -- messages ----------------------------------------------------------------------
+    async def follow(self, monitor) -> None:
+        """Link, address, route, rule and neighbour changes from an rtnetlink
+        socket bound to GROUPS (pyroute2's AsyncIPRoute)."""
+        while True:
+            async for msg in monitor.get():
+                self.on_message(msg)
+
     def on_message(self, msg) -> None:
         event = msg.get("event", "")
         if event in ("RTM_NEWNEIGH", "RTM_DELNEIGH"):
@@ -179,7 +186,7 @@ class Reroute:
                 continue
             version = f.key.src.version
             changed = any(v == version for v, _, _ in prefixes)
-            for d in Dir:
+            for d in DIRS:
                 key = f.route_keys[d]
                 if version in families or (key is None and changed):
                     out.append((f, d))

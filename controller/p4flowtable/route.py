@@ -29,6 +29,7 @@ neighbours are read with pyroute2.
 from __future__ import annotations
 
 import asyncio
+import functools
 import collections
 import ipaddress
 import logging
@@ -107,11 +108,28 @@ def _nla(atype: int, payload: bytes) -> bytes:
     return _NLA.pack(n, atype) + payload + b"\0" * ((-n) & 3)
 
 
+def _keyed_lookup(addr_len: int) -> struct.Struct:
+    """The layout of a keyed RTM_GETROUTE (encode_lookup's) for one address
+    size: header, rtmsg and seven attributes, packed by one call."""
+    a = f"HH{addr_len}s"
+    return struct.Struct("=IHHII" + "BBBBBBBBI" + a + a + "HHI" + "HHI" + "HHB3x" + "HH2s2x" + "HH2s2x")
+
+
+_KEYED = {4: _keyed_lookup(4), 6: _keyed_lookup(16)}
+
+
 def encode_lookup(key: RouteKey | None, dst=None, seq: int = 0) -> bytes:
     """RTM_GETROUTE for a key (routed as received on key.iif), or for a bare
     destination (routed as sent by the router itself)."""
     if key is not None:
         dst = key.dst
+        v6 = dst.version == 6
+        st, alen = _KEYED[dst.version], (16 if v6 else 4)
+        return st.pack(st.size, RTM_GETROUTE, NLM_F_REQUEST, seq, 0,
+                       socket.AF_INET6 if v6 else socket.AF_INET, alen * 8, alen * 8, 0, 0, 0, 0, 0, 0,
+                       4 + alen, RTA_DST, dst.packed, 4 + alen, RTA_SRC, key.src.packed,
+                       8, RTA_IIF, key.iif, 8, RTA_MARK, key.mark, 5, RTA_IP_PROTO, key.l4proto,
+                       6, RTA_SPORT, _BE16.pack(key.sport), 6, RTA_DPORT, _BE16.pack(key.dport))
     family = socket.AF_INET6 if dst.version == 6 else socket.AF_INET
     bits = 128 if dst.version == 6 else 32
     attrs = _nla(RTA_DST, dst.packed)
@@ -132,8 +150,15 @@ class Lookup:
 
     rtype: int
     oif: int
-    gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    gateway: str | None       # as neighbours are known by (Routes.neighbour_mac)
     mtu: int
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _address_text(packed: bytes) -> str:
+    """An address's text from its bytes: a route's gateway, a flow's on-link
+    destination (a few gateways and hosts, asked for on every lookup)."""
+    return str(ipaddress.ip_address(packed))
 
 
 def decode_route(buf: bytes, off: int, end: int) -> Lookup:
@@ -148,9 +173,9 @@ def decode_route(buf: bytes, off: int, end: int) -> Lookup:
         if atype == RTA_OIF:
             oif = _U32.unpack_from(buf, start)[0]
         elif atype == RTA_GATEWAY:
-            gw = ipaddress.ip_address(bytes(buf[start:stop]))
+            gw = _address_text(bytes(buf[start:stop]))
         elif atype == RTA_VIA and stop - start >= 2:
-            gw = ipaddress.ip_address(bytes(buf[start + 2:stop]))
+            gw = _address_text(bytes(buf[start + 2:stop]))
         elif atype == RTA_METRICS:
             p = start
             while p + 8 <= stop:
@@ -172,36 +197,44 @@ class RouteLookups:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         sock.bind((0, 0))
         self._seq = 0
-        self._pending: dict[int, asyncio.Future] = {}
+        self._pending: dict[int, tuple[_Window, int]] = {}   # seq -> its window and place in it
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._readable)
 
     def close(self) -> None:
         self._loop.remove_reader(self.sock.fileno())
         self.sock.close()
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(RouteError("route lookups closed"))
-        self._pending.clear()
+        for seq in list(self._pending):
+            self._answer(seq, RouteError("route lookups closed"))
 
     async def lookups(self, reqs: list[tuple[RouteKey | None, object]]) -> list[Lookup | OSError]:
         """(key, dst) each (see encode_lookup): the kernel's answer or its error, in order."""
         out: list = []
         for w in range(0, len(reqs), LOOKUP_WINDOW):
-            futs, data = [], []
-            for key, dst in reqs[w:w + LOOKUP_WINDOW]:
+            chunk = reqs[w:w + LOOKUP_WINDOW]
+            window = _Window(self._loop.create_future(), [None] * len(chunk), len(chunk))
+            data = []
+            for i, (key, dst) in enumerate(chunk):
                 self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
-                fut = self._loop.create_future()
-                self._pending[self._seq] = fut
-                futs.append(fut)
+                self._pending[self._seq] = (window, i)
                 data.append(encode_lookup(key, dst, self._seq))
             try:
                 self.sock.send(b"".join(data))
             except OSError as e:
-                for f in futs:
-                    f.set_exception(e)
-            out += await asyncio.gather(*futs, return_exceptions=True)
+                for seq in [s for s, (win, _) in self._pending.items() if win is window]:
+                    self._answer(seq, e)
+            out += await window.done
         return out
+
+    def _answer(self, seq: int, result) -> None:
+        got = self._pending.pop(seq, None)
+        if got is None:
+            return
+        window, i = got
+        window.results[i] = result
+        window.left -= 1
+        if not window.left and not window.done.done():
+            window.done.set_result(window.results)
 
     def _readable(self) -> None:
         for _ in range(64):
@@ -210,24 +243,29 @@ class RouteLookups:
             except BlockingIOError:
                 return
             except OSError as e:     # answers lost: every waiting lookup fails, its caller decides
-                for fut in self._pending.values():
-                    if not fut.done():
-                        fut.set_exception(e)
-                self._pending.clear()
+                for seq in list(self._pending):
+                    self._answer(seq, e)
                 return
             off, n = 0, len(data)
             while off + _NLMSGHDR.size <= n:
                 length, mtype, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, off)
                 if length < _NLMSGHDR.size or off + length > n:
                     break
-                fut = self._pending.pop(seq, None)
-                if fut is not None and not fut.done():
+                if seq in self._pending:
                     if mtype == NLMSG_ERROR:
                         err = -struct.unpack_from("=i", data, off + _NLMSGHDR.size)[0]
-                        fut.set_exception(OSError(err, os.strerror(err)))
+                        self._answer(seq, OSError(err, os.strerror(err)))
                     else:
-                        fut.set_result(decode_route(data, off + _NLMSGHDR.size, off + length))
+                        self._answer(seq, decode_route(data, off + _NLMSGHDR.size, off + length))
                 off += (length + 3) & ~3
+
+
+@dataclass(slots=True, eq=False)
+class _Window:
+    """Lookups sent together: answered all at once, when the last arrives."""
+    done: asyncio.Future
+    results: list
+    left: int
 
 
 def _mac_of(frame: bytes, at: int) -> str:
@@ -393,10 +431,25 @@ class Routes:
                 out.append(RouteError(f"no route to {target}: {why}"))
                 continue
             try:
-                out.append(await self._path(target, got))
+                # known link and neighbour (the common case): no await
+                out.append(self._known_path(target, got) or await self._path(target, got))
             except RouteError as e:
                 out.append(e)
         return out
+
+    def _known_path(self, dst, rt: Lookup) -> FlowRoute | None:
+        """_path() from what is mirrored already; None when the link or the
+        neighbour must be asked for (or the route is not one to use)."""
+        link = self._links.get(rt.oif)
+        if rt.rtype != RTN_UNICAST or link is None:
+            return None
+        ifname, mtu, mac = link
+        port = self.ports.get(ifname)
+        nexthop = rt.gateway or _address_text(dst.packed)
+        lladdr = self.neighbour_mac(rt.oif, nexthop)
+        if port is None or lladdr is None:
+            return None
+        return FlowRoute(port, mac, lladdr, min(mtu, rt.mtu) if rt.mtu else mtu, nexthop)
 
     async def _path(self, dst, rt: Lookup) -> FlowRoute:
         if rt.rtype != RTN_UNICAST:
@@ -406,7 +459,7 @@ class Routes:
             raise RouteError(f"route to {dst} leaves via {ifname}, which is no switch port")
         if rt.mtu:
             mtu = min(mtu, rt.mtu)
-        nexthop = str(rt.gateway or dst)
+        nexthop = rt.gateway or _address_text(dst.packed)
         lladdr = self.neighbour_mac(rt.oif, nexthop)
         if lladdr is None:
             lladdr = await self._ask_neighbour(rt.oif, nexthop, dst.version)

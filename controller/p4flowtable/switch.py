@@ -6,24 +6,18 @@ switch runs (GetForwardingPipelineConfig, the cookie naming the compiled
 program and its P4Info). The same program is kept, with its entries: the
 flows the switch forwards keep being forwarded while the daemon restarts.
 Anything else gets our pipeline, which starts empty. Then the switch's flow
-entries are reconciled with what the daemon will carry (plan_reconcile):
-entries of flows it carries are adopted as they are, missing or stale
-directions written, the rest (orphans) deleted.
+entries are reconciled with what the daemon will carry (reconcile.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
-from dataclasses import dataclass, field
 from typing import Callable
 
 from p4.v1 import p4runtime_pb2 as p4r
 
-from .ip import entry_key, flow_entry, match_tuple, nexthop_of
-from .model import Dir, Flow, FlowRoute, FlowTuple
-from .nexthop import NextHop, NextHops
+from .ip import entry_key
 from .p4info import P4Schema
 from .p4runtime import Session
 
@@ -76,8 +70,8 @@ class SwitchControl:
     async def _sync(self, table_id: int, wanted: list[p4r.Update], what: str) -> None:
         """Make a table hold exactly the wanted entries (INSERT, MODIFY, DELETE)."""
         have = {entry_key(e): e for e in await self.entries(table_id)}
-        updates = [u for w in wanted if (u := _update_for(w.entity.table_entry, have)) is not None]
-        await self.session.write(updates + _deletes(have), what)
+        updates = [u for w in wanted if (u := update_for(w.entity.table_entry, have)) is not None]
+        await self.session.write(updates + deletes(have), what)
 
     async def entries(self, table_id: int) -> list[p4r.TableEntry]:
         return [e.table_entry async for e in self.session.read(
@@ -96,50 +90,7 @@ class SwitchControl:
             await self.session.write(updates[i:i + WRITE_BATCH], what)
 
 
-@dataclass(slots=True)
-class ReconcilePlan:
-    adopted: list[Flow] = field(default_factory=list)    # both entries there, as the daemon would write them
-    repaired: list[Flow] = field(default_factory=list)   # a direction missing or stale: written
-    writes: list[p4r.Update] = field(default_factory=list)
-    orphans: list[p4r.Update] = field(default_factory=list)  # deletes of entries no flow owns
-    nexthop_writes: list[p4r.Update] = field(default_factory=list)   # before the flows' writes
-    nexthop_orphans: list[p4r.Update] = field(default_factory=list)  # after them: next hops no flow names
-
-
-async def plan_reconcile(schema: P4Schema, flows: list[Flow], present: dict[tuple, p4r.TableEntry],
-                         idle_timeout: bool, nexthops: NextHops) -> ReconcilePlan:
-    """What to write so that the switch holds exactly these flows' entries
-    and the next hops they name (a coroutine only to give the event loop a
-    turn now and then). `nexthops` holds what the switch holds (adopted),
-    and gets every flow's next hops."""
-    plan = ReconcilePlan()
-    left = dict(present)
-    for i, f in enumerate(flows):
-        if i % 1000 == 0:
-            await asyncio.sleep(0)
-        f.nexthops = tuple(nexthops.acquire(f, d, f.routes[d]).id for d in Dir)
-    new: dict[int, NextHop] = {}
-    for nh in list(nexthops.by_id.values()):
-        if not nh.users:
-            plan.nexthop_orphans.append(nexthops.update(nh, p4r.Update.DELETE))
-            nexthops.forget(nh)
-        elif not nh.written:
-            new[nh.id] = nh
-    plan.nexthop_writes = [nexthops.update(nh, p4r.Update.INSERT) for nh in new.values()]
-    for nh in new.values():
-        nh.written = True
-    for i, f in enumerate(flows):
-        if i % 1000 == 0:
-            await asyncio.sleep(0)
-        ttl = int(f.timeout * 1e9) if idle_timeout else 0
-        ups = [u for d in Dir if (u := _update_for(flow_entry(schema, f, d, True, ttl), left)) is not None]
-        (plan.repaired if ups else plan.adopted).append(f)
-        plan.writes += ups
-    plan.orphans = _deletes(left)
-    return plan
-
-
-def _update_for(want: p4r.TableEntry, have: dict[tuple, p4r.TableEntry]) -> p4r.Update | None:
+def update_for(want: p4r.TableEntry, have: dict[tuple, p4r.TableEntry]) -> p4r.Update | None:
     """What makes the switch hold `want`, given what it holds (the matching
     entry is taken out of `have`): INSERT, MODIFY, or nothing."""
     old = have.pop(entry_key(want), None)
@@ -150,26 +101,10 @@ def _update_for(want: p4r.TableEntry, have: dict[tuple, p4r.TableEntry]) -> p4r.
     return None
 
 
-def _deletes(left: dict[tuple, p4r.TableEntry]) -> list[p4r.Update]:
+def deletes(left: dict[tuple, p4r.TableEntry]) -> list[p4r.Update]:
     """DELETEs of the entries nothing wants."""
     return [p4r.Update(type=p4r.Update.DELETE, entity=p4r.Entity(table_entry=_match_only(e)))
             for e in left.values()]
-
-
-def by_tuple(schema: P4Schema, present: dict[tuple, p4r.TableEntry],
-             nexthops: NextHops) -> dict[FlowTuple, tuple[int, FlowRoute]]:
-    """The switch's flow entries as (ingress port, path) by the tuple they
-    match, their next hops from those the switch holds (adopted in
-    `nexthops`): what a flow adopted as it stands is made of. An entry whose
-    next hop the switch does not hold is left out (it is rewritten)."""
-    out = {}
-    for e in present.values():
-        m, hop = match_tuple(schema, e), nexthop_of(schema, e)
-        if m is None or hop is None or (nh := nexthops.by_id.get(hop[0])) is None:
-            continue
-        neighbour = nh.key[1] if nh.key[1] != nh.dst_mac else ""
-        out[m[1]] = (m[0], FlowRoute(nh.port, nh.src_mac, nh.dst_mac, hop[1], neighbour))
-    return out
 
 
 def _action(e: p4r.TableEntry) -> tuple:

@@ -1,0 +1,315 @@
+"""The owner of every flow state change (the kernel's flow_offload_add,
+flow_offload_teardown and the offload work queue of nf_flow_table_offload.c).
+
+A decided flow is queued for its add; a flow to hand back, for its delete.
+One worker writes the queue's batches in order, one pending operation per
+flow; it marks flows offloaded, handles what the switch refused (a full
+table: the flow waits for room, admitted when deletes free entries) and
+hands flows back to conntrack. Aging's callbacks (expiry, lease renewal)
+land here too: no other module changes a flow's flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .aging import Aging
+from .conntrack import ConntrackMirror, CtEntry
+from .core import Flowtables
+from .events import EventBus
+from .model import Dir, Flow, FlowFlag, FlowTuple, TeardownReason
+from .offload import P4RuntimeDriver, Refusal
+from .p4runtime import SwitchError, SwitchUnavailable
+
+log = logging.getLogger("p4ft")
+
+MAX_BATCH_FLOWS = 512
+WRITES_IN_FLIGHT = 2   # add batches at the switch at once (see FlowOffload.run)
+
+
+class Op(enum.Enum):
+    ADD = "add"
+    DELETE = "delete"
+
+
+class OffloadQueue:
+    """FIFO of (op, flow); batches are runs of the same op, order kept."""
+
+    def __init__(self):
+        self._items: collections.deque[tuple[Op, Flow]] = collections.deque()
+        self._ready = asyncio.Event()
+
+    def put_nowait(self, op: Op, flow: Flow) -> None:
+        self._items.append((op, flow))
+        self._ready.set()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def next_batch(self, limit: int) -> tuple[Op, list[Flow]]:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        op, flow = self._items.popleft()
+        batch = [flow]
+        while self._items and len(batch) < limit and self._items[0][0] is op:
+            batch.append(self._items.popleft()[1])
+        return op, batch
+
+
+@dataclass
+class OffloadTiming:
+    """Time-to-offload (decision -> both entries acknowledged) and the CPU a
+    burst costs, for `p4ft stats` and the benchmarks."""
+    since: dict = field(default_factory=dict)      # flow key -> clock when its offload was decided
+    latency: collections.deque = field(default_factory=lambda: collections.deque(maxlen=100_000))
+    first_decided: float | None = None
+    last_offloaded: float | None = None
+    cpu_first: float | None = None                 # process CPU time at the first decision
+    cpu_last: float | None = None                  # ... and at the last offload since a reset
+
+    def decided(self, key: FlowTuple, now: float) -> None:
+        self.since[key] = now
+        if self.cpu_first is None:
+            self.cpu_first = time.process_time()
+
+    def reset(self) -> None:
+        self.latency.clear()
+        self.first_decided = self.last_offloaded = self.cpu_first = self.cpu_last = None
+
+
+class FlowOffload:
+    """Adds, refusals, the wait for room, teardown and hand-back."""
+
+    def __init__(self, flowtables: Flowtables, driver: P4RuntimeDriver, mirror: ConntrackMirror, aging: Aging,
+                 events: EventBus, stats: collections.Counter, *, mark: Callable[[str], int],
+                 consider: Callable[[CtEntry], None], ct_lease: float, clock: Callable[[], float],
+                 observe_latency: Callable[[float], None] = lambda s: None):
+        """mark: a flowtable's ct label mark (the ruleset's); consider: a
+        connection is judged for offload again (decide.py); observe_latency:
+        a time-to-offload sample (the Prometheus histogram)."""
+        self.flowtables, self.driver, self.mirror, self.aging = flowtables, driver, mirror, aging
+        self.events, self.stats = events, stats
+        self.mark, self.consider, self.ct_lease, self.clock = mark, consider, ct_lease, clock
+        self.observe_latency = observe_latency
+        self.queue = OffloadQueue()
+        self.timing = OffloadTiming()
+        self.deferred: list[Flow] = []       # adds that met a lost switch (dropped: the reconcile writes them)
+        self._waiting: dict[FlowTuple, tuple[CtEntry, int]] = {}   # refused by a full table: entry, its packets then
+
+    # -- the queue ---------------------------------------------------------------------
+    def add(self, flow: Flow) -> None:
+        """A decided flow (pending, in its flowtable): its two entries are written."""
+        self.queue.put_nowait(Op.ADD, flow)
+
+    def teardown(self, flow: Flow, reason: TeardownReason, direction: Dir | None = None) -> None:
+        """flow_offload_teardown: the flow goes back to the slow path; safe to repeat."""
+        if flow.test_and_set(FlowFlag.TEARDOWN):
+            return
+        self.stats[f"teardown.{reason.value}"] += 1
+        self.events.flow("TEARDOWN", flow, reason=reason.value,
+                         direction=direction.name.lower() if direction is not None else None)
+        flow.reason = reason
+        self.queue.put_nowait(Op.DELETE, flow)
+
+    async def run(self) -> None:
+        """Writes the queue's batches in order. Adds of distinct flows do not
+        depend on each other, so up to WRITES_IN_FLIGHT add batches are at the
+        switch together: it works on one while the daemon prepares the next.
+        A delete waits until every earlier write is answered, and the next
+        batch waits for the delete, which keeps each flow's operations in order."""
+        inflight: set[asyncio.Task] = set()
+
+        async def settle(limit: int) -> None:
+            while len(inflight) > limit:
+                done, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    inflight.discard(t)
+                    t.result()      # a bug in a write: the daemon's task fails
+
+        try:
+            while True:
+                op, batch = await self.queue.next_batch(MAX_BATCH_FLOWS)
+                await settle(WRITES_IN_FLIGHT - 1 if op is Op.ADD else 0)
+                inflight.add(asyncio.create_task(self._write(op, batch)))
+                if op is not Op.ADD:
+                    await settle(0)
+        finally:
+            for t in inflight:
+                t.cancel()
+
+    async def _write(self, op: Op, batch: list[Flow]) -> None:
+        try:
+            if op is Op.ADD:
+                await self._add(batch)
+            else:
+                await self._delete(batch)
+        except SwitchUnavailable as e:
+            log.warning("%s of %d flow(s) deferred until the switch is back: %s", op.value, len(batch), e)
+            if op is Op.ADD:
+                self.deferred.extend(batch)
+            else:
+                # the pipeline pushed on reconnect starts with empty tables
+                for f in batch:
+                    await self._handed_back(f)
+
+    # -- add ---------------------------------------------------------------------------
+    def offloaded(self, f: Flow, now: float) -> None:
+        """The switch holds both entries of f: it is the switch's now."""
+        f.clear(FlowFlag.PENDING)
+        if not f.test_and_set(FlowFlag.HW):
+            self.aging.track(f, now)
+            f.offloaded_at = now
+
+    async def _add(self, batch: list[Flow]) -> None:
+        batch = [f for f in batch if not f.flags & FlowFlag.TEARDOWN]
+        if not batch:
+            return
+        res = await self.driver.add(batch)
+        now = self.clock()
+        self.stats["offload_batches"] += 1
+        t = self.timing
+        timed = False
+        for f in res.done:
+            self.offloaded(f, now)
+            self.stats["offloaded"] += 1
+            since = t.since.pop(f.key, None)
+            self.events.flow("OFFLOAD", f, after_ms=round(1000 * (now - since), 2) if since is not None else None)
+            if since is not None:   # conntrack event or miss -> both entries written
+                t.latency.append(now - since)
+                self.observe_latency(now - since)
+                t.first_decided = min(t.first_decided or since, since)
+                t.last_offloaded = now
+                timed = True
+        if timed:
+            t.cpu_last = time.process_time()
+        refused = []
+        for f, why in res.failed:
+            if why.exists:
+                self.offloaded(f, now)
+            else:
+                refused.append((f, why))
+        if refused:
+            await self._refused(refused)
+
+    async def _refused(self, refused: list[tuple[Flow, Refusal]]) -> None:
+        """Flows the switch would not take. A flow is both its directions or
+        none: a direction that got in is removed. The flow waits for room in
+        the slow path, its mark kept, its kernel lease back to its state's
+        timeout: it is admitted, heaviest first, when deletes free entries
+        (_admit_waiting), not retried on each of its packets."""
+        try:
+            await self.driver.delete([f for f, _ in refused])
+        except SwitchError as e:
+            log.warning("removing what got in of %d refused flow(s): %s", len(refused), e)
+        waiting = []
+        for f, why in refused:
+            self.stats["table_full" if why.table_full else "offload_failed"] += 1
+            self.events.flow("REFUSED", f, reason="table_full" if why.table_full else str(why))
+            if not why.table_full:
+                log.error("switch refused flow %s: %s", f.key, why)
+            self.timing.since.pop(f.key, None)
+            self.flowtables.delete(f)
+            ct = self.mirror.entries.get(f.key)
+            if ct is None:
+                continue
+            waiting.append(ct)
+            await self.mirror.handed_back(ct, 0, 0)
+        if waiting:
+            log.warning("switch refused %d flow(s): waiting for room (%d waiting)", len(waiting),
+                        len(self._waiting) + len(waiting))
+            for ct, n in zip(waiting, await self.mirror.packets(waiting)):
+                self._waiting[ct.orig] = (ct, n or 0)
+
+    @property
+    def waiting_for_room(self) -> int:
+        """Flows refused by a full table, waiting for room."""
+        return len(self._waiting)
+
+    def waits_for_room(self, orig: FlowTuple) -> bool:
+        return orig in self._waiting
+
+    def forget(self, orig: FlowTuple) -> None:
+        """The connection is gone: it waits for nothing."""
+        self._waiting.pop(orig, None)
+
+    async def _admit_waiting(self, room: int) -> None:
+        """Entries were freed: the flows waiting for room, those that moved the
+        most packets since they were refused first (the kernel has no such
+        policy; conntrack's counters make it possible)."""
+        if not self._waiting or room <= 0:
+            return
+        items = list(self._waiting.items())
+        now = await self.mirror.packets([ct for _, (ct, _) in items])
+        ranked = sorted(zip(items, now), key=lambda x: (x[1] or 0) - x[0][1][1], reverse=True)
+        for (key, _), _ in ranked[:room]:
+            del self._waiting[key]
+            cur = self.mirror.entries.get(key)
+            if cur is not None:
+                self.stats["table_full_admitted"] += 1
+                self.consider(cur)
+
+    # -- delete and hand-back ------------------------------------------------------------
+    async def _delete(self, batch: list[Flow]) -> None:
+        res = await self.driver.delete(batch)
+        now = self.clock()
+        for f in batch:
+            self.aging.removed(f, now)
+        for f, why in res.failed:
+            log.error("switch refused to delete flow %s: %s", f.key, why)
+            self.stats["delete_failed"] += 1
+        for f in batch:
+            await self._handed_back(f)
+        await self._admit_waiting(len(batch) - len(res.failed))
+
+    async def _handed_back(self, f: Flow) -> None:
+        """flow_offload_fixup_ct: conntrack owns the connection again, with
+        its state's timeout less the time the flow sat idle in the switch."""
+        f.clear(FlowFlag.HW | FlowFlag.PENDING)
+        self.events.flow("HANDBACK", f, reason=f.reason.value if f.reason else None)
+        self.flowtables.delete(f)
+        if f.flags & FlowFlag.DYING:
+            return
+        idle = min(self.clock() - f.last_used, f.timeout) if f.reason is TeardownReason.EXPIRED else 0
+        ct = self.mirror.entries.get(f.key)
+        if ct is not None:
+            try:
+                await self.mirror.handed_back(ct, idle, self.mark(f.flowtable))
+            except Exception as e:  # the entry may have just died
+                log.debug("hand-back of %s: %s", f.key, e)
+
+    async def hand_back_all(self) -> None:
+        """At stop: every flow the switch carries (or is about to) removed
+        from it and handed back."""
+        flows = [f for f in self.flowtables if f.flags & (FlowFlag.HW | FlowFlag.PENDING)]
+        if not flows:
+            return
+        try:
+            await self.driver.delete(flows)
+        except SwitchError as e:
+            log.warning("could not remove flows from the switch at stop: %s", e)
+        for f in flows:
+            ct = self.mirror.entries.get(f.key)
+            if ct is not None:
+                try:
+                    await self.mirror.handed_back(ct, 0, self.mark(f.flowtable))
+                except Exception as e:  # entry may be gone
+                    log.debug("hand-back of %s: %s", f.key, e)
+
+    # -- aging's callbacks (aging.py) ----------------------------------------------------
+    def expired(self, f: Flow) -> None:
+        self.stats["expired"] += 1
+        self.events.flow("EXPIRE", f, idle_s=round(self.clock() - f.last_used, 1))
+        self.teardown(f, TeardownReason.EXPIRED)
+
+    async def renew_lease(self, f: Flow) -> None:
+        ct = self.mirror.entries.get(f.key)
+        if ct is not None:
+            await self.mirror.keepalive(ct, self.ct_lease)
+            self.events.flow("REFRESH", f, lease_s=int(self.ct_lease))

@@ -1,0 +1,62 @@
+"""Every benchmark runs to its end at a tiny size on the embedded target and
+writes its results: a benchmark that no longer runs fails here, not on the
+day someone needs its figures. Sizes are the smallest that still go through
+every phase; the figures themselves mean nothing at these sizes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+HELPERS = {"record.py", "plot.py"}      # not benchmarks: the results' writer and the plots
+
+SMOKE = {
+    "memory.py": ["--flows", "1000"],
+    "offload_rate.py": ["--switch", "soft", "--flows", "300", "--latency-flows", "20", "--pace", "50",
+                        "--rtt-samples", "10"],
+    "paths.py": ["--switch", "soft", "--seconds", "1", "--rounds", "1"],
+    "poll_cost.py": ["--switch", "soft", "--flows", "300"],
+    "punt_storm.py": ["--switch", "soft", "--seconds", "2"],
+    "reroute.py": ["--switch", "soft", "--sizes", "100", "--rounds", "2", "--flap-flows", "100",
+                   "--flap-changes", "20", "--flap-seconds", "1"],
+    "restart.py": ["--switch", "soft", "--flows", "100"],
+    "aging.py": ["--switch", "soft", "--flows", "0,100", "--burst", "100", "--probes", "10", "--timeout", "2"],
+    "switch_pps.py": ["--switch", "soft", "--packets", "200", "--rounds", "1", "--no-l3fwd"],
+}
+
+
+def test_every_benchmark_has_a_smoke_run():
+    scripts = {p.name for p in BENCH.glob("*.py")} - HELPERS
+    assert scripts == set(SMOKE), f"bench scripts without a smoke run here: {sorted(scripts - set(SMOKE))}"
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return tmp_path_factory.mktemp("bench-results")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the benchmarks need root (namespaces, veths)")
+@pytest.mark.parametrize("script", sorted(SMOKE))
+def test_benchmark_runs_to_the_end_and_writes_its_results(script, results):
+    out = results / script.replace(".py", ".json")
+    p = subprocess.run([sys.executable, str(BENCH / script), *SMOKE[script], "--out", str(out)],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert p.returncode == 0, f"{script} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    data = json.loads(out.read_text())
+    assert data, f"{script} wrote empty results"
+
+
+def test_plots_are_drawn_from_the_smoke_results(results, tmp_path):
+    if not any(results.glob("*.json")):
+        pytest.skip("no benchmark ran")
+    p = subprocess.run([sys.executable, str(BENCH / "plot.py"), "--results", str(results), "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert any(tmp_path.glob("*.png")), p.stdout
