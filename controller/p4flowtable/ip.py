@@ -163,16 +163,31 @@ def entry_query(schema: P4Schema, flow: Flow, d: Dir, last_hit: bool) -> p4r.Tab
     return entry
 
 
+def entry_fields(entry: p4r.TableEntry) -> tuple[tuple, dict[int, int], int, dict[int, int]]:
+    """One pass over an entry read from the switch: its entry_key, its match
+    values and its action's parameter values by id, and its action id (what
+    match_tuple, nexthop_of and switch.action_of each read, read once)."""
+    by_id = {m.field_id: int.from_bytes(m.exact.value, "big") for m in entry.match}
+    a = entry.action.action
+    return ((entry.table_id, tuple(sorted(by_id.items()))), by_id, a.action_id,
+            {p.param_id: int.from_bytes(p.value, "big") for p in a.params})
+
+
 def match_tuple(schema: P4Schema, entry: p4r.TableEntry) -> tuple[int, FlowTuple] | None:
     """(ingress port, tuple) of a flow table entry of either family, e.g. from
     an idle notification; None when it is not one or a field is missing."""
+    return match_tuple_of(schema, entry.table_id,
+                          {m.field_id: int.from_bytes(m.exact.value, "big") for m in entry.match})
+
+
+def match_tuple_of(schema: P4Schema, table_id: int, by_id: dict[int, int]) -> tuple[int, FlowTuple] | None:
+    """match_tuple, from the entry's table id and match values by field id."""
     for version, address in ((4, ipv4), (6, ipaddress.IPv6Address)):
-        table_id, fields, _, _ = _layout(schema, version)
-        if entry.table_id == table_id:
+        tid, fields, _, _ = _layout(schema, version)
+        if table_id == tid:
             break
     else:
         return None
-    by_id = {m.field_id: int.from_bytes(m.exact.value, "big") for m in entry.match}
     try:
         port, src, dst, proto, sport, dport = (by_id[fid] for fid, _ in fields)
     except KeyError:
@@ -184,12 +199,16 @@ def nexthop_of(schema: P4Schema, entry: p4r.TableEntry) -> tuple[int, int] | Non
     """(next-hop id, MTU) of a flow entry's action; None for an entry of no
     flow action."""
     a = entry.action.action
+    return nexthop_of_action(schema, a.action_id, {p.param_id: int.from_bytes(p.value, "big") for p in a.params})
+
+
+def nexthop_of_action(schema: P4Schema, action: int, got: dict[int, int]) -> tuple[int, int] | None:
+    """nexthop_of, from the action id and parameter values by id."""
     for version in (4, 6):
         for l4proto, nat in ((IPPROTO_TCP, True), (IPPROTO_UDP, True), (IPPROTO_TCP, False)):
             _, _, action_id, params = _layout(schema, version, l4proto, nat)
-            if a.action_id != action_id:
+            if action != action_id:
                 continue
-            got = {p.param_id: int.from_bytes(p.value, "big") for p in a.params}
             v = dict(zip(_PARAMS_OF[version] if nat else _ROUTE_PARAMS, (got.get(pid) for pid, _ in params)))
             if None in (v["nexthop_id"], v["mtu"]):
                 return None

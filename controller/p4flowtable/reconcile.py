@@ -25,7 +25,7 @@ from .core import Flowtables
 from .decide import MAX_BATCH_FLOWS, Decisions
 from .events import EventBus
 from .flowoffload import FlowOffload
-from .ip import flow_entry, match_tuple, nexthop_of
+from .ip import entry_fields, entry_values, flow_entry, match_tuple_of, nexthop_of_action
 from .model import DIRS, Flow, FlowFlag, FlowRoute, FlowTuple
 from .nexthop import NextHop, NextHops
 from .offload import P4RuntimeDriver
@@ -33,7 +33,7 @@ from .p4info import P4Schema
 from .p4runtime import WriteError
 from .route import Routes, route_keys
 from .ruleset import RulesetControl
-from .switch import SwitchControl, deletes, update_for
+from .switch import SwitchControl, action_of, deletes
 
 log = logging.getLogger("p4ft")
 
@@ -65,7 +65,8 @@ class Reconcile:
         carried = [f for f in self.flowtables if not f.flags & FlowFlag.TEARDOWN]
         fresh: list[tuple[Flow, CtEntry]] = []
         declined: collections.Counter[str] = collections.Counter()
-        held = by_tuple(self.schema, present, nexthops)
+        read = [entry_fields(e) for e in present.values()]     # each entry decoded once
+        held = by_tuple(self.schema, read, nexthops)
         undecided: list[CtEntry] = []
         for i, e in enumerate(list(self.mirror.entries.values())):
             if i % YIELD_EVERY == 0:
@@ -85,7 +86,7 @@ class Reconcile:
                 else:
                     fresh.append(got)
         plan = await plan_reconcile(self.schema, carried + [f for f, _ in fresh], present, self.driver.idle_timeout,
-                                    nexthops)
+                                    nexthops, {k: (aid, tuple(sorted(params.items()))) for k, _, aid, params in read})
         failed: set[int] = set()
         try:
             await self.switch.write(plan.nexthop_writes, "next hop")
@@ -174,11 +175,14 @@ class ReconcilePlan:
 
 
 async def plan_reconcile(schema: P4Schema, flows: list[Flow], present: dict[tuple, p4r.TableEntry],
-                         idle_timeout: bool, nexthops: NextHops) -> ReconcilePlan:
+                         idle_timeout: bool, nexthops: NextHops, actions: dict[tuple, tuple] | None = None
+                         ) -> ReconcilePlan:
     """What to write so that the switch holds exactly these flows' entries
     and the next hops they name (a coroutine only to give the event loop a
     turn now and then). `nexthops` holds what the switch holds (adopted),
-    and gets every flow's next hops."""
+    and gets every flow's next hops. actions: the present entries' actions
+    (switch.action_of) where already decoded."""
+    actions = {k: action_of(e) for k, e in present.items()} if actions is None else actions
     plan = ReconcilePlan()
     left = dict(present)
     for i, f in enumerate(flows):
@@ -199,7 +203,18 @@ async def plan_reconcile(schema: P4Schema, flows: list[Flow], present: dict[tupl
         if i % 1000 == 0:
             await asyncio.sleep(0)
         ttl = int(f.timeout * 1e9) if idle_timeout else 0
-        ups = [u for d in DIRS if (u := update_for(flow_entry(schema, f, d, True, ttl), left)) is not None]
+        ups = []
+        for d in DIRS:
+            # compared as values (entry_key and _action's form): an entry
+            # message is built only for what must be written
+            (table_id, fields, action_id, params), keys, values = entry_values(schema, f, d, True)
+            key = (table_id, tuple(sorted(zip((fid for fid, _ in fields), keys))))
+            old = left.pop(key, None)
+            if old is not None and actions[key] == (action_id, tuple(sorted(
+                    (pid, v) for (pid, _), v in zip(params, values) if pid is not None))):
+                continue
+            ups.append(p4r.Update(type=p4r.Update.MODIFY if old is not None else p4r.Update.INSERT,
+                                  entity=p4r.Entity(table_entry=flow_entry(schema, f, d, True, ttl))))
         (plan.repaired if ups else plan.adopted).append(f)
         plan.writes += ups
     plan.orphans = deletes(left)
@@ -208,15 +223,14 @@ async def plan_reconcile(schema: P4Schema, flows: list[Flow], present: dict[tupl
 
 
 
-def by_tuple(schema: P4Schema, present: dict[tuple, p4r.TableEntry],
-             nexthops: NextHops) -> dict[FlowTuple, tuple[int, FlowRoute]]:
+def by_tuple(schema: P4Schema, read: list[tuple], nexthops: NextHops) -> dict[FlowTuple, tuple[int, FlowRoute]]:
     """The switch's flow entries as (ingress port, path) by the tuple they
     match, their next hops from those the switch holds (adopted in
     `nexthops`): what a flow adopted as it stands is made of. An entry whose
     next hop the switch does not hold is left out (it is rewritten)."""
     out = {}
-    for e in present.values():
-        m, hop = match_tuple(schema, e), nexthop_of(schema, e)
+    for (table_id, _), by_id, action_id, params in read:     # ip.entry_fields of each entry
+        m, hop = match_tuple_of(schema, table_id, by_id), nexthop_of_action(schema, action_id, params)
         if m is None or hop is None or (nh := nexthops.by_id.get(hop[0])) is None:
             continue
         neighbour = nh.key[1] if nh.key[1] != nh.dst_mac else ""

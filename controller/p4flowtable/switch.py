@@ -96,7 +96,7 @@ def update_for(want: p4r.TableEntry, have: dict[tuple, p4r.TableEntry]) -> p4r.U
     old = have.pop(entry_key(want), None)
     if old is None:
         return p4r.Update(type=p4r.Update.INSERT, entity=p4r.Entity(table_entry=want))
-    if _action(old) != _action(want):
+    if action_of(old) != action_of(want):
         return p4r.Update(type=p4r.Update.MODIFY, entity=p4r.Entity(table_entry=want))
     return None
 
@@ -107,7 +107,7 @@ def deletes(left: dict[tuple, p4r.TableEntry]) -> list[p4r.Update]:
             for e in left.values()]
 
 
-def _action(e: p4r.TableEntry) -> tuple:
+def action_of(e: p4r.TableEntry) -> tuple:
     """An entry's action, independent of byte padding."""
     a = e.action.action
     return a.action_id, tuple(sorted((p.param_id, int.from_bytes(p.value, "big")) for p in a.params))
