@@ -70,8 +70,8 @@ P4C_TOFINO     ?= p4c-barefoot
 BFAS           ?= bfas
 TOFINO_BUILD   := $(P4BUILD)/tofino
 TOFINO_CPU_PORT ?= 192
-TOFINO_V4_SIZE ?= 131072
-TOFINO_V6_SIZE ?= 24576
+TOFINO_V4_SIZE ?= 163840
+TOFINO_V6_SIZE ?= 32768
 TOFINO_INFO    := cpu_port=$(TOFINO_CPU_PORT) flow_table_v4_size=$(TOFINO_V4_SIZE) flow_table_v6_size=$(TOFINO_V6_SIZE)
 TOFINO_ARGS    := --target tofino --arch tna --std p4-16 --p4runtime-force-std-externs -g --verbose \
                   -DP4FT_CPU_PORT=$(TOFINO_CPU_PORT) -DFLOW_TABLE_V4_SIZE=$(TOFINO_V4_SIZE) \
