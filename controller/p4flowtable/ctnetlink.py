@@ -125,10 +125,6 @@ def _labels(buf: bytes, span: tuple[int, int] | None) -> int | None:
     return int.from_bytes(buf[span[0]:span[1]], "little")
 
 
-def _tuple(buf: bytes, span: tuple[int, int]) -> FlowTuple | None:
-    return _tuple_at(buf, span[0], span[1])
-
-
 def _tuple_at(buf: bytes, pos: int, end: int) -> FlowTuple | None:
     """CTA_TUPLE_ORIG/REPLY's payload: addresses and ports, in one walk of
     each nest (a NEW event carries two; this is the events' hot path)."""
