@@ -235,7 +235,7 @@ class Daemon:
         keep_flows_on_stop, leave them: the switch keeps forwarding them and
         the kernel's leases keep their entries until the next daemon adopts them."""
         if self.keep_flows_on_stop:
-            log.info("stopping; %d flow(s) stay in the switch for the next daemon", len(self.flowtables))
+            log.info("stopping; %d flow(s) stay in the switch for the next daemon", len(self.offload.carried()))
         elif not self.session.lost.is_set():
             await self.offload.hand_back_all()
         for t in self._tasks:

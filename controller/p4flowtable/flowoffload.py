@@ -284,10 +284,14 @@ class FlowOffload:
             except Exception as e:  # the entry may have just died
                 log.debug("hand-back of %s: %s", f.key, e)
 
+    def carried(self) -> list[Flow]:
+        """The flows the switch carries, or is about to."""
+        return [f for f in self.flowtables if f.flags & (FlowFlag.HW | FlowFlag.PENDING)]
+
     async def hand_back_all(self) -> None:
         """At stop: every flow the switch carries (or is about to) removed
         from it and handed back."""
-        flows = [f for f in self.flowtables if f.flags & (FlowFlag.HW | FlowFlag.PENDING)]
+        flows = self.carried()
         if not flows:
             return
         try:
