@@ -116,22 +116,28 @@ def free_tcp_port() -> int:
         return s.getsockname()[1]
 
 
-def switch_command(kind: str, ports: list[tuple[int, str]], grpc_addr: str, device_id: int = 1) -> list[str]:
-    """argv of a switch process: BMv2, or the embedded target with the same options."""
+def switch_command(kind: str, ports: list[tuple[int, str]], grpc_addr: str, device_id: int = 1,
+                   tls: tuple[str, str, str] | None = None) -> list[str]:
+    """argv of a switch process: BMv2, or the embedded target with the same options.
+    tls: (CA, certificate, key): serve P4Runtime over TLS and require client
+    certificates signed by that CA."""
     port_args = [a for port, ifname in ports for a in ("-i", f"{port}@{ifname}")]
     if kind == "bmv2":
+        tls_args = (["--grpc-server-ssl", "--grpc-server-cacert", tls[0], "--grpc-server-cert", tls[1],
+                     "--grpc-server-key", tls[2], "--grpc-server-with-client-auth"] if tls else [])
         return (["simple_switch_grpc", "--device-id", str(device_id), "--no-p4"] + port_args
-                + ["--", "--cpu-port", str(CPU_PORT), "--grpc-server-addr", grpc_addr])
+                + ["--", "--cpu-port", str(CPU_PORT), "--grpc-server-addr", grpc_addr] + tls_args)
     if kind == "soft":
+        tls_args = ["--tls-ca", tls[0], "--tls-cert", tls[1], "--tls-key", tls[2]] if tls else []
         return ([PYTHON, "-m", "p4flowtable.cli", "switch", "--device-id", str(device_id),
-                 "--cpu-port", str(CPU_PORT), "--grpc-addr", grpc_addr] + port_args)
+                 "--cpu-port", str(CPU_PORT), "--grpc-addr", grpc_addr] + port_args + tls_args)
     raise ValueError(f"unknown switch kind {kind!r} (bmv2, soft)")
 
 
 def start_switch_process(kind: str, ports: list[tuple[int, str]], grpc_addr: str,
-                         log=subprocess.DEVNULL) -> subprocess.Popen:
+                         log=subprocess.DEVNULL, tls: tuple[str, str, str] | None = None) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "controller"))
-    return subprocess.Popen(switch_command(kind, ports, grpc_addr), stdout=log, stderr=subprocess.STDOUT,
+    return subprocess.Popen(switch_command(kind, ports, grpc_addr, tls=tls), stdout=log, stderr=subprocess.STDOUT,
                             env=env, start_new_session=True)
 
 
@@ -141,10 +147,11 @@ class P4RuntimeSwitch(Switch):
     grpc_port = 9559
     kind = "?"
 
-    def __init__(self, name, grpc_port: int = 9559, device_id: int = 1, **kw):
+    def __init__(self, name, grpc_port: int = 9559, device_id: int = 1,
+                 tls: tuple[str, str, str] | None = None, **kw):
         kw["inNamespace"] = False
         super().__init__(name, **kw)
-        self.grpc_port, self.device_id = grpc_port, device_id
+        self.grpc_port, self.device_id, self.tls = grpc_port, device_id, tls
         self.proc: subprocess.Popen | None = None
         LOG_DIR.mkdir(exist_ok=True)
         self.logfile = str(LOG_DIR / f"{name}-{self.kind}.log")
@@ -166,7 +173,8 @@ class P4RuntimeSwitch(Switch):
             # daemon would program it instead of this switch
             raise RuntimeError(f"{self.grpc_addr} is already served by another process (a switch left "
                                f"running by an earlier run?); stop it first")
-        self.proc = start_switch_process(self.kind, self.port_list(), self.grpc_addr, open(self.logfile, "w"))
+        self.proc = start_switch_process(self.kind, self.port_list(), self.grpc_addr, open(self.logfile, "w"),
+                                         tls=self.tls)
         wait_port("127.0.0.1", self.grpc_port, 30, self.proc)
 
     def stop(self, deleteIntfs=True) -> None:
@@ -303,11 +311,15 @@ class FlowtableNet:
                  timeouts: dict[str, float] | None = None, poll_interval: float = 0.5,
                  socket_path: str = "/run/p4ft-topo.sock", grpc_port: int = 9559, daemon: bool = True,
                  daemon_args: list[str] | None = None, ruleset_file: Path | None = None,
-                 third_host: bool = False, sides: tuple | None = None):
+                 third_host: bool = False, sides: tuple | None = None,
+                 switch_tls: tuple[str, str, str] | None = None):
         """ruleset: the ruleset's text; ruleset_file: a ruleset file used where
         it is (its includes are found beside it), in place of the text;
         third_host: h3 on a second LAN port (LAN2); sides: the hosts' sides
-        h1, h2, ... in full (say (LAN, WAN, WAN2): two uplinks)."""
+        h1, h2, ... in full (say (LAN, WAN, WAN2): two uplinks); switch_tls:
+        (CA, certificate, key) of a switch serving P4Runtime over mutual TLS
+        (the daemon's own --tls-* options go in daemon_args)."""
+        self.switch_tls = switch_tls
         self.sides = sides or ((LAN, WAN, LAN2) if third_host else (LAN, WAN))
         self.switch_cls = pick_switch(switch)
         self.ruleset_text = ruleset
@@ -331,11 +343,11 @@ class FlowtableNet:
     def start(self) -> "FlowtableNet":
         subprocess.run(["mn", "-c"], capture_output=True)
         self.router.start()
-        grpc_port = self.grpc_port
+        grpc_port, tls = self.grpc_port, self.switch_tls
 
         class Sw(self.switch_cls):
             def __init__(self, name, **kw):
-                super().__init__(name, grpc_port=grpc_port, **kw)
+                super().__init__(name, grpc_port=grpc_port, tls=tls, **kw)
 
         self.net = Mininet(topo=FlowtableTopo(Sw, self.sides), controller=None, autoSetMacs=True)
         self.net.start()

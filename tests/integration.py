@@ -124,6 +124,17 @@ def forward_packets(net) -> int:
     return int(m.group(1))
 
 
+def switch_channel(net):
+    """A second client's channel to the switch: over TLS with the test's
+    reader certificate where the net's switch requires one (net.reader_tls)."""
+    import grpc
+    addr = f"127.0.0.1:{net.grpc_port}"
+    tls = getattr(net, "reader_tls", None)
+    if tls is None:
+        return grpc.insecure_channel(addr)
+    return grpc.secure_channel(addr, tls.channel_credentials())
+
+
 def switch_flow_entries(net, missing_ok: bool = False, counters: bool = False) -> list | None:
     """flow_table_v4 entries as the switch holds them (read by a second client).
 
@@ -137,7 +148,7 @@ def switch_flow_entries(net, missing_ok: bool = False, counters: bool = False) -
     p4info = p4info_pb2.P4Info()
     text_format.Parse((ROOT / "p4src/build/flowtable.p4info.txtpb").read_text(), p4info)
     tid = next(t.preamble.id for t in p4info.tables if t.preamble.name.endswith("flow_table_v4"))
-    with grpc.insecure_channel(f"127.0.0.1:{net.grpc_port}") as ch:
+    with switch_channel(net) as ch:
         stub = p4runtime_pb2_grpc.P4RuntimeStub(ch)
         req = p4r.ReadRequest(device_id=1, entities=[p4r.Entity(table_entry=p4r.TableEntry(table_id=tid))])
         if counters:
@@ -152,12 +163,11 @@ def switch_flow_entries(net, missing_ok: bool = False, counters: bool = False) -
 
 def switch_nexthops(net) -> dict[int, tuple[int, str]]:
     """nexthop_table as the switch holds it (read by a second client): id -> (port, dst MAC)."""
-    import grpc
     from p4flowtable.nexthop import NextHops
     from p4flowtable.p4info import P4Schema
     from p4.v1 import p4runtime_pb2 as p4r, p4runtime_pb2_grpc
     nhs = NextHops(P4Schema.from_file(ROOT / "p4src/build/flowtable.p4info.txtpb"))
-    with grpc.insecure_channel(f"127.0.0.1:{net.grpc_port}") as ch:
+    with switch_channel(net) as ch:
         stub = p4runtime_pb2_grpc.P4RuntimeStub(ch)
         req = p4r.ReadRequest(device_id=1, entities=[p4r.Entity(table_entry=p4r.TableEntry(table_id=nhs.table_id))])
         out = {}

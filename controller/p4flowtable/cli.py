@@ -64,6 +64,17 @@ def cmd_daemon(args) -> int:
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"--ct-label-bits: {e}") from None
 
+    from .tls import TlsConfigError, TlsFiles, plaintext_allowed
+
+    tls = TlsFiles(args.tls_ca, args.tls_cert, args.tls_key)
+    try:
+        if tls.enabled:
+            tls.check(need_ca=True, need_identity=False)
+        else:
+            plaintext_allowed(args.grpc_addr, args.insecure, "to")
+    except TlsConfigError as e:
+        print(f"p4ft daemon: {e}", file=sys.stderr)
+        return 2
     cfg = DaemonConfig(grpc_addr=args.grpc_addr, device_id=args.device_id,
                        election_id=args.election_id, netns=args.netns,
                        ports=_port_map(args.port), ruleset=Path(args.ruleset) if args.ruleset else None,
@@ -71,7 +82,8 @@ def cmd_daemon(args) -> int:
                        poll_interval=args.poll_interval, ct_lease=args.ct_lease,
                        idle_timeouts=not args.no_idle_timeouts,
                        load_kernel_ruleset=not args.no_kernel_ruleset, label_bits=label_bits,
-                       metrics_addr=args.metrics_addr)
+                       metrics_addr=args.metrics_addr, tls=tls if tls.enabled else None,
+                       tls_server_name=args.tls_server_name)
     if args.punt_rate is not None:
         cfg.punt_rate = args.punt_rate
     if args.punt_burst is not None:
@@ -278,6 +290,28 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def _tls_options(p: argparse.ArgumentParser, side: str) -> None:
+    g = p.add_argument_group("P4Runtime over TLS (docs/security.md)")
+    if side == "client":
+        g.add_argument("--tls-ca", metavar="PEM", help="CA that signed the switch's certificate: verify it, and "
+                                                       "speak TLS")
+        g.add_argument("--tls-cert", metavar="PEM", help="this controller's certificate, shown to the switch")
+        g.add_argument("--tls-key", metavar="PEM", help="its private key")
+        g.add_argument("--tls-server-name", metavar="NAME",
+                       help="the name the switch's certificate carries, where it is not --grpc-addr's host")
+        g.add_argument("--insecure", action="store_true",
+                       help="accept plaintext P4Runtime to a switch that is not on this host (refused "
+                            "without it: whoever reaches the port could program the switch)")
+    else:
+        g.add_argument("--tls-cert", metavar="PEM", help="the switch's certificate: serve TLS")
+        g.add_argument("--tls-key", metavar="PEM", help="its private key")
+        g.add_argument("--tls-ca", metavar="PEM",
+                       help="require client certificates, signed by this CA (as BMv2's "
+                            "--grpc-server-with-client-auth)")
+        g.add_argument("--insecure", action="store_true",
+                       help="serve plaintext P4Runtime on an address that is not loopback (refused without it)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="p4ft", description="Linux flowtable offload to a P4 switch", fromfile_prefix_chars="@")
     p.add_argument("--socket", default=DEFAULT_SOCKET, help="daemon socket (default %(default)s)")
@@ -324,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--punt-burst", type=_count("--punt-burst"), metavar="PACKETS",
                    help="packets a port may punt at once above its rate after a quiet time "
                         "(default 500)")
+    _tls_options(d, "client")
     d.set_defaults(func=cmd_daemon)
 
     fl = sub.add_parser("flow", help="offloaded and tracked flows").add_subparsers(dest="sub", required=True)
@@ -377,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--cpu-port", type=int, default=510)
     sw.add_argument("--grpc-addr", default="127.0.0.1:9559")
     sw.add_argument("--device-id", type=int, default=1)
+    _tls_options(sw, "server")
     sw.set_defaults(func=cmd_switch)
     return p
 

@@ -110,6 +110,9 @@ class Commands:
         d = dict(self.stats)
         d["role"] = "primary" if self.session.is_primary else "backup"
         d["election_id"] = self.session.election_id
+        d["p4runtime_transport"] = "mutual TLS" if self.session.tls else "plaintext"
+        if self.session.last_error:
+            d["switch_last_error"] = self.session.last_error
         for name in self.punt_names.values():
             d.setdefault(f"punt.{name}", 0)
         d["flows_offloaded_now"] = sum(1 for f in self.flowtables if f.flags & FlowFlag.HW)

@@ -45,6 +45,7 @@ from .role import SwitchRole
 from .route import RouteLookups, Routes
 from .ruleset import RulesetControl
 from .switch import SwitchControl
+from .tls import TlsFiles
 
 log = logging.getLogger("p4ft")
 
@@ -76,6 +77,8 @@ class DaemonConfig:
     punt_rate: int = DEFAULT_PUNT_RATE      # punted packets/s per ingress port; 0: no limit (punt.py)
     punt_burst: int = DEFAULT_PUNT_BURST
     target: str = "bmv2"     # bmv2 (BMv2 and the embedded target) or tofino (tofino.py)
+    tls: TlsFiles | None = None          # mutual TLS to the switch (tls.py); None: plaintext
+    tls_server_name: str | None = None   # the switch certificate's name, where not the address's host
 
 
 class Daemon:
@@ -84,7 +87,8 @@ class Daemon:
         self.clock = clock
         self.flowtables = Flowtables(clock)
         self.mirror = ConntrackMirror(cfg.netns)
-        self.session = Session(cfg.grpc_addr, cfg.device_id, cfg.election_id)
+        self.session = Session(cfg.grpc_addr, cfg.device_id, cfg.election_id, tls=cfg.tls,
+                               server_name=cfg.tls_server_name)
         p4info = p4info_pb2.P4Info()
         text_format.Parse(Path(cfg.p4info).read_text(), p4info)
         self.schema = schema = P4Schema(p4info)

@@ -9,7 +9,7 @@ from the connection becoming offloadable to then), ADOPT (taken over from the
 switch after a restart), REFRESH (the kernel's lease renewed), EXPIRE (idle in
 the switch), TEARDOWN (with reason, and the direction of a FIN or RST),
 HANDBACK (the kernel owns the flow again), REFUSED (with the reason), LOST and
-BACK (the switch), DROPPED (this monitor's queue overflowed).
+BACK (the switch), TLS_REFUSED (a handshake with it failed, with the reason), DROPPED (this monitor's queue overflowed).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .model import L4PROTO_NAMES, Flow, FlowFlag
 QUEUE = 10_000          # events a monitor may fall behind by
 
 FLOW_EVENTS = ("OFFLOAD", "ADOPT", "REFRESH", "EXPIRE", "TEARDOWN", "HANDBACK", "REFUSED")
-SWITCH_EVENTS = ("LOST", "BACK")
+SWITCH_EVENTS = ("LOST", "BACK", "TLS_REFUSED")
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ from google.rpc import code_pb2, status_pb2
 from p4.v1 import p4runtime_pb2, p4runtime_pb2_grpc
 
 from . import wire
+from .tls import TlsFiles, handshake_hint
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,12 @@ class SwitchError(Exception):
 
 class SwitchUnavailable(SwitchError):
     pass
+
+
+class SwitchRefused(SwitchUnavailable):
+    """The connection failed at its TLS handshake: a certificate one side
+    does not accept, or TLS on one side only. Retrying will not help until
+    an operator changes a certificate or an option."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +75,27 @@ def write_errors(err: grpc.RpcError) -> list[UpdateError]:
     return out
 
 
+def _last_error(details: str) -> str:
+    """gRPC's 'failed to connect to all addresses; last error: X: addr: why' as 'why'."""
+    tail = details.split("last error: ", 1)[-1]
+    return tail.split(": ", 2)[-1] if tail.count(": ") >= 2 else tail
+
+
 class Session:
     """A controller's session with one switch: primary, or backup until the
     switch says there is no primary and it claims the role (spec 5.4)."""
 
     def __init__(self, address: str, device_id: int = 1, election_id: int = 1,
-                 queue_size: int = 4096):
+                 queue_size: int = 4096, tls: TlsFiles | None = None, server_name: str | None = None):
+        """tls: the CA that signed the switch's certificate and this
+        controller's own certificate and key (mutual TLS); None: plaintext.
+        server_name: the name the switch's certificate carries, where it is
+        not the address's host."""
         self.address = address
+        self.tls = tls if tls is not None and tls.enabled else None
+        self._credentials = self.tls.channel_credentials() if self.tls else None
+        self.server_name = server_name
+        self.last_error: str | None = None     # why the last connection attempt failed; None once connected
         self.device_id = device_id
         self.election_id = election_id
         self.packet_in: asyncio.Queue[p4runtime_pb2.PacketIn] = asyncio.Queue(queue_size)
@@ -107,20 +128,30 @@ class Session:
         self.is_primary = False
         self.role_changed.clear()
         self.no_primary.clear()
-        self._channel = grpc.aio.insecure_channel(
-            self.address, options=[("grpc.max_receive_message_length", 256 << 20),
-                                   ("grpc.max_send_message_length", 256 << 20),
-                                   # a batch's per-update errors come in the trailers
-                                   ("grpc.max_metadata_size", 16 << 20)])
+        options = [("grpc.max_receive_message_length", 256 << 20),
+                   ("grpc.max_send_message_length", 256 << 20),
+                   # a batch's per-update errors come in the trailers
+                   ("grpc.max_metadata_size", 16 << 20),
+                   # a switch that starts after us is found within a quarter second
+                   ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000),
+                   ("grpc.min_reconnect_backoff_ms", 100)]
+        if self._credentials is not None:
+            if self.server_name:
+                options.append(("grpc.ssl_target_name_override", self.server_name))
+            self._channel = grpc.aio.secure_channel(self.address, self._credentials, options=options)
+        else:
+            self._channel = grpc.aio.insecure_channel(self.address, options=options)
         self._stub = p4runtime_pb2_grpc.P4RuntimeStub(self._channel)
         # Write taking a serialized WriteRequest (write_encoded)
         self._raw_write = self._channel.unary_unary("/p4.v1.P4Runtime/Write", request_serializer=None,
                                                     response_deserializer=None)
         try:
-            await asyncio.wait_for(self._channel.channel_ready(), timeout)
-        except asyncio.TimeoutError:
+            await self._reach(timeout)
+        except SwitchUnavailable as e:
+            self.last_error = str(e)
             await self.close()
-            raise SwitchUnavailable(f"no P4Runtime server at {self.address} after {timeout:.0f}s") from None
+            raise
+        self.last_error = None
         self._out = asyncio.Queue()
         call = self._stub.StreamChannel(self._requests())
         self._reader = asyncio.create_task(self._read_stream(call), name="p4rt-stream")
@@ -135,6 +166,52 @@ class Session:
                 f"{self.address}: not primary for device {self.device_id} "
                 f"(election id {self.election_id}): {status.message}")
         return self.is_primary
+
+    async def _reach(self, timeout: float) -> None:
+        """Wait for the switch's P4Runtime server, at most timeout seconds.
+        Asks it for its Capabilities without waiting for the channel, so that
+        each failed attempt says why: a refused TLS handshake is raised at
+        once as SwitchRefused, naming the cause, instead of being retried in
+        silence until the timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        last = "no answer"
+        closed = 0
+        while True:
+            left = deadline - loop.time()
+            try:
+                await self._stub.Capabilities(p4runtime_pb2.CapabilitiesRequest(),
+                                              timeout=max(0.1, min(left, 2.0)), wait_for_ready=False)
+                return
+            except grpc.aio.AioRpcError as e:
+                if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    return     # a server answered (an old one may not know Capabilities)
+                last = e.details() or e.code().name
+                refused = self._refusal(last)
+                # a closed socket is the refusal only when it repeats: a
+                # switch going down may close one connection the same way
+                closed = closed + 1 if refused and handshake_hint(last) is None else 0
+                if refused and (closed == 0 or closed >= 2):
+                    raise SwitchRefused(f"TLS handshake with {self.address} failed: {refused} "
+                                        f"({_last_error(last)})") from None
+            if loop.time() >= deadline:
+                raise SwitchUnavailable(f"no P4Runtime server at {self.address} after {timeout:.0f}s: "
+                                        f"{_last_error(last)}")
+            await asyncio.sleep(min(0.1, max(0.0, deadline - loop.time())))
+
+    def _refusal(self, details: str) -> str | None:
+        hint = handshake_hint(details, self.server_name)
+        if hint:
+            return hint
+        if "socket closed" in details.lower():
+            # the server closed the connection before any HTTP/2: what a TLS
+            # switch does to a client whose certificate it refuses (or to
+            # plaintext), and what nothing else does before a request
+            return ("the switch closed the connection at the TLS handshake: it does not accept this "
+                    "controller's certificate (none given, not signed by the CA it trusts, or expired)"
+                    if self.tls else "the switch closed the connection: it expects TLS (give --tls-ca, "
+                                     "--tls-cert and --tls-key)")
+        return None
 
     async def _arbitrate(self, timeout: float):
         self._arbitrated = asyncio.get_running_loop().create_future()

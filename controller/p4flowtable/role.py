@@ -18,7 +18,7 @@ from p4.v1 import p4runtime_pb2 as p4r
 
 from .conntrack import ConntrackMirror
 from .events import EventBus
-from .p4runtime import Session, SwitchError
+from .p4runtime import Session, SwitchError, SwitchRefused
 from .switch import SwitchControl
 
 log = logging.getLogger("p4ft")
@@ -66,6 +66,10 @@ class SwitchRole:
             if s.lost.is_set():
                 try:
                     kept = await self.connect()
+                except SwitchRefused as e:
+                    self.refused(e)
+                    await asyncio.sleep(0.5)
+                    continue
                 except SwitchError as e:
                     log.warning("backup: switch unavailable: %s", e)
                     await asyncio.sleep(0.5)
@@ -84,6 +88,14 @@ class SwitchRole:
                     s.election_id, self.clock() - t0)
         return kept
 
+    def refused(self, e: SwitchRefused, before: str | None = None) -> None:
+        """A TLS handshake with the switch failed: counted every time, logged
+        and published (the monitor's TLS_REFUSED) when the cause changes."""
+        self.stats["switch_tls_refused"] += 1
+        if str(e) != before:
+            log.error("%s", e)
+            self.events.publish("TLS_REFUSED", switch=self.session.address, reason=str(e))
+
     async def supervise(self, reconcile: Callable[[bool], Awaitable[None]], taken: Callable[[], None]) -> None:
         """Reconnect after losing the switch, then reconcile what it holds.
         taken: another controller became primary meanwhile (its flows now)."""
@@ -95,6 +107,7 @@ class SwitchRole:
             lost_at = self.clock()
             log.error("lost the switch at %s; flows stay in the kernel's hands until it is back", address)
             delay = RECONNECT_MIN
+            refused_before = None
             while True:
                 try:
                     kept = await self.connect()
@@ -103,6 +116,12 @@ class SwitchRole:
                         taken()
                         return
                     break
+                except SwitchRefused as e:
+                    # a certificate refused: named loudly, once per cause
+                    self.refused(e, refused_before)
+                    refused_before = str(e)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RECONNECT_MAX)
                 except SwitchError as e:
                     log.warning("switch still unavailable: %s (retry in %.1fs)", e, delay)
                     await asyncio.sleep(delay)

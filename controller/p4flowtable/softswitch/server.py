@@ -220,10 +220,11 @@ class Pipeline:
 
 
 class Stream:
-    def __init__(self):
+    def __init__(self, peer: str = "?"):
         self.out: queue.Queue = queue.Queue(maxsize=8192)
         self.election_id: int | None = None
         self.device_id: int | None = None
+        self.peer = peer          # the client: its certificate's name under TLS, else its address
 
     def send(self, msg: p4r.StreamMessageResponse) -> bool:
         try:
@@ -257,6 +258,8 @@ class SoftSwitchServer(p4runtime_pb2_grpc.P4RuntimeServicer):
         s.election_id = eid
         if self.election_id_past is None or eid >= self.election_id_past:
             self.election_id_past = eid
+            if s is not self.primary:
+                log.info("primary: %s, election id %d", s.peer, eid)
             self.primary = s
             for o in self.streams:
                 if o.election_id is not None:
@@ -292,7 +295,7 @@ class SoftSwitchServer(p4runtime_pb2_grpc.P4RuntimeServicer):
         return True
 
     def StreamChannel(self, request_iterator, context):
-        s = Stream()
+        s = Stream(_peer_of(context))
         with self.lock:
             self.streams.append(s)
 
@@ -648,12 +651,29 @@ class SoftSwitchServer(p4runtime_pb2_grpc.P4RuntimeServicer):
                         table_entry=idle[i:i + 1000], timestamp=time.time_ns())))
 
 
-def serve(server_impl: SoftSwitchServer, address: str, workers: int = 8) -> grpc.Server:
+def _peer_of(context) -> str:
+    """Who a stream's client is: the common name of the certificate it
+    proved under mutual TLS, else its address."""
+    try:
+        auth = context.auth_context() or {}
+    except Exception:     # noqa: BLE001 - no auth context outside TLS on some versions
+        auth = {}
+    names = auth.get("x509_common_name") or ()
+    if names:
+        return "certificate CN=" + b",".join(names).decode(errors="replace")
+    return context.peer() or "?"
+
+
+def serve(server_impl: SoftSwitchServer, address: str, workers: int = 8,
+          credentials: grpc.ServerCredentials | None = None) -> grpc.Server:
+    """credentials: TLS (tls.TlsFiles.server_credentials); None: plaintext."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
                          options=[("grpc.max_receive_message_length", 256 << 20),
                                   ("grpc.max_send_message_length", 256 << 20)])
     p4runtime_pb2_grpc.add_P4RuntimeServicer_to_server(server_impl, server)
-    if server.add_insecure_port(address) == 0:
+    port = (server.add_secure_port(address, credentials) if credentials is not None
+            else server.add_insecure_port(address))
+    if port == 0:
         raise OSError(f"cannot listen on {address}")
     server.start()
     return server
