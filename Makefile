@@ -21,7 +21,8 @@ install-service: $(STAMP)
 	@if [ "$$(id -u)" = 0 ]; then \
 	  install -d /etc/p4ft /etc/systemd/system; \
 	  [ -e /etc/p4ft/p4ft.conf ] || install -m 644 etc/p4ft.conf /etc/p4ft/p4ft.conf; \
-	  sed -e "s|@P4FT@|$(CURDIR)/$(VENV)/bin/p4ft|" -e "s|@DOCS@|$(CURDIR)|" etc/p4ft.service \
+	  home=yes; case "$(CURDIR) $$(readlink -f $(VENV)/bin/python)" in */home/*|/root/*|*" /root/"*|*/run/user/*) home=read-only;; esac; \
+	  sed -e "s|@P4FT@|$(CURDIR)/$(VENV)/bin/p4ft|" -e "s|@DOCS@|$(CURDIR)|" -e "s|@PROTECT_HOME@|$$home|" etc/p4ft.service \
 	    > /etc/systemd/system/p4ft.service; \
 	  if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
 	else echo "not root: p4ft.service not installed"; fi

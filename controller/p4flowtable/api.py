@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 
-DEFAULT_SOCKET = "/run/p4ft.sock"
+DEFAULT_SOCKET = "/run/p4ft/p4ft.sock"   # the service's RuntimeDirectory (etc/p4ft.service)
 
 
 class ApiError(Exception):

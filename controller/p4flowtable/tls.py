@@ -71,6 +71,10 @@ class TlsFiles:
         if self.cert:
             self._read("--tls-cert", self.cert)
             self._read("--tls-key", self.key)
+            mode = Path(self.key).stat().st_mode & 0o077
+            if mode:
+                log.warning("--tls-key %s can be read by other users (mode %o): whoever reads it can act as "
+                            "this controller; chmod 600 it", self.key, Path(self.key).stat().st_mode & 0o777)
             try:
                 ctx.load_cert_chain(str(self.cert), str(self.key))
             except ssl.SSLError as e:
