@@ -11,7 +11,7 @@ P4C      ?= p4c-bm2-ss
 APT_PKGS := nftables conntrack mininet iproute2 iperf3 tcpdump ethtool netcat-openbsd python3-venv \
             python3-pip
 
-.PHONY: install install-service demo test test-unit topo p4 check-p4 tofino-into bench fuzz clean
+.PHONY: install install-service demo test test-unit topo p4 check-p4 tofino-into bench fuzz clean testgen check-testgen print-testgen-args
 
 install: $(STAMP) install-service
 
@@ -71,7 +71,7 @@ P4C_TOFINO     ?= p4c-barefoot
 BFAS           ?= bfas
 TOFINO_BUILD   := $(P4BUILD)/tofino
 TOFINO_CPU_PORT ?= 192
-TOFINO_V4_SIZE ?= 163840
+TOFINO_V4_SIZE ?= 139264
 TOFINO_V6_SIZE ?= 32768
 TOFINO_INFO    := cpu_port=$(TOFINO_CPU_PORT) flow_table_v4_size=$(TOFINO_V4_SIZE) flow_table_v6_size=$(TOFINO_V6_SIZE)
 TOFINO_ARGS    := --target tofino --arch tna --std p4-16 --p4runtime-force-std-externs -g --verbose \
@@ -131,6 +131,49 @@ check-p4:
 	  echo "Tofino artifacts fresh (sources digest; $(P4C_TOFINO) not installed, not recompiled)"; \
 	else echo "Tofino artifacts STALE: built from older p4src/tna and p4src/include; $(P4C_TOFINO) is not"\
 	  "installed here to rebuild them ('make p4' where it is; docs/tofino.md)"; fi
+
+# P4Testgen's tests of both programs (docs/tofino.md, "Executed"): STF files
+# committed in tests/testgen/, like the compiled artifacts, with the hash of
+# the sources and options they came from. The TNA program is generated as it
+# is deployed (CPU port 192); the table sizes do not change its paths.
+P4TESTGEN   ?= p4testgen
+P4INCLUDE   ?= /usr/local/share/p4c/p4include
+TESTGEN_DIR := tests/testgen
+TESTGEN_ARGS := --std p4-16 --test-backend STF --max-tests 0 --path-selection GREEDY_STATEMENT_SEARCH \
+                --seed 1 --track-coverage STATEMENTS --print-coverage -I $(P4INCLUDE)
+TESTGEN_TNA  := --target tofino --arch tna -D__TARGET_TOFINO__=1 -DP4FT_CPU_PORT=$(TOFINO_CPU_PORT) \
+                -DFLOW_TABLE_V4_SIZE=1024 -DFLOW_TABLE_V6_SIZE=1024
+TESTGEN_V1   := --target bmv2 --arch v1model
+TESTGEN_STAMP = { sha256sum $(P4SRC); echo "$(TESTGEN_ARGS) | $(TESTGEN_TNA) | $(TESTGEN_V1)" | sha256sum | \
+                sed 's/-$$/options/'; }
+
+testgen:
+	@command -v $(P4TESTGEN) >/dev/null || { echo "$(P4TESTGEN) not found: build p4c with -DENABLE_TEST_TOOLS=ON"; exit 1; }
+	@tmp=$$(mktemp -d) && \
+	for job in "tna:$(TESTGEN_TNA):p4src/tna/flowtable.p4" "v1model:$(TESTGEN_V1):p4src/flowtable.p4"; do \
+	  name=$${job%%:*}; rest=$${job#*:}; opts=$${rest%%:*}; src=$${rest#*:}; \
+	  echo "$(P4TESTGEN) $$opts $$src"; \
+	  $(P4TESTGEN) $$opts $(TESTGEN_ARGS) --out-dir $$tmp/$$name $$src > $$tmp/$$name.log 2>&1 \
+	    || { tail -20 $$tmp/$$name.log; exit 1; }; \
+	  rm -rf $(TESTGEN_DIR)/$$name && mkdir -p $(TESTGEN_DIR)/$$name && \
+	  for f in $$tmp/$$name/*.stf; do grep -v '^# Date generated' $$f > $(TESTGEN_DIR)/$$name/$$(basename $$f); done; \
+	  grep -o 'covered: [0-9.]* ([0-9]*/[0-9]*)' $$tmp/$$name.log | tail -1 | \
+	    sed "s|^|$$name: $$(ls $$tmp/$$name/*.stf | wc -l) tests, statements |" >> $$tmp/COVERAGE; \
+	  awk '/Not covered program nodes:/{b=""; on=1; next} on&&/^\t/{b=b"\n"$$0; next} on&&/^  /{b=b" "$$0; next} \
+	       on{on=0; last=b} END{print "  not covered:" last}' $$tmp/$$name.log >> $$tmp/COVERAGE; \
+	  cp $$tmp/$$name/*.txt $(TESTGEN_DIR)/$$name/ 2>/dev/null || true; \
+	done && mv $$tmp/COVERAGE $(TESTGEN_DIR)/COVERAGE && cat $(TESTGEN_DIR)/COVERAGE && rm -rf $$tmp
+	@$(TESTGEN_STAMP) > $(TESTGEN_DIR)/SOURCES.sha256
+
+# The TNA generation's options, for a test that generates from a changed copy
+print-testgen-args:
+	@echo $(TESTGEN_TNA) $(TESTGEN_ARGS)
+
+# Fails when the committed P4Testgen tests were not generated from the current sources and options.
+check-testgen:
+	@diff -q <($(TESTGEN_STAMP)) $(TESTGEN_DIR)/SOURCES.sha256 >/dev/null \
+	  && echo "P4Testgen tests fresh (sources and options hash)" \
+	  || { echo "tests/testgen is stale for p4src/ or the options: run 'make testgen'"; exit 1; }
 
 # 100,000 random and malformed frames into each switch (root; the tests send 3,000).
 fuzz: install

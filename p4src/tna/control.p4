@@ -38,6 +38,64 @@ control FtIngress(inout headers_t hdr,
     // reads; half the SRAM of 64-bit cells.
     DirectCounter<bit<32>>(CounterType_t.PACKETS_AND_BYTES) flow_table_v4_counter;
 
+    // A TCP header longer than the IP length leaves for it, by its data
+    // offset (../control/flowtable.p4's l4_header_len): a range lookup per
+    // family on the header fields themselves, beside the flow tables. As
+    // arithmetic (data offset x 4, then a comparison of two fields) it needs
+    // three more dependent steps, and the program no longer fits 12 stages.
+    @hidden
+    action tcp_short() {
+        meta.malformed = 1;
+    }
+
+    @hidden
+    table tcp_len_v4 {
+        key = {
+            hdr.tcp.data_offset_res : ternary;
+            hdr.ipv4.total_len      : range;
+        }
+        actions = { tcp_short; NoAction; }
+        const default_action = NoAction();
+        size = 16;
+        const entries = {
+            (0x50 &&& 0xF0, 0 .. 39) : tcp_short();
+            (0x60 &&& 0xF0, 0 .. 43) : tcp_short();
+            (0x70 &&& 0xF0, 0 .. 47) : tcp_short();
+            (0x80 &&& 0xF0, 0 .. 51) : tcp_short();
+            (0x90 &&& 0xF0, 0 .. 55) : tcp_short();
+            (0xa0 &&& 0xF0, 0 .. 59) : tcp_short();
+            (0xb0 &&& 0xF0, 0 .. 63) : tcp_short();
+            (0xc0 &&& 0xF0, 0 .. 67) : tcp_short();
+            (0xd0 &&& 0xF0, 0 .. 71) : tcp_short();
+            (0xe0 &&& 0xF0, 0 .. 75) : tcp_short();
+            (0xf0 &&& 0xF0, 0 .. 79) : tcp_short();
+        }
+    }
+
+    @hidden
+    table tcp_len_v6 {
+        key = {
+            hdr.tcp.data_offset_res : ternary;
+            hdr.ipv6.payload_len    : range;
+        }
+        actions = { tcp_short; NoAction; }
+        const default_action = NoAction();
+        size = 16;
+        const entries = {
+            (0x50 &&& 0xF0, 0 .. 19) : tcp_short();
+            (0x60 &&& 0xF0, 0 .. 23) : tcp_short();
+            (0x70 &&& 0xF0, 0 .. 27) : tcp_short();
+            (0x80 &&& 0xF0, 0 .. 31) : tcp_short();
+            (0x90 &&& 0xF0, 0 .. 35) : tcp_short();
+            (0xa0 &&& 0xF0, 0 .. 39) : tcp_short();
+            (0xb0 &&& 0xF0, 0 .. 43) : tcp_short();
+            (0xc0 &&& 0xF0, 0 .. 47) : tcp_short();
+            (0xd0 &&& 0xF0, 0 .. 51) : tcp_short();
+            (0xe0 &&& 0xF0, 0 .. 55) : tcp_short();
+            (0xf0 &&& 0xF0, 0 .. 59) : tcp_short();
+        }
+    }
+
     @hidden
     action hit_v4(NexthopId_t nexthop_id, bit<16> mtu) {
         meta.hit = 1;
@@ -214,9 +272,9 @@ control FtIngress(inout headers_t hdr,
                     meta.malformed = 1;
                 }
                 if (hdr.ipv4.isValid()) {
-                    meta.short_by = IPV4_HDR_LEN + 20 |-| hdr.ipv4.total_len;
+                    tcp_len_v4.apply();
                 } else {
-                    meta.short_by = 20 |-| hdr.ipv6.payload_len;
+                    tcp_len_v6.apply();
                 }
             } else if (hdr.udp.isValid()) {
                 if (hdr.ipv4.isValid()) {
