@@ -82,6 +82,48 @@ def net_per_switch(**kw):
     return net
 
 
+class Wire:
+    """Raw sockets on the host ends of a switch's veths. send(port, frame)
+    puts a frame into the switch's port; received is an asyncio.Queue of
+    (port, frame) for what the switch sent out of its ports (our own
+    transmissions left out). Made in the loop that will read it."""
+
+    def __init__(self, hosts: dict[int, str]):
+        import asyncio
+        import socket
+        self.received: asyncio.Queue = asyncio.Queue()
+        self._tx, self._rx = {}, []
+        self._loop = asyncio.get_running_loop()
+        for port, host in hosts.items():
+            t = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+            t.bind((host, 0))
+            self._tx[port] = t
+            r = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+            r.bind((host, 0))
+            r.setblocking(False)
+            self._rx.append(r)
+
+            def on_read(port=port, r=r):
+                while True:
+                    try:
+                        data, addr = r.recvfrom(65535)
+                    except BlockingIOError:
+                        return
+                    if addr[2] != socket.PACKET_OUTGOING:
+                        self.received.put_nowait((port, data))
+            self._loop.add_reader(r.fileno(), on_read)
+
+    def send(self, port: int, frame: bytes) -> None:
+        self._tx[port].send(frame)
+
+    def close(self) -> None:
+        for r in self._rx:
+            self._loop.remove_reader(r.fileno())
+            r.close()
+        for t in self._tx.values():
+            t.close()
+
+
 def wait_for(pred, timeout: float, what: str, interval: float = 0.05):
     from p4ft_topo import wait_until
     return wait_until(pred, timeout, what, interval, error=AssertionError)

@@ -10,7 +10,6 @@ import ipaddress
 import os
 import random
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from p4flowtable.offload import port_entry
 from p4flowtable.p4info import P4Schema
 from p4flowtable.p4runtime import Session
 from p4flowtable.softswitch.server import Pipeline, SoftSwitchServer
+from integration import Wire
 from p4ft_topo import free_tcp_port, start_switch_process, veth_links
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,32 +188,13 @@ async def bmv2_outputs(schema, packets):
         await s.connect(30)      # waits for the switch to come up
         await s.set_pipeline(schema.p4info, (ROOT / "p4src/build/flowtable.json").read_bytes())
         await s.write(updates(schema))
-        tx, rx = {}, {}
-        for port, _, host in LINKS:
-            t = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-            t.bind((host, 0))
-            tx[port] = t
-            r = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-            r.bind((host, 0))
-            r.setblocking(False)
-            rx[port] = r
-        loop = asyncio.get_running_loop()
-        got: asyncio.Queue = asyncio.Queue()
-        for port, r in rx.items():
-            def on_read(port=port, r=r):
-                while True:
-                    try:
-                        data, addr = r.recvfrom(65535)
-                    except BlockingIOError:
-                        return
-                    if addr[2] != 4:   # not our own transmissions
-                        got.put_nowait((port, data))
-            loop.add_reader(r.fileno(), on_read)
+        ports = Wire({port: host for port, _, host in LINKS})
+        got = ports.received
         pin_ids = [f.id for f in schema.packet_meta("packet_in").values()]
         pin_widths = {f.id: f.bitwidth for f in schema.packet_meta("packet_in").values()}
         res = []
         for port, data in packets:
-            tx[port].send(data)
+            ports.send(port, data)
             cpu = asyncio.ensure_future(s.packet_in.get())
             wire = asyncio.ensure_future(got.get())
             done, pending = await asyncio.wait({cpu, wire}, timeout=2, return_when=asyncio.FIRST_COMPLETED)
@@ -240,6 +221,7 @@ async def bmv2_outputs(schema, packets):
                 dce = e.direct_counter_entry
                 key = tuple(int.from_bytes(m.exact.value, "big") for m in dce.table_entry.match)
                 counters.append((name, key, dce.data.packet_count, dce.data.byte_count))
+        ports.close()
         await s.close()
         return res, sorted(counters)
     finally:

@@ -21,6 +21,7 @@ from p4.v1 import p4runtime_pb2 as p4r
 from p4flowtable.p4info import P4Schema, encode
 from p4flowtable.p4runtime import Session
 from p4flowtable.softswitch.server import SoftSwitchServer, serve
+from integration import Wire
 from stf import PACKET_IN_BYTES, PACKET_OUT_BYTES, V1_CPU, Entry, StfTest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,27 +107,8 @@ class Bmv2Replay:
     async def start(self) -> None:
         await self.session.connect(30)
         await self.session.set_pipeline(self.schema.p4info, V1_JSON.read_bytes())
-        self.tx, self.rx = {}, {}
-        for port, host in self.hosts.items():
-            t = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-            t.bind((host, 0))
-            self.tx[port] = t
-            r = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-            r.bind((host, 0))
-            r.setblocking(False)
-            self.rx[port] = r
-        self.got: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        for port, r in self.rx.items():
-            def on_read(port=port, r=r):
-                while True:
-                    try:
-                        data, addr = r.recvfrom(65535)
-                    except BlockingIOError:
-                        return
-                    if addr[2] != socket.PACKET_OUTGOING:
-                        self.got.put_nowait((port, data))
-            loop.add_reader(r.fileno(), on_read)
+        self.wire = Wire(self.hosts)
+        self.got = self.wire.received
         self._pumping = asyncio.ensure_future(self._pump())
 
     async def _pump(self) -> None:
@@ -148,7 +130,7 @@ class Bmv2Replay:
                                                                             width)))
             self.session.packet_out(payload, md)
         else:
-            self.tx[port].send(data)
+            self.wire.send(port, data)
 
     async def run(self, t: StfTest) -> list[tuple[int, bytes]]:
         short = [len(d) for p, d in t.packets if p != V1_CPU and len(d) < MIN_FRAME]
@@ -189,10 +171,5 @@ class Bmv2Replay:
 
     async def close(self) -> None:
         self._pumping.cancel()
-        for s in list(self.tx.values()) + list(self.rx.values()):
-            try:
-                asyncio.get_running_loop().remove_reader(s.fileno())
-            except Exception:     # noqa: BLE001
-                pass
-            s.close()
+        self.wire.close()
         await self.session.close()
