@@ -82,6 +82,18 @@ def net_per_switch(**kw):
     return net
 
 
+def packet_in_header(schema, pkt) -> bytes:
+    """A PacketIn's metadata as the packet_in header the data plane
+    emitted (its fields in P4Info order, packed big-endian): what the
+    embedded target's pipeline puts before a punted frame."""
+    fields = schema.packet_meta("packet_in").values()
+    meta = {m.metadata_id: int.from_bytes(m.value, "big") for m in pkt.metadata}
+    acc = 0
+    for f in fields:
+        acc = (acc << f.bitwidth) | meta.get(f.id, 0)
+    return acc.to_bytes(sum(f.bitwidth for f in fields) // 8, "big")
+
+
 class Wire:
     """Raw sockets on the host ends of a switch's veths. send(port, frame)
     puts a frame into the switch's port; received is an asyncio.Queue of

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bmv2-topo"), str(ROOT / "controller")]
-import p4flowtable
+import p4flowtable  # noqa: F401  (first: it loads the P4Runtime protobufs, see proto.py)
 from p4ft_topo import FlowtableNet, make_ruleset, ROUTER_NS
 from integration import host_tool, read_json, wait_for
 kind = sys.argv[1] if len(sys.argv) > 1 else "soft"
@@ -55,7 +55,7 @@ pivot_root . oldroot
 umount -l /oldroot
 exec /lib/systemd/systemd --system --unit=${UNIT:-hello.service} --log-target=console --log-level=info --show-status=no
 """
-def sysctl(*a):
+def systemctl(*a):
     return subprocess.run(["nsenter", "-t", str(sdpid), "-m", "-p", "systemctl", *a], capture_output=True, text=True)
 def api(cmd, args=None):
     from p4flowtable.api import call
@@ -76,7 +76,7 @@ try:
         return int(out[0]) if out else None
     sdpid = wait_for(systemd_pid, 20, "systemd")
     R = Path(f"/proc/{sdpid}/root")
-    wait_for(lambda: sysctl("is-system-running").stdout.strip() in ("running", "degraded"), 30, "systemd up")
+    wait_for(lambda: systemctl("is-system-running").stdout.strip() in ("running", "degraded"), 30, "systemd up")
     (R / "etc/p4ft").mkdir(parents=True, exist_ok=True)
     (R / "etc/p4ft/ruleset.nft").write_text(net.ruleset_path.read_text())
     conf = [f"--grpc-addr 127.0.0.1:{net.grpc_port}", f"--netns {ROUTER_NS}", "--election-id 10",
@@ -92,12 +92,12 @@ try:
         .replace("@DOCS@", str(ROOT)).replace("@PROTECT_HOME@", protect_home())
     (R / "etc/systemd/system/p4ft.service").write_text(unit)
     subprocess.run(["ip", "netns", "exec", ROUTER_NS, "sysctl", "-qw", "net.netfilter.nf_conntrack_acct=0"])
-    sysctl("daemon-reload")
-    r = sysctl("start", "p4ft.service")
+    systemctl("daemon-reload")
+    r = systemctl("start", "p4ft.service")
     print("start:", r.returncode, r.stderr.strip())
     wait_for(lambda: (R / "run/p4ft/p4ft.sock").exists(), 30, "the API socket")
     wait_for(lambda: api("ping") == "pong", 30, "the daemon")
-    main_pid = int(sysctl("show", "p4ft.service", "-p", "MainPID", "--value").stdout)
+    main_pid = int(systemctl("show", "p4ft.service", "-p", "MainPID", "--value").stdout)
     st = {l.split(":")[0]: l.split(":", 1)[1].strip() for l in open(R / f"proc/{main_pid}/status")}
     print("daemon pid", main_pid, "CapBnd", st["CapBnd"], "CapEff", st["CapEff"], "NoNewPrivs", st["NoNewPrivs"],
           "Seccomp", st["Seccomp"])
@@ -114,12 +114,12 @@ try:
     src.wait(60); sink.wait(60)
     rx, tx = read_json(str(d / "sink.json")), read_json(str(d / "src.json.sent"))
     print("payload intact:", rx["bytes"] == 3000000 and rx["sha256"] == tx["sha256"])
-    r = sysctl("stop", "p4ft.service")
-    print("stop:", r.returncode, sysctl("show", "p4ft.service", "-p", "Result", "-p", "ExecMainStatus").stdout.split())
+    r = systemctl("stop", "p4ft.service")
+    print("stop:", r.returncode, systemctl("show", "p4ft.service", "-p", "Result", "-p", "ExecMainStatus").stdout.split())
     print("--- journal"); print(subprocess.run(["nsenter", "-t", str(sdpid), "-m", "-p", "journalctl", "-u", "p4ft", "--no-pager", "-o", "cat"], capture_output=True, text=True).stdout[-1500:])
 finally:
     if "sdpid" in globals():
-        sysctl("stop", "p4ft.service")
+        systemctl("stop", "p4ft.service")
         os.kill(sdpid, 9)
         boot.wait(10)
     net.stop()

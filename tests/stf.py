@@ -5,7 +5,8 @@ An STF test is table entries, one input packet and the expected output (none:
 dropped). Tests of the TNA program are mapped onto the v1model program:
 - names through the two P4Infos (`FtIngress.flow_table_v4` is
   `FtIngress.FlowtableIngress.flow_table_v4`; each name is looked up by its
-  last component, which both programs share);
+  last component, which both programs share, as P4Schema resolves short
+  names);
 - the NAT actions' checksum deltas, which the v1model actions take as action
   data and the TNA program computes with its Checksum externs, added the way
   p4ft's controller computes them (ip.checksum_deltas);
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from p4flowtable.ip import checksum_deltas
 from p4flowtable.model import FlowTuple
+from p4flowtable.p4info import P4Schema
 
 V1_CPU, TNA_CPU = 510, 192
 # v1model's drop port, and one P4Testgen's Tofino model drops at too
@@ -118,19 +120,17 @@ def load_dir(directory: Path) -> list[StfTest]:
 
 # -- onto the v1model program ------------------------------------------------------
 
-def _v1_name(name: str, names: list[str]) -> str:
-    last = name.rsplit(".", 1)[-1]
-    found = [n for n in names if n.rsplit(".", 1)[-1] == last]
-    if len(found) != 1:
-        raise KeyError(f"{name}: {'no' if not found else 'more than one'} v1model name ends with .{last}")
-    return found[0]
-
-
-def _set_port(data: bytes, offset_bits: int, port: int) -> bytes:
+def _set_port(data: bytes, port: int) -> bytes:
     """A 9-bit port at the start of a header (packet_out, packet_in)."""
     word = int.from_bytes(data[:2], "big")
     word = (word & 0x007F) | (port << 7)
     return word.to_bytes(2, "big") + data[2:]
+
+
+def _short(name: str) -> str:
+    """A P4Info name's last component, which both programs share; P4Schema
+    resolves it in the v1model P4Info."""
+    return name.rsplit(".", 1)[-1]
 
 
 def _get_port(data: bytes) -> int:
@@ -145,7 +145,7 @@ def ports_of(t: StfTest, cpu: int, keep: tuple[int, ...] = ()) -> list[int]:
         if p != cpu and (ingress or p not in keep) and p not in seen:
             seen.append(p)
     for e in t.entries:
-        last = e.table.rsplit(".", 1)[-1]
+        last = _short(e.table)
         if last in PORT_TABLES_KEYS:
             add(e.keys[PORT_TABLES_KEYS[last]], ingress=True)
         if "port" in e.params:
@@ -161,9 +161,9 @@ def ports_of(t: StfTest, cpu: int, keep: tuple[int, ...] = ()) -> list[int]:
     return seen
 
 
-def mapped(t: StfTest, *, tna: bool, table_names: list[str], action_names: list[str],
-           front_ports: list[int]) -> StfTest:
-    """The test as the v1model program on a switch with front_ports takes it."""
+def mapped(t: StfTest, *, tna: bool, schema: P4Schema, front_ports: list[int]) -> StfTest:
+    """The test as the v1model program (schema: its P4Info) on a switch with
+    front_ports takes it."""
     cpu = TNA_CPU if tna else V1_CPU
     keep = (DROP_PORT,)
     names = ports_of(t, cpu, keep)
@@ -182,26 +182,27 @@ def mapped(t: StfTest, *, tna: bool, table_names: list[str], action_names: list[
 
     entries = []
     for e in t.entries:
-        table, action = _v1_name(e.table, table_names), _v1_name(e.action, action_names)
+        table = schema.table(_short(e.table)).name
+        action = schema.action(_short(e.action)).name
         keys, params = dict(e.keys), dict(e.params)
-        last = table.rsplit(".", 1)[-1]
+        last = _short(table)
         if last in PORT_TABLES_KEYS:
             keys[PORT_TABLES_KEYS[last]] = ingress(keys[PORT_TABLES_KEYS[last]])
         if "port" in params:
             params["port"] = port(params["port"])
-        if tna and action.rsplit(".", 1)[-1].startswith("forward_"):
+        if tna and _short(action).startswith("forward_"):
             params.update(_deltas(keys, params, v6=last.endswith("v6")))
         entries.append(Entry(table, keys, action, params))
     packets = []
     for p, data in t.packets:
         if p == cpu and len(data) >= PACKET_OUT_BYTES:
-            data = _set_port(data, 0, port(_get_port(data)))
+            data = _set_port(data, port(_get_port(data)))
         packets.append((ingress(p), data))
     expects = []
     for x in t.expects:
         data, mask = x.data, x.mask
         if x.port == cpu and len(data) >= PACKET_IN_BYTES and mask[:2] == b"\xff\xff":
-            data = _set_port(data, 0, ingress(_get_port(data)))
+            data = _set_port(data, ingress(_get_port(data)))
         expects.append(Expect(port(x.port), data, mask))
     return StfTest(t.name, entries, packets, expects, t.trace)
 

@@ -24,7 +24,7 @@ from p4flowtable.offload import port_entry
 from p4flowtable.p4info import P4Schema
 from p4flowtable.p4runtime import Session
 from p4flowtable.softswitch.server import Pipeline, SoftSwitchServer
-from integration import Wire
+from integration import Wire, packet_in_header
 from p4ft_topo import free_tcp_port, start_switch_process, veth_links
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,8 +190,6 @@ async def bmv2_outputs(schema, packets):
         await s.write(updates(schema))
         ports = Wire({port: host for port, _, host in LINKS})
         got = ports.received
-        pin_ids = [f.id for f in schema.packet_meta("packet_in").values()]
-        pin_widths = {f.id: f.bitwidth for f in schema.packet_meta("packet_in").values()}
         res = []
         for port, data in packets:
             ports.send(port, data)
@@ -205,12 +203,7 @@ async def bmv2_outputs(schema, packets):
                 continue
             if cpu in done:
                 pkt = cpu.result()
-                meta = {m.metadata_id: int.from_bytes(m.value, "big") for m in pkt.metadata}
-                acc = 0
-                for fid in pin_ids:
-                    acc = (acc << pin_widths[fid]) | meta.get(fid, 0)
-                hdr = acc.to_bytes(sum(pin_widths.values()) // 8, "big")
-                res.append(("cpu", hdr, pkt.payload))
+                res.append(("cpu", packet_in_header(schema, pkt), pkt.payload))
             else:
                 res.append(wire.result())
         counters = []

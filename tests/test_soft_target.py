@@ -24,7 +24,7 @@ from p4flowtable.p4info import P4Schema, encode
 from p4flowtable.p4runtime import Session, SwitchError, WriteError
 from p4flowtable.softswitch.pipeline import Program, UnsupportedConstruct
 from p4flowtable.softswitch.ports import Ports, parse_port_spec
-from p4flowtable.softswitch.server import Pipeline, SoftSwitchServer, serve
+from p4flowtable.softswitch.server import Pipeline, SoftSwitchServer, serve_local
 
 ROOT = Path(__file__).resolve().parents[1]
 JSON = ROOT / "p4src/build/flowtable.json"
@@ -272,12 +272,8 @@ def test_unsupported_json_constructs_are_refused_by_name(mutate, what):
 @pytest.fixture
 def grpc_switch(schema):
     impl = SoftSwitchServer(1, CPU)
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = serve(impl, f"127.0.0.1:{port}", workers=4)
-    yield impl, f"127.0.0.1:{port}"
+    server, addr = serve_local(impl, workers=4)
+    yield impl, addr
     server.stop(0)
 
 

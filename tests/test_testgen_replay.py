@@ -84,8 +84,6 @@ def replay(request):
 
 def _runner(loop, runner):
     schema = runner.schema
-    tables = sorted({t.name for t in schema.tables.values()})
-    actions = sorted({a.name for a in schema.actions.values()})
     reasons = punt_names(schema)
 
     def run(tests, tna: bool) -> dict[str, str | None]:
@@ -94,7 +92,7 @@ def _runner(loop, runner):
         out = {}
         run.skipped = collections.Counter()
         for t in tests:
-            m = mapped(t, tna=tna, table_names=tables, action_names=actions, front_ports=runner.front_ports)
+            m = mapped(t, tna=tna, schema=schema, front_ports=runner.front_ports)
             try:
                 out[t.name] = difference(m, loop.run_until_complete(runner.run(m)), reasons)
             except NotReplayable as e:

@@ -18,7 +18,7 @@ import pytest
 from p4flowtable.events import EventBus, FlowFilter
 from p4flowtable.p4runtime import Session, SwitchRefused, SwitchUnavailable
 from p4flowtable.role import SwitchRole
-from p4flowtable.softswitch.server import SoftSwitchServer, serve
+from p4flowtable.softswitch.server import SoftSwitchServer, serve_local
 from p4flowtable.tls import TlsConfigError, TlsFiles, is_local, plaintext_allowed
 from pki import make_pki
 
@@ -30,18 +30,11 @@ def pki(tmp_path_factory):
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def switch(pki):
     """The embedded target's P4Runtime server: TLS, client certificates required."""
     impl = SoftSwitchServer(1, 510)
-    addr = f"127.0.0.1:{_free_port()}"
-    server = serve(impl, addr, credentials=TlsFiles(pki.ca, pki.switch.cert, pki.switch.key).server_credentials())
+    server, addr = serve_local(impl, credentials=TlsFiles(pki.ca, pki.switch.cert, pki.switch.key).server_credentials())
     yield impl, addr
     server.stop(0)
 
@@ -124,9 +117,7 @@ def test_a_switch_certificate_for_another_name_is_refused(pki, switch):
 
 def test_plaintext_to_a_tls_switch_and_tls_to_a_plaintext_one_are_named(pki, switch):
     _, addr = switch
-    plain_impl = SoftSwitchServer(1, 510)
-    plain_addr = f"127.0.0.1:{_free_port()}"
-    plain = serve(plain_impl, plain_addr)
+    plain, plain_addr = serve_local(SoftSwitchServer(1, 510))
 
     async def go():
         with pytest.raises(SwitchRefused, match="it expects TLS"):
@@ -140,8 +131,12 @@ def test_plaintext_to_a_tls_switch_and_tls_to_a_plaintext_one_are_named(pki, swi
 
 
 def test_no_server_is_still_a_timeout_not_a_refusal(pki):
+    with socket.socket() as held:       # a port nobody listens on
+        held.bind(("127.0.0.1", 0))
+        addr = f"127.0.0.1:{held.getsockname()[1]}"
+
     async def go():
-        s = Session(f"127.0.0.1:{_free_port()}", 1, tls=_files(pki, "primary"))
+        s = Session(addr, 1, tls=_files(pki, "primary"))
         with pytest.raises(SwitchUnavailable) as e:
             await s.connect(timeout=1)
         assert not isinstance(e.value, SwitchRefused) and "Connection refused" in str(e.value)

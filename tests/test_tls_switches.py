@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from pathlib import Path
 
 import pytest
 
-from integration import (flow_for, forward_packets, host_tool, read_json, start_net, stats, switch_flow_entries,
+from integration import (forward_packets, host_tool, read_json, start_net, stats, switch_flow_entries,
                          targets, wait_for)
 from p4flowtable.p4runtime import Session, SwitchRefused
 from p4flowtable.tls import TlsFiles

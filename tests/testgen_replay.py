@@ -13,16 +13,15 @@ comes out collected, its entries deleted.
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 from p4.v1 import p4runtime_pb2 as p4r
 
 from p4flowtable.p4info import P4Schema, encode
 from p4flowtable.p4runtime import Session
-from p4flowtable.softswitch.server import SoftSwitchServer, serve
-from integration import Wire
-from stf import PACKET_IN_BYTES, PACKET_OUT_BYTES, V1_CPU, Entry, StfTest
+from p4flowtable.softswitch.server import SoftSwitchServer, serve_local
+from integration import Wire, packet_in_header
+from stf import PACKET_OUT_BYTES, V1_CPU, Entry, StfTest
 
 ROOT = Path(__file__).resolve().parents[1]
 V1_JSON = ROOT / "p4src/build/flowtable.json"
@@ -64,10 +63,7 @@ class EmbeddedReplay:
     def __init__(self):
         self.schema = P4Schema.from_file(V1_P4INFO)
         self.impl = SoftSwitchServer(1, V1_CPU)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.addr = f"127.0.0.1:{s.getsockname()[1]}"
-        self.server = serve(self.impl, self.addr)
+        self.server, self.addr = serve_local(self.impl)
         self.session = Session(self.addr)
 
     async def start(self) -> None:
@@ -99,8 +95,6 @@ class Bmv2Replay:
         self.session = Session(grpc_addr)
         self.hosts = hosts
         self.front_ports = sorted(hosts)
-        pin = self.schema.packet_meta("packet_in")
-        self._pin = [(f.id, f.bitwidth) for f in pin.values()]
         pout = self.schema.packet_meta("packet_out")
         self._pout = [(f.id, f.bitwidth) for f in pout.values()]
 
@@ -114,11 +108,7 @@ class Bmv2Replay:
     async def _pump(self) -> None:
         while True:
             pkt = await self.session.packet_in.get()
-            meta = {m.metadata_id: int.from_bytes(m.value, "big") for m in pkt.metadata}
-            acc = 0
-            for fid, width in self._pin:
-                acc = (acc << width) | meta.get(fid, 0)
-            self.got.put_nowait((V1_CPU, acc.to_bytes(PACKET_IN_BYTES, "big") + pkt.payload))
+            self.got.put_nowait((V1_CPU, packet_in_header(self.schema, pkt) + pkt.payload))
 
     def _send(self, port: int, data: bytes) -> None:
         if port == V1_CPU:

@@ -176,7 +176,7 @@ class Session:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         last = "no answer"
-        closed = 0
+        closed = 0       # attempts in a row the switch closed the socket on
         while True:
             left = deadline - loop.time()
             try:
@@ -187,11 +187,13 @@ class Session:
                 if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     return     # a server answered (an old one may not know Capabilities)
                 last = e.details() or e.code().name
-                refused = self._refusal(last)
+                refused = handshake_hint(last, self.server_name)
+                closed = closed + 1 if "socket closed" in last.lower() else 0
                 # a closed socket is the refusal only when it repeats: a
                 # switch going down may close one connection the same way
-                closed = closed + 1 if refused and handshake_hint(last) is None else 0
-                if refused and (closed == 0 or closed >= 2):
+                if refused is None and closed >= 2:
+                    refused = self._closed_reason()
+                if refused:
                     raise SwitchRefused(f"TLS handshake with {self.address} failed: {refused} "
                                         f"({_last_error(last)})") from None
             if loop.time() >= deadline:
@@ -199,19 +201,14 @@ class Session:
                                         f"{_last_error(last)}")
             await asyncio.sleep(min(0.1, max(0.0, deadline - loop.time())))
 
-    def _refusal(self, details: str) -> str | None:
-        hint = handshake_hint(details, self.server_name)
-        if hint:
-            return hint
-        if "socket closed" in details.lower():
-            # the server closed the connection before any HTTP/2: what a TLS
-            # switch does to a client whose certificate it refuses (or to
-            # plaintext), and what nothing else does before a request
+    def _closed_reason(self) -> str:
+        """The switch closed the connection before any HTTP/2: what a TLS
+        switch does to a client whose certificate it refuses (or to
+        plaintext), and what nothing else does before a request."""
+        if self.tls:
             return ("the switch closed the connection at the TLS handshake: it does not accept this "
-                    "controller's certificate (none given, not signed by the CA it trusts, or expired)"
-                    if self.tls else "the switch closed the connection: it expects TLS (give --tls-ca, "
-                                     "--tls-cert and --tls-key)")
-        return None
+                    "controller's certificate (none given, not signed by the CA it trusts, or expired)")
+        return "the switch closed the connection: it expects TLS (give --tls-ca, --tls-cert and --tls-key)"
 
     async def _arbitrate(self, timeout: float):
         self._arbitrated = asyncio.get_running_loop().create_future()

@@ -66,12 +66,11 @@ class SwitchRole:
             if s.lost.is_set():
                 try:
                     kept = await self.connect()
-                except SwitchRefused as e:
-                    self.refused(e)
-                    await asyncio.sleep(0.5)
-                    continue
                 except SwitchError as e:
-                    log.warning("backup: switch unavailable: %s", e)
+                    if isinstance(e, SwitchRefused):
+                        self.refused(e)
+                    else:
+                        log.warning("backup: switch unavailable: %s", e)
                     await asyncio.sleep(0.5)
                     continue
                 if kept is None:
@@ -116,14 +115,12 @@ class SwitchRole:
                         taken()
                         return
                     break
-                except SwitchRefused as e:
-                    # a certificate refused: named loudly, once per cause
-                    self.refused(e, refused_before)
-                    refused_before = str(e)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, RECONNECT_MAX)
                 except SwitchError as e:
-                    log.warning("switch still unavailable: %s (retry in %.1fs)", e, delay)
+                    if isinstance(e, SwitchRefused):    # a certificate refused: loudly, once per cause
+                        self.refused(e, refused_before)
+                        refused_before = str(e)
+                    else:
+                        log.warning("switch still unavailable: %s (retry in %.1fs)", e, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RECONNECT_MAX)
             await reconcile(kept)

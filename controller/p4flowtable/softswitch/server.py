@@ -667,6 +667,19 @@ def _peer_of(context) -> str:
 def serve(server_impl: SoftSwitchServer, address: str, workers: int = 8,
           credentials: grpc.ServerCredentials | None = None) -> grpc.Server:
     """credentials: TLS (tls.TlsFiles.server_credentials); None: plaintext."""
+    return _serve(server_impl, address, workers, credentials)[0]
+
+
+def serve_local(server_impl: SoftSwitchServer, workers: int = 8,
+                credentials: grpc.ServerCredentials | None = None) -> tuple[grpc.Server, str]:
+    """serve() on a loopback port of the kernel's choosing (tests, benches):
+    the server and its address."""
+    server, port = _serve(server_impl, "127.0.0.1:0", workers, credentials)
+    return server, f"127.0.0.1:{port}"
+
+
+def _serve(server_impl: SoftSwitchServer, address: str, workers: int,
+           credentials: grpc.ServerCredentials | None) -> tuple[grpc.Server, int]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
                          options=[("grpc.max_receive_message_length", 256 << 20),
                                   ("grpc.max_send_message_length", 256 << 20)])
@@ -676,4 +689,4 @@ def serve(server_impl: SoftSwitchServer, address: str, workers: int = 8,
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     server.start()
-    return server
+    return server, port
