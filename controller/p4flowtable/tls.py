@@ -71,18 +71,23 @@ class TlsFiles:
         if self.cert:
             self._read("--tls-cert", self.cert)
             self._read("--tls-key", self.key)
-            mode = Path(self.key).stat().st_mode & 0o077
-            if mode:
-                log.warning("--tls-key %s can be read by other users (mode %o): whoever reads it can act as "
-                            "this controller; chmod 600 it", self.key, Path(self.key).stat().st_mode & 0o777)
             try:
                 ctx.load_cert_chain(str(self.cert), str(self.key))
             except ssl.SSLError as e:
                 reason = "the key is not the certificate's" if "KEY_VALUES_MISMATCH" in str(e) else e.reason
                 raise TlsConfigError(f"--tls-cert {self.cert} / --tls-key {self.key}: {reason}") from None
 
+    def _warn_if_readable(self) -> None:
+        """Once, where the key is loaded for use (check() only validates)."""
+        mode = Path(self.key).stat().st_mode & 0o777
+        if mode & 0o077:
+            log.warning("--tls-key %s can be read by other users (mode %o): whoever reads it can act as "
+                        "this side of the connection; chmod 600 it", self.key, mode)
+
     def channel_credentials(self) -> grpc.ChannelCredentials:
         self.check(need_ca=True, need_identity=False)
+        if self.key:
+            self._warn_if_readable()
         return grpc.ssl_channel_credentials(
             root_certificates=self._read("--tls-ca", self.ca),
             private_key=self._read("--tls-key", self.key) if self.key else None,
@@ -93,6 +98,7 @@ class TlsFiles:
         certificates required and verified (BMv2's
         --grpc-server-with-client-auth)."""
         self.check(need_ca=False, need_identity=True)
+        self._warn_if_readable()
         return grpc.ssl_server_credentials(
             [(self._read("--tls-key", self.key), self._read("--tls-cert", self.cert))],
             root_certificates=self._read("--tls-ca", self.ca) if self.ca else None,
