@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from offload_rate import NS, SOCK, call, create_entries, rig  # noqa: E402
+from offload_rate import NS, SOCK, call, create_entries, profiler, rig, stop_profiler  # noqa: E402
 from p4.v1 import p4runtime_pb2 as p4r  # noqa: E402
 from p4flowtable import ctnetlink as ctnl, netns  # noqa: E402
 from p4flowtable.p4info import P4Schema  # noqa: E402
@@ -105,14 +105,14 @@ async def read_and_dump(grpc: str) -> tuple[float, float, int, int]:
     return read_s, dump_s, entries, dumped
 
 
-def one_size(switch: str, n: int) -> dict:
+def one_size(switch: str, n: int, profile: str | None = None) -> dict:
     conntrack_room(n)
     with tempfile.TemporaryDirectory(prefix="p4ftb-p4-") as tmp, \
             rig(switch, "restart", ("--timeout", "ft/tcp=3600", *program_for(n, Path(tmp)))) as r:
-        return _one_size(r, switch, n)
+        return _one_size(r, switch, n, profile)
 
 
-def _one_size(r, switch: str, n: int) -> dict:
+def _one_size(r, switch: str, n: int, profile: str | None) -> dict:
     for i in range(0, n, 50_000):       # a million coroutines at once would be the bench's own cost
         asyncio.run(create_entries(range(i, min(n, i + 50_000))))
     wait_until(lambda: call("counters", path=SOCK).get("offloaded", 0) >= n, 60 + n / 200,
@@ -121,9 +121,11 @@ def _one_size(r, switch: str, n: int) -> dict:
     r.daemon.wait(10)
     t0 = time.monotonic()
     r.daemon = r.restart()
+    spy = profiler(r.daemon.pid, profile) if profile else None
     wait_until(lambda: call("counters", path=SOCK, timeout=60).get("reconcile.adopted", 0) >= n,
                60 + n / 500, f"{n} flows adopted", 0.02)
     total = time.monotonic() - t0
+    hot = stop_profiler(spy, profile) if spy else None
     c = call("counters", path=SOCK)
     m = re.search(r"switch reconciled in ([\d.]+)s", DAEMON_OUT.read_text())
     mem = {"daemon": memory(r.daemon.pid), "switch": memory(r.grpc.pid)}
@@ -134,7 +136,7 @@ def _one_size(r, switch: str, n: int) -> dict:
             "orphans_deleted": c.get("reconcile.orphans_deleted", 0),
             "read_all_s": read_s, "entries_read": entries, "ct_dump_s": dump_s, "ct_dumped": dumped,
             "reconcile_over_read_and_dump": reconcile / (read_s + dump_s) if reconcile else None,
-            "memory": mem}
+            "memory": mem, **({"profile": hot} if hot else {})}
 
 
 def main() -> int:
@@ -142,6 +144,8 @@ def main() -> int:
     ap.add_argument("--flows", default="1000,100000")
     ap.add_argument("--switch", default="bmv2,soft" if shutil.which("simple_switch_grpc") else "soft")
     ap.add_argument("--out", default=str(ROOT / "bench/results/restart.json"))
+    ap.add_argument("--profile", metavar="FILE", help="sample the restarted daemon with py-spy until it has "
+                    "adopted every flow (raw stacks; the last size's run)")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("restart: needs root", file=sys.stderr)
@@ -149,7 +153,7 @@ def main() -> int:
     result = {"bench": "restart", "runs": []}
     for switch in a.switch.split(","):
         for n in (int(x) for x in a.flows.split(",")):
-            r = dict(one_size(switch, n), switch=switch)
+            r = dict(one_size(switch, n, a.profile), switch=switch)
             result["runs"].append(r)
             print(f"{switch} N={n}: converged {r['converged_s']:.2f} s after the new daemon's start (reconcile "
                   f"{r['reconcile_s']:.2f} s): {r['adopted']} adopted, {r['written']} written, "

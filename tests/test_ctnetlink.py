@@ -84,6 +84,7 @@ def test_mirror_follows_the_kernel_table(ns):
             e, old = await next_event(events, CtEvent.NEW, ORIG)
             assert old is None
             assert (e.reply, e.tcp_state, e.offloadable()) == (REPLY, TCP_ESTABLISHED, None)
+            assert not e.liberal and not mirror.on_lease(e)      # 120 s left, tracking strict
             assert mirror.lookup(REPLY) is e and mirror.lookup(ORIG) is e
             # independent witness: the conntrack tool sees the entry we decoded
             listed = conntrack_cli("-L", "-p", "tcp")
@@ -112,11 +113,16 @@ def test_mirror_follows_the_kernel_table(ns):
             dumped = await other.dump()
             await other.close()
             assert [d.orig for d in dumped] == [ORIG] and dumped[0].id == e.id
+            # what a restarted daemon leaves as it is (nf_ct_offload_timeout):
+            # liberal both ways, read from the kernel's dump, and a lease left
+            assert dumped[0].liberal and mirror.on_lease(dumped[0])
+            assert not mirror.on_lease(dumped[0], lease=4 * NF_CT_DAY)
 
             # hand-back: the established timeout (300 s here) less 100 s idle
             await mirror.handed_back(now, 100)
             back = await mirror.get(ORIG)
             assert 190 <= back.timeout <= 200
+            assert not mirror.on_lease(back)
 
             subprocess.run(["ip", "netns", "exec", ns, "conntrack", "-D", "-s", "10.0.1.1"],
                            capture_output=True, check=True)

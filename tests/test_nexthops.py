@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from p4.v1 import p4runtime_pb2 as p4r
 
-from p4flowtable.ip import flow_entry, nexthop_of
+from p4flowtable.ip import ReadBack, flow_entry
 from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple
 from p4flowtable.nexthop import NextHops, NextHopsFull, assign
 from p4flowtable.p4info import P4Schema
@@ -51,7 +51,10 @@ def test_a_flow_entry_names_its_next_hop_and_keeps_the_route_mtu(schema):
     nhs = NextHops(schema)
     f = flow(1, wan=FlowRoute(2, "02:00:00:00:02:01", "00:00:00:00:00:02", 1400, "192.0.2.2"))
     assign(nhs, [f])
-    assert nexthop_of(schema, flow_entry(schema, f, Dir.ORIGINAL)) == (f.nexthops[Dir.ORIGINAL], 1400)
+    back = ReadBack(schema)
+    held = back.decode(flow_entry(schema, f, Dir.ORIGINAL))
+    assert (held.nexthop, held.mtu, held.port, held.match) == (f.nexthops[Dir.ORIGINAL], 1400, f.iif[Dir.ORIGINAL],
+                                                               back.match(f.tuples[Dir.ORIGINAL]))
     nh = nhs.by_id[f.nexthops[Dir.ORIGINAL]]
     assert nhs.decode(nhs.entry(nh)) == (nh.id, 2, "02:00:00:00:02:01", "00:00:00:00:00:02")
     assert nhs.update(nh, p4r.Update.DELETE).entity.table_entry.action.action.action_id == 0

@@ -59,6 +59,7 @@ class CtEntry:
     helper: bool = False
     labels: int = 0          # ct label bits; flowtable marks among them (policy.py)
     mark: int = 0            # ct mark: the packet mark a ruleset restores from it routes the flow (route.py)
+    liberal: bool = False    # TCP tracking liberal both ways (IP_CT_TCP_FLAG_BE_LIBERAL), as offload sets it
 
     @property
     def l4proto(self) -> int:
@@ -94,7 +95,7 @@ def entry_from_msg(m: ctnl.CtMsg) -> CtEntry | None:
     if m.orig is None or m.reply is None:
         return None
     return CtEntry(m.id or 0, m.orig, m.reply, m.status or 0, m.tcp_state, m.timeout, m.helper, m.labels or 0,
-                   m.mark or 0)
+                   m.mark or 0, bool((m.tcp_flags or 0) & (m.tcp_flags_reply or 0) & IP_CT_TCP_FLAG_BE_LIBERAL))
 
 
 class ConntrackMirror:
@@ -193,6 +194,7 @@ class ConntrackMirror:
                 e.helper = e.helper or old.helper
                 e.labels = e.labels if m.labels is not None else old.labels
                 e.mark = e.mark if m.mark is not None else old.mark
+                e.liberal = e.liberal if m.tcp_flags is not None else old.liberal
             self._store(e)
             yield (CtEvent.NEW if m.flags & ctnl.NLM_F_CREATE else CtEvent.UPDATE), e, old
 
@@ -215,7 +217,17 @@ class ConntrackMirror:
         for e, err in zip(entries, errors):
             if err is None:
                 e.timeout = int(lease)
+                e.liberal = e.l4proto == IPPROTO_TCP
         return errors
+
+    @staticmethod
+    def on_lease(e: CtEntry, lease: float = NF_CT_DAY) -> bool:
+        """Whether an entry is offloaded in the kernel's sense already: TCP
+        liberal, and at least half a lease left. The kernel's
+        nf_ct_offload_timeout renews only below half (NF_CT_DAY / 2), so an
+        entry a daemon before this one offloaded is left as it is (the
+        aging renews it at half time from now)."""
+        return e.timeout is not None and e.timeout >= lease / 2 and (e.l4proto != IPPROTO_TCP or e.liberal)
 
     def state_timeout(self, e: CtEntry) -> int:
         if e.l4proto == IPPROTO_TCP:

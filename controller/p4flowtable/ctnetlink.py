@@ -81,6 +81,7 @@ class CtMsg:
     id: int | None = None
     helper: bool = False
     tcp_flags: int | None = None   # the original direction's IP_CT_TCP_FLAG_* bits
+    tcp_flags_reply: int | None = None   # and the reply direction's
     labels: int | None = None      # ct label bits (bit N of the label is 1 << N)
     packets: int | None = None     # both directions, where conntrack accounting is on
     mark: int | None = None        # ct mark (what `meta mark set ct mark` restores)
@@ -201,6 +202,7 @@ def decode(buf: bytes, off: int, end: int, msg_type: int, flags: int) -> CtMsg:
                 info = attrs(buf, *tcp)
                 m.tcp_state = _uint(buf, info.get(CTA_PROTOINFO_TCP_STATE), 1)
                 m.tcp_flags = _uint(buf, info.get(CTA_PROTOINFO_TCP_FLAGS_ORIGINAL), 1)
+                m.tcp_flags_reply = _uint(buf, info.get(CTA_PROTOINFO_TCP_FLAGS_REPLY), 1)
         elif atype in (CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY):
             n = _uint(buf, attrs(buf, start, stop).get(CTA_COUNTERS_PACKETS), 8)
             m.packets = (m.packets or 0) + (n or 0)

@@ -10,7 +10,7 @@ import asyncio
 import collections
 import logging
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterable
+from typing import AsyncIterator, Iterable, Sequence
 
 import grpc
 from google.rpc import code_pb2, status_pb2
@@ -359,11 +359,17 @@ class Session:
             raise WriteError(errors, what) from None
 
     async def read(self, entities: Iterable[p4runtime_pb2.Entity]) -> AsyncIterator[p4runtime_pb2.Entity]:
+        async for batch in self.read_batches(entities):
+            for ent in batch:
+                yield ent
+
+    async def read_batches(self, entities: Iterable[p4runtime_pb2.Entity]) -> AsyncIterator[Sequence]:
+        """read(), one ReadResponse's entities at a time: what a reader of
+        hundreds of thousands of entries takes, one await per response."""
         req = p4runtime_pb2.ReadRequest(device_id=self.device_id, entities=list(entities))
         try:
             async for resp in self._check().Read(req):
-                for ent in resp.entities:
-                    yield ent
+                yield resp.entities
         except asyncio.CancelledError:
             raise self._closed_under_us() from None
         except grpc.aio.AioRpcError as e:

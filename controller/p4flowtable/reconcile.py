@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import logging
 from dataclasses import dataclass, field
 from typing import Callable
@@ -25,15 +26,15 @@ from .core import Flowtables
 from .decide import MAX_BATCH_FLOWS, Decisions
 from .events import EventBus
 from .flowoffload import FlowOffload
-from .ip import entry_fields, entry_values, flow_entry, match_tuple_of, nexthop_of_action
-from .model import DIRS, Flow, FlowFlag, FlowRoute, FlowTuple
+from .ip import Held, ReadBack, entry_values, flow_entry, held_action
+from .model import DIRS, Flow, FlowFlag, FlowRoute
 from .nexthop import NextHop, NextHops
 from .offload import P4RuntimeDriver
 from .p4info import P4Schema
 from .p4runtime import WriteError
 from .route import Routes, route_keys
 from .ruleset import RulesetControl
-from .switch import SwitchControl, action_of, deletes
+from .switch import SwitchControl, deletes
 
 log = logging.getLogger("p4ft")
 
@@ -49,12 +50,28 @@ class Reconcile:
         self.mirror, self.rulesets, self.routes, self.decisions = mirror, rulesets, routes, decisions
         self.offload, self.aging, self.events, self.stats = offload, aging, events, stats
         self.ports, self.ct_lease, self.clock = ports, ct_lease, clock
+        self.readback = ReadBack(schema)
 
     async def run(self, kept: bool) -> None:
-        """Reconcile the switch (kept: its pipeline, with its entries, was kept)."""
+        """Reconcile the switch (kept: its pipeline, with its entries, was kept).
+
+        Python's cyclic garbage collector is paused meanwhile. A reconcile
+        makes a few objects per entry read and per connection adopted, all
+        kept or freed by reference count; with the collector on, their
+        numbers set off full collections, each of which walks every object
+        the daemon holds (at 100,000 flows, a sixth of the reconcile's time
+        in the profile)."""
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            await self._run(kept)
+        finally:
+            if enabled:
+                gc.enable()
+
+    async def _run(self, kept: bool) -> None:
         t0 = self.clock()
         self.offload.deferred.clear()      # adds that met the lost switch: written below
-        present = await self.switch.flow_entries() if kept else {}
         nexthops = self.driver.nexthops
         nexthops.reset()
         for entry in (await self.switch.entries(nexthops.table_id) if kept else []):
@@ -65,14 +82,27 @@ class Reconcile:
         carried = [f for f in self.flowtables if not f.flags & FlowFlag.TEARDOWN]
         fresh: list[tuple[Flow, CtEntry]] = []
         declined: collections.Counter[str] = collections.Counter()
-        read = [entry_fields(e) for e in present.values()]     # each entry decoded once
-        held = by_tuple(self.schema, read, nexthops)
+        present: dict[tuple, Held] = {}      # every flow entry, by its key
+        held: dict[tuple, Held] = {}         # and by Held.match
+        strays: list[p4r.TableEntry] = []    # entries of no flow of this program's: deleted
+        if kept:
+            decode = self.readback.decode
+            async for batch in self.switch.flow_entries():     # decoded as the read arrives
+                for ent in batch:
+                    entry = ent.table_entry
+                    h = decode(entry)
+                    if h is None:
+                        strays.append(entry)
+                    else:
+                        present[h.key] = held[h.match] = h
         undecided: list[CtEntry] = []
+        adopt = Adopting(self, held)
         for i, e in enumerate(list(self.mirror.entries.values())):
             if i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)     # the API, conntrack events, the switch's stream meanwhile
-            if self.flowtables.flow_of(e.orig) is None and e.offloadable() is None and self.rulesets.select(e.labels):
-                got = await self._adopt(e, held)
+            name = self.rulesets.select(e.labels)
+            if name and self.flowtables.flow_of(e.orig) is None and e.offloadable() is None:
+                got = await adopt(e, name)
                 if got is None:
                     undecided.append(e)
                 else:
@@ -86,7 +116,8 @@ class Reconcile:
                 else:
                     fresh.append(got)
         plan = await plan_reconcile(self.schema, carried + [f for f, _ in fresh], present, self.driver.idle_timeout,
-                                    nexthops, {k: (aid, tuple(sorted(params.items()))) for k, _, aid, params in read})
+                                    nexthops)
+        plan.orphans += deletes(strays)
         failed: set[int] = set()
         try:
             await self.switch.write(plan.nexthop_writes, "next hop")
@@ -107,7 +138,10 @@ class Reconcile:
             self.events.flow("ADOPT", f)
             if i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-        ok = [ct for f, ct in fresh if id(f) not in failed]
+        # offload marks where a daemon before this one had not set them (it
+        # died between its switch write and its conntrack write, or the flow
+        # is new): the others keep the lease they have, as the kernel would
+        ok = [ct for f, ct in fresh if id(f) not in failed and not self.mirror.on_lease(ct, self.ct_lease)]
         errors = await self.mirror.offloaded(ok, self.ct_lease) if ok else []
         for ct, err in zip(ok, errors):
             if err is not None:
@@ -119,27 +153,6 @@ class Reconcile:
         log.info("switch reconciled in %.2fs: %d flow(s) adopted, %d written, %d orphan entries deleted, "
                  "%d kernel lease(s) released; marked connections not offloaded: %s", self.clock() - t0,
                  len(plan.adopted), len(plan.repaired), len(plan.orphans), released, dict(declined) or "none")
-
-    async def _adopt(self, e: CtEntry, held: dict) -> tuple[Flow, CtEntry] | None:
-        """The flow of a live, marked connection whose two entries the switch
-        holds, as they stand: their next hops are the ones the switch uses,
-        whatever the neighbour table says while it settles after a restart.
-        Its route keys are those the previous daemon decided by (its ports,
-        the connection's mark): a routing change looks it up again."""
-        o, r = held.get(e.orig), held.get(e.reply)
-        table = self.flowtables.tables.get(self.rulesets.select(e.labels) or "")
-        if o is None or r is None or table is None:
-            return None
-        devices = {p: n for n, p in self.ports.items()}
-        if devices.get(o[0]) not in table.config.devices or devices.get(r[0]) not in table.config.devices:
-            return None
-        iif = (await self.routes.port_ifindex(o[0]), await self.routes.port_ifindex(r[0]))
-        flow = self.decisions.pending_flow(e, table, (o[0], r[0]), (o[1], r[1]),
-                                           route_keys(e.orig, e.reply, iif, e.mark))
-        if flow is None:
-            return None
-        flow.route_epoch = self.routes.epoch
-        return flow, e
 
     async def _release_leases(self) -> int:
         """Entries on an offload lease (a timeout above their state's) that no
@@ -174,19 +187,17 @@ class ReconcilePlan:
     nexthop_orphans: list[p4r.Update] = field(default_factory=list)  # after them: next hops no flow names
 
 
-async def plan_reconcile(schema: P4Schema, flows: list[Flow], present: dict[tuple, p4r.TableEntry],
-                         idle_timeout: bool, nexthops: NextHops, actions: dict[tuple, tuple] | None = None
-                         ) -> ReconcilePlan:
+async def plan_reconcile(schema: P4Schema, flows: list[Flow], present: dict[tuple, Held], idle_timeout: bool,
+                         nexthops: NextHops) -> ReconcilePlan:
     """What to write so that the switch holds exactly these flows' entries
     and the next hops they name (a coroutine only to give the event loop a
-    turn now and then). `nexthops` holds what the switch holds (adopted),
-    and gets every flow's next hops. actions: the present entries' actions
-    (switch.action_of) where already decoded."""
-    actions = {k: action_of(e) for k, e in present.items()} if actions is None else actions
+    turn now and then). present: the flow entries the switch holds, by
+    Held.key. `nexthops` holds what the switch holds (adopted), and gets
+    every flow's next hops."""
     plan = ReconcilePlan()
     left = dict(present)
     for i, f in enumerate(flows):
-        if i % 1000 == 0:
+        if i % YIELD_EVERY == 0:
             await asyncio.sleep(0)
         f.nexthops = tuple(nexthops.acquire(f, d, f.routes[d]).id for d in DIRS)
     new: dict[int, NextHop] = {}
@@ -200,41 +211,71 @@ async def plan_reconcile(schema: P4Schema, flows: list[Flow], present: dict[tupl
     for nh in new.values():
         nh.written = True
     for i, f in enumerate(flows):
-        if i % 1000 == 0:
+        if i % YIELD_EVERY == 0:
             await asyncio.sleep(0)
         ttl = int(f.timeout * 1e9) if idle_timeout else 0
         ups = []
         for d in DIRS:
-            # compared as values (entry_key and _action's form): an entry
-            # message is built only for what must be written
-            (table_id, fields, action_id, params), keys, values = entry_values(schema, f, d, True)
-            key = (table_id, tuple(sorted(zip((fid for fid, _ in fields), keys))))
-            old = left.pop(key, None)
-            if old is not None and actions[key] == (action_id, tuple(sorted(
-                    (pid, v) for (pid, _), v in zip(params, values) if pid is not None))):
+            # compared as values: an entry message is built only for what
+            # must be written
+            layout, keys, values = entry_values(schema, f, d, True)
+            old = left.pop((layout[0], keys), None)
+            if old is not None and old.action == held_action(layout, values):
                 continue
             ups.append(p4r.Update(type=p4r.Update.MODIFY if old is not None else p4r.Update.INSERT,
                                   entity=p4r.Entity(table_entry=flow_entry(schema, f, d, True, ttl))))
         (plan.repaired if ups else plan.adopted).append(f)
         plan.writes += ups
-    plan.orphans = deletes(left)
+    plan.orphans = deletes([h.entry for h in left.values()])
     return plan
 
 
+class Adopting:
+    """The flow of a live, marked connection whose two entries the switch
+    holds, as they stand: their next hops are the ones the switch uses,
+    whatever the neighbour table says while it settles after a restart. Its
+    route keys are those the previous daemon decided by (its ports, the
+    connection's mark): a routing change looks it up again. None when the
+    switch lacks an entry or its next hop, or the flowtable the connection's
+    mark names does not take both ports: it is decided anew."""
 
+    def __init__(self, rec: Reconcile, held: dict[tuple, Held]):
+        self.rec, self.held = rec, held
+        self.match = rec.readback.match
+        self.devices = {p: n for n, p in rec.ports.items()}
+        self.ifindex: dict[int, int] = {}
+        self.routes: dict[tuple[int, int], FlowRoute] = {}      # by (next hop, MTU): shared, they are frozen
 
-def by_tuple(schema: P4Schema, read: list[tuple], nexthops: NextHops) -> dict[FlowTuple, tuple[int, FlowRoute]]:
-    """The switch's flow entries as (ingress port, path) by the tuple they
-    match, their next hops from those the switch holds (adopted in
-    `nexthops`): what a flow adopted as it stands is made of. An entry whose
-    next hop the switch does not hold is left out (it is rewritten)."""
-    out = {}
-    for (table_id, _), by_id, action_id, params in read:     # ip.entry_fields of each entry
-        m, hop = match_tuple_of(schema, table_id, by_id), nexthop_of_action(schema, action_id, params)
-        if m is None or hop is None or (nh := nexthops.by_id.get(hop[0])) is None:
-            continue
-        neighbour = nh.key[1] if nh.key[1] != nh.dst_mac else ""
-        out[m[1]] = (m[0], FlowRoute(nh.port, nh.src_mac, nh.dst_mac, hop[1], neighbour))
-    return out
+    async def __call__(self, e: CtEntry, flowtable: str) -> tuple[Flow, CtEntry] | None:
+        """flowtable: the one the connection's mark names."""
+        rec = self.rec
+        o, r = self.held.get(self.match(e.orig)), self.held.get(self.match(e.reply))
+        table = rec.flowtables.tables.get(flowtable)
+        if o is None or r is None or table is None:
+            return None
+        if self.devices.get(o.port) not in table.config.devices or self.devices.get(r.port) not in table.config.devices:
+            return None
+        ro, rr = self._route(o), self._route(r)
+        if ro is None or rr is None:
+            return None
+        iif = (await self._ifindex(o.port), await self._ifindex(r.port))
+        flow = rec.decisions.pending_flow(e, table, (o.port, r.port), (ro, rr), route_keys(e.orig, e.reply, iif, e.mark))
+        if flow is None:
+            return None
+        flow.route_epoch = rec.routes.epoch
+        return flow, e
 
+    def _route(self, h: Held) -> FlowRoute | None:
+        got = self.routes.get((h.nexthop, h.mtu))
+        if got is None:
+            nh = self.rec.driver.nexthops.by_id.get(h.nexthop)
+            if nh is None:
+                return None
+            neighbour = nh.key[1] if nh.key[1] != nh.dst_mac else ""
+            got = self.routes[h.nexthop, h.mtu] = FlowRoute(nh.port, nh.src_mac, nh.dst_mac, h.mtu, neighbour)
+        return got
 
+    async def _ifindex(self, port: int) -> int:
+        if port not in self.ifindex:
+            self.ifindex[port] = await self.rec.routes.port_ifindex(port)
+        return self.ifindex[port]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Callable
+from typing import AsyncIterator, Callable, Iterable, Sequence
 
 from p4.v1 import p4runtime_pb2 as p4r
 
@@ -71,19 +71,18 @@ class SwitchControl:
         """Make a table hold exactly the wanted entries (INSERT, MODIFY, DELETE)."""
         have = {entry_key(e): e for e in await self.entries(table_id)}
         updates = [u for w in wanted if (u := update_for(w.entity.table_entry, have)) is not None]
-        await self.session.write(updates + deletes(have), what)
+        await self.session.write(updates + deletes(have.values()), what)
 
     async def entries(self, table_id: int) -> list[p4r.TableEntry]:
         return [e.table_entry async for e in self.session.read(
             [p4r.Entity(table_entry=p4r.TableEntry(table_id=table_id))])]
 
-    async def flow_entries(self) -> dict[tuple, p4r.TableEntry]:
-        """Every flow entry the switch holds, both families, by entry_key."""
-        out = {}
-        for name in FLOW_TABLES:
-            for e in await self.entries(self.schema.table(name).id):
-                out[entry_key(e)] = e
-        return out
+    async def flow_entries(self) -> AsyncIterator[Sequence[p4r.Entity]]:
+        """Every flow entry the switch holds, both families, in one Read, a
+        response at a time as it arrives (the reconcile decodes meanwhile)."""
+        async for batch in self.session.read_batches(
+                [p4r.Entity(table_entry=p4r.TableEntry(table_id=self.schema.table(t).id)) for t in FLOW_TABLES]):
+            yield batch
 
     async def write(self, updates: list[p4r.Update], what: str) -> None:
         for i in range(0, len(updates), WRITE_BATCH):
@@ -101,10 +100,9 @@ def update_for(want: p4r.TableEntry, have: dict[tuple, p4r.TableEntry]) -> p4r.U
     return None
 
 
-def deletes(left: dict[tuple, p4r.TableEntry]) -> list[p4r.Update]:
+def deletes(left: Iterable[p4r.TableEntry]) -> list[p4r.Update]:
     """DELETEs of the entries nothing wants."""
-    return [p4r.Update(type=p4r.Update.DELETE, entity=p4r.Entity(table_entry=_match_only(e)))
-            for e in left.values()]
+    return [p4r.Update(type=p4r.Update.DELETE, entity=p4r.Entity(table_entry=_match_only(e))) for e in left]
 
 
 def action_of(e: p4r.TableEntry) -> tuple:
