@@ -111,6 +111,13 @@ class Aging:
                     continue
                 self.idle(found[0])
 
+    def read_back(self, f: Flow, r: FlowRead, now: float) -> None:
+        """What a read made elsewhere said of both of f's entries (the
+        reconcile's read of every entry): applied as this task's own reads
+        are, so a flow idle while no daemon listened expires now."""
+        if self._live(f):
+            self._apply(f, r, now)
+
     def removed(self, f: Flow, now: float) -> None:
         """The switch no longer holds f's entries."""
         record = self._expiring.pop(id(f), None)

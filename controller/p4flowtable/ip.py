@@ -168,13 +168,15 @@ class Held:
     id and match values in layout order: `(layout[0], keys)` of
     entry_values), its ingress port, the rest of its match (`ReadBack.match`
     of the tuple it matches), its action (id and parameter values in layout
-    order, what `held_action` gives), its next hop's id and MTU; and the
-    entry itself (to delete it)."""
-    __slots__ = ("key", "port", "match", "action", "nexthop", "mtu", "entry")
+    order, what `held_action` gives), its next hop's id and MTU; its
+    counter and time since its last hit where the read asked (else 0 and
+    None); and the entry itself (to delete it)."""
+    __slots__ = ("key", "port", "match", "action", "nexthop", "mtu", "packets", "bytes", "idle_ns", "entry")
 
-    def __init__(self, key, port, match, action, nexthop, mtu, entry):
+    def __init__(self, key, port, match, action, nexthop, mtu, packets, nbytes, idle_ns, entry):
         self.key, self.port, self.match, self.action = key, port, match, action
-        self.nexthop, self.mtu, self.entry = nexthop, mtu, entry
+        self.nexthop, self.mtu, self.packets, self.bytes, self.idle_ns = nexthop, mtu, packets, nbytes, idle_ns
+        self.entry = entry
 
 
 class ReadBack:
@@ -222,8 +224,10 @@ class ReadBack:
             values = tuple([params[p] for p in pids])
         except KeyError:
             return None
+        c = entry.counter_data
         return Held((table_id, keys), port, (table_id, src, dst, proto, sport, dport), (a.action_id, values),
-                    values[nh], values[mtu], entry)
+                    values[nh], values[mtu], c.packet_count, c.byte_count,
+                    entry.time_since_last_hit.elapsed_ns if entry.HasField("time_since_last_hit") else None, entry)
 
 
 def held_action(layout: tuple, values: tuple) -> tuple:

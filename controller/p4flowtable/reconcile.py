@@ -29,10 +29,10 @@ from .flowoffload import FlowOffload
 from .ip import Held, ReadBack, entry_values, flow_entry, held_action
 from .model import DIRS, Flow, FlowFlag, FlowRoute
 from .nexthop import NextHop, NextHops
-from .offload import P4RuntimeDriver
+from .offload import FlowRead, P4RuntimeDriver
 from .p4info import P4Schema
 from .p4runtime import WriteError
-from .route import Routes, route_keys
+from .route import RouteError, Routes, route_keys
 from .ruleset import RulesetControl
 from .switch import SwitchControl, deletes
 
@@ -87,7 +87,7 @@ class Reconcile:
         strays: list[p4r.TableEntry] = []    # entries of no flow of this program's: deleted
         if kept:
             decode = self.readback.decode
-            async for batch in self.switch.flow_entries():     # decoded as the read arrives
+            async for batch in self.switch.flow_entries(self.driver.idle_timeout):     # decoded as it arrives
                 for ent in batch:
                     entry = ent.table_entry
                     h = decode(entry)
@@ -96,13 +96,20 @@ class Reconcile:
                     else:
                         present[h.key] = held[h.match] = h
         undecided: list[CtEntry] = []
-        adopt = Adopting(self, held)
-        for i, e in enumerate(list(self.mirror.entries.values())):
+        adopt = Adopting(self, held, await self._representors())
+        entries = self.mirror.entries
+        for i, k in enumerate(list(entries)):
             if i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)     # the API, conntrack events, the switch's stream meanwhile
+            # the entry as it is now, not as it was when the loop began: a
+            # connection whose FIN the relay handed the kernel meanwhile is
+            # not established any more (its event found no flow to hand back)
+            e = entries.get(k)
+            if e is None:
+                continue
             name = self.rulesets.select(e.labels)
             if name and self.flowtables.flow_of(e.orig) is None and e.offloadable() is None:
-                got = await adopt(e, name)
+                got = adopt(e, name)     # no await between the look and the flow
                 if got is None:
                     undecided.append(e)
                 else:
@@ -134,8 +141,11 @@ class Reconcile:
             else:
                 self.offload.offloaded(f, now)
         for i, f in enumerate(plan.adopted):
-            self.aging.idle(f)     # idle while the daemon was away? the switch's last hit says
             self.events.flow("ADOPT", f)
+            # idle while the daemon was away? the read's last hits say
+            o, r = plan.held[id(f)]
+            self.aging.read_back(f, FlowRead((o.packets, r.packets), (o.bytes, r.bytes), min(o.idle_ns, r.idle_ns)
+                                             if o.idle_ns is not None and r.idle_ns is not None else None), now)
             if i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
         # offload marks where a daemon before this one had not set them (it
@@ -153,6 +163,16 @@ class Reconcile:
         log.info("switch reconciled in %.2fs: %d flow(s) adopted, %d written, %d orphan entries deleted, "
                  "%d kernel lease(s) released; marked connections not offloaded: %s", self.clock() - t0,
                  len(plan.adopted), len(plan.repaired), len(plan.orphans), released, dict(declined) or "none")
+
+    async def _representors(self) -> dict[int, int]:
+        """Each switch port's representor (ifindex), where it has one."""
+        out = {}
+        for port in set(self.ports.values()):
+            try:
+                out[port] = await self.routes.port_ifindex(port)
+            except RouteError as err:
+                log.warning("switch port %d: %s", port, err)
+        return out
 
     async def _release_leases(self) -> int:
         """Entries on an offload lease (a timeout above their state's) that no
@@ -185,6 +205,7 @@ class ReconcilePlan:
     orphans: list[p4r.Update] = field(default_factory=list)  # deletes of entries no flow owns
     nexthop_writes: list[p4r.Update] = field(default_factory=list)   # before the flows' writes
     nexthop_orphans: list[p4r.Update] = field(default_factory=list)  # after them: next hops no flow names
+    held: dict[int, tuple[Held, Held]] = field(default_factory=dict)  # id(adopted flow): its entries as read
 
 
 async def plan_reconcile(schema: P4Schema, flows: list[Flow], present: dict[tuple, Held], idle_timeout: bool,
@@ -215,17 +236,23 @@ async def plan_reconcile(schema: P4Schema, flows: list[Flow], present: dict[tupl
             await asyncio.sleep(0)
         ttl = int(f.timeout * 1e9) if idle_timeout else 0
         ups = []
+        kept: list[Held] = []
         for d in DIRS:
             # compared as values: an entry message is built only for what
             # must be written
             layout, keys, values = entry_values(schema, f, d, True)
             old = left.pop((layout[0], keys), None)
             if old is not None and old.action == held_action(layout, values):
+                kept.append(old)
                 continue
             ups.append(p4r.Update(type=p4r.Update.MODIFY if old is not None else p4r.Update.INSERT,
                                   entity=p4r.Entity(table_entry=flow_entry(schema, f, d, True, ttl))))
-        (plan.repaired if ups else plan.adopted).append(f)
-        plan.writes += ups
+        if ups:
+            plan.repaired.append(f)
+            plan.writes += ups
+        else:
+            plan.adopted.append(f)
+            plan.held[id(f)] = (kept[0], kept[1])
     plan.orphans = deletes([h.entry for h in left.values()])
     return plan
 
@@ -239,14 +266,14 @@ class Adopting:
     switch lacks an entry or its next hop, or the flowtable the connection's
     mark names does not take both ports: it is decided anew."""
 
-    def __init__(self, rec: Reconcile, held: dict[tuple, Held]):
-        self.rec, self.held = rec, held
+    def __init__(self, rec: Reconcile, held: dict[tuple, Held], ifindex: dict[int, int]):
+        """ifindex: each switch port's representor."""
+        self.rec, self.held, self.ifindex = rec, held, ifindex
         self.match = rec.readback.match
         self.devices = {p: n for n, p in rec.ports.items()}
-        self.ifindex: dict[int, int] = {}
         self.routes: dict[tuple[int, int], FlowRoute] = {}      # by (next hop, MTU): shared, they are frozen
 
-    async def __call__(self, e: CtEntry, flowtable: str) -> tuple[Flow, CtEntry] | None:
+    def __call__(self, e: CtEntry, flowtable: str) -> tuple[Flow, CtEntry] | None:
         """flowtable: the one the connection's mark names."""
         rec = self.rec
         o, r = self.held.get(self.match(e.orig)), self.held.get(self.match(e.reply))
@@ -258,7 +285,9 @@ class Adopting:
         ro, rr = self._route(o), self._route(r)
         if ro is None or rr is None:
             return None
-        iif = (await self._ifindex(o.port), await self._ifindex(r.port))
+        iif = (self.ifindex.get(o.port), self.ifindex.get(r.port))
+        if None in iif:
+            return None
         flow = rec.decisions.pending_flow(e, table, (o.port, r.port), (ro, rr), route_keys(e.orig, e.reply, iif, e.mark))
         if flow is None:
             return None
@@ -274,8 +303,3 @@ class Adopting:
             neighbour = nh.key[1] if nh.key[1] != nh.dst_mac else ""
             got = self.routes[h.nexthop, h.mtu] = FlowRoute(nh.port, nh.src_mac, nh.dst_mac, h.mtu, neighbour)
         return got
-
-    async def _ifindex(self, port: int) -> int:
-        if port not in self.ifindex:
-            self.ifindex[port] = await self.rec.routes.port_ifindex(port)
-        return self.ifindex[port]

@@ -77,11 +77,19 @@ class SwitchControl:
         return [e.table_entry async for e in self.session.read(
             [p4r.Entity(table_entry=p4r.TableEntry(table_id=table_id))])]
 
-    async def flow_entries(self) -> AsyncIterator[Sequence[p4r.Entity]]:
-        """Every flow entry the switch holds, both families, in one Read, a
-        response at a time as it arrives (the reconcile decodes meanwhile)."""
-        async for batch in self.session.read_batches(
-                [p4r.Entity(table_entry=p4r.TableEntry(table_id=self.schema.table(t).id)) for t in FLOW_TABLES]):
+    async def flow_entries(self, last_hit: bool) -> AsyncIterator[Sequence[p4r.Entity]]:
+        """Every flow entry the switch holds, both families, with its direct
+        counter and (last_hit: the tables age entries) the time since it was
+        last hit, in one Read, a response at a time as it arrives (the
+        reconcile decodes meanwhile)."""
+        ents = []
+        for t in FLOW_TABLES:
+            e = p4r.TableEntry(table_id=self.schema.table(t).id)
+            e.counter_data.SetInParent()
+            if last_hit:
+                e.time_since_last_hit.SetInParent()
+            ents.append(p4r.Entity(table_entry=e))
+        async for batch in self.session.read_batches(ents):
             yield batch
 
     async def write(self, updates: list[p4r.Update], what: str) -> None:
