@@ -101,17 +101,22 @@ def rewrite_for(tuples: tuple[FlowTuple, FlowTuple], d: Dir) -> Rewrite:
 def has_nat(tuples: tuple[FlowTuple, FlowTuple]) -> bool:
     """Whether either direction is rewritten: the reply tuple is not the
     original one reversed (the kernel's NF_FLOW_SNAT / NF_FLOW_DNAT)."""
-    return tuples[1] != tuples[0].reversed()
+    o, r = tuples     # field by field: no reversed tuple made and hashed (a hot path: every entry encoded)
+    return not (r.src == o.dst and r.dst == o.src and r.sport == o.dport and r.dport == o.sport
+                and r.l4proto == o.l4proto)
 
 
-class FlowFlag(enum.Flag):
-    """State bits, set and cleared test-and-set style (NF_FLOW_*)."""
+class FlowFlag:
+    """State bits, set and cleared test-and-set style (NF_FLOW_*). Plain
+    ints, as the kernel's are: every flow's add, adoption and aging tests
+    them, and an enum.Flag operation costs a Python call and an enum lookup
+    each (a few percent of a reconcile's time in its profile)."""
 
     NONE = 0
-    HW = enum.auto()          # entries are in the switch
-    PENDING = enum.auto()     # an add is queued or in flight
-    TEARDOWN = enum.auto()    # being handed back to the slow path
-    DYING = enum.auto()       # conntrack entry is gone
+    HW = 1 << 0          # entries are in the switch
+    PENDING = 1 << 1     # an add is queued or in flight
+    TEARDOWN = 1 << 2    # being handed back to the slow path
+    DYING = 1 << 3       # conntrack entry is gone
 
 
 class TeardownReason(enum.Enum):
@@ -138,20 +143,20 @@ class Flow:
     route_keys: tuple = (None, None)         # what each direction is routed by (route.RouteKey); None: seen only
     route_epoch: int = 0                     # the routing (route.Routes.epoch) its paths reflect
     offloaded_at: float = 0.0                # clock when its entries were written
-    flags: FlowFlag = FlowFlag.NONE
+    flags: int = FlowFlag.NONE               # FlowFlag bits
     last_used: float = 0.0                   # clock of last traffic seen
     packets: tuple[int, int] = (0, 0)       # per direction, from the switch
     bytes: tuple[int, int] = (0, 0)
     stats_at: float = 0.0                    # when counters were last read
     reason: TeardownReason | None = None     # why it is being torn down
 
-    def test_and_set(self, flag: FlowFlag) -> bool:
+    def test_and_set(self, flag: int) -> bool:
         """Set flag; True if it was already set (kernel test_and_set_bit)."""
         was = bool(self.flags & flag)
         self.flags |= flag
         return was
 
-    def clear(self, flag: FlowFlag) -> None:
+    def clear(self, flag: int) -> None:
         self.flags &= ~flag
 
     @property
