@@ -1,0 +1,83 @@
+"""Flow entries read back from the switch (ip.ReadBack, what the reconcile
+decodes every entry with) give what the daemon wrote: key, port, match,
+action values, next hop and MTU, and the counter and last hit the read asked
+for; for every table and action, in the canonical byte strings a switch
+returns (P4Runtime spec 8.4) and padded alike. An entry of no flow of this
+program decodes to None (the reconcile deletes it)."""
+
+import ipaddress
+
+import pytest
+from p4.v1 import p4runtime_pb2 as p4r
+from test_wire import CASES, ROOT, flows
+
+from p4flowtable.ip import ReadBack, entry_values, flow_entry, held_action
+from p4flowtable.model import Dir, FlowTuple, ipv4
+from p4flowtable.p4info import P4Schema
+
+
+@pytest.fixture(scope="module")
+def schema():
+    return P4Schema.from_file(ROOT / "p4src/build/flowtable.p4info.txtpb")
+
+
+def canonical(e: p4r.TableEntry) -> None:
+    """Values as a switch returns them: no leading zero bytes."""
+    for m in e.match:
+        m.exact.value = m.exact.value.lstrip(b"\0") or b"\0"
+    for p in e.action.action.params:
+        p.value = p.value.lstrip(b"\0") or b"\0"
+
+
+@pytest.mark.parametrize("version,proto,nat", CASES)
+def test_an_entry_read_back_decodes_to_what_was_written(schema, version, proto, nat):
+    back = ReadBack(schema)
+    for f in flows(version, proto, nat):
+        for d in Dir:
+            layout, keys, values = entry_values(schema, f, d, True)
+            for shorten in (False, True):
+                e = flow_entry(schema, f, d, True, 30 * 10**9)
+                if shorten:
+                    canonical(e)
+                h = back.decode(e)
+                assert h.key == (layout[0], keys) and h.port == f.iif[d]
+                assert h.match == back.match(f.tuples[d])
+                assert h.action == held_action(layout, values)
+                assert (h.nexthop, h.mtu) == (f.nexthops[d], f.routes[d].mtu)
+                assert (h.packets, h.bytes, h.idle_ns) == (0, 0, None)      # not asked for
+                e.counter_data.packet_count, e.counter_data.byte_count = 7 + d, 700 + d
+                e.time_since_last_hit.elapsed_ns = 5 * 10**9 + d
+                h = back.decode(e)
+                assert (h.packets, h.bytes, h.idle_ns) == (7 + d, 700 + d, 5 * 10**9 + d)
+                assert h.entry is e
+
+
+def test_a_changed_action_value_is_a_different_action(schema):
+    back = ReadBack(schema)
+    f = flows(4, 6, True, 1)[0]
+    layout, _, values = entry_values(schema, f, Dir.ORIGINAL, True)
+    e = flow_entry(schema, f, Dir.ORIGINAL, True)
+    e.action.action.params[1].value = (int.from_bytes(e.action.action.params[1].value, "big") ^ 1).to_bytes(4, "big")
+    assert back.decode(e).action != held_action(layout, values)
+
+
+def test_what_is_no_flow_entry_decodes_to_none(schema):
+    back = ReadBack(schema)
+    f = flows(4, 6, True, 1)[0]
+    missing = flow_entry(schema, f, Dir.ORIGINAL, True)
+    del missing.match[2]
+    no_param = flow_entry(schema, f, Dir.ORIGINAL, True)
+    del no_param.action.action.params[0]
+    other_action = flow_entry(schema, f, Dir.ORIGINAL, True)
+    other_action.action.action.action_id = schema.action("set_flowtable").id
+    other_table = flow_entry(schema, f, Dir.ORIGINAL, True)
+    other_table.table_id = schema.table("port_table").id
+    for e in (missing, no_param, other_action, other_table, p4r.TableEntry()):
+        assert back.decode(e) is None
+
+
+def test_an_ipv4_tuple_and_its_ipv4_compatible_ipv6_twin_do_not_meet(schema):
+    back = ReadBack(schema)
+    v4 = FlowTuple(ipv4("10.0.0.1"), ipv4("192.0.2.2"), 6, 1000, 80)
+    v6 = FlowTuple(ipaddress.IPv6Address("::10.0.0.1"), ipaddress.IPv6Address("::192.0.2.2"), 6, 1000, 80)
+    assert back.match(v4)[1:] == back.match(v6)[1:] and back.match(v4) != back.match(v6)
