@@ -288,7 +288,8 @@ class Adopting:
         iif = (self.ifindex.get(o.port), self.ifindex.get(r.port))
         if None in iif:
             return None
-        flow = rec.decisions.pending_flow(e, table, (o.port, r.port), (ro, rr), route_keys(e.orig, e.reply, iif, e.mark))
+        flow = rec.decisions.pending_flow(e, table, (o.port, r.port), (ro, rr),
+                                          route_keys(e.orig, e.reply, iif, e.mark))
         if flow is None:
             return None
         flow.route_epoch = rec.routes.epoch
