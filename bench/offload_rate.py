@@ -113,7 +113,8 @@ def start_daemon(grpc: str, ruleset: Path, extra: tuple[str, ...] = (), reconcil
             raise RuntimeError("daemon exited:\n" + Path("/tmp/p4ftb-daemon.out").read_text()[-2000:])
         try:
             # the first reconcile's counters exist once it is done (0 or more)
-            if not reconciled or "reconcile.adopted" in call("counters", path=SOCK):
+            counters = call("counters", path=SOCK)
+            if not reconciled or "reconcile.adopted" in counters:
                 return p
         except Exception:
             pass
