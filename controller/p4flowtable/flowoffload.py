@@ -52,6 +52,18 @@ class OffloadQueue:
     def __len__(self) -> int:
         return len(self._items)
 
+    def put_back(self, op: Op, batch: list[Flow]) -> None:
+        """A batch taken but not written: first again, in its order."""
+        self._items.extendleft((op, f) for f in reversed(batch))
+        self._ready.set()
+
+    def take_adds(self) -> list[Flow]:
+        """Every queued add, out of the queue (deletes stay, in order)."""
+        adds = [f for op, f in self._items if op is Op.ADD]
+        if adds:
+            self._items = collections.deque((op, f) for op, f in self._items if op is not Op.ADD)
+        return adds
+
     async def next_batch(self, limit: int) -> tuple[Op, list[Flow]]:
         while not self._items:
             self._ready.clear()
@@ -100,7 +112,7 @@ class FlowOffload:
         self.observe_latency = observe_latency
         self.queue = OffloadQueue()
         self.timing = OffloadTiming()
-        self.deferred: list[Flow] = []       # adds that met a lost switch (dropped: the reconcile writes them)
+        self.deferred: list[Flow] = []       # adds that met a lost switch (the reconcile writes them: take_adds)
         self._waiting: dict[FlowTuple, tuple[CtEntry, int]] = {}   # refused by a full table: entry, its packets then
 
     # -- the queue ---------------------------------------------------------------------
@@ -123,8 +135,11 @@ class FlowOffload:
         depend on each other, so up to WRITES_IN_FLIGHT add batches are at the
         switch together: it works on one while the daemon prepares the next.
         A delete waits until every earlier write is answered, and the next
-        batch waits for the delete, which keeps each flow's operations in order."""
+        batch waits for the delete, which keeps each flow's operations in order.
+        While the reconcile holds the switch (SwitchWriters), batches stay
+        queued: the reconcile writes the adds itself (take_adds)."""
         inflight: set[asyncio.Task] = set()
+        writers = self.driver.writers
 
         async def settle(limit: int) -> None:
             while len(inflight) > limit:
@@ -136,8 +151,19 @@ class FlowOffload:
         try:
             while True:
                 op, batch = await self.queue.next_batch(MAX_BATCH_FLOWS)
-                await settle(WRITES_IN_FLIGHT - 1 if op is Op.ADD else 0)
-                inflight.add(asyncio.create_task(self._write(op, batch)))
+                if not writers.open:
+                    self.queue.put_back(op, batch)
+                    await writers.wait_open()
+                    continue
+                writers.enter()     # the reconcile waits for this batch from here
+                try:
+                    await settle(WRITES_IN_FLIGHT - 1 if op is Op.ADD else 0)
+                except BaseException:
+                    writers.leave()
+                    raise
+                task = asyncio.create_task(self._write(op, batch))
+                task.add_done_callback(lambda _: writers.leave())     # even if cancelled before it ran
+                inflight.add(task)
                 if op is not Op.ADD:
                     await settle(0)
         finally:
@@ -158,6 +184,16 @@ class FlowOffload:
                 # the pipeline pushed on reconnect starts with empty tables
                 for f in batch:
                     await self._handed_back(f)
+
+    def take_adds(self) -> list[Flow]:
+        """For the reconcile, which holds the switch: the flows whose add is
+        still to be written (queued, or deferred when they met a lost switch),
+        out of the queue; the reconcile writes them with the rest."""
+        flows = self.deferred + self.queue.take_adds()
+        self.deferred = []
+        for f in flows:
+            self.timing.since.pop(f.key, None)
+        return flows
 
     # -- add ---------------------------------------------------------------------------
     def offloaded(self, f: Flow, now: float) -> None:

@@ -8,6 +8,7 @@ the embedded target and Tofino alike, since all speak P4Runtime.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Protocol
@@ -59,6 +60,63 @@ class BatchResult:
     failed: list[tuple[Flow, Refusal]]
 
 
+class SwitchWriters:
+    """Who writes flows and next hops now. The offload worker and the reroute
+    share the switch; the reconcile has it alone: it reads what the switch
+    holds, forgets the next hops it knew and writes the difference, which a
+    write landing meanwhile would make wrong (an INSERT the reconcile then
+    repeats fails the whole of its batch with ALREADY_EXISTS)."""
+
+    def __init__(self):
+        self._open = asyncio.Event()
+        self._open.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._users = 0
+
+    @property
+    def open(self) -> bool:
+        """No reconcile holds the switch: a writer may enter() now."""
+        return self._open.is_set()
+
+    async def wait_open(self) -> None:
+        await self._open.wait()
+
+    def enter(self) -> None:
+        """A write begins (only while open: no await between the check and this)."""
+        assert self._open.is_set(), "a write entered while the reconcile holds the switch"
+        self._users += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self._users -= 1
+        if not self._users:
+            self._idle.set()
+
+    @contextlib.asynccontextmanager
+    async def shared(self):
+        """A write (not nested in another: the reconcile waits for the outer one)."""
+        while not self._open.is_set():
+            await self._open.wait()
+        self.enter()
+        try:
+            yield
+        finally:
+            self.leave()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self):
+        """The reconcile: new writes wait, those under way are answered first."""
+        while not self._open.is_set():      # another reconcile (a reconnect during the first)
+            await self._open.wait()
+        self._open.clear()
+        try:
+            await self._idle.wait()
+            yield
+        finally:
+            self._open.set()
+
+
 class OffloadDriver(Protocol):
     async def add(self, flows: list[Flow]) -> BatchResult: ...
     async def delete(self, flows: list[Flow]) -> BatchResult: ...
@@ -76,6 +134,7 @@ class P4RuntimeDriver:
         self.nexthops = NextHops(schema)
         self.encoder = EntryEncoder(schema)     # flow entries from templates (wire.py)
         self.nexthop_writes = 0          # next-hop updates the switch took (INSERT, MODIFY, DELETE)
+        self.writers = SwitchWriters()   # the reconcile has the switch alone
         self.table = schema.table("flow_table_v4")
         # entries carry the flow's timeout as idle_timeout_ns where the table
         # ages entries itself (BMv2, Tofino, the embedded target)

@@ -70,8 +70,21 @@ class Reconcile:
                 gc.enable()
 
     async def _run(self, kept: bool) -> None:
+        """With the switch to itself: no flow or next hop is written by
+        anyone else between its read and its writes (SwitchWriters)."""
+        async with self.driver.writers.exclusive():
+            await self._reconcile(kept)
+
+    async def _reconcile(self, kept: bool) -> None:
         t0 = self.clock()
-        self.offload.deferred.clear()      # adds that met the lost switch: written below
+        # the flows the switch carries or was to: offloaded ones, and those
+        # whose add was queued or met the lost switch (written below, no more
+        # by the offload worker). One decided but not queued yet (its
+        # conntrack write under way) is left to the worker, after this.
+        unwritten = self.offload.take_adds()
+        taken = {id(f) for f in unwritten}
+        carried = [f for f in self.flowtables if not f.flags & FlowFlag.TEARDOWN
+                   and (f.flags & FlowFlag.HW or id(f) in taken)]
         nexthops = self.driver.nexthops
         nexthops.reset()
         for entry in (await self.switch.entries(nexthops.table_id) if kept else []):
@@ -79,7 +92,6 @@ class Reconcile:
             if got is not None:
                 nh_id, port, src, dst = got
                 nexthops.adopt(nh_id, port, src, dst, await self.routes.neighbour_on_port(port, dst))
-        carried = [f for f in self.flowtables if not f.flags & FlowFlag.TEARDOWN]
         fresh: list[tuple[Flow, CtEntry]] = []
         declined: collections.Counter[str] = collections.Counter()
         present: dict[tuple, Held] = {}      # every flow entry, by its key

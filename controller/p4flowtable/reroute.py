@@ -131,8 +131,9 @@ class Reroute:
             await self._wake.wait()
             self._wake.clear()
             if self._neigh:
-                changes, self._neigh = self._neigh, {}
-                await self._neighbours(changes)
+                async with self.driver.writers.shared():     # not while the reconcile holds the switch
+                    changes, self._neigh = self._neigh, {}
+                    await self._neighbours(changes)
             if self._first is None:
                 continue
             due = max(self._first + SETTLE, self._last_pass + self._hold)
@@ -144,10 +145,11 @@ class Reroute:
                     pass
                 self._wake.set()      # neighbours that came meanwhile, or the pass now due
                 continue
-            prefixes, families = self._prefixes, self._families
-            self._prefixes, self._families, self._first = set(), set(), None
-            self._last_pass = self.clock()
-            await self.reroute(prefixes, families, self.routes.epoch)
+            async with self.driver.writers.shared():
+                prefixes, families = self._prefixes, self._families
+                self._prefixes, self._families, self._first = set(), set(), None
+                self._last_pass = self.clock()
+                await self.reroute(prefixes, families, self.routes.epoch)
 
     async def _neighbours(self, changes: dict[tuple[int, str], str | None]) -> None:
         modified = []
