@@ -81,3 +81,24 @@ def test_an_ipv4_tuple_and_its_ipv4_compatible_ipv6_twin_do_not_meet(schema):
     v4 = FlowTuple(ipv4("10.0.0.1"), ipv4("192.0.2.2"), 6, 1000, 80)
     v6 = FlowTuple(ipaddress.IPv6Address("::10.0.0.1"), ipaddress.IPv6Address("::192.0.2.2"), 6, 1000, 80)
     assert back.match(v4)[1:] == back.match(v6)[1:] and back.match(v4) != back.match(v6)
+
+
+def test_fields_and_parameters_in_another_order_decode_alike(schema):
+    """A switch may return an entry's match fields and action parameters in
+    any order (P4Runtime does not fix it): mapped by id, not by place."""
+    back = ReadBack(schema)
+    for f in flows(6, 17, True, 3) + flows(4, 6, False, 3):
+        for d in Dir:
+            e = flow_entry(schema, f, d, True)
+            want = back.decode(e)
+            shuffled = p4r.TableEntry()
+            shuffled.CopyFrom(e)
+            del shuffled.match[:]
+            shuffled.match.extend(reversed(e.match))
+            del shuffled.action.action.params[:]
+            shuffled.action.action.params.extend(reversed(e.action.action.params))
+            got = back.decode(shuffled)
+            assert (got.key, got.port, got.match, got.action, got.nexthop, got.mtu) == \
+                (want.key, want.port, want.match, want.action, want.nexthop, want.mtu)
+            del shuffled.match[0]
+            assert back.decode(shuffled) is None

@@ -217,17 +217,39 @@ class ReadBack:
             return None
         pids, nh, mtu = act
         fb = int.from_bytes
-        got = {m.field_id: fb(m.exact.value, "big") for m in entry.match}
-        params = {p.param_id: fb(p.value, "big") for p in a.params}
-        try:
-            port, src, dst, proto, sport, dport = keys = tuple([got[f] for f in fids])
-            values = tuple([params[p] for p in pids])
-        except KeyError:
+        # one pass over each repeated field (every access makes a Python
+        # object of a protobuf one); a switch returns them in the order they
+        # were written, and any other order is mapped by id
+        ids, keys = [], []
+        for m in entry.match:
+            ids.append(m.field_id)
+            keys.append(fb(m.exact.value, "big"))
+        ids, keys = tuple(ids), tuple(keys)
+        if ids != fids:
+            keys = _by_id(ids, keys, fids)
+        ids, values = [], []
+        for p in a.params:
+            ids.append(p.param_id)
+            values.append(fb(p.value, "big"))
+        ids, values = tuple(ids), tuple(values)
+        if ids != pids:
+            values = _by_id(ids, values, pids)
+        if keys is None or values is None:
             return None
+        port, src, dst, proto, sport, dport = keys
         c = entry.counter_data
         return Held((table_id, keys), port, (table_id, src, dst, proto, sport, dport), (a.action_id, values),
                     values[nh], values[mtu], c.packet_count, c.byte_count,
                     entry.time_since_last_hit.elapsed_ns if entry.HasField("time_since_last_hit") else None, entry)
+
+
+def _by_id(ids: tuple, values: tuple, want: tuple) -> tuple | None:
+    """values (of ids) in the order of want; None when one is missing."""
+    got = dict(zip(ids, values))
+    try:
+        return tuple([got[i] for i in want])
+    except KeyError:
+        return None
 
 
 def held_action(layout: tuple, values: tuple) -> tuple:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import enum
 import ipaddress
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
@@ -36,24 +37,41 @@ def ipv4(value: int | str) -> ipaddress.IPv4Address:
     return ipaddress.IPv4Address(value)
 
 
-@dataclass(frozen=True, slots=True)
 class FlowTuple:
-    """What a packet of one direction carries when it enters the switch."""
+    """What a packet of one direction carries when it enters the switch.
 
-    src: ipaddress.IPv4Address
-    dst: ipaddress.IPv4Address
-    l4proto: int
-    sport: int
-    dport: int
-    # computed once: a tuple is a key of many dicts (conntrack's mirror, the
-    # flowtables, the decisions), and an address hashes slowly (its hex text)
-    _hash: int = field(default=0, init=False, repr=False, compare=False)
+    Immutable by convention (nothing assigns to it after __init__), and a
+    plain slots class rather than a frozen dataclass: a flow's tuples are
+    made on every conntrack event and looked up in many dicts (the mirror,
+    the flowtables, the decisions), and a frozen dataclass pays a Python
+    call per field to be made (object.__setattr__), a reversed tuple 3 us.
+    The hash is computed once, from the addresses' integers: an address
+    object hashes by its hex text."""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash((self.src, self.dst, self.l4proto, self.sport, self.dport)))
+    __slots__ = ("src", "dst", "l4proto", "sport", "dport", "_hash")
+
+    def __init__(self, src: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                 dst: ipaddress.IPv4Address | ipaddress.IPv6Address, l4proto: int, sport: int, dport: int):
+        self.src = src
+        self.dst = dst
+        self.l4proto = l4proto
+        self.sport = sport
+        self.dport = dport
+        self._hash = hash((int(src), int(dst), l4proto, sport, dport))
 
     def __hash__(self) -> int:
         return self._hash
+
+    def __eq__(self, other) -> bool:
+        if other.__class__ is not FlowTuple:
+            return NotImplemented
+        # as tuples: an address shared by both (model.ipv4, ctnetlink's) compares by identity
+        return self._hash == other._hash and (self.src, self.dst, self.l4proto, self.sport, self.dport) == \
+            (other.src, other.dst, other.l4proto, other.sport, other.dport)
+
+    def __repr__(self) -> str:
+        return (f"FlowTuple(src={self.src!r}, dst={self.dst!r}, l4proto={self.l4proto!r}, "
+                f"sport={self.sport!r}, dport={self.dport!r})")
 
     def reversed(self) -> "FlowTuple":
         return FlowTuple(self.dst, self.src, self.l4proto, self.dport, self.sport)
@@ -62,12 +80,12 @@ class FlowTuple:
         return f"src={self.src} dst={self.dst} sport={self.sport} dport={self.dport}"
 
 
-@dataclass(frozen=True, slots=True)
-class FlowRoute:
+class FlowRoute(NamedTuple):
     """Where a packet of one direction goes (flow_offload_tuple.out): the
     next hop (port, MACs, and the neighbour's address where known) and the
     route's MTU. The switch holds the next hop once for every flow sent to
-    it (nexthop.py); `nexthop_key` names it."""
+    it (nexthop.py); `nexthop_key` names it. A named tuple: two are made for
+    every flow decided, and a frozen dataclass costs a call per field."""
 
     port: int
     src_mac: str
@@ -82,9 +100,10 @@ class FlowRoute:
         return self.port, self.neighbour or self.dst_mac
 
 
-@dataclass(frozen=True, slots=True)
-class Rewrite:
-    """The header values a packet of one direction leaves with."""
+class Rewrite(NamedTuple):
+    """The header values a packet of one direction leaves with (one per
+    direction of every entry encoded or compared: a named tuple, made in
+    one call)."""
 
     src: ipaddress.IPv4Address
     dst: ipaddress.IPv4Address

@@ -37,6 +37,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .model import FlowRoute, FlowTuple
 
@@ -69,11 +70,12 @@ class RouteError(Exception):
     """No usable path for one direction of a flow (yet)."""
 
 
-@dataclass(frozen=True, slots=True)
-class RouteKey:
+class RouteKey(NamedTuple):
     """What the kernel routes one direction's packets by: they arrive on
     `iif` (an ifindex) and are routed to dst (after DNAT) from src (before
-    SNAT) with the packet mark, protocol and ports (the multipath hash's)."""
+    SNAT) with the packet mark, protocol and ports (the multipath hash's).
+    Named tuples, this and Lookup: two of each are made for every flow
+    decided, and a frozen dataclass costs a call per field."""
 
     dst: ipaddress.IPv4Address | ipaddress.IPv6Address
     src: ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -143,8 +145,7 @@ def encode_lookup(key: RouteKey | None, dst=None, seq: int = 0) -> bytes:
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETROUTE, NLM_F_REQUEST, seq, 0) + body
 
 
-@dataclass(frozen=True, slots=True)
-class Lookup:
+class Lookup(NamedTuple):
     """What the kernel answered: the route's type, its output interface and
     gateway (None on-link), and its MTU metric (0: the device's)."""
 
