@@ -170,3 +170,29 @@ def test_a_second_reconcile_waits_for_the_first(schema, addr):
         await session.close()
 
     asyncio.run(main())
+
+
+def test_counters_are_read_for_both_families(schema, addr):
+    """The driver's reads (aging's by match, the full poll's wildcard) find
+    the entries of IPv4 and IPv6 flows alike."""
+    async def main():
+        session = Session(addr, 1, 1)
+        await SwitchControl(session, schema, JSON.read_bytes()).connect(5, [])
+        driver = P4RuntimeDriver(session, schema)
+        v4 = flows(0, 3)
+        v6 = []
+        for f in flows(3, 3):
+            o, r = (FlowTuple(ipaddress.IPv6Address(int(t.src) | 0x2001_0db8 << 96),
+                              ipaddress.IPv6Address(int(t.dst) | 0x2001_0db8 << 96), t.l4proto, t.sport, t.dport)
+                    for t in f.tuples)
+            v6.append(Flow(f.ct_id, (o, r), "ft", 30, iif=f.iif, routes=f.routes))
+        res = await driver.add(v4 + v6)
+        assert len(res.done) == 6 and not res.failed
+        stats = await driver.stats(v4 + v6)
+        assert sorted(stats) == sorted(id(f) for f in v4 + v6)
+        assert all(s.packets == (0, 0) for s in stats.values())
+        read = await driver.read(v4 + v6, driver.idle_timeout)
+        assert sorted(read) == sorted(id(f) for f in v4 + v6)
+        await session.close()
+
+    asyncio.run(main())

@@ -100,9 +100,9 @@ def _key_values(flow: Flow, d: Dir) -> tuple[int, ...]:
 
 
 def flow_key(schema: P4Schema, flow: Flow, d: Dir) -> tuple:
-    """entry_key() of a direction's entry, without building the entry."""
-    table_id, fields, _, _ = _layout(schema, flow.tuples[d].src.version)
-    return table_id, tuple(sorted(zip((fid for fid, _ in fields), _key_values(flow, d))))
+    """Held.key (ReadBack.key) of a direction's entry: table id and match
+    values in layout order, without building the entry."""
+    return _layout(schema, flow.tuples[d].src.version)[0], _key_values(flow, d)
 
 
 def entry_values(schema: P4Schema, flow: Flow, d: Dir, with_action: bool = True) -> tuple:
@@ -206,6 +206,13 @@ class ReadBack:
         """Held.match of the entry that matches tuple t."""
         return self.table_of[t.src.version], int(t.src), int(t.dst), t.l4proto, t.sport, t.dport
 
+    def key(self, entry: p4r.TableEntry) -> tuple | None:
+        """Held.key of a flow entry from its match alone (an entry read by
+        its match, a direct counter's entry); None for no flow entry."""
+        fids = self.tables.get(entry.table_id)
+        keys = _match_values(entry, fids) if fids is not None else None
+        return (entry.table_id, keys) if keys is not None else None
+
     def decode(self, entry: p4r.TableEntry) -> Held | None:
         """None for an entry that is no flow entry of this program (another
         table, a field or parameter missing, another action)."""
@@ -217,16 +224,7 @@ class ReadBack:
             return None
         pids, nh, mtu = act
         fb = int.from_bytes
-        # one pass over each repeated field (every access makes a Python
-        # object of a protobuf one); a switch returns them in the order they
-        # were written, and any other order is mapped by id
-        ids, keys = [], []
-        for m in entry.match:
-            ids.append(m.field_id)
-            keys.append(fb(m.exact.value, "big"))
-        ids, keys = tuple(ids), tuple(keys)
-        if ids != fids:
-            keys = _by_id(ids, keys, fids)
+        keys = _match_values(entry, fids)
         ids, values = [], []
         for p in a.params:
             ids.append(p.param_id)
@@ -241,6 +239,20 @@ class ReadBack:
         return Held((table_id, keys), port, (table_id, src, dst, proto, sport, dport), (a.action_id, values),
                     values[nh], values[mtu], c.packet_count, c.byte_count,
                     entry.time_since_last_hit.elapsed_ns if entry.HasField("time_since_last_hit") else None, entry)
+
+
+def _match_values(entry: p4r.TableEntry, fids: tuple) -> tuple | None:
+    """An entry's exact match values in the order of fids; None when one is
+    missing. One pass over the repeated field (every access makes a Python
+    object of a protobuf one): a switch returns fields in the order they
+    were written, and any other order is mapped by id."""
+    ids, keys = [], []
+    fb = int.from_bytes
+    for m in entry.match:
+        ids.append(m.field_id)
+        keys.append(fb(m.exact.value, "big"))
+    ids, keys = tuple(ids), tuple(keys)
+    return keys if ids == fids else _by_id(ids, keys, fids)
 
 
 def _by_id(ids: tuple, values: tuple, want: tuple) -> tuple | None:

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from p4.v1 import p4runtime_pb2 as p4r
 
-from .ip import entry_key, entry_query, flow_key
+from .ip import ReadBack, entry_query, flow_key
 from .model import DIRS, Dir, Flow, FlowRoute
 from .nexthop import NextHop, NextHops, NextHopsFull, assign
 from .p4info import P4Schema, encode
@@ -133,6 +133,7 @@ class P4RuntimeDriver:
         self.schema = schema
         self.nexthops = NextHops(schema)
         self.encoder = EntryEncoder(schema)     # flow entries from templates (wire.py)
+        self.readback = ReadBack(schema)        # and as read back
         self.nexthop_writes = 0          # next-hop updates the switch took (INSERT, MODIFY, DELETE)
         self.writers = SwitchWriters()   # the reconcile has the switch alone
         self.table = schema.table("flow_table_v4")
@@ -280,9 +281,10 @@ class P4RuntimeDriver:
             for d in DIRS:
                 want[flow_key(self.schema, f, d)] = (f, d)
         got: dict[int, list] = {}
+        key = self.readback.key
         async for e in self.session.read(ents):
             te = e.table_entry
-            hit = want.get(entry_key(te))
+            hit = want.get(key(te))
             if hit is None:
                 continue
             f, d = hit
@@ -294,22 +296,24 @@ class P4RuntimeDriver:
                 for k, v in got.items()}
 
     async def stats(self, flows: list[Flow]) -> dict[int, FlowStats]:
-        """Direct counters of every entry, read in one wildcard request (the
-        full poll; bench/poll_cost.py measures what it costs)."""
+        """Direct counters of every entry of both families' tables, read in
+        one wildcard request (the full poll; bench/poll_cost.py measures what
+        it costs)."""
         want = {}
         for flow in flows:
             for d in DIRS:
                 want[flow_key(self.schema, flow, d)] = (flow, d)
         got: dict[int, list] = {}
-        ent = p4r.Entity(direct_counter_entry=p4r.DirectCounterEntry(
-            table_entry=p4r.TableEntry(table_id=self.table.id)))
+        ents = [p4r.Entity(direct_counter_entry=p4r.DirectCounterEntry(table_entry=p4r.TableEntry(table_id=tid)))
+                for tid in self.readback.table_of.values()]
+        key = self.readback.key
         n = 0
-        async for e in self.session.read([ent]):
+        async for e in self.session.read(ents):
             n += 1
             if n % 256 == 0:
                 await asyncio.sleep(0)   # decoding a large read must not stall offloads
             dce = e.direct_counter_entry
-            hit = want.get(entry_key(dce.table_entry))
+            hit = want.get(key(dce.table_entry))
             if hit is None:
                 continue
             flow, d = hit

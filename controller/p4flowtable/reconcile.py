@@ -26,7 +26,7 @@ from .core import Flowtables
 from .decide import MAX_BATCH_FLOWS, Decisions
 from .events import EventBus
 from .flowoffload import FlowOffload
-from .ip import Held, ReadBack, entry_values, flow_entry, held_action
+from .ip import Held, entry_values, flow_entry, held_action
 from .model import DIRS, Flow, FlowFlag, FlowRoute
 from .nexthop import NextHop, NextHops
 from .offload import FlowRead, P4RuntimeDriver
@@ -50,7 +50,7 @@ class Reconcile:
         self.mirror, self.rulesets, self.routes, self.decisions = mirror, rulesets, routes, decisions
         self.offload, self.aging, self.events, self.stats = offload, aging, events, stats
         self.ports, self.ct_lease, self.clock = ports, ct_lease, clock
-        self.readback = ReadBack(schema)
+        self.readback = driver.readback
 
     async def run(self, kept: bool) -> None:
         """Reconcile the switch (kept: its pipeline, with its entries, was kept).
