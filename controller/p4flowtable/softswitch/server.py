@@ -74,6 +74,7 @@ class Pipeline:
             if a.preamble.name not in self.prog.actions:
                 raise PipelineError(f"P4Info action {a.preamble.name} is not in the JSON")
             self.actions[a.preamble.id] = (a.preamble.name, [(p.id, p.bitwidth) for p in a.params])
+        self.action_ids = {name: aid for aid, (name, _) in self.actions.items()}   # for reads: an entry's action by name
         for t in p4info.tables:
             table = self.prog.tables.get(t.preamble.name)
             if table is None:
@@ -211,7 +212,7 @@ class Pipeline:
             else:
                 te.match.add(field_id=fid, range=p4r.FieldMatch.Range(low=_bytes(k[0], width),
                                                                        high=_bytes(k[1], width)))
-        aid = next(i for i, (n, _) in self.actions.items() if n == e.action.name)
+        aid = self.action_ids[e.action.name]
         te.action.action.action_id = aid
         for (pid, width), v in zip(self.actions[aid][1], e.data):
             te.action.action.params.add(param_id=pid, value=_bytes(v, width))
