@@ -134,7 +134,7 @@ def _one_size(r, switch: str, n: int, profile: str | None) -> dict:
     r.daemon = r.restart()
     spy = profiler(r.daemon.pid, profile) if profile else None
     wait_until(lambda: call("counters", path=SOCK, timeout=60).get("reconcile.adopted", 0) >= n,
-               60 + n / 500, f"{n} flows adopted", 0.02)
+               60 + n / 500, f"{n} flows adopted", 0.1)   # each poll costs the daemon a turn
     total = time.monotonic() - t0
     hot = stop_profiler(spy, profile) if spy else None
     c = call("counters", path=SOCK)
