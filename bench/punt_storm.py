@@ -40,8 +40,11 @@ def percentile(xs: list[float], q: float) -> float | None:
     return xs[min(len(xs) - 1, int(len(xs) * q))] if xs else None
 
 
-def storm(net, tmp: Path, seconds: float = 30, pps: float = 20000, arrivals: int = 20) -> dict:
-    """One storm through a running FlowtableNet(third_host=True); its results."""
+def storm(net, tmp: Path, seconds: float = 30, pps: float = 20000, arrivals: int = 20,
+          connect_timeout: float = 5.0) -> dict:
+    """One storm through a running FlowtableNet(third_host=True); its results.
+    connect_timeout: how long each arriving connection may take to set up,
+    and then to get its echo."""
     from integration import host_tool, read_json
     s0 = net.api("stats")
     echo = host_tool(net.h2, "echo", "--port", "7000", "--out", str(tmp / "echo.json"))
@@ -70,10 +73,11 @@ def storm(net, tmp: Path, seconds: float = 30, pps: float = 20000, arrivals: int
     prober.start()
     arr = host_tool(net.h1, "arrivals", "--host", WAN["host"].split("/")[0], "--port", "7000",
                     "--count", str(arrivals), "--interval", str(seconds / arrivals * 0.9), "--hold", "5",
-                    "--out", str(tmp / "arrivals.json"))
+                    "--connect-timeout", str(connect_timeout), "--out", str(tmp / "arrivals.json"))
     # every arrival, while all are still open: offloaded?
-    # (each connection given 5 s to connect and 5 s for its echo)
-    ports = read_json(str(tmp / "arrivals.json.all"), timeout=seconds + 11 * arrivals + 60)["ports"]
+    # (each connection given connect_timeout to connect, and as long for its echo)
+    ports = read_json(str(tmp / "arrivals.json.all"),
+                      timeout=seconds + (2 * connect_timeout + 1) * arrivals + 60)["ports"]
     rows = {f["orig"]["sport"]: f for f in net.api("flow_list", {"refresh": False}) if f["proto"] == "tcp"}
     offloaded = sum(1 for p in ports if p in rows and rows[p]["offload"])
     fl = read_json(str(tmp / "flood.json"), timeout=seconds + 60)
