@@ -225,13 +225,7 @@ class ReadBack:
         pids, nh, mtu = act
         fb = int.from_bytes
         keys = _match_values(entry, fids)
-        ids, values = [], []
-        for p in a.params:
-            ids.append(p.param_id)
-            values.append(fb(p.value, "big"))
-        ids, values = tuple(ids), tuple(values)
-        if ids != pids:
-            values = _by_id(ids, values, pids)
+        values = _in_order({p.param_id: fb(p.value, "big") for p in a.params}, pids)
         if keys is None or values is None:
             return None
         port, src, dst, proto, sport, dport = keys
@@ -242,24 +236,15 @@ class ReadBack:
 
 
 def _match_values(entry: p4r.TableEntry, fids: tuple) -> tuple | None:
-    """An entry's exact match values in the order of fids; None when one is
-    missing. One pass over the repeated field (every access makes a Python
-    object of a protobuf one): a switch returns fields in the order they
-    were written, and any other order is mapped by id."""
-    ids, keys = [], []
-    fb = int.from_bytes
-    for m in entry.match:
-        ids.append(m.field_id)
-        keys.append(fb(m.exact.value, "big"))
-    ids, keys = tuple(ids), tuple(keys)
-    return keys if ids == fids else _by_id(ids, keys, fids)
+    """An entry's exact match values in the order of fids (a switch may
+    return fields in any order); None when one is missing."""
+    return _in_order({m.field_id: int.from_bytes(m.exact.value, "big") for m in entry.match}, fids)
 
 
-def _by_id(ids: tuple, values: tuple, want: tuple) -> tuple | None:
-    """values (of ids) in the order of want; None when one is missing."""
-    got = dict(zip(ids, values))
+def _in_order(by_id: dict, want: tuple) -> tuple | None:
+    """The values of these ids, in the order of want; None when one is missing."""
     try:
-        return tuple([got[i] for i in want])
+        return tuple([by_id[i] for i in want])
     except KeyError:
         return None
 

@@ -81,8 +81,7 @@ class Reconcile:
         # whose add was queued or met the lost switch (written below, no more
         # by the offload worker). One decided but not queued yet (its
         # conntrack write under way) is left to the worker, after this.
-        unwritten = self.offload.take_adds()
-        taken = {id(f) for f in unwritten}
+        taken = {id(f) for f in self.offload.take_adds()}
         carried = [f for f in self.flowtables if not f.flags & FlowFlag.TEARDOWN
                    and (f.flags & FlowFlag.HW or id(f) in taken)]
         nexthops = self.driver.nexthops
