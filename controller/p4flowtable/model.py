@@ -24,10 +24,11 @@ class Dir(enum.IntEnum):
 
     @property
     def other(self) -> "Dir":
-        return Dir(1 - self)
+        return _OTHER[self]     # indexed: Dir(1 - self) goes through Enum.__new__, 2.5 us a call
 
 
 DIRS = (Dir.ORIGINAL, Dir.REPLY)   # `for d in DIRS`: iterating the enum itself costs a microsecond a loop
+_OTHER = (Dir.REPLY, Dir.ORIGINAL)
 
 
 @functools.lru_cache(maxsize=1 << 16)
