@@ -27,7 +27,7 @@ from p4flowtable.model import Flow, FlowFlag, FlowRoute, FlowTuple
 from p4flowtable.offload import P4RuntimeDriver
 from p4flowtable.p4info import P4Schema
 from p4flowtable.p4runtime import Session
-from p4flowtable.reconcile import plan_reconcile
+from p4flowtable.reconcile import Planner
 from p4flowtable.softswitch.server import SoftSwitchServer, serve_local
 from p4flowtable.switch import SwitchControl
 
@@ -124,7 +124,10 @@ def test_writes_wait_while_the_reconcile_holds_the_switch(schema, addr):
             for e in await switch.entries(driver.nexthops.table_id):
                 nh_id, port, src, dst = driver.nexthops.decode(e)
                 driver.nexthops.adopt(nh_id, port, src, dst, NEIGHBOURS[dst])
-            plan = await plan_reconcile(schema, first + taken, present, driver.idle_timeout, driver.nexthops)
+            planner = Planner(schema, present, driver.idle_timeout, driver.nexthops, driver.readback)
+            for f in first + taken:
+                planner.flow(f)
+            plan = planner.finish()
             assert len(plan.adopted) == len(first) and len(plan.repaired) == len(second) and not plan.orphans
             await switch.write(plan.nexthop_writes, "next hop")
             await switch.write(plan.writes, "reconcile")     # a WriteError here was the bug

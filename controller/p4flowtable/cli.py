@@ -84,6 +84,8 @@ def cmd_daemon(args) -> int:
                        load_kernel_ruleset=not args.no_kernel_ruleset, label_bits=label_bits,
                        metrics_addr=args.metrics_addr, tls=tls if tls.enabled else None,
                        tls_server_name=args.tls_server_name)
+    if args.read_apart_from is not None:
+        cfg.read_apart_from = args.read_apart_from
     if args.punt_rate is not None:
         cfg.punt_rate = args.punt_rate
     if args.punt_burst is not None:
@@ -333,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--ct-lease", type=float, default=86400.0, metavar="SECONDS",
                    help="conntrack timeout of an offloaded flow, renewed at half time (default one day, "
                         "the kernel's)")
+    d.add_argument("--read-apart-from", type=_count("--read-apart-from"), metavar="CONNECTIONS",
+                   help="connections to reconcile from which the switch's entries are read and decoded by a "
+                        "second process, on another core, while the daemon adopts them (default 20000; "
+                        "0: always)")
     d.add_argument("--no-idle-timeouts", action="store_true",
                    help="do not give entries idle timeouts; age flows by reading their counters when "
                         "less than a tenth of their timeout is left (for targets that cannot age entries)")

@@ -30,6 +30,7 @@ from .conntrack import NF_CT_DAY, ConntrackMirror
 from .core import Flowtables
 from .ctevents import ConntrackEvents
 from .decide import Decisions
+from .entryread import APART_FROM
 from .events import EventBus
 from .flowoffload import FlowOffload
 from .metrics import Metrics
@@ -79,6 +80,7 @@ class DaemonConfig:
     target: str = "bmv2"     # bmv2 (BMv2 and the embedded target) or tofino (tofino.py)
     tls: TlsFiles | None = None          # mutual TLS to the switch (tls.py); None: plaintext
     tls_server_name: str | None = None   # the switch certificate's name, where not the address's host
+    read_apart_from: int = APART_FROM    # connections from which a reconcile reads in a second process
 
 
 class Daemon:
@@ -147,7 +149,8 @@ class Daemon:
                                self.stats, self.decisions.retry_no_route, self.clock)
         self.reconcile = Reconcile(self.switch, self.schema, self.driver, self.flowtables, self.mirror, self.rulesets,
                                    self.routes, self.decisions, self.offload, self.aging, self.events, self.stats,
-                                   ports=cfg.ports, ct_lease=cfg.ct_lease, clock=self.clock)
+                                   ports=cfg.ports, ct_lease=cfg.ct_lease, read_apart_from=cfg.read_apart_from,
+                                   clock=self.clock)
         self.ctevents = ConntrackEvents(self.mirror, self.flowtables, self.decisions, self.offload, self.routes,
                                         self.stats, marks=lambda: self.rulesets.marks)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import struct
+from typing import NamedTuple
 
 from p4.v1 import p4runtime_pb2 as p4r
 
@@ -163,20 +164,25 @@ def entry_query(schema: P4Schema, flow: Flow, d: Dir, last_hit: bool) -> p4r.Tab
     return entry
 
 
-class Held:
+class Held(NamedTuple):
     """A flow entry read back from the switch, decoded once: its key (table
     id and match values in layout order: `(layout[0], keys)` of
     entry_values), its ingress port, the rest of its match (`ReadBack.match`
     of the tuple it matches), its action (id and parameter values in layout
     order, what `held_action` gives), its next hop's id and MTU; its
     counter and time since its last hit where the read asked (else 0 and
-    None); and the entry itself (to delete it)."""
-    __slots__ = ("key", "port", "match", "action", "nexthop", "mtu", "packets", "bytes", "idle_ns", "entry")
-
-    def __init__(self, key, port, match, action, nexthop, mtu, packets, nbytes, idle_ns, entry):
-        self.key, self.port, self.match, self.action = key, port, match, action
-        self.nexthop, self.mtu, self.packets, self.bytes, self.idle_ns = nexthop, mtu, packets, nbytes, idle_ns
-        self.entry = entry
+    None). Plain values only: a second process decodes a large read and
+    hands these over (entryread.py); `ReadBack.match_entry` makes the entry
+    again from the key, to delete it."""
+    key: tuple
+    port: int
+    match: tuple
+    action: tuple
+    nexthop: int
+    mtu: int
+    packets: int
+    bytes: int
+    idle_ns: int | None
 
 
 class ReadBack:
@@ -188,10 +194,12 @@ class ReadBack:
 
     def __init__(self, schema: P4Schema):
         self.tables: dict[int, tuple] = {}
+        self.widths: dict[int, tuple] = {}      # table id -> its fields' byte widths
         self.table_of: dict[int, int] = {}      # IP version -> table id
         for version in (4, 6):
             tid, fields, _, _ = _layout(schema, version)
             self.tables[tid] = tuple(fid for fid, _ in fields)
+            self.widths[tid] = tuple(w for _, w in fields)
             self.table_of[version] = tid
         self.actions: dict[int, tuple] = {}
         for version in (4, 6):
@@ -213,6 +221,14 @@ class ReadBack:
         keys = _match_values(entry, fids) if fids is not None else None
         return (entry.table_id, keys) if keys is not None else None
 
+    def match_entry(self, key: tuple) -> p4r.TableEntry:
+        """The entry of a Held.key with its match alone: what a DELETE names."""
+        table_id, keys = key
+        e = p4r.TableEntry(table_id=table_id)
+        for fid, width, v in zip(self.tables[table_id], self.widths[table_id], keys):
+            e.match.add(field_id=fid, exact=p4r.FieldMatch.Exact(value=v.to_bytes(width, "big")))
+        return e
+
     def decode(self, entry: p4r.TableEntry) -> Held | None:
         """None for an entry that is no flow entry of this program (another
         table, a field or parameter missing, another action)."""
@@ -232,7 +248,7 @@ class ReadBack:
         c = entry.counter_data
         return Held((table_id, keys), port, (table_id, src, dst, proto, sport, dport), (a.action_id, values),
                     values[nh], values[mtu], c.packet_count, c.byte_count,
-                    entry.time_since_last_hit.elapsed_ns if entry.HasField("time_since_last_hit") else None, entry)
+                    entry.time_since_last_hit.elapsed_ns if entry.HasField("time_since_last_hit") else None)
 
 
 def _match_values(entry: p4r.TableEntry, fids: tuple) -> tuple | None:

@@ -75,6 +75,26 @@ def write_errors(err: grpc.RpcError) -> list[UpdateError]:
     return out
 
 
+def open_channel(address: str, credentials: grpc.ChannelCredentials | None, server_name: str | None = None, *,
+                 aio: bool = True) -> grpc.Channel | grpc.aio.Channel:
+    """A channel to the switch (TLS with credentials, else plaintext), with
+    room for the largest read and a batch's errors. aio=False: a blocking
+    channel (entryread.py's reader process)."""
+    options = [("grpc.max_receive_message_length", 256 << 20),
+               ("grpc.max_send_message_length", 256 << 20),
+               # a batch's per-update errors come in the trailers
+               ("grpc.max_metadata_size", 16 << 20),
+               # a switch that starts after us is found within a quarter second
+               ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000),
+               ("grpc.min_reconnect_backoff_ms", 100)]
+    mod = grpc.aio if aio else grpc
+    if credentials is None:
+        return mod.insecure_channel(address, options=options)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return mod.secure_channel(address, credentials, options=options)
+
+
 def _last_error(details: str) -> str:
     """gRPC's 'failed to connect to all addresses; last error: X: addr: why' as 'why'."""
     tail = details.split("last error: ", 1)[-1]
@@ -128,19 +148,7 @@ class Session:
         self.is_primary = False
         self.role_changed.clear()
         self.no_primary.clear()
-        options = [("grpc.max_receive_message_length", 256 << 20),
-                   ("grpc.max_send_message_length", 256 << 20),
-                   # a batch's per-update errors come in the trailers
-                   ("grpc.max_metadata_size", 16 << 20),
-                   # a switch that starts after us is found within a quarter second
-                   ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000),
-                   ("grpc.min_reconnect_backoff_ms", 100)]
-        if self._credentials is not None:
-            if self.server_name:
-                options.append(("grpc.ssl_target_name_override", self.server_name))
-            self._channel = grpc.aio.secure_channel(self.address, self._credentials, options=options)
-        else:
-            self._channel = grpc.aio.insecure_channel(self.address, options=options)
+        self._channel = open_channel(self.address, self._credentials, self.server_name)
         self._stub = p4runtime_pb2_grpc.P4RuntimeStub(self._channel)
         # Write taking a serialized WriteRequest (write_encoded)
         self._raw_write = self._channel.unary_unary("/p4.v1.P4Runtime/Write", request_serializer=None,

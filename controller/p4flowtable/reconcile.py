@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import gc
 import logging
 from dataclasses import dataclass, field
@@ -20,13 +21,14 @@ from typing import Callable
 
 from p4.v1 import p4runtime_pb2 as p4r
 
+from . import entryread
 from .aging import Aging
 from .conntrack import IPS_SEEN_REPLY, ConntrackMirror, CtEntry
 from .core import Flowtables
 from .decide import MAX_BATCH_FLOWS, Decisions
 from .events import EventBus
 from .flowoffload import FlowOffload
-from .ip import Held, entry_values, flow_entry, held_action
+from .ip import Held, ReadBack, entry_values, flow_entry, held_action
 from .model import DIRS, Flow, FlowFlag, FlowRoute
 from .nexthop import NextHop, NextHops
 from .offload import FlowRead, P4RuntimeDriver
@@ -45,12 +47,16 @@ class Reconcile:
     def __init__(self, switch: SwitchControl, schema: P4Schema, driver: P4RuntimeDriver, flowtables: Flowtables,
                  mirror: ConntrackMirror, rulesets: RulesetControl, routes: Routes, decisions: Decisions,
                  offload: FlowOffload, aging: Aging, events: EventBus, stats: collections.Counter, *,
-                 ports: dict[str, int], ct_lease: float, clock: Callable[[], float]):
+                 ports: dict[str, int], ct_lease: float, read_apart_from: int = entryread.APART_FROM,
+                 clock: Callable[[], float]):
+        """read_apart_from: connections to reconcile from which the switch's
+        entries are read and decoded by a second process (entryread.py)."""
         self.switch, self.schema, self.driver, self.flowtables = switch, schema, driver, flowtables
         self.mirror, self.rulesets, self.routes, self.decisions = mirror, rulesets, routes, decisions
         self.offload, self.aging, self.events, self.stats = offload, aging, events, stats
         self.ports, self.ct_lease, self.clock = ports, ct_lease, clock
         self.readback = driver.readback
+        self.read_apart_from = read_apart_from
 
     async def run(self, kept: bool) -> None:
         """Reconcile the switch (kept: its pipeline, with its entries, was kept).
@@ -93,22 +99,52 @@ class Reconcile:
                 nexthops.adopt(nh_id, port, src, dst, await self.routes.neighbour_on_port(port, dst))
         fresh: list[tuple[Flow, CtEntry]] = []
         declined: collections.Counter[str] = collections.Counter()
-        present: dict[tuple, Held] = {}      # every flow entry, by its key
+        present: dict[tuple, Held] = {}      # every flow entry, by its key (those no flow claims: deleted)
         held: dict[tuple, Held] = {}         # and by Held.match
         strays: list[p4r.TableEntry] = []    # entries of no flow of this program's: deleted
-        if kept:
-            decode = self.readback.decode
-            async for batch in self.switch.flow_entries(self.driver.idle_timeout):     # decoded as it arrives
-                for ent in batch:
-                    entry = ent.table_entry
-                    h = decode(entry)
-                    if h is None:
-                        strays.append(entry)
-                    else:
-                        present[h.key] = held[h.match] = h
-        undecided: list[CtEntry] = []
+        planner = Planner(self.schema, present, self.driver.idle_timeout, nexthops, self.readback)
         adopt = Adopting(self, held, await self._representors())
         entries = self.mirror.entries
+        phases = {}
+        t = self.clock()
+        if kept:
+            # connections that may be adopted, by the match of each direction's
+            # entry: each is adopted as soon as both its entries have arrived,
+            # while the rest of the read is still on its way
+            match = self.readback.match
+            waiting: dict[tuple, object] = {}
+            for i, (k, e) in enumerate(list(entries.items())):
+                if i % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+                if self._adoptable(e):
+                    waiting[match(e.orig)] = waiting[match(e.reply)] = k
+            apart = len(waiting) >= 2 * self.read_apart_from
+            async with contextlib.aclosing(entryread.flow_entries(
+                    self.switch, self.readback, self.driver.idle_timeout, apart, self.stats)) as batches:
+                async for hs, ss in batches:
+                    phases.setdefault("first entries", self.clock() - t)
+                    strays += ss
+                    for h in hs:
+                        present[h.key] = held[h.match] = h
+                        k = waiting.pop(h.match, None)
+                        if k is None:
+                            continue
+                        e = entries.get(k)      # as it is now
+                        if e is None:
+                            continue
+                        mo, mr = match(e.orig), match(e.reply)
+                        if mo not in held or mr not in held:
+                            continue            # the other direction is still to come
+                        waiting.pop(mo, None)
+                        waiting.pop(mr, None)
+                        name = self._adoptable(e)
+                        got = adopt(e, name) if name else None      # no await between the look and the flow
+                        if got is not None:
+                            fresh.append(got)
+                            planner.flow(got[0])
+            phases["read and adopt"] = self.clock() - t
+            t = self.clock()
+        undecided: list[CtEntry] = []
         for i, k in enumerate(list(entries)):
             if i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)     # the API, conntrack events, the switch's stream meanwhile
@@ -118,13 +154,14 @@ class Reconcile:
             e = entries.get(k)
             if e is None:
                 continue
-            name = self.rulesets.select(e.labels)
-            if name and self.flowtables.flow_of(e.orig) is None and e.offloadable() is None:
+            name = self._adoptable(e)
+            if name:
                 got = adopt(e, name)     # no await between the look and the flow
                 if got is None:
                     undecided.append(e)
                 else:
                     fresh.append(got)
+                    planner.flow(got[0])
         for i in range(0, len(undecided), MAX_BATCH_FLOWS):     # their paths looked up together
             batch = undecided[i:i + MAX_BATCH_FLOWS]
             for e, got in zip(batch, await self.decisions.decide_many(batch)):
@@ -133,8 +170,14 @@ class Reconcile:
                     declined[got] += 1
                 else:
                     fresh.append(got)
-        plan = await plan_reconcile(self.schema, carried + [f for f, _ in fresh], present, self.driver.idle_timeout,
-                                    nexthops)
+                    planner.flow(got[0])
+        for i, f in enumerate(carried):
+            if i % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            planner.flow(f)
+        plan = planner.finish()
+        phases["the rest adopted or decided"] = self.clock() - t
+        t = self.clock()
         plan.orphans += deletes(strays)
         failed: set[int] = set()
         try:
@@ -146,6 +189,7 @@ class Reconcile:
             log.error("reconciling the switch: %s", err)
             failed = {id(f) for f in plan.repaired}     # dropped below; their leases released with the rest
         now = self.clock()
+        phases["write"], t = now - t, now
         for f in plan.adopted + plan.repaired:
             if id(f) in failed:
                 self.flowtables.delete(f)
@@ -168,12 +212,22 @@ class Reconcile:
             if err is not None:
                 log.warning("conntrack refused offload marks for %s: %s", ct.orig, err)
         released = await self._release_leases()
+        phases["leases"] = self.clock() - t
         self.stats["reconcile.adopted"] += len(plan.adopted)
         self.stats["reconcile.written"] += len(plan.repaired)
         self.stats["reconcile.orphans_deleted"] += len(plan.orphans)
         log.info("switch reconciled in %.2fs: %d flow(s) adopted, %d written, %d orphan entries deleted, "
-                 "%d kernel lease(s) released; marked connections not offloaded: %s", self.clock() - t0,
-                 len(plan.adopted), len(plan.repaired), len(plan.orphans), released, dict(declined) or "none")
+                 "%d kernel lease(s) released; marked connections not offloaded: %s (%s)", self.clock() - t0,
+                 len(plan.adopted), len(plan.repaired), len(plan.orphans), released, dict(declined) or "none",
+                 ", ".join(f"{k} {v:.2f}s" for k, v in phases.items()))
+
+    def _adoptable(self, e: CtEntry) -> str | None:
+        """The flowtable a connection is marked for, where it has no flow
+        and conntrack says it may be offloaded."""
+        name = self.rulesets.select(e.labels)
+        if name and self.flowtables.flow_of(e.orig) is None and e.offloadable() is None:
+            return name
+        return None
 
     async def _representors(self) -> dict[int, int]:
         """Each switch port's representor (ifindex), where it has one."""
@@ -219,33 +273,24 @@ class ReconcilePlan:
     held: dict[int, tuple[Held, Held]] = field(default_factory=dict)  # id(adopted flow): its entries as read
 
 
-async def plan_reconcile(schema: P4Schema, flows: list[Flow], present: dict[tuple, Held], idle_timeout: bool,
-                         nexthops: NextHops) -> ReconcilePlan:
-    """What to write so that the switch holds exactly these flows' entries
-    and the next hops they name (a coroutine only to give the event loop a
-    turn now and then). present: the flow entries the switch holds, by
-    Held.key. `nexthops` holds what the switch holds (adopted), and gets
-    every flow's next hops."""
-    plan = ReconcilePlan()
-    left = dict(present)
-    for i, f in enumerate(flows):
-        if i % YIELD_EVERY == 0:
-            await asyncio.sleep(0)
-        f.nexthops = tuple(nexthops.acquire(f, d, f.routes[d]).id for d in DIRS)
-    new: dict[int, NextHop] = {}
-    for nh in list(nexthops.by_id.values()):
-        if not nh.users:
-            plan.nexthop_orphans.append(nexthops.update(nh, p4r.Update.DELETE))
-            nexthops.forget(nh)
-        elif not nh.written:
-            new[nh.id] = nh
-    plan.nexthop_writes = [nexthops.update(nh, p4r.Update.INSERT) for nh in new.values()]
-    for nh in new.values():
-        nh.written = True
-    for i, f in enumerate(flows):
-        if i % YIELD_EVERY == 0:
-            await asyncio.sleep(0)
-        ttl = int(f.timeout * 1e9) if idle_timeout else 0
+class Planner:
+    """What to write so that the switch holds exactly the flows given to
+    `flow` (one at a time, as the reconcile finds them) and the next hops
+    they name. present: the flow entries the switch holds, by Held.key;
+    each flow takes its own out, and those left at `finish` are deleted.
+    `nexthops` holds what the switch holds (adopted), and gets every flow's
+    next hops."""
+
+    def __init__(self, schema: P4Schema, present: dict[tuple, Held], idle_timeout: bool, nexthops: NextHops,
+                 readback: ReadBack):
+        self.schema, self.left, self.idle_timeout, self.nexthops = schema, present, idle_timeout, nexthops
+        self.readback = readback
+        self.plan = ReconcilePlan()
+
+    def flow(self, f: Flow) -> None:
+        plan, left, schema = self.plan, self.left, self.schema
+        f.nexthops = tuple(self.nexthops.acquire(f, d, f.routes[d]).id for d in DIRS)
+        ttl = int(f.timeout * 1e9) if self.idle_timeout else 0
         ups = []
         kept: list[Held] = []
         for d in DIRS:
@@ -264,8 +309,22 @@ async def plan_reconcile(schema: P4Schema, flows: list[Flow], present: dict[tupl
         else:
             plan.adopted.append(f)
             plan.held[id(f)] = (kept[0], kept[1])
-    plan.orphans = deletes([h.entry for h in left.values()])
-    return plan
+
+    def finish(self) -> ReconcilePlan:
+        """The plan, once every flow has been given."""
+        plan, nexthops = self.plan, self.nexthops
+        new: dict[int, NextHop] = {}
+        for nh in list(nexthops.by_id.values()):
+            if not nh.users:
+                plan.nexthop_orphans.append(nexthops.update(nh, p4r.Update.DELETE))
+                nexthops.forget(nh)
+            elif not nh.written:
+                new[nh.id] = nh
+        plan.nexthop_writes = [nexthops.update(nh, p4r.Update.INSERT) for nh in new.values()]
+        for nh in new.values():
+            nh.written = True
+        plan.orphans = deletes([self.readback.match_entry(h.key) for h in self.left.values()])
+        return plan
 
 
 class Adopting:

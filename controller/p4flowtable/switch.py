@@ -82,19 +82,24 @@ class SwitchControl:
         counter and (last_hit: the tables age entries) the time since it was
         last hit, in one Read, a response at a time as it arrives (the
         reconcile decodes meanwhile)."""
-        ents = []
-        for t in FLOW_TABLES:
-            e = p4r.TableEntry(table_id=self.schema.table(t).id)
-            e.counter_data.SetInParent()
-            if last_hit:
-                e.time_since_last_hit.SetInParent()
-            ents.append(p4r.Entity(table_entry=e))
-        async for batch in self.session.read_batches(ents):
+        async for batch in self.session.read_batches(flow_read(self.schema, last_hit)):
             yield batch
 
     async def write(self, updates: list[p4r.Update], what: str) -> None:
         for i in range(0, len(updates), WRITE_BATCH):
             await self.session.write(updates[i:i + WRITE_BATCH], what)
+
+
+def flow_read(schema: P4Schema, last_hit: bool) -> list[p4r.Entity]:
+    """What a read of every flow entry asks for (SwitchControl.flow_entries)."""
+    ents = []
+    for t in FLOW_TABLES:
+        e = p4r.TableEntry(table_id=schema.table(t).id)
+        e.counter_data.SetInParent()
+        if last_hit:
+            e.time_since_last_hit.SetInParent()
+        ents.append(p4r.Entity(table_entry=e))
+    return ents
 
 
 def update_for(want: p4r.TableEntry, have: dict[tuple, p4r.TableEntry]) -> p4r.Update | None:

@@ -1,0 +1,192 @@
+"""Every flow entry the switch holds, read and decoded for the reconcile.
+
+A reconcile reads every flow entry (200,000 at 100,000 flows) and decodes
+each one (ip.ReadBack): 11-15 us an entry in Python, on the core of the
+daemon's event loop. BMv2 answers such a read in one response, so the
+daemon could do nothing else meanwhile. With many connections to reconcile,
+the read is made and decoded by a second process instead. It needs no
+primary role, since P4Runtime lets any client read (spec 6.4). It hands
+the daemon the decoded entries as plain tuples, a few thousand at a time,
+and the daemon joins them with its connections as they arrive.
+
+With few connections, the daemon reads and decodes itself, since starting
+a process costs more than the decode. It also does so when the reader
+fails, for the entries the reader had not handed over yet. A switch that
+cannot be read then fails that read, as it would without a reader.
+
+The reader is `python -m p4flowtable.entryread`. Its order (ReadOrder)
+arrives pickled on stdin. It answers on stdout in frames, each a 4-byte
+length and then a pickle:
+- ("held", [Held as a tuple, ...], [an entry of no flow, serialized, ...]);
+- ("error", what went wrong);
+- ("done", number of entries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import pickle
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator
+
+from p4.config.v1 import p4info_pb2
+from p4.v1 import p4runtime_pb2 as p4r
+
+from .ip import Held, ReadBack
+from .switch import SwitchControl, flow_read
+
+log = logging.getLogger("p4ft")
+
+APART_FROM = 20_000     # connections to reconcile from which a second process reads
+CHUNK = 2_000           # entries decoded per frame
+READER = (sys.executable, "-m", "p4flowtable.entryread")     # the command that starts the reader
+
+
+@dataclass(frozen=True)
+class ReadOrder:
+    address: str
+    device_id: int
+    p4info: bytes                      # serialized P4Info
+    last_hit: bool                     # ask for each entry's time since its last hit
+    tls: tuple[str | None, str | None, str | None] = (None, None, None)    # CA, certificate, key
+    server_name: str | None = None
+
+
+class ReaderFailed(Exception):
+    pass
+
+
+Batch = tuple[list[Held], list[p4r.TableEntry]]     # flow entries decoded; entries of no flow
+
+
+async def flow_entries(switch: SwitchControl, readback: ReadBack, last_hit: bool, apart: bool,
+                       stats: collections.Counter | None = None) -> AsyncIterator[Batch]:
+    """Every flow entry the switch holds, decoded, a batch at a time; apart:
+    read and decoded by a second process. stats counts the reads made apart
+    (reconcile.read_apart) and the reader's failures (reconcile.reader_failed)."""
+    stats = collections.Counter() if stats is None else stats
+    seen: set[tuple] = set()
+    seen_strays: set[bytes] = set()
+    if apart:
+        try:
+            async for held, strays in _read_apart(switch, last_hit):
+                seen.update(h.key for h in held)
+                seen_strays.update(s.SerializeToString() for s in strays)
+                yield held, strays
+            stats["reconcile.read_apart"] += 1
+            return
+        except ReaderFailed as err:
+            stats["reconcile.reader_failed"] += 1
+            log.warning("the entry reader failed (%s): the daemon reads the rest itself", err)
+    decode = readback.decode
+    async for ents in switch.flow_entries(last_hit):
+        for i in range(0, len(ents), CHUNK):
+            held: list[Held] = []
+            strays: list[p4r.TableEntry] = []
+            for ent in ents[i:i + CHUNK]:
+                e = ent.table_entry
+                h = decode(e)
+                if h is None:
+                    if not seen_strays or e.SerializeToString() not in seen_strays:
+                        strays.append(e)
+                elif not seen or h.key not in seen:
+                    held.append(h)
+            yield held, strays
+            await asyncio.sleep(0)      # the API, conntrack events, the switch's stream meanwhile
+
+
+async def _read_apart(switch: SwitchControl, last_hit: bool) -> AsyncIterator[Batch]:
+    session = switch.session
+    tls = session.tls
+    order = ReadOrder(session.address, session.device_id, switch.schema.p4info.SerializeToString(), last_hit,
+                      tuple(str(p) if p else None for p in (tls.ca, tls.cert, tls.key)) if tls else (None,) * 3,
+                      session.server_name)
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (package_root, env.get("PYTHONPATH"))))
+    try:
+        proc = await asyncio.create_subprocess_exec(*READER, stdin=asyncio.subprocess.PIPE,
+                                                    stdout=asyncio.subprocess.PIPE, env=env)
+    except OSError as err:
+        raise ReaderFailed(f"not started: {err}") from None
+    try:
+        proc.stdin.write(pickle.dumps(order))
+        await proc.stdin.drain()
+        proc.stdin.close()
+        while True:
+            try:
+                size = int.from_bytes(await proc.stdout.readexactly(4), "big")
+                kind, *rest = pickle.loads(await proc.stdout.readexactly(size))
+            except (asyncio.IncompleteReadError, pickle.UnpicklingError, ValueError) as err:
+                code = await proc.wait()
+                raise ReaderFailed(f"exited with code {code} before it was done"
+                                   if isinstance(err, asyncio.IncompleteReadError) else f"bad frame: {err}") from None
+            if kind == "done":
+                break
+            if kind == "error":
+                raise ReaderFailed(rest[0])
+            held, strays = rest
+            yield list(map(Held._make, held)), [p4r.TableEntry.FromString(s) for s in strays]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+def _send(out, obj) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    out.write(len(data).to_bytes(4, "big"))
+    out.write(data)
+    out.flush()
+
+
+def main() -> int:
+    """The reader: one read of every flow entry, decoded, to stdout."""
+    import grpc
+    from p4.v1 import p4runtime_pb2_grpc
+
+    from .p4info import P4Schema
+    from .p4runtime import open_channel
+    from .tls import TlsFiles
+
+    out = sys.stdout.buffer
+    try:
+        order: ReadOrder = pickle.load(sys.stdin.buffer)
+        schema = P4Schema(p4info_pb2.P4Info.FromString(order.p4info))
+        back = ReadBack(schema)
+        tls = TlsFiles(*(Path(p) if p else None for p in order.tls))
+        with open_channel(order.address, tls.channel_credentials() if tls.enabled else None, order.server_name,
+                          aio=False) as channel:
+            stub = p4runtime_pb2_grpc.P4RuntimeStub(channel)
+            n = 0
+            for resp in stub.Read(p4r.ReadRequest(device_id=order.device_id,
+                                                  entities=flow_read(schema, order.last_hit))):
+                ents = resp.entities
+                for i in range(0, len(ents), CHUNK):
+                    held, strays = [], []
+                    for ent in ents[i:i + CHUNK]:
+                        e = ent.table_entry
+                        h = back.decode(e)
+                        if h is None:
+                            strays.append(e.SerializeToString())
+                        else:
+                            held.append(tuple(h))
+                    _send(out, ("held", held, strays))
+                    n += len(held) + len(strays)
+        _send(out, ("done", n))
+    except grpc.RpcError as e:
+        _send(out, ("error", f"read failed: {e.code().name}: {e.details()}"))
+        return 1
+    except Exception as e:      # named to the daemon, which reads the rest itself
+        _send(out, ("error", f"{type(e).__name__}: {e}"))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

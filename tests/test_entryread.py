@@ -1,0 +1,93 @@
+"""The reconcile's read of every flow entry, made and decoded by a second
+process (entryread.py), on the embedded target over P4Runtime (in-process
+server, no root): it gives what the daemon's own read gives, and when the
+reader fails, before its first answer or in the middle, the daemon reads
+what it had not handed over, each entry once."""
+
+import asyncio
+import logging
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from p4flowtable import entryread
+from p4flowtable.ip import ReadBack
+from p4flowtable.nexthop import NextHops
+from p4flowtable.p4runtime import Session
+from p4flowtable.reconcile import Planner
+from p4flowtable.switch import SwitchControl
+
+from test_switch_writers import JSON, addr, flows, schema  # noqa: F401  (fixtures)
+
+N = 1_500       # flows: 3,000 entries, two of the reader's frames
+
+
+async def _switch_with_flows(schema, address) -> SwitchControl:  # noqa: F811
+    switch = SwitchControl(Session(address, 1, 1), schema, JSON.read_bytes())
+    assert await switch.connect(5, []) is False
+    planner = Planner(schema, {}, False, NextHops(schema), ReadBack(schema))
+    for f in flows(0, N):
+        planner.flow(f)
+    plan = planner.finish()
+    await switch.write(plan.nexthop_writes, "next hop")
+    await switch.write(plan.writes, "flows")
+    return switch
+
+
+async def _read(switch, schema, apart: bool) -> tuple[list, list]:  # noqa: F811
+    held, strays = [], []
+    async for hs, ss in entryread.flow_entries(switch, ReadBack(schema), False, apart):
+        held += hs
+        strays += ss
+    return held, strays
+
+
+def test_the_reader_gives_what_the_daemon_reads_itself(schema, addr, caplog):  # noqa: F811
+    async def main():
+        switch = await _switch_with_flows(schema, addr)
+        own, own_strays = await _read(switch, schema, False)
+        with caplog.at_level(logging.WARNING, "p4ft"):
+            apart, apart_strays = await _read(switch, schema, True)
+        assert "entry reader failed" not in caplog.text
+        assert len(own) == 2 * N and not own_strays
+        assert sorted(apart) == sorted(own) and not apart_strays
+        await switch.session.close()
+    asyncio.run(main())
+
+
+def test_a_reader_that_cannot_start_leaves_the_read_to_the_daemon(schema, addr, monkeypatch, caplog):  # noqa: F811
+    monkeypatch.setattr(entryread, "READER", ("/nonexistent/python",))
+    async def main():
+        switch = await _switch_with_flows(schema, addr)
+        with caplog.at_level(logging.WARNING, "p4ft"):
+            held, _ = await _read(switch, schema, True)
+        assert len(held) == 2 * N
+        assert "entry reader failed (not started" in caplog.text
+        await switch.session.close()
+    asyncio.run(main())
+
+
+def test_a_reader_that_dies_midway_leaves_the_rest_to_the_daemon(schema, addr, monkeypatch, caplog, tmp_path):  # noqa: F811
+    # the real reader, cut off after its first frame
+    cut = tmp_path / "cut.py"
+    cut.write_text(textwrap.dedent(f"""
+        import subprocess, sys
+        p = subprocess.Popen([{sys.executable!r}, "-m", "p4flowtable.entryread"], stdout=subprocess.PIPE)
+        head = p.stdout.read(4)
+        sys.stdout.buffer.write(head + p.stdout.read(int.from_bytes(head, "big")))
+        sys.stdout.flush()
+        p.kill()
+        sys.exit(3)
+    """))
+    monkeypatch.setattr(entryread, "READER", (sys.executable, str(cut)))
+    async def main():
+        switch = await _switch_with_flows(schema, addr)
+        own, _ = await _read(switch, schema, False)
+        with caplog.at_level(logging.WARNING, "p4ft"):
+            held, _ = await _read(switch, schema, True)
+        assert "entry reader failed (exited with code 3 before it was done)" in caplog.text
+        assert sorted(held) == sorted(own)      # every entry, each once
+        await switch.session.close()
+    asyncio.run(main())
