@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -29,6 +29,7 @@ from .tables import Entry, Table, TableError
 
 log = logging.getLogger(__name__)
 API_VERSION = "1.3.0"
+READ_CHUNK = 1000       # entities per ReadResponse
 
 
 class RequestError(Exception):
@@ -546,13 +547,21 @@ class SoftSwitchServer(p4runtime_pb2_grpc.P4RuntimeServicer):
             # (200,000 entries take seconds here).
             with pipe.prog.lock:
                 builds = [self._read(pipe, ent) for ent in request.entities]
-            out = [m for build in builds for m in build()]
         except (RequestError, TableError) as e:
             context.abort(getattr(grpc.StatusCode, e.code), str(e))
-        for i in range(0, len(out), 1000):
-            yield p4r.ReadResponse(entities=out[i:i + 1000])
+        # sent a thousand at a time as they are built: the client decodes
+        # the first while the rest are being built
+        chunk: list[p4r.Entity] = []
+        for build in builds:
+            for m in build():
+                chunk.append(m)
+                if len(chunk) == READ_CHUNK:
+                    yield p4r.ReadResponse(entities=chunk)
+                    chunk = []
+        if chunk:
+            yield p4r.ReadResponse(entities=chunk)
 
-    def _read(self, pipe: Pipeline, ent: p4r.Entity) -> Callable[[], list[p4r.Entity]]:
+    def _read(self, pipe: Pipeline, ent: p4r.Entity) -> Callable[[], Iterable[p4r.Entity]]:
         """Called under the pipeline's lock: checks the request and copies
         what it reads; returns what builds the answer, without the lock."""
         kind = ent.WhichOneof("entity")
@@ -578,19 +587,17 @@ class SoftSwitchServer(p4runtime_pb2_grpc.P4RuntimeServicer):
                           for e in self._entries(pipe, tm, te)]
                 parts.append((tm, copied, time.monotonic() if since else None))
 
-            def build() -> list[p4r.Entity]:
-                res = []
+            def build() -> Iterator[p4r.Entity]:
                 for part in parts:
                     if isinstance(part, p4r.Entity):
-                        res.append(part)
+                        yield part
                         continue
                     tm, copied, now = part
                     for e in copied:
                         msg = pipe.entry_msg(tm, e, counters)
                         if now is not None:
                             msg.time_since_last_hit.elapsed_ns = int((now - e.last_hit) * 1e9)
-                        res.append(p4r.Entity(table_entry=msg))
-                return res
+                        yield p4r.Entity(table_entry=msg)
             return build
         if kind == "direct_counter_entry":
             te = ent.direct_counter_entry.table_entry
