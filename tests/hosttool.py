@@ -175,6 +175,7 @@ def chatter(a):
     ports = [s.getsockname()[1] for s in socks]
     report(a.out + ".up", ports=ports, up_at=time.time())
     sent, got, broken = [0] * a.count, [0] * a.count, set()
+    last_echo_at = None       # when the last echo arrived (wall clock)
     end = time.monotonic() + a.duration
     step = a.interval / a.count
     nxt = time.monotonic()
@@ -200,6 +201,7 @@ def chatter(a):
                     sel.unregister(key.fileobj)
                 continue
             got[j] += len(data) // 21 if not udp else 1
+            last_echo_at = time.time()
     time.sleep(a.interval)       # the last echoes
     for key, _ in sel.select(0):
         try:
@@ -207,7 +209,10 @@ def chatter(a):
         except OSError:
             pass
     report(a.out, ports=ports, sent=sum(sent), echoed=sum(got), broken=sorted(ports[j] for j in broken),
-           silent=sorted(ports[j] for j in range(a.count) if sent[j] and not got[j]))
+           silent=sorted(ports[j] for j in range(a.count) if sent[j] and not got[j]),
+           # connections with fewer than half their messages echoed: which ones fell behind
+           short=sorted(ports[j] for j in range(a.count) if got[j] < sent[j] / 2),
+           quiet_at_end=None if last_echo_at is None else round(time.time() - last_echo_at, 1))
 
 
 MARK = b"P4FTFUZZ"

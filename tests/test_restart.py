@@ -153,4 +153,7 @@ def test_no_connection_broke(chatter):
         p.wait(DURATION + 60)
         r = read_json(out)
         assert r["broken"] == [], f"{proto}: {len(r['broken'])} broken"
-        assert r["echoed"] > 0.9 * r["sent"], f"{proto}: {r['echoed']} echoes of {r['sent']}"
+        assert r["echoed"] > 0.9 * r["sent"], (
+            f"{proto}: {r['echoed']} echoes of {r['sent']}; {len(r['short'])} of {len(r['ports'])} connections "
+            f"had fewer than half theirs echoed (local ports {r['short'][:20]}...), {len(r['silent'])} none; "
+            f"seconds without an echo at the end: {r['quiet_at_end']}")
