@@ -82,7 +82,10 @@ try:
     conf = [f"--grpc-addr 127.0.0.1:{net.grpc_port}", f"--netns {ROUTER_NS}", "--election-id 10",
             *[f"--port {s['port']}={s['rep']}" for s in net.sides], "--ruleset /etc/p4ft/ruleset.nft",
             "--poll-interval 0.5", "--tls-ca /etc/p4ft/tls/ca.crt", "--tls-cert /etc/p4ft/tls/p4ft.crt",
-            "--tls-key /etc/p4ft/tls/p4ft.key"]
+            "--tls-key /etc/p4ft/tls/p4ft.key",
+            # every reconcile's read made by the second process (entryread.py), so
+            # that the one after the kill below runs it inside the unit, over TLS
+            "--read-apart-from 0"]
     (R / "etc/p4ft/tls").mkdir(parents=True, exist_ok=True)
     for src, dst in ((pki.ca, "ca.crt"), (pki.primary.cert, "p4ft.crt"), (pki.primary.key, "p4ft.key")):
         (R / "etc/p4ft/tls" / dst).write_bytes(Path(src).read_bytes())
@@ -114,6 +117,20 @@ try:
     src.wait(60); sink.wait(60)
     rx, tx = read_json(str(d / "sink.json")), read_json(str(d / "src.json.sent"))
     print("payload intact:", rx["bytes"] == 3000000 and rx["sha256"] == tx["sha256"])
+    # killed: the unit starts it again (Restart=on-failure), and it reconciles
+    # the pipeline it kept, reading through its second process
+    systemctl("kill", "--signal=SIGKILL", "p4ft.service")
+    wait_for(lambda: int(systemctl("show", "p4ft.service", "-p", "MainPID", "--value").stdout or 0)
+             not in (0, main_pid), 30, "the unit to start the daemon again")
+    def reconciled():
+        try:
+            s = api("stats")
+        except Exception:       # not answering yet
+            return None
+        return s if "reconcile.read_apart" in s or "reconcile.reader_failed" in s else None
+    s = wait_for(reconciled, 30, "the restarted daemon's reconcile")
+    print("reconcile read by a second process inside the unit:", s.get("reconcile.read_apart"),
+          "reader failed:", s.get("reconcile.reader_failed", 0))
     r = systemctl("stop", "p4ft.service")
     print("stop:", r.returncode, systemctl("show", "p4ft.service", "-p", "Result", "-p", "ExecMainStatus").stdout.split())
     print("--- journal"); print(subprocess.run(["nsenter", "-t", str(sdpid), "-m", "-p", "journalctl", "-u", "p4ft", "--no-pager", "-o", "cat"], capture_output=True, text=True).stdout[-1500:])

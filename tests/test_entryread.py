@@ -8,9 +8,6 @@ import asyncio
 import logging
 import sys
 import textwrap
-from pathlib import Path
-
-import pytest
 
 from p4flowtable import entryread
 from p4flowtable.ip import ReadBack
@@ -38,9 +35,14 @@ async def _switch_with_flows(schema, address) -> SwitchControl:  # noqa: F811
 
 async def _read(switch, schema, apart: bool) -> tuple[list, list]:  # noqa: F811
     held, strays = [], []
-    async for hs, ss in entryread.flow_entries(switch, ReadBack(schema), False, apart):
-        held += hs
-        strays += ss
+    reader = entryread.FlowEntries(switch, ReadBack(schema), False, apart)
+    await reader.start()
+    try:
+        async for hs, ss in reader.batches():
+            held += hs
+            strays += ss
+    finally:
+        await reader.close()
     return held, strays
 
 

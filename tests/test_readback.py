@@ -11,7 +11,7 @@ import pytest
 from p4.v1 import p4runtime_pb2 as p4r
 from test_wire import CASES, ROOT, flows
 
-from p4flowtable.ip import ReadBack, entry_values, flow_entry, held_action
+from p4flowtable.ip import ReadBack, connection_values, entry_values, flow_entry, held_action, with_route
 from p4flowtable.model import Dir, FlowTuple, ipv4
 from p4flowtable.p4info import P4Schema
 
@@ -103,3 +103,18 @@ def test_fields_and_parameters_in_another_order_decode_alike(schema):
                 (want.key, want.port, want.match, want.action, want.nexthop, want.mtu)
             del shuffled.match[0]
             assert back.decode(shuffled) is None
+
+
+@pytest.mark.parametrize("version,proto,nat", CASES)
+def test_values_computed_ahead_are_the_entry_values(schema, version, proto, nat):
+    """What a reconcile computes from the connection while the switch answers
+    (connection_values, ReadBack.match), completed by the route, is what the
+    entry is written with (reconcile.Planner.flow compares either)."""
+    back = ReadBack(schema)
+    for f in flows(version, proto, nat):
+        for d in Dir:
+            layout, keys, values = entry_values(schema, f, d, True)
+            ahead, conn = connection_values(schema, f.tuples, d)
+            assert ahead == layout
+            assert with_route(conn, f.nexthops[d], f.routes[d].mtu) == values
+            assert (f.iif[d],) + back.match(f.tuples[d])[1:] == keys

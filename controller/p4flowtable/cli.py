@@ -336,8 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="conntrack timeout of an offloaded flow, renewed at half time (default one day, "
                         "the kernel's)")
     d.add_argument("--read-apart-from", type=_count("--read-apart-from"), metavar="CONNECTIONS",
-                   help="connections to reconcile from which the switch's entries are read and decoded by a "
-                        "second process, on another core, while the daemon adopts them (default 20000; "
+                   help="conntrack entries from which a reconcile has the switch's entries read and decoded "
+                        "by a second process, on another core, while the daemon adopts them (default 20000; "
                         "0: always)")
     d.add_argument("--no-idle-timeouts", action="store_true",
                    help="do not give entries idle timeouts; age flows by reading their counters when "

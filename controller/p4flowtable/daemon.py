@@ -80,7 +80,7 @@ class DaemonConfig:
     target: str = "bmv2"     # bmv2 (BMv2 and the embedded target) or tofino (tofino.py)
     tls: TlsFiles | None = None          # mutual TLS to the switch (tls.py); None: plaintext
     tls_server_name: str | None = None   # the switch certificate's name, where not the address's host
-    read_apart_from: int = APART_FROM    # connections from which a reconcile reads in a second process
+    read_apart_from: int = APART_FROM    # conntrack entries from which a reconcile reads in a second process
 
 
 class Daemon:

@@ -42,7 +42,7 @@ from .switch import SwitchControl, flow_read
 
 log = logging.getLogger("p4ft")
 
-APART_FROM = 20_000     # connections to reconcile from which a second process reads
+APART_FROM = 20_000     # conntrack entries from which a second process reads
 CHUNK = 2_000           # entries decoded per frame
 READER = (sys.executable, "-m", "p4flowtable.entryread")     # the command that starts the reader
 
@@ -64,60 +64,79 @@ class ReaderFailed(Exception):
 Batch = tuple[list[Held], list[p4r.TableEntry]]     # flow entries decoded; entries of no flow
 
 
-async def flow_entries(switch: SwitchControl, readback: ReadBack, last_hit: bool, apart: bool,
-                       stats: collections.Counter | None = None) -> AsyncIterator[Batch]:
-    """Every flow entry the switch holds, decoded, a batch at a time; apart:
-    read and decoded by a second process. stats counts the reads made apart
-    (reconcile.read_apart) and the reader's failures (reconcile.reader_failed)."""
-    stats = collections.Counter() if stats is None else stats
-    seen: set[tuple] = set()
-    seen_strays: set[bytes] = set()
-    if apart:
-        try:
-            async for held, strays in _read_apart(switch, last_hit):
-                seen.update(h.key for h in held)
-                seen_strays.update(s.SerializeToString() for s in strays)
-                yield held, strays
-            stats["reconcile.read_apart"] += 1
+class FlowEntries:
+    """Every flow entry the switch holds, decoded, a batch at a time
+    (`batches`). apart: read and decoded by a second process, which `start`
+    sets going, so that it starts up and the switch answers while the
+    caller does other work. stats counts the reads made apart
+    (reconcile.read_apart) and the reader's failures
+    (reconcile.reader_failed). `close` stops a reader still running."""
+
+    def __init__(self, switch: SwitchControl, readback: ReadBack, last_hit: bool, apart: bool,
+                 stats: collections.Counter | None = None):
+        self.switch, self.readback, self.last_hit, self.apart = switch, readback, last_hit, apart
+        self.stats = collections.Counter() if stats is None else stats
+        self.proc: asyncio.subprocess.Process | None = None
+        self.failed: ReaderFailed | None = None
+
+    async def start(self) -> None:
+        if not self.apart:
             return
-        except ReaderFailed as err:
-            stats["reconcile.reader_failed"] += 1
-            log.warning("the entry reader failed (%s): the daemon reads the rest itself", err)
-    decode = readback.decode
-    async for ents in switch.flow_entries(last_hit):
-        for i in range(0, len(ents), CHUNK):
-            held: list[Held] = []
-            strays: list[p4r.TableEntry] = []
-            for ent in ents[i:i + CHUNK]:
-                e = ent.table_entry
-                h = decode(e)
-                if h is None:
-                    if not seen_strays or e.SerializeToString() not in seen_strays:
-                        strays.append(e)
-                elif not seen or h.key not in seen:
-                    held.append(h)
-            yield held, strays
-            await asyncio.sleep(0)      # the API, conntrack events, the switch's stream meanwhile
+        session = self.switch.session
+        tls = session.tls
+        order = ReadOrder(session.address, session.device_id, self.switch.schema.p4info.SerializeToString(),
+                          self.last_hit,
+                          tuple(str(p) if p else None for p in (tls.ca, tls.cert, tls.key)) if tls else (None,) * 3,
+                          session.server_name)
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (package_root, env.get("PYTHONPATH"))))
+        try:
+            self.proc = await asyncio.create_subprocess_exec(*READER, stdin=asyncio.subprocess.PIPE,
+                                                             stdout=asyncio.subprocess.PIPE, env=env)
+            self.proc.stdin.write(pickle.dumps(order))
+            await self.proc.stdin.drain()
+            self.proc.stdin.close()
+        except (OSError, ConnectionError) as err:
+            self.failed = ReaderFailed(f"not started: {err}")
 
+    async def batches(self) -> AsyncIterator[Batch]:
+        seen: set[tuple] = set()
+        seen_strays: set[bytes] = set()
+        if self.apart:
+            try:
+                async for held, strays in self._frames():
+                    seen.update(h.key for h in held)
+                    seen_strays.update(s.SerializeToString() for s in strays)
+                    yield held, strays
+                self.stats["reconcile.read_apart"] += 1
+                return
+            except ReaderFailed as err:
+                self.stats["reconcile.reader_failed"] += 1
+                log.warning("the entry reader failed (%s): the daemon reads the rest itself", err)
+            finally:
+                await self.close()
+        decode = self.readback.decode
+        async for ents in self.switch.flow_entries(self.last_hit):
+            for i in range(0, len(ents), CHUNK):
+                held: list[Held] = []
+                strays: list[p4r.TableEntry] = []
+                for ent in ents[i:i + CHUNK]:
+                    e = ent.table_entry
+                    h = decode(e)
+                    if h is None:
+                        if not seen_strays or e.SerializeToString() not in seen_strays:
+                            strays.append(e)
+                    elif not seen or h.key not in seen:
+                        held.append(h)
+                yield held, strays
+                await asyncio.sleep(0)      # the API, conntrack events, the switch's stream meanwhile
 
-async def _read_apart(switch: SwitchControl, last_hit: bool) -> AsyncIterator[Batch]:
-    session = switch.session
-    tls = session.tls
-    order = ReadOrder(session.address, session.device_id, switch.schema.p4info.SerializeToString(), last_hit,
-                      tuple(str(p) if p else None for p in (tls.ca, tls.cert, tls.key)) if tls else (None,) * 3,
-                      session.server_name)
-    env = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, (package_root, env.get("PYTHONPATH"))))
-    try:
-        proc = await asyncio.create_subprocess_exec(*READER, stdin=asyncio.subprocess.PIPE,
-                                                    stdout=asyncio.subprocess.PIPE, env=env)
-    except OSError as err:
-        raise ReaderFailed(f"not started: {err}") from None
-    try:
-        proc.stdin.write(pickle.dumps(order))
-        await proc.stdin.drain()
-        proc.stdin.close()
+    async def _frames(self) -> AsyncIterator[Batch]:
+        if self.failed is not None:
+            raise self.failed
+        proc = self.proc
+        assert proc is not None, "start() first"
         while True:
             try:
                 size = int.from_bytes(await proc.stdout.readexactly(4), "big")
@@ -127,15 +146,18 @@ async def _read_apart(switch: SwitchControl, last_hit: bool) -> AsyncIterator[Ba
                 raise ReaderFailed(f"exited with code {code} before it was done"
                                    if isinstance(err, asyncio.IncompleteReadError) else f"bad frame: {err}") from None
             if kind == "done":
-                break
+                return
             if kind == "error":
                 raise ReaderFailed(rest[0])
             held, strays = rest
             yield list(map(Held._make, held)), [p4r.TableEntry.FromString(s) for s in strays]
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
+
+    async def close(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
 
 
 def _send(out, obj) -> None:

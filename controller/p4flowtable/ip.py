@@ -111,20 +111,35 @@ def entry_values(schema: P4Schema, flow: Flow, d: Dir, with_action: bool = True)
     parameters) with its match values and, with_action, its parameter
     values, in layout order: what flow_entry and wire.UpdateTemplate encode."""
     t = flow.tuples[d]
-    nat = has_nat(flow.tuples)
-    layout = _layout(schema, t.src.version, t.l4proto, nat)
     keys = (flow.iif[d], int(t.src), int(t.dst), t.l4proto, t.sport, t.dport)
     if not with_action:
-        return layout, keys, ()
-    mtu, nexthop = flow.routes[d].mtu, flow.nexthops[d]
-    if nat:
-        rw = rewrite_for(flow.tuples, d)
-        ip_delta, l4_delta = checksum_deltas(t, rw)
-        values = (nexthop, int(rw.src), int(rw.dst), rw.sport, rw.dport, mtu) \
-            + ((ip_delta, l4_delta) if t.src.version == 4 else (l4_delta,))
-    else:
-        values = (nexthop, mtu)
-    return layout, keys, values
+        return _layout(schema, t.src.version, t.l4proto, has_nat(flow.tuples)), keys, ()
+    layout, conn = connection_values(schema, flow.tuples, d)
+    return layout, keys, with_route(conn, flow.nexthops[d], flow.routes[d].mtu)
+
+
+def connection_values(schema: P4Schema, tuples: tuple[FlowTuple, FlowTuple], d: Dir) -> tuple:
+    """The layout of direction d's entry and the parameter values the
+    connection alone decides (NAT rewrite, checksum deltas), with None in
+    the next hop's and the MTU's places (with_route fills them): a
+    reconcile computes these while the switch's answer is on its way."""
+    t = tuples[d]
+    nat = has_nat(tuples)
+    layout = _layout(schema, t.src.version, t.l4proto, nat)
+    if not nat:
+        return layout, (None, None)
+    rw = rewrite_for(tuples, d)
+    ip_delta, l4_delta = checksum_deltas(t, rw)
+    return layout, (None, int(rw.src), int(rw.dst), rw.sport, rw.dport, None) \
+        + ((ip_delta, l4_delta) if t.src.version == 4 else (l4_delta,))
+
+
+def with_route(conn: tuple, nexthop: int, mtu: int) -> tuple:
+    """connection_values' parameter values with the next hop and the MTU
+    in their places (first and sixth with NAT, first and second without)."""
+    if len(conn) == 2:
+        return nexthop, mtu
+    return (nexthop,) + conn[1:5] + (mtu,) + conn[6:]
 
 
 def flow_entry(schema: P4Schema, flow: Flow, d: Dir, with_action: bool = True,

@@ -28,7 +28,7 @@ from .core import Flowtables
 from .decide import MAX_BATCH_FLOWS, Decisions
 from .events import EventBus
 from .flowoffload import FlowOffload
-from .ip import Held, ReadBack, entry_values, flow_entry, held_action
+from .ip import Held, ReadBack, connection_values, entry_values, flow_entry, held_action, with_route
 from .model import DIRS, Flow, FlowFlag, FlowRoute
 from .nexthop import NextHop, NextHops
 from .offload import FlowRead, P4RuntimeDriver
@@ -49,8 +49,9 @@ class Reconcile:
                  offload: FlowOffload, aging: Aging, events: EventBus, stats: collections.Counter, *,
                  ports: dict[str, int], ct_lease: float, read_apart_from: int = entryread.APART_FROM,
                  clock: Callable[[], float]):
-        """read_apart_from: connections to reconcile from which the switch's
-        entries are read and decoded by a second process (entryread.py)."""
+        """read_apart_from: conntrack entries (the mirror's) from which the
+        switch's entries are read and decoded by a second process
+        (entryread.py)."""
         self.switch, self.schema, self.driver, self.flowtables = switch, schema, driver, flowtables
         self.mirror, self.rulesets, self.routes, self.decisions = mirror, rulesets, routes, decisions
         self.offload, self.aging, self.events, self.stats = offload, aging, events, stats
@@ -108,40 +109,59 @@ class Reconcile:
         phases = {}
         t = self.clock()
         if kept:
-            # connections that may be adopted, by the match of each direction's
-            # entry: each is adopted as soon as both its entries have arrived,
-            # while the rest of the read is still on its way
-            match = self.readback.match
-            waiting: dict[tuple, object] = {}
-            for i, (k, e) in enumerate(list(entries.items())):
-                if i % YIELD_EVERY == 0:
-                    await asyncio.sleep(0)
-                if self._adoptable(e):
-                    waiting[match(e.orig)] = waiting[match(e.reply)] = k
-            apart = len(waiting) >= 2 * self.read_apart_from
-            async with contextlib.aclosing(entryread.flow_entries(
-                    self.switch, self.readback, self.driver.idle_timeout, apart, self.stats)) as batches:
-                async for hs, ss in batches:
-                    phases.setdefault("first entries", self.clock() - t)
-                    strays += ss
-                    for h in hs:
-                        present[h.key] = held[h.match] = h
-                        k = waiting.pop(h.match, None)
-                        if k is None:
-                            continue
-                        e = entries.get(k)      # as it is now
-                        if e is None:
-                            continue
+            # the read first: a second process starts up and the switch
+            # answers while the daemon indexes its connections
+            reader = entryread.FlowEntries(self.switch, self.readback, self.driver.idle_timeout,
+                                           len(entries) >= self.read_apart_from, self.stats)
+            await reader.start()
+            try:
+                # connections that may be adopted, by the match of each
+                # direction's entry: each is adopted as soon as both its
+                # entries are in, while the rest of the read is on its way.
+                # Meanwhile, what the connection alone decides of its entries
+                # (connection_values, for Planner.flow). The match of each
+                # direction -> (mirror key, the entry then, both matches, their
+                # connection_values)
+                match, schema = self.readback.match, self.schema
+                waiting: dict[tuple, tuple] = {}
+                for i, (k, e) in enumerate(list(entries.items())):
+                    if i % YIELD_EVERY == 0:
+                        await asyncio.sleep(0)
+                    if self._adoptable(e):
                         mo, mr = match(e.orig), match(e.reply)
-                        if mo not in held or mr not in held:
-                            continue            # the other direction is still to come
-                        waiting.pop(mo, None)
-                        waiting.pop(mr, None)
-                        name = self._adoptable(e)
-                        got = adopt(e, name) if name else None      # no await between the look and the flow
-                        if got is not None:
-                            fresh.append(got)
-                            planner.flow(got[0])
+                        tuples = (e.orig, e.reply)
+                        waiting[mo] = waiting[mr] = (k, e, mo, mr, connection_values(schema, tuples, DIRS[0]),
+                                                     connection_values(schema, tuples, DIRS[1]))
+                async with contextlib.aclosing(reader.batches()) as batches:
+                    async for hs, ss in batches:
+                        phases.setdefault("first entries", self.clock() - t)
+                        strays += ss
+                        for h in hs:
+                            present[h.key] = held[h.match] = h
+                            w = waiting.pop(h.match, None)
+                            if w is None:
+                                continue
+                            k, then, mo, mr, co, cr = w
+                            e = entries.get(k)      # as it is now
+                            if e is None:
+                                continue
+                            pre = ((mo, co), (mr, cr))
+                            if e is not then:       # replaced since: its tuples may be too
+                                mo, mr = match(e.orig), match(e.reply)
+                                pre = None
+                            o, r = held.get(mo), held.get(mr)
+                            if o is None or r is None:
+                                continue            # the other direction is still to come
+                            waiting.pop(mo, None)
+                            waiting.pop(mr, None)
+                            name = self._adoptable(e)
+                            # no await between the look and the flow
+                            got = adopt(e, name, o, r) if name else None
+                            if got is not None:
+                                fresh.append(got)
+                                planner.flow(got[0], pre)
+            finally:
+                await reader.close()
             phases["read and adopt"] = self.clock() - t
             t = self.clock()
         undecided: list[CtEntry] = []
@@ -287,7 +307,9 @@ class Planner:
         self.readback = readback
         self.plan = ReconcilePlan()
 
-    def flow(self, f: Flow) -> None:
+    def flow(self, f: Flow, pre: tuple | None = None) -> None:
+        """pre: per direction, the ReadBack.match of its entry and its
+        connection_values (layout and values), computed ahead."""
         plan, left, schema = self.plan, self.left, self.schema
         f.nexthops = tuple(self.nexthops.acquire(f, d, f.routes[d]).id for d in DIRS)
         ttl = int(f.timeout * 1e9) if self.idle_timeout else 0
@@ -296,7 +318,12 @@ class Planner:
         for d in DIRS:
             # compared as values: an entry message is built only for what
             # must be written
-            layout, keys, values = entry_values(schema, f, d, True)
+            if pre is None:
+                layout, keys, values = entry_values(schema, f, d, True)
+            else:
+                match, (layout, conn) = pre[d]
+                keys = (f.iif[d],) + match[1:]
+                values = with_route(conn, f.nexthops[d], f.routes[d].mtu)
             old = left.pop((layout[0], keys), None)
             if old is not None and old.action == held_action(layout, values):
                 kept.append(old)
@@ -343,10 +370,13 @@ class Adopting:
         self.devices = {p: n for n, p in rec.ports.items()}
         self.routes: dict[tuple[int, int], FlowRoute] = {}      # by (next hop, MTU): shared, they are frozen
 
-    def __call__(self, e: CtEntry, flowtable: str) -> tuple[Flow, CtEntry] | None:
-        """flowtable: the one the connection's mark names."""
+    def __call__(self, e: CtEntry, flowtable: str, o: Held | None = None, r: Held | None = None
+                 ) -> tuple[Flow, CtEntry] | None:
+        """flowtable: the one the connection's mark names. o, r: its entries,
+        where the caller has looked them up already."""
         rec = self.rec
-        o, r = self.held.get(self.match(e.orig)), self.held.get(self.match(e.reply))
+        if o is None or r is None:
+            o, r = self.held.get(self.match(e.orig)), self.held.get(self.match(e.reply))
         table = rec.flowtables.tables.get(flowtable)
         if o is None or r is None or table is None:
             return None
