@@ -5,9 +5,10 @@ each one (ip.ReadBack): 11-15 us an entry in Python, on the core of the
 daemon's event loop. BMv2 answers such a read in one response, so the
 daemon could do nothing else meanwhile. With many connections to reconcile,
 the read is made and decoded by a second process instead. It needs no
-primary role, since P4Runtime lets any client read (spec 6.4). It hands
-the daemon the decoded entries as plain tuples, a few thousand at a time,
-and the daemon joins them with its connections as they arrive.
+primary role: it opens no stream and sends no arbitration, and both
+switches answer its Read, as they answer the benches' second clients. It
+hands the daemon the decoded entries as plain tuples, a few thousand at a
+time, and the daemon joins them with its connections as they arrive.
 
 With few connections, the daemon reads and decodes itself, since starting
 a process costs more than the decode. It also does so when the reader
