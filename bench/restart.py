@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,11 +83,16 @@ def memory(pid: int) -> dict:
     return {k.lower() + "_mib": round(int(st[k].split()[0]) / 1024, 1) for k in ("VmRSS", "VmHWM")}
 
 
-async def read_and_dump(grpc: str) -> tuple[float, float, float, int, int]:
+YARDSTICK_ROUNDS = 3      # the yardstick's read and dump, each timed this often: the median is used
+
+
+async def read_and_dump(grpc: str) -> tuple[list[float], list[float], list[float], int, int]:
     """The reconcile's yardstick: one wildcard read of both flow tables (a
     second client: reads need no primary) and one conntrack dump, each
     timed; and what they returned. Also timed: the read the reconcile makes,
-    which asks for each entry's counter and time since its last hit too."""
+    which asks for each entry's counter and time since its last hit too.
+    Each is timed YARDSTICK_ROUNDS times, in turn (the same BMv2 read took
+    1.6 s in one run and 5.1 s in another)."""
     schema = P4Schema.from_file(ROOT / "p4src/build/flowtable.p4info.txtpb")
     ch = grpc_aio.insecure_channel(grpc, options=[("grpc.max_receive_message_length", 256 << 20)])
     stub = p4runtime_pb2_grpc.P4RuntimeStub(ch)       # a Read needs no arbitration
@@ -105,15 +111,18 @@ async def read_and_dump(grpc: str) -> tuple[float, float, float, int, int]:
             n += len(resp.entities)
         return time.monotonic() - t0, n
 
-    read_s, entries = await read(False)
-    state_s, _ = await read(True)
-    await ch.close()
     sock = ctnl.CtnlSocket(netns.netlink_socket(NS, 12))
-    t0 = time.monotonic()
-    dumped = len(await sock.dump())
-    dump_s = time.monotonic() - t0
+    reads, states, dumps = [], [], []
+    for _ in range(YARDSTICK_ROUNDS):
+        read_s, entries = await read(False)
+        reads.append(read_s)
+        states.append((await read(True))[0])
+        t0 = time.monotonic()
+        dumped = len(await sock.dump())
+        dumps.append(time.monotonic() - t0)
+    await ch.close()
     sock.close()
-    return read_s, state_s, dump_s, entries, dumped
+    return reads, states, dumps, entries, dumped
 
 
 def one_size(switch: str, n: int, profile: str | None = None) -> dict:
@@ -148,13 +157,15 @@ def _one_size(r, switch: str, n: int, profile: str | None) -> dict:
     c = call("counters", path=SOCK)
     m = re.search(r"switch reconciled in ([\d.]+)s", DAEMON_OUT.read_text())
     mem = {"daemon": memory(r.daemon.pid), "switch": memory(r.grpc.pid)}
-    read_s, state_s, dump_s, entries, dumped = asyncio.run(read_and_dump(r.grpc))
+    reads, states, dumps, entries, dumped = asyncio.run(read_and_dump(r.grpc))
+    read_s, state_s, dump_s = (statistics.median(x) for x in (reads, states, dumps))
     reconcile = float(m.group(1)) if m else None
     return {"flows": n, "converged_s": total, "reconcile_s": reconcile,
             "adopted": c.get("reconcile.adopted", 0), "written": c.get("reconcile.written", 0),
             "orphans_deleted": c.get("reconcile.orphans_deleted", 0),
             "read_all_s": read_s, "read_all_with_state_s": state_s, "entries_read": entries,
-            "ct_dump_s": dump_s, "ct_dumped": dumped,
+            "ct_dump_s": dump_s, "ct_dumped": dumped,     # medians of:
+            "read_all_runs_s": reads, "read_all_with_state_runs_s": states, "ct_dump_runs_s": dumps,
             "reconcile_over_read_and_dump": reconcile / (read_s + dump_s) if reconcile else None,
             "api_slowest_s": slowest[0], "memory": mem, **({"profile": hot} if hot else {})}
 
@@ -179,7 +190,9 @@ def main() -> int:
                   f"{r['reconcile_s']:.2f} s): {r['adopted']} adopted, {r['written']} written, "
                   f"{r['orphans_deleted']} orphan entries deleted; one read of all {r['entries_read']} entries "
                   f"{r['read_all_s']:.2f} s (with counters and last hits {r['read_all_with_state_s']:.2f} s) "
-                  f"+ one conntrack dump of {r['ct_dumped']} {r['ct_dump_s']:.2f} s: "
+                  f"+ one conntrack dump of {r['ct_dumped']} {r['ct_dump_s']:.2f} s (medians of "
+                  f"{YARDSTICK_ROUNDS}: reads {', '.join(f'{x:.2f}' for x in r['read_all_runs_s'])}, dumps "
+                  f"{', '.join(f'{x:.2f}' for x in r['ct_dump_runs_s'])}): "
                   f"reconcile {r['reconcile_over_read_and_dump']:.2f}x; slowest API answer meanwhile "
                   f"{r['api_slowest_s']:.2f} s; peak memory: daemon "
                   f"{r['memory']['daemon']['vmhwm_mib']:.0f} MiB, switch {r['memory']['switch']['vmhwm_mib']:.0f} MiB",
