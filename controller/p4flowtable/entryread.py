@@ -33,7 +33,7 @@ import pickle
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator, Sequence
 
 from p4.config.v1 import p4info_pb2
 from p4.v1 import p4runtime_pb2 as p4r
@@ -117,19 +117,11 @@ class FlowEntries:
                 log.warning("the entry reader failed (%s): the daemon reads the rest itself", err)
             finally:
                 await self.close()
-        decode = self.readback.decode
         async for ents in self.switch.flow_entries(self.last_hit):
-            for i in range(0, len(ents), CHUNK):
-                held: list[Held] = []
-                strays: list[p4r.TableEntry] = []
-                for ent in ents[i:i + CHUNK]:
-                    e = ent.table_entry
-                    h = decode(e)
-                    if h is None:
-                        if not seen_strays or e.SerializeToString() not in seen_strays:
-                            strays.append(e)
-                    elif not seen or h.key not in seen:
-                        held.append(h)
+            for held, strays in decoded(ents, self.readback):
+                if seen or seen_strays:        # what the reader handed over before it failed
+                    held = [h for h in held if h.key not in seen]
+                    strays = [e for e in strays if e.SerializeToString() not in seen_strays]
                 yield held, strays
                 await asyncio.sleep(0)      # the API, conntrack events, the switch's stream meanwhile
 
@@ -161,6 +153,23 @@ class FlowEntries:
             await proc.wait()
 
 
+def decoded(ents: Sequence[p4r.Entity], readback: ReadBack) -> Iterator[Batch]:
+    """The entities of a read response decoded, CHUNK at a time: the flow
+    entries, and the entries of no flow."""
+    decode = readback.decode
+    for i in range(0, len(ents), CHUNK):
+        held: list[Held] = []
+        strays: list[p4r.TableEntry] = []
+        for ent in ents[i:i + CHUNK]:
+            e = ent.table_entry
+            h = decode(e)
+            if h is None:
+                strays.append(e)
+            else:
+                held.append(h)
+        yield held, strays
+
+
 def _send(out, obj) -> None:
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     out.write(len(data).to_bytes(4, "big"))
@@ -189,17 +198,8 @@ def main() -> int:
             n = 0
             for resp in stub.Read(p4r.ReadRequest(device_id=order.device_id,
                                                   entities=flow_read(schema, order.last_hit))):
-                ents = resp.entities
-                for i in range(0, len(ents), CHUNK):
-                    held, strays = [], []
-                    for ent in ents[i:i + CHUNK]:
-                        e = ent.table_entry
-                        h = back.decode(e)
-                        if h is None:
-                            strays.append(e.SerializeToString())
-                        else:
-                            held.append(tuple(h))
-                    _send(out, ("held", held, strays))
+                for held, strays in decoded(resp.entities, back):
+                    _send(out, ("held", [tuple(h) for h in held], [e.SerializeToString() for e in strays]))
                     n += len(held) + len(strays)
         _send(out, ("done", n))
     except grpc.RpcError as e:

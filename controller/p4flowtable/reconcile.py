@@ -115,23 +115,10 @@ class Reconcile:
                                            len(entries) >= self.read_apart_from, self.stats)
             await reader.start()
             try:
-                # connections that may be adopted, by the match of each
-                # direction's entry: each is adopted as soon as both its
-                # entries are in, while the rest of the read is on its way.
-                # Meanwhile, what the connection alone decides of its entries
-                # (connection_values, for Planner.flow). The match of each
-                # direction -> (mirror key, the entry then, both matches, their
-                # connection_values)
-                match, schema = self.readback.match, self.schema
-                waiting: dict[tuple, tuple] = {}
-                for i, (k, e) in enumerate(list(entries.items())):
-                    if i % YIELD_EVERY == 0:
-                        await asyncio.sleep(0)
-                    if self._adoptable(e):
-                        mo, mr = match(e.orig), match(e.reply)
-                        tuples = (e.orig, e.reply)
-                        waiting[mo] = waiting[mr] = (k, e, mo, mr, connection_values(schema, tuples, DIRS[0]),
-                                                     connection_values(schema, tuples, DIRS[1]))
+                # each connection is adopted as soon as both its entries are
+                # in, while the rest of the read is on its way
+                match = self.readback.match
+                waiting = await self._waiting()
                 async with contextlib.aclosing(reader.batches()) as batches:
                     async for hs, ss in batches:
                         phases.setdefault("first entries", self.clock() - t)
@@ -240,6 +227,23 @@ class Reconcile:
                  "%d kernel lease(s) released; marked connections not offloaded: %s (%s)", self.clock() - t0,
                  len(plan.adopted), len(plan.repaired), len(plan.orphans), released, dict(declined) or "none",
                  ", ".join(f"{k} {v:.2f}s" for k, v in phases.items()))
+
+    async def _waiting(self) -> dict[tuple, tuple]:
+        """The connections that may be adopted, by the match of each
+        direction's entry: (mirror key, the entry as it is now, both matches, and
+        what the connection alone decides of its entries, connection_values,
+        for Planner.flow). Made while the switch answers the read."""
+        match, schema = self.readback.match, self.schema
+        waiting: dict[tuple, tuple] = {}
+        for i, (k, e) in enumerate(list(self.mirror.entries.items())):
+            if i % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            if self._adoptable(e):
+                mo, mr = match(e.orig), match(e.reply)
+                tuples = (e.orig, e.reply)
+                waiting[mo] = waiting[mr] = (k, e, mo, mr, connection_values(schema, tuples, DIRS[0]),
+                                             connection_values(schema, tuples, DIRS[1]))
+        return waiting
 
     def _adoptable(self, e: CtEntry) -> str | None:
         """The flowtable a connection is marked for, where it has no flow
