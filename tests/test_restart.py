@@ -76,7 +76,7 @@ def test_kill_9_and_restart_keeps_the_fast_path(net, chatter, tmp_path):
     closer_port = read_json(str(tmp_path / "closer.json.connected"))["local"][1]
     ping = host_tool(net.h1, "udp-ping", "--host", "192.0.2.2", "--port", "7000", "--sport", "7200",
                      "--count", "20", "--interval", "0.05", "--out", str(tmp_path / "ping.json"))
-    wait_for(lambda: (f := flow_for(net, "tcp", sport=closer_port)) and f["offload"], 5, "the closer offloaded")
+    wait_for(lambda: (f := flow_for(net, "tcp", sport=closer_port, dport=7100)) and f["offload"], 5, "the closer offloaded")
     wait_for(lambda: (f := flow_for(net, "udp", sport=7200)) and f["offload"], 5, "the short UDP flow offloaded")
     ping.wait(10)
     adopted_before = stats(net).get("reconcile.adopted", 0)
@@ -96,14 +96,14 @@ def test_kill_9_and_restart_keeps_the_fast_path(net, chatter, tmp_path):
     # before it adopted the flow (then not adopted, or handed back on
     # conntrack's event). 30 s: a CI run once waited 15 s in vain
     try:
-        wait_for(lambda: not (f := flow_for(net, "tcp", sport=closer_port)) or not f["offload"], 30,
+        wait_for(lambda: not (f := flow_for(net, "tcp", sport=closer_port, dport=7100)) or not f["offload"], 30,
                  "the connection closed meanwhile handed back")
     except AssertionError as e:
         # a flake seen a few times (after test_backup in the same run, twice):
         # what the daemon, conntrack and the closer say, for the next one
         ct = sh("conntrack", "-L", "-p", "tcp", "--sport", str(closer_port), check=False)
         closer_out = tmp_path / "closer.json"
-        raise AssertionError(f"{e}; the flow: {flow_for(net, 'tcp', sport=closer_port)}; conntrack: {ct!r}; "
+        raise AssertionError(f"{e}; the flow: {flow_for(net, 'tcp', sport=closer_port, dport=7100)}; conntrack: {ct!r}; "
                              f"the closer: {closer_out.read_text() if closer_out.exists() else 'not done'}; "
                              f"daemon stats: {stats(net)}") from None
     wait_for(lambda: not (f := flow_for(net, "udp", sport=7200)) or not f["offload"], 15,
