@@ -136,6 +136,26 @@ def test_mirror_follows_the_kernel_table(ns):
 
 
 @kernel
+def test_count_is_the_kernels_without_a_dump(ns):
+    """The stats request (what a restart asks before its dump) against the
+    conntrack tool's count, at 0 and at 3 entries."""
+    async def run():
+        mirror = ConntrackMirror(ns)
+        await mirror.open()
+        writer = ctnl.CtnlSocket(netlink_socket(ns, 12))
+        try:
+            assert await mirror.count() == 0 == int(conntrack_cli("-C"))
+            for i in range(3):
+                await create(writer, FlowTuple(ORIG.src, ORIG.dst, 6, 40000 + i, 80),
+                             FlowTuple(REPLY.src, REPLY.dst, 6, 80, 61000 + i))
+            assert await mirror.count() == 3 == int(conntrack_cli("-C")) == len(await mirror.dump())
+        finally:
+            writer.close()
+            await mirror.close()
+    asyncio.run(run())
+
+
+@kernel
 def test_kernel_refusals_carry_the_errno(ns):
     async def run():
         s = ctnl.CtnlSocket(netlink_socket(ns, 12))

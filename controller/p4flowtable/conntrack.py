@@ -146,6 +146,10 @@ class ConntrackMirror:
             if s is not None:
                 s.close()
 
+    async def count(self) -> int | None:
+        """The kernel's count of the namespace's entries, before a dump."""
+        return await self._cmd.count()
+
     async def dump(self) -> list[CtEntry]:
         out = []
         entries: dict[FlowTuple, CtEntry] = {}

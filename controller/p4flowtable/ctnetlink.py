@@ -33,6 +33,8 @@ NLA_TYPE_MASK = 0x3FFF
 # linux/netfilter/nfnetlink.h, nfnetlink_conntrack.h
 NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 0, 1, 2
+IPCTNL_MSG_CT_GET_STATS = 5
+CTA_STATS_GLOBAL_ENTRIES = 1     # enum ctattr_stats_global
 NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY = 1, 2, 3
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO, CTA_HELP = 1, 2, 3, 4, 5
 CTA_TIMEOUT, CTA_MARK, CTA_ID = 7, 8, 12
@@ -85,6 +87,7 @@ class CtMsg:
     labels: int | None = None      # ct label bits (bit N of the label is 1 << N)
     packets: int | None = None     # both directions, where conntrack accounting is on
     mark: int | None = None        # ct mark (what `meta mark set ct mark` restores)
+    entries: int | None = None     # a stats answer's: the namespace's conntrack entries
 
 
 # -- decoding ------------------------------------------------------------------
@@ -174,6 +177,9 @@ def decode(buf: bytes, off: int, end: int, msg_type: int, flags: int) -> CtMsg:
     unpack = _NLA.unpack_from
     m = CtMsg(msg_type, flags)
     pos = off + HDR_LEN
+    if msg_type == IPCTNL_MSG_CT_GET_STATS:      # its attributes are ctattr_stats_global's
+        m.entries = _uint(buf, attrs(buf, pos, end).get(CTA_STATS_GLOBAL_ENTRIES), 4)
+        return m
     while pos + 4 <= end:
         length, atype = unpack(buf, pos)
         if length < 4 or pos + length > end:
@@ -434,6 +440,15 @@ class CtnlSocket:
 
     async def dump(self, family: int = socket.AF_UNSPEC) -> list[CtMsg]:
         return await self.request(IPCTNL_MSG_CT_GET, family, b"", NLM_F_DUMP)
+
+    async def count(self) -> int | None:
+        """How many entries the namespace's conntrack table holds, without
+        a dump (ctnetlink_stat_ct: nf_conntrack_count); None when the
+        kernel's answer lacks it."""
+        for m in await self.request(IPCTNL_MSG_CT_GET_STATS, socket.AF_UNSPEC, b""):
+            if m.entries is not None:
+                return m.entries
+        return None
 
     async def messages(self):
         """Events as they come. Raises OSError(ENOBUFS) when the kernel dropped some."""
