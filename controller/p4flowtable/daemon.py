@@ -160,8 +160,12 @@ class Daemon:
             self.rulesets.load(Path(cfg.ruleset))
         self._wire_routing()
         await self.mirror.open()
-        await self.mirror.dump()
+        # the switch first: with its pipeline kept, its entries are read
+        # while the kernel dumps conntrack (Reconcile.read_ahead)
         kept = await self.role.connect()
+        if kept:
+            await self.reconcile.read_ahead()
+        await self.mirror.dump()
         await self.api.start()
         if cfg.metrics_addr:
             await self.metrics.serve(cfg.metrics_addr)
@@ -249,6 +253,8 @@ class Daemon:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.reconcile is not None:
+            await self.reconcile.close()
         self.api.close()
         self.metrics.close()
         if self.packetio is not None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import os
 import pickle
@@ -56,6 +57,10 @@ class ReadOrder:
     last_hit: bool                     # ask for each entry's time since its last hit
     tls: tuple[str | None, str | None, str | None] = (None, None, None)    # CA, certificate, key
     server_name: str | None = None
+
+
+# a Held from its tuple without a Python call (Held._make is one): 200,000 a reconcile
+_held = functools.partial(tuple.__new__, Held)
 
 
 class ReaderFailed(Exception):
@@ -102,14 +107,12 @@ class FlowEntries:
             self.failed = ReaderFailed(f"not started: {err}")
 
     async def batches(self) -> AsyncIterator[Batch]:
-        seen: set[tuple] = set()
-        seen_strays: set[bytes] = set()
+        handed: list[Batch] = []      # by the reader, before it failed (if it does)
         if self.apart:
             try:
-                async for held, strays in self._frames():
-                    seen.update(h.key for h in held)
-                    seen_strays.update(s.SerializeToString() for s in strays)
-                    yield held, strays
+                async for batch in self._frames():
+                    handed.append(batch)
+                    yield batch
                 self.stats["reconcile.read_apart"] += 1
                 return
             except ReaderFailed as err:
@@ -117,6 +120,8 @@ class FlowEntries:
                 log.warning("the entry reader failed (%s): the daemon reads the rest itself", err)
             finally:
                 await self.close()
+        seen = {h.key for held, _ in handed for h in held}
+        seen_strays = {s.SerializeToString() for _, strays in handed for s in strays}
         async for ents in self.switch.flow_entries(self.last_hit):
             for held, strays in decoded(ents, self.readback):
                 if seen or seen_strays:        # what the reader handed over before it failed
@@ -143,7 +148,7 @@ class FlowEntries:
             if kind == "error":
                 raise ReaderFailed(rest[0])
             held, strays = rest
-            yield list(map(Held._make, held)), [p4r.TableEntry.FromString(s) for s in strays]
+            yield list(map(_held, held)), [p4r.TableEntry.FromString(s) for s in strays]
 
     async def close(self) -> None:
         proc, self.proc = self.proc, None

@@ -73,6 +73,7 @@ class SwitchWriters:
         self._idle = asyncio.Event()
         self._idle.set()
         self._users = 0
+        self.begun = 0      # writes entered so far: a read made before a later count may miss one
 
     @property
     def open(self) -> bool:
@@ -86,6 +87,7 @@ class SwitchWriters:
         """A write begins (only while open: no await between the check and this)."""
         assert self._open.is_set(), "a write entered while the reconcile holds the switch"
         self._users += 1
+        self.begun += 1
         self._idle.clear()
 
     def leave(self) -> None:

@@ -58,6 +58,29 @@ class Reconcile:
         self.ports, self.ct_lease, self.clock = ports, ct_lease, clock
         self.readback = driver.readback
         self.read_apart_from = read_apart_from
+        self._ahead: tuple[entryread.FlowEntries, int, float] | None = None     # read_ahead's
+
+    async def read_ahead(self) -> None:
+        """At the daemon's start, its pipeline kept, before its conntrack
+        dump: with read_apart_from kernel entries or more (the kernel's
+        count), the second process's read of every flow entry set going
+        now, so that the switch answers while the kernel dumps. A reconcile
+        waits for both; made one after the other, their times add up. The
+        next reconcile takes the read over, unless a flow or next hop was
+        written since it began (the read may have missed it: read again);
+        its time then counts from this read's start."""
+        n = await self.mirror.count()
+        if n is None or n < self.read_apart_from:
+            return
+        reader = entryread.FlowEntries(self.switch, self.readback, self.driver.idle_timeout, True, self.stats)
+        self._ahead = (reader, self.driver.writers.begun, self.clock())
+        await reader.start()
+
+    async def close(self) -> None:
+        """A read ahead that no reconcile took (the daemon stopped first)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            await ahead[0].close()
 
     async def run(self, kept: bool) -> None:
         """Reconcile the switch (kept: its pipeline, with its entries, was kept).
@@ -84,6 +107,16 @@ class Reconcile:
 
     async def _reconcile(self, kept: bool) -> None:
         t0 = self.clock()
+        phases = {}
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and not (kept and ahead[1] == self.driver.writers.begun):
+            await ahead[0].close()
+            ahead = None
+            self.stats["reconcile.read_ahead_dropped"] += 1
+        if ahead is not None:
+            self.stats["reconcile.read_ahead"] += 1
+            phases["read ahead of the conntrack dump"] = t0 - ahead[2]
+            t0 = ahead[2]
         # the flows the switch carries or was to: offloaded ones, and those
         # whose add was queued or met the lost switch (written below, no more
         # by the offload worker). One decided but not queued yet (its
@@ -106,14 +139,16 @@ class Reconcile:
         planner = Planner(self.schema, present, self.driver.idle_timeout, nexthops, self.readback)
         adopt = Adopting(self, held, await self._representors())
         entries = self.mirror.entries
-        phases = {}
-        t = self.clock()
+        t = self.clock() if ahead is None else ahead[2]
         if kept:
-            # the read first: a second process starts up and the switch
-            # answers while the daemon indexes its connections
-            reader = entryread.FlowEntries(self.switch, self.readback, self.driver.idle_timeout,
-                                           len(entries) >= self.read_apart_from, self.stats)
-            await reader.start()
+            # the read first (or already, read_ahead): a second process starts
+            # up and the switch answers while the daemon indexes its connections
+            if ahead is None:
+                reader = entryread.FlowEntries(self.switch, self.readback, self.driver.idle_timeout,
+                                               len(entries) >= self.read_apart_from, self.stats)
+                await reader.start()
+            else:
+                reader = ahead[0]
             try:
                 # each connection is adopted as soon as both its entries are
                 # in, while the rest of the read is on its way
