@@ -149,3 +149,39 @@ def test_bmv2_differs_from_the_spec_only_when_the_primary_goes(heard):
         ("writes with no primary", "OK"),
         ("a claims 6", ("OK", 6), True),
     ]
+
+
+def test_a_session_arriving_after_a_higher_election_id_left_knows_there_is_no_primary():
+    """Spec v1.1: once a primary with election id 1000 has gone, a client
+    with 1 is told NOT_FOUND (no primary) at its first arbitration, with
+    1000 as the highest id seen. Session marks no_primary then, so a
+    daemon's standby claims 1001 at once; it used to wait for a later
+    answer that never comes, a backup of no one."""
+    import asyncio
+    import time
+
+    from p4flowtable.p4runtime import Session
+    from p4flowtable.softswitch.server import SoftSwitchServer, serve_local
+    switch = SoftSwitchServer(1, 510)
+    server, addr = serve_local(switch)
+    try:
+        other = Client(addr)
+        other.arbitrate(1000)
+        assert other.heard()[0] == "OK"
+        other.close()
+        end = time.monotonic() + 10
+        while switch.primary is not None:
+            assert time.monotonic() < end, "the switch kept the closed stream's primary"
+            time.sleep(0.02)
+
+        async def main():
+            s = Session(addr, 1, 1)
+            try:
+                assert await s.connect(5, allow_backup=True) is False
+                assert s.highest_eid == 1000 and s.no_primary.is_set()
+                assert await s.claim_primary() and s.election_id == 1001
+            finally:
+                await s.close()
+        asyncio.run(main())
+    finally:
+        server.stop(0)

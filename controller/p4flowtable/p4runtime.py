@@ -255,6 +255,10 @@ class Session:
                         self.highest_eid = max(self.highest_eid, (a.election_id.high << 64) | a.election_id.low)
                     if self._arbitrated and not self._arbitrated.done():
                         self._arbitrated.set_result(a.status)
+                        if a.status.code == code_pb2.NOT_FOUND:
+                            # no primary already when we asked (one with a higher
+                            # election id left before): no later answer will say so
+                            self.no_primary.set()
                     elif a.status.code == code_pb2.OK:
                         if not self.is_primary:
                             self.is_primary = True
