@@ -33,14 +33,18 @@ async def _switch_with_flows(schema, address) -> SwitchControl:  # noqa: F811
     return switch
 
 
-async def _read(switch, schema, apart: bool) -> tuple[list, list]:  # noqa: F811
+async def _read(switch, schema, apart: bool, pairs: list | None = None) -> tuple[list, list]:  # noqa: F811
+    """Every entry read (pairs flattened) and the strays; pairs, when given,
+    gets the pairs."""
     held, strays = [], []
     reader = entryread.FlowEntries(switch, ReadBack(schema), False, apart)
     await reader.start()
     try:
-        async for hs, ss in reader.batches():
-            held += hs
+        async for ps, hs, ss in reader.batches():
+            held += [h for p in ps for h in p] + hs
             strays += ss
+            if pairs is not None:
+                pairs += ps
     finally:
         await reader.close()
     return held, strays
@@ -49,12 +53,15 @@ async def _read(switch, schema, apart: bool) -> tuple[list, list]:  # noqa: F811
 def test_the_reader_gives_what_the_daemon_reads_itself(schema, addr, caplog):  # noqa: F811
     async def main():
         switch = await _switch_with_flows(schema, addr)
-        own, own_strays = await _read(switch, schema, False)
+        own_pairs, apart_pairs = [], []
+        own, own_strays = await _read(switch, schema, False, own_pairs)
         with caplog.at_level(logging.WARNING, "p4ft"):
-            apart, apart_strays = await _read(switch, schema, True)
+            apart, apart_strays = await _read(switch, schema, True, apart_pairs)
         assert "entry reader failed" not in caplog.text
         assert len(own) == 2 * N and not own_strays
         assert sorted(apart) == sorted(own) and not apart_strays
+        # every flow's two entries paired, as written, by either
+        assert len(own_pairs) == N and sorted(apart_pairs) == sorted(own_pairs)
         await switch.session.close()
     asyncio.run(main())
 

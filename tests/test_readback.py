@@ -11,6 +11,7 @@ import pytest
 from p4.v1 import p4runtime_pb2 as p4r
 from test_wire import CASES, ROOT, flows
 
+from p4flowtable.entryread import Pairing
 from p4flowtable.ip import ReadBack, connection_values, entry_values, flow_entry, held_action, with_route
 from p4flowtable.model import Dir, FlowTuple, ipv4
 from p4flowtable.p4info import P4Schema
@@ -106,10 +107,9 @@ def test_fields_and_parameters_in_another_order_decode_alike(schema):
 
 
 @pytest.mark.parametrize("version,proto,nat", CASES)
-def test_values_computed_ahead_are_the_entry_values(schema, version, proto, nat):
-    """What a reconcile computes from the connection while the switch answers
-    (connection_values, ReadBack.match), completed by the route, is what the
-    entry is written with (reconcile.Planner.flow compares either)."""
+def test_values_computed_apart_are_the_entry_values(schema, version, proto, nat):
+    """What entry_values writes is connection_values completed by the route,
+    and the entry's key is the connection's match with its ingress port."""
     back = ReadBack(schema)
     for f in flows(version, proto, nat):
         for d in Dir:
@@ -118,3 +118,51 @@ def test_values_computed_ahead_are_the_entry_values(schema, version, proto, nat)
             assert ahead == layout
             assert with_route(conn, f.nexthops[d], f.routes[d].mtu) == values
             assert (f.iif[d],) + back.match(f.tuples[d])[1:] == keys
+
+
+@pytest.mark.parametrize("version,proto,nat", CASES)
+def test_the_reader_pairs_and_checks_entries_as_the_plan_would(schema, version, proto, nat):
+    """entryread.Pairing finds a connection's two entries from the entries
+    alone (ReadBack.peer) and passes a pair only when both are what the
+    daemon writes (ReadBack.as_written): every value the connection decides
+    changed, in either entry, makes the pair two singles, as the plan's
+    comparison would write them again; the next hop and MTU are the
+    entry's own (the daemon compares next hops itself)."""
+    back = ReadBack(schema)
+    for f in flows(version, proto, nat):
+        o, r = (back.decode(flow_entry(schema, f, d, True)) for d in Dir)
+        if o.match == r.match:
+            continue        # a connection from an address and port to themselves: no direction to tell
+        assert back.peer(o) == r.match and back.peer(r) == o.match
+        assert back.as_written(o, r) and back.as_written(r, o)
+        for first, second in ((o, r), (r, o)):
+            pairing = Pairing(back)
+            assert pairing.add([first]) == ([], []) and pairing.add([second]) == ([(first, second)], [])
+            assert pairing.rest() == []
+        for which in (0, 1):
+            h = (o, r)[which]
+            layout = entry_values(schema, f, Dir(which), True)[0]
+            names = [n for (pid, _), n in zip(layout[3], ("nexthop_id", "src_addr", "dst_addr", "src_port",
+                                                          "dst_port", "mtu", "d1", "d2")) if pid is not None]
+            for i, name in enumerate(names):
+                values = list(h.action[1])
+                values[i] ^= 1
+                bad = h._replace(action=(h.action[0], tuple(values)),
+                                 **({"nexthop": values[i]} if name == "nexthop_id" else
+                                    {"mtu": values[i]} if name == "mtu" else {}))
+                pair = (bad, r) if which == 0 else (o, bad)
+                if name in ("nexthop_id", "mtu"):
+                    assert back.as_written(*pair) and back.as_written(pair[1], pair[0])
+                    continue
+                ok = back.as_written(pair[0], pair[1]) and back.as_written(pair[1], pair[0])
+                assert not ok, f"{name} changed in direction {which} passed"
+                assert Pairing(back).add(list(pair))[0] == []
+
+
+def test_another_action_than_the_connections_is_not_as_written(schema):
+    back = ReadBack(schema)
+    for f in flows(4, 6, True, 5)[3:]:
+        o, r = (back.decode(flow_entry(schema, f, d, True)) for d in Dir)
+        udp = schema.action("forward_udp_v4").id
+        assert back.as_written(o, r)
+        assert not back.as_written(o._replace(action=(udp, o.action[1])), r)

@@ -8,7 +8,10 @@ the read is made and decoded by a second process instead. It needs no
 primary role: it opens no stream and sends no arbitration, and both
 switches answer its Read, as they answer the benches' second clients. It
 hands the daemon the decoded entries as plain tuples, a few thousand at a
-time, and the daemon joins them with its connections as they arrive.
+time, and the daemon joins them with its connections as they arrive. It
+also pairs each entry with its connection's other direction and checks
+the two against each other (Pairing), work that is the same for the
+daemon's own read but that, made here, runs on another core.
 
 With few connections, the daemon reads and decodes itself, since starting
 a process costs more than the decode. It also does so when the reader
@@ -18,7 +21,8 @@ cannot be read then fails that read, as it would without a reader.
 The reader is `python -m p4flowtable.entryread`. Its order (ReadOrder)
 arrives pickled on stdin. It answers on stdout in frames, each a 4-byte
 length and then a pickle:
-- ("held", [Held as a tuple, ...], [an entry of no flow, serialized, ...]);
+- ("held", [(Held, Held) as tuples: a pair (Pairing), ...], [Held as a tuple: a single, ...],
+  [an entry of no flow, serialized, ...]);
 - ("error", what went wrong);
 - ("done", number of entries).
 """
@@ -67,7 +71,46 @@ class ReaderFailed(Exception):
     pass
 
 
-Batch = tuple[list[Held], list[p4r.TableEntry]]     # flow entries decoded; entries of no flow
+# flow entries paired with their connection's other direction and as the
+# daemon writes them (Pairing); flow entries not so; entries of no flow
+Batch = tuple[list[tuple[Held, Held]], list[Held], list[p4r.TableEntry]]
+
+
+class Pairing:
+    """Flow entries as they are decoded, each paired with the entry of its
+    connection's other direction once both are in (ReadBack.peer: from an
+    entry's match and rewrite alone), where the two are what the daemon
+    writes for that connection (ReadBack.as_written). The check is the
+    reconcile plan's, made here in the reader's process, so the daemon
+    only joins a pair to its conntrack entry and compares next hops. Any
+    other entry is a single: unpaired at the end, two with one match,
+    a pair not as written."""
+
+    def __init__(self, readback: ReadBack):
+        self.readback = readback
+        self.unpaired: dict[tuple, Held] = {}
+
+    def add(self, held: list[Held]) -> tuple[list[tuple[Held, Held]], list[Held]]:
+        peer, as_written, unpaired = self.readback.peer, self.readback.as_written, self.unpaired
+        pairs: list[tuple[Held, Held]] = []
+        singles: list[Held] = []
+        for h in held:
+            other = unpaired.pop(peer(h), None)
+            if other is None:
+                if h.match in unpaired:
+                    singles.append(h)       # another entry with this match: the daemon sorts them out
+                else:
+                    unpaired[h.match] = h
+            elif peer(other) == h.match and as_written(h, other) and as_written(other, h):
+                pairs.append((other, h))
+            else:
+                singles += (other, h)
+        return pairs, singles
+
+    def rest(self) -> list[Held]:
+        """The entries whose other direction never came."""
+        out, self.unpaired = list(self.unpaired.values()), {}
+        return out
 
 
 class FlowEntries:
@@ -107,6 +150,7 @@ class FlowEntries:
             self.failed = ReaderFailed(f"not started: {err}")
 
     async def batches(self) -> AsyncIterator[Batch]:
+        """The entries, as they are decoded and paired (Pairing)."""
         handed: list[Batch] = []      # by the reader, before it failed (if it does)
         if self.apart:
             try:
@@ -120,15 +164,17 @@ class FlowEntries:
                 log.warning("the entry reader failed (%s): the daemon reads the rest itself", err)
             finally:
                 await self.close()
-        seen = {h.key for held, _ in handed for h in held}
-        seen_strays = {s.SerializeToString() for _, strays in handed for s in strays}
+        seen = {h.key for pairs, singles, _ in handed for h in singles + [h for p in pairs for h in p]}
+        seen_strays = {s.SerializeToString() for _, _, strays in handed for s in strays}
+        pairing = Pairing(self.readback)
         async for ents in self.switch.flow_entries(self.last_hit):
             for held, strays in decoded(ents, self.readback):
                 if seen or seen_strays:        # what the reader handed over before it failed
                     held = [h for h in held if h.key not in seen]
                     strays = [e for e in strays if e.SerializeToString() not in seen_strays]
-                yield held, strays
+                yield *pairing.add(held), strays
                 await asyncio.sleep(0)      # the API, conntrack events, the switch's stream meanwhile
+        yield [], pairing.rest(), []
 
     async def _frames(self) -> AsyncIterator[Batch]:
         if self.failed is not None:
@@ -147,8 +193,9 @@ class FlowEntries:
                 return
             if kind == "error":
                 raise ReaderFailed(rest[0])
-            held, strays = rest
-            yield list(map(_held, held)), [p4r.TableEntry.FromString(s) for s in strays]
+            pairs, singles, strays = rest
+            yield ([(_held(a), _held(b)) for a, b in pairs], list(map(_held, singles)),
+                   [p4r.TableEntry.FromString(s) for s in strays])
 
     async def close(self) -> None:
         proc, self.proc = self.proc, None
@@ -201,11 +248,15 @@ def main() -> int:
                           aio=False) as channel:
             stub = p4runtime_pb2_grpc.P4RuntimeStub(channel)
             n = 0
+            pairing = Pairing(back)
             for resp in stub.Read(p4r.ReadRequest(device_id=order.device_id,
                                                   entities=flow_read(schema, order.last_hit))):
                 for held, strays in decoded(resp.entities, back):
-                    _send(out, ("held", [tuple(h) for h in held], [e.SerializeToString() for e in strays]))
+                    pairs, singles = pairing.add(held)
+                    _send(out, ("held", [(tuple(a), tuple(b)) for a, b in pairs], [tuple(h) for h in singles],
+                                [e.SerializeToString() for e in strays]))
                     n += len(held) + len(strays)
+            _send(out, ("held", [], [tuple(h) for h in pairing.rest()], []))
         _send(out, ("done", n))
     except grpc.RpcError as e:
         _send(out, ("error", f"read failed: {e.code().name}: {e.details()}"))

@@ -71,9 +71,14 @@ def checksum_deltas(t: FlowTuple, rw) -> tuple[int, int]:
     and the TTL decrement, the transport's the addresses (pseudo-header) and
     ports. The kernel applies the same changes one by one
     (csum_replace4, inet_proto_csum_replace4/2, ip_decrease_ttl)."""
-    old, new = int(t.src) + int(t.dst), int(rw.src) + int(rw.dst)
-    l4 = csum_delta(old + t.sport + t.dport, new + rw.sport + rw.dport)
-    return (csum_delta(old, new, TTL_DECREMENT_DELTA) if t.src.version == 4 else 0), l4
+    return _deltas(t.src.version, int(t.src) + int(t.dst), t.sport + t.dport,
+                   int(rw.src) + int(rw.dst), rw.sport + rw.dport)
+
+
+def _deltas(version: int, addrs: int, ports: int, new_addrs: int, new_ports: int) -> tuple[int, int]:
+    """checksum_deltas from sums of plain integers: the addresses', the ports'."""
+    l4 = csum_delta(addrs + ports, new_addrs + new_ports)
+    return (csum_delta(addrs, new_addrs, TTL_DECREMENT_DELTA) if version == 4 else 0), l4
 
 
 @functools.lru_cache(maxsize=16)
@@ -129,9 +134,16 @@ def connection_values(schema: P4Schema, tuples: tuple[FlowTuple, FlowTuple], d: 
     if not nat:
         return layout, (None, None)
     rw = rewrite_for(tuples, d)
-    ip_delta, l4_delta = checksum_deltas(t, rw)
-    return layout, (None, int(rw.src), int(rw.dst), rw.sport, rw.dport, None) \
-        + ((ip_delta, l4_delta) if t.src.version == 4 else (l4_delta,))
+    return layout, _nat_values(t.src.version, int(t.src), int(t.dst), t.sport, t.dport,
+                               int(rw.src), int(rw.dst), rw.sport, rw.dport)
+
+
+def _nat_values(version: int, src: int, dst: int, sport: int, dport: int,
+                new_src: int, new_dst: int, new_sport: int, new_dport: int) -> tuple:
+    """connection_values' NAT parameters, from plain integers: a packet's
+    addresses and ports, and what they are rewritten to."""
+    ip_delta, l4_delta = _deltas(version, src + dst, sport + dport, new_src + new_dst, new_sport + new_dport)
+    return (None, new_src, new_dst, new_sport, new_dport, None) + ((ip_delta, l4_delta) if version == 4 else (l4_delta,))
 
 
 def with_route(conn: tuple, nexthop: int, mtu: int) -> tuple:
@@ -217,6 +229,8 @@ class ReadBack:
             self.widths[tid] = tuple(w for _, w in fields)
             self.table_of[version] = tid
         self.actions: dict[int, tuple] = {}
+        self.layouts: dict[int, tuple] = {}     # action id -> (its _layout, NAT or not, IP version)
+        self.chosen: dict[tuple, tuple] = {}    # (IP version, transport, NAT) -> the _layout entry_values takes
         for version in (4, 6):
             for l4proto, nat in ((IPPROTO_TCP, True), (IPPROTO_UDP, True), (IPPROTO_TCP, False)):
                 _, _, action_id, params = _layout(schema, version, l4proto, nat)
@@ -224,6 +238,10 @@ class ReadBack:
                          if pid is not None]
                 self.actions[action_id] = (tuple(pid for pid, _ in params if pid is not None),
                                            names.index("nexthop_id"), names.index("mtu"))
+                self.layouts[action_id] = (_layout(schema, version, l4proto, nat), nat, version)
+            for l4proto in (IPPROTO_TCP, IPPROTO_UDP):
+                for nat in (True, False):
+                    self.chosen[version, l4proto, nat] = _layout(schema, version, l4proto, nat)
 
     def match(self, t: FlowTuple) -> tuple:
         """Held.match of the entry that matches tuple t."""
@@ -243,6 +261,32 @@ class ReadBack:
         for fid, width, v in zip(self.tables[table_id], self.widths[table_id], keys):
             e.match.add(field_id=fid, exact=p4r.FieldMatch.Exact(value=v.to_bytes(width, "big")))
         return e
+
+    def peer(self, h: Held) -> tuple:
+        """The match of the other direction's entry of h's connection, from
+        h's own match and action: its rewrite reversed (NAT), or its match
+        reversed (routed)."""
+        tid, src, dst, proto, sport, dport = h.match
+        action_id, v = h.action
+        if self.layouts[action_id][1]:
+            return tid, v[2], v[1], proto, v[4], v[3]
+        return tid, dst, src, proto, dport, sport
+
+    def as_written(self, h: Held, peer: Held) -> bool:
+        """Whether h is the entry the daemon writes for its direction of the
+        connection whose other direction's entry matches as peer does, with
+        h's own next hop and MTU: the same check as the reconcile's plan
+        (connection_values completed by with_route, then held_action), made
+        from the two entries alone."""
+        tid, src, dst, proto, sport, dport = h.match
+        ptid, psrc, pdst, pproto, psport, pdport = peer.match
+        _, _, version = self.layouts[h.action[0]]
+        nat = not (psrc == dst and pdst == src and psport == dport and pdport == sport and pproto == proto)
+        layout = self.chosen.get((version, proto, nat))     # what the daemon writes for such a connection
+        if layout is None or layout[0] != tid or ptid != tid or layout[2] != h.action[0]:
+            return False
+        conn = _nat_values(version, src, dst, sport, dport, pdst, psrc, pdport, psport) if nat else (None, None)
+        return h.action == held_action(layout, with_route(conn, h.nexthop, h.mtu))
 
     def decode(self, entry: p4r.TableEntry) -> Held | None:
         """None for an entry that is no flow entry of this program (another

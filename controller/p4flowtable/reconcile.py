@@ -28,7 +28,7 @@ from .core import Flowtables
 from .decide import MAX_BATCH_FLOWS, Decisions
 from .events import EventBus
 from .flowoffload import FlowOffload
-from .ip import Held, ReadBack, connection_values, entry_values, flow_entry, held_action, with_route
+from .ip import Held, ReadBack, entry_values, flow_entry, held_action
 from .model import DIRS, Flow, FlowFlag, FlowRoute
 from .nexthop import NextHop, NextHops
 from .offload import FlowRead, P4RuntimeDriver
@@ -152,36 +152,15 @@ class Reconcile:
             try:
                 # each connection is adopted as soon as both its entries are
                 # in, while the rest of the read is on its way
-                match = self.readback.match
-                waiting = await self._waiting()
+                join = Joining(self, await self._waiting(), present, held, adopt, planner, fresh)
                 async with contextlib.aclosing(reader.batches()) as batches:
-                    async for hs, ss in batches:
+                    async for pairs, singles, ss in batches:
                         phases.setdefault("first entries", self.clock() - t)
                         strays += ss
-                        for h in hs:
-                            present[h.key] = held[h.match] = h
-                            w = waiting.pop(h.match, None)
-                            if w is None:
-                                continue
-                            k, then, mo, mr, co, cr = w
-                            e = entries.get(k)      # as it is now
-                            if e is None:
-                                continue
-                            pre = ((mo, co), (mr, cr))
-                            if e is not then:       # replaced since: its tuples may be too
-                                mo, mr = match(e.orig), match(e.reply)
-                                pre = None
-                            o, r = held.get(mo), held.get(mr)
-                            if o is None or r is None:
-                                continue            # the other direction is still to come
-                            waiting.pop(mo, None)
-                            waiting.pop(mr, None)
-                            name = self._adoptable(e)
-                            # no await between the look and the flow
-                            got = adopt(e, name, o, r) if name else None
-                            if got is not None:
-                                fresh.append(got)
-                                planner.flow(got[0], pre)
+                        for a, b in pairs:
+                            join.pair(a, b)
+                        for h in singles:
+                            join.single(h)
             finally:
                 await reader.close()
             phases["read and adopt"] = self.clock() - t
@@ -265,19 +244,16 @@ class Reconcile:
 
     async def _waiting(self) -> dict[tuple, tuple]:
         """The connections that may be adopted, by the match of each
-        direction's entry: (mirror key, the entry as it is now, both matches, and
-        what the connection alone decides of its entries, connection_values,
-        for Planner.flow). Made while the switch answers the read."""
-        match, schema = self.readback.match, self.schema
+        direction's entry: (mirror key, the entry as it is now, both
+        matches). Made while the switch answers the read."""
+        match = self.readback.match
         waiting: dict[tuple, tuple] = {}
         for i, (k, e) in enumerate(list(self.mirror.entries.items())):
             if i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
             if self._adoptable(e):
                 mo, mr = match(e.orig), match(e.reply)
-                tuples = (e.orig, e.reply)
-                waiting[mo] = waiting[mr] = (k, e, mo, mr, connection_values(schema, tuples, DIRS[0]),
-                                             connection_values(schema, tuples, DIRS[1]))
+                waiting[mo] = waiting[mr] = (k, e, mo, mr)
         return waiting
 
     def _adoptable(self, e: CtEntry) -> str | None:
@@ -346,23 +322,37 @@ class Planner:
         self.readback = readback
         self.plan = ReconcilePlan()
 
-    def flow(self, f: Flow, pre: tuple | None = None) -> None:
-        """pre: per direction, the ReadBack.match of its entry and its
-        connection_values (layout and values), computed ahead."""
+    def flow(self, f: Flow) -> None:
+        f.nexthops = self._nexthops(f)
+        self._plan(f)
+
+    def checked(self, f: Flow, o: Held, r: Held) -> None:
+        """A flow whose two entries (o: its original direction's) the
+        reader paired and found as the daemon writes them, with their own
+        next hops and MTUs (entryread.Pairing), and that no one else
+        claimed: adopted as they are when the flow's next hops are theirs,
+        else planned as `flow` plans."""
+        f.nexthops = self._nexthops(f)
+        if f.nexthops == (o.nexthop, r.nexthop):
+            self.plan.adopted.append(f)
+            self.plan.held[id(f)] = (o, r)
+        else:
+            self.left[o.key] = o
+            self.left[r.key] = r
+            self._plan(f)
+
+    def _nexthops(self, f: Flow) -> tuple[int, int]:
+        return tuple(self.nexthops.acquire(f, d, f.routes[d]).id for d in DIRS)
+
+    def _plan(self, f: Flow) -> None:
         plan, left, schema = self.plan, self.left, self.schema
-        f.nexthops = tuple(self.nexthops.acquire(f, d, f.routes[d]).id for d in DIRS)
         ttl = int(f.timeout * 1e9) if self.idle_timeout else 0
         ups = []
         kept: list[Held] = []
         for d in DIRS:
             # compared as values: an entry message is built only for what
             # must be written
-            if pre is None:
-                layout, keys, values = entry_values(schema, f, d, True)
-            else:
-                match, (layout, conn) = pre[d]
-                keys = (f.iif[d],) + match[1:]
-                values = with_route(conn, f.nexthops[d], f.routes[d].mtu)
+            layout, keys, values = entry_values(schema, f, d, True)
             old = left.pop((layout[0], keys), None)
             if old is not None and old.action == held_action(layout, values):
                 kept.append(old)
@@ -391,6 +381,65 @@ class Planner:
             nh.written = True
         plan.orphans = deletes([self.readback.match_entry(h.key) for h in self.left.values()])
         return plan
+
+
+class Joining:
+    """The reconcile's join of the entries read to the connections that may
+    be adopted (`waiting`, Reconcile._waiting), as the read hands them
+    over: a pair (entryread.Pairing) at once, a single entry once the other
+    direction's is in. Each connection is looked up as it is now, and
+    nothing is awaited between that look and its flow."""
+
+    def __init__(self, rec: Reconcile, waiting: dict[tuple, tuple], present: dict[tuple, Held],
+                 held: dict[tuple, Held], adopt: Adopting, planner: Planner, fresh: list):
+        self.rec, self.waiting, self.present, self.held = rec, waiting, present, held
+        self.adopt, self.planner, self.fresh = adopt, planner, fresh
+        self.entries, self.match = rec.mirror.entries, rec.readback.match
+
+    def pair(self, a: Held, b: Held) -> None:
+        w = self.waiting.get(a.match)
+        if w is not None:
+            k, then, mo, mr = w
+            o, r = (a, b) if (mo, mr) == (a.match, b.match) else (b, a) if (mo, mr) == (b.match, a.match) else (None, None)
+            if o is not None and self.entries.get(k) is then:     # unchanged since indexed: the same tuples
+                self.waiting.pop(mo, None)
+                self.waiting.pop(mr, None)
+                if not self._adopt(then, o, r, checked=True):
+                    self.present[o.key] = self.held[o.match] = o
+                    self.present[r.key] = self.held[r.match] = r
+                return
+        self.single(a)
+        self.single(b)
+
+    def single(self, h: Held) -> None:
+        self.present[h.key] = self.held[h.match] = h
+        w = self.waiting.pop(h.match, None)
+        if w is None:
+            return
+        k, then, mo, mr = w
+        e = self.entries.get(k)      # as it is now
+        if e is None:
+            return
+        if e is not then:       # replaced since: its tuples may be too
+            mo, mr = self.match(e.orig), self.match(e.reply)
+        o, r = self.held.get(mo), self.held.get(mr)
+        if o is None or r is None:
+            return            # the other direction is still to come
+        self.waiting.pop(mo, None)
+        self.waiting.pop(mr, None)
+        self._adopt(e, o, r, checked=False)
+
+    def _adopt(self, e: CtEntry, o: Held, r: Held, checked: bool) -> bool:
+        name = self.rec._adoptable(e)
+        got = self.adopt(e, name, o, r) if name else None
+        if got is None:
+            return False
+        self.fresh.append(got)
+        if checked:
+            self.planner.checked(got[0], o, r)
+        else:
+            self.planner.flow(got[0])
+        return True
 
 
 class Adopting:
