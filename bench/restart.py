@@ -15,7 +15,8 @@ of every flow entry and one conntrack dump.
 Beyond the committed program's 131,072 IPv4 flows (flow_table_v4: 262,144
 entries), the v1model program is compiled again with a flow table that holds
 them (p4c-bm2-ss -DFLOW_TABLE_V4_SIZE=...), into a temporary directory, and
-the daemon is given that build; the embedded target takes any size. The
+the daemon is given that build (without p4c, the embedded target gets the
+committed build with that one size raised: sized_copy). The
 kernel's conntrack table is raised to hold them too. Each run also reports
 the daemon's and the switch's memory (peak resident set) once converged.
 """
@@ -53,11 +54,17 @@ P4C = "p4c-bm2-ss"
 V4_SIZE = 262144          # p4src/include/size.p4
 
 
-def program_for(n: int, directory: Path) -> tuple[str, ...]:
+def program_for(n: int, directory: Path, switch: str = "bmv2") -> tuple[str, ...]:
     """Daemon options naming a v1model build whose IPv4 flow table holds n
-    flows (two entries each); none where the committed one does."""
+    flows (two entries each); none where the committed one does. Without
+    p4c, for the embedded target: the committed build with that table's
+    size raised where it is written (the JSON's max_size and the P4Info's
+    size, the only two places the size define reaches), which is what the
+    embedded target reads."""
     if 2 * n <= V4_SIZE:
         return ()
+    if switch == "soft" and not shutil.which(P4C):
+        return sized_copy(1 << (2 * n - 1).bit_length(), directory)
     if not shutil.which(P4C):
         raise SystemExit(f"restart: {n} flows need a flow table of {2 * n} entries; {P4C} is not installed "
                          f"to build one")
@@ -65,6 +72,25 @@ def program_for(n: int, directory: Path) -> tuple[str, ...]:
     subprocess.run([P4C, "--std", "p4-16", "--arch", "v1model", f"-DFLOW_TABLE_V4_SIZE={size}",
                     "-o", str(directory / "flowtable.json"), "--p4runtime-files",
                     str(directory / "flowtable.p4info.txtpb"), str(ROOT / "p4src/flowtable.p4")], check=True)
+    return ("--p4info", str(directory / "flowtable.p4info.txtpb"), "--device-config",
+            str(directory / "flowtable.json"))
+
+
+def sized_copy(size: int, directory: Path) -> tuple[str, ...]:
+    """The committed v1model build, flow_table_v4 holding size entries."""
+    import json
+    from google.protobuf import text_format
+    from p4.config.v1 import p4info_pb2
+    build = ROOT / "p4src/build"
+    js = json.loads((build / "flowtable.json").read_text())
+    tables = [t for p in js["pipelines"] for t in p["tables"] if t["name"].endswith("flow_table_v4")]
+    info = text_format.Parse((build / "flowtable.p4info.txtpb").read_text(), p4info_pb2.P4Info())
+    infos = [t for t in info.tables if t.preamble.name.endswith("flow_table_v4")]
+    if len(tables) != 1 or len(infos) != 1:
+        raise SystemExit("restart: flow_table_v4 not found once in the committed build")
+    tables[0]["max_size"] = infos[0].size = size
+    (directory / "flowtable.json").write_text(json.dumps(js))
+    (directory / "flowtable.p4info.txtpb").write_text(text_format.MessageToString(info))
     return ("--p4info", str(directory / "flowtable.p4info.txtpb"), "--device-config",
             str(directory / "flowtable.json"))
 
@@ -128,7 +154,7 @@ async def read_and_dump(grpc: str) -> tuple[list[float], list[float], list[float
 def one_size(switch: str, n: int, profile: str | None = None) -> dict:
     conntrack_room(n)
     with tempfile.TemporaryDirectory(prefix="p4ftb-p4-") as tmp, \
-            rig(switch, "restart", ("--timeout", "ft/tcp=3600", *program_for(n, Path(tmp)))) as r:
+            rig(switch, "restart", ("--timeout", "ft/tcp=3600", *program_for(n, Path(tmp), switch))) as r:
         return _one_size(r, switch, n, profile)
 
 
