@@ -58,10 +58,11 @@ class Client:
         except queue.Empty:
             return True
 
-    def write(self) -> str:
-        """A write of nothing but the claim to be primary: its status code."""
+    def write(self, updates=()) -> str:
+        """A write (of nothing: the claim to be primary alone): its status code."""
         try:
-            self.stub.Write(p4r.WriteRequest(device_id=1, election_id=p4r.Uint128(low=self.eid), updates=[]))
+            self.stub.Write(p4r.WriteRequest(device_id=1, election_id=p4r.Uint128(low=self.eid),
+                                             updates=list(updates)))
             return "OK"
         except grpc.RpcError as e:
             return e.code().name

@@ -12,7 +12,7 @@ from p4.v1 import p4runtime_pb2 as p4r
 from test_wire import CASES, ROOT, flows
 
 from p4flowtable.entryread import Pairing
-from p4flowtable.ip import ReadBack, connection_values, entry_values, flow_entry, held_action, with_route
+from p4flowtable.ip import ReadBack, entry_values, flow_entry, held_action
 from p4flowtable.model import Dir, FlowTuple, ipv4
 from p4flowtable.p4info import P4Schema
 
@@ -104,20 +104,6 @@ def test_fields_and_parameters_in_another_order_decode_alike(schema):
                 (want.key, want.port, want.match, want.action, want.nexthop, want.mtu)
             del shuffled.match[0]
             assert back.decode(shuffled) is None
-
-
-@pytest.mark.parametrize("version,proto,nat", CASES)
-def test_values_computed_apart_are_the_entry_values(schema, version, proto, nat):
-    """What entry_values writes is connection_values completed by the route,
-    and the entry's key is the connection's match with its ingress port."""
-    back = ReadBack(schema)
-    for f in flows(version, proto, nat):
-        for d in Dir:
-            layout, keys, values = entry_values(schema, f, d, True)
-            ahead, conn = connection_values(schema, f.tuples, d)
-            assert ahead == layout
-            assert with_route(conn, f.nexthops[d], f.routes[d].mtu) == values
-            assert (f.iif[d],) + back.match(f.tuples[d])[1:] == keys
 
 
 @pytest.mark.parametrize("version,proto,nat", CASES)

@@ -11,17 +11,15 @@ stray, and the switch ends up holding every connection's entries as they
 were written (next hops compared by the port and MAC they name)."""
 
 import itertools
-import queue
-import threading
 from pathlib import Path
 
-import grpc
 import pytest
-from p4.v1 import p4runtime_pb2 as p4r, p4runtime_pb2_grpc
+from p4.v1 import p4runtime_pb2 as p4r
 
-from integration import (ROOT, host_tool, net_per_switch, read_json, stats, switch_channel, switch_flow_entries,
+from integration import (ROOT, host_tool, net_per_switch, read_json, stats, switch_flow_entries,
                          switch_nexthops, wait_for)
 from p4ft_topo import make_ruleset, p4ft
+from test_arbitration import Client
 from p4flowtable.p4info import P4Schema
 
 pytestmark = pytest.mark.integration
@@ -49,29 +47,15 @@ ELECTION_IDS = itertools.count(10**6, 10**6)    # each above the last, and above
 
 
 def write_as_primary(net, updates: list[p4r.Update]) -> None:
-    """Writes as a controller of its own, primary while no daemon is
-    connected; its stream closes after."""
-    election_id = next(ELECTION_IDS)
-    with switch_channel(net) as ch:
-        stub = p4runtime_pb2_grpc.P4RuntimeStub(ch)
-        out: queue.Queue = queue.Queue()
-        heard: queue.Queue = queue.Queue()
-        call = stub.StreamChannel(iter(out.get, None))
-
-        def read():
-            try:
-                for r in call:
-                    heard.put(r)
-            except grpc.RpcError:
-                pass
-        threading.Thread(target=read, daemon=True).start()
-        eid = p4r.Uint128(low=election_id)
-        out.put(p4r.StreamMessageRequest(arbitration=p4r.MasterArbitrationUpdate(device_id=1, election_id=eid)))
-        answer = heard.get(timeout=10)
-        assert answer.arbitration.status.code == 0, f"not primary: {answer}"
-        stub.Write(p4r.WriteRequest(device_id=1, election_id=eid, updates=updates), timeout=10)
-        out.put(None)
-        call.cancel()
+    """Writes as a controller of its own (test_arbitration's), primary while
+    no daemon is connected; its stream closes after."""
+    c = Client(f"127.0.0.1:{net.grpc_port}")
+    try:
+        c.arbitrate(next(ELECTION_IDS))
+        assert c.heard(10)[0] == "OK", "not primary"
+        assert c.write(updates) == "OK"
+    finally:
+        c.close()
 
 
 def reconcile_line(net) -> list[str]:

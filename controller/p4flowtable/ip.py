@@ -116,42 +116,30 @@ def entry_values(schema: P4Schema, flow: Flow, d: Dir, with_action: bool = True)
     parameters) with its match values and, with_action, its parameter
     values, in layout order: what flow_entry and wire.UpdateTemplate encode."""
     t = flow.tuples[d]
+    nat = has_nat(flow.tuples)
+    layout = _layout(schema, t.src.version, t.l4proto, nat)
     keys = (flow.iif[d], int(t.src), int(t.dst), t.l4proto, t.sport, t.dport)
     if not with_action:
-        return _layout(schema, t.src.version, t.l4proto, has_nat(flow.tuples)), keys, ()
-    layout, conn = connection_values(schema, flow.tuples, d)
-    return layout, keys, with_route(conn, flow.nexthops[d], flow.routes[d].mtu)
+        return layout, keys, ()
+    rewrite = None
+    if nat:
+        rw = rewrite_for(flow.tuples, d)
+        rewrite = (int(t.src), int(t.dst), t.sport, t.dport, int(rw.src), int(rw.dst), rw.sport, rw.dport)
+    return layout, keys, _param_values(t.src.version, flow.nexthops[d], flow.routes[d].mtu, rewrite)
 
 
-def connection_values(schema: P4Schema, tuples: tuple[FlowTuple, FlowTuple], d: Dir) -> tuple:
-    """The layout of direction d's entry and the parameter values the
-    connection alone decides (NAT rewrite, checksum deltas), with None in
-    the next hop's and the MTU's places (with_route fills them): a
-    reconcile computes these while the switch's answer is on its way."""
-    t = tuples[d]
-    nat = has_nat(tuples)
-    layout = _layout(schema, t.src.version, t.l4proto, nat)
-    if not nat:
-        return layout, (None, None)
-    rw = rewrite_for(tuples, d)
-    return layout, _nat_values(t.src.version, int(t.src), int(t.dst), t.sport, t.dport,
-                               int(rw.src), int(rw.dst), rw.sport, rw.dport)
-
-
-def _nat_values(version: int, src: int, dst: int, sport: int, dport: int,
-                new_src: int, new_dst: int, new_sport: int, new_dport: int) -> tuple:
-    """connection_values' NAT parameters, from plain integers: a packet's
-    addresses and ports, and what they are rewritten to."""
-    ip_delta, l4_delta = _deltas(version, src + dst, sport + dport, new_src + new_dst, new_sport + new_dport)
-    return (None, new_src, new_dst, new_sport, new_dport, None) + ((ip_delta, l4_delta) if version == 4 else (l4_delta,))
-
-
-def with_route(conn: tuple, nexthop: int, mtu: int) -> tuple:
-    """connection_values' parameter values with the next hop and the MTU
-    in their places (first and sixth with NAT, first and second without)."""
-    if len(conn) == 2:
+def _param_values(version: int, nexthop: int, mtu: int, rewrite: tuple | None) -> tuple:
+    """An entry's parameter values in layout order, from plain integers:
+    its next hop and MTU and, with NAT, rewrite: a packet's addresses and
+    ports and what they become (src, dst, sport, dport, then the new four),
+    with the checksum deltas that follow. entry_values and
+    ReadBack.as_written both compute them here."""
+    if rewrite is None:
         return nexthop, mtu
-    return (nexthop,) + conn[1:5] + (mtu,) + conn[6:]
+    src, dst, sport, dport, new_src, new_dst, new_sport, new_dport = rewrite
+    ip_delta, l4_delta = _deltas(version, src + dst, sport + dport, new_src + new_dst, new_sport + new_dport)
+    return (nexthop, new_src, new_dst, new_sport, new_dport, mtu) \
+        + ((ip_delta, l4_delta) if version == 4 else (l4_delta,))
 
 
 def flow_entry(schema: P4Schema, flow: Flow, d: Dir, with_action: bool = True,
@@ -229,7 +217,7 @@ class ReadBack:
             self.widths[tid] = tuple(w for _, w in fields)
             self.table_of[version] = tid
         self.actions: dict[int, tuple] = {}
-        self.layouts: dict[int, tuple] = {}     # action id -> (its _layout, NAT or not, IP version)
+        self.kinds: dict[int, tuple[bool, int]] = {}     # action id -> (NAT or not, IP version)
         self.chosen: dict[tuple, tuple] = {}    # (IP version, transport, NAT) -> the _layout entry_values takes
         for version in (4, 6):
             for l4proto, nat in ((IPPROTO_TCP, True), (IPPROTO_UDP, True), (IPPROTO_TCP, False)):
@@ -238,7 +226,7 @@ class ReadBack:
                          if pid is not None]
                 self.actions[action_id] = (tuple(pid for pid, _ in params if pid is not None),
                                            names.index("nexthop_id"), names.index("mtu"))
-                self.layouts[action_id] = (_layout(schema, version, l4proto, nat), nat, version)
+                self.kinds[action_id] = (nat, version)
             for l4proto in (IPPROTO_TCP, IPPROTO_UDP):
                 for nat in (True, False):
                     self.chosen[version, l4proto, nat] = _layout(schema, version, l4proto, nat)
@@ -268,7 +256,7 @@ class ReadBack:
         reversed (routed)."""
         tid, src, dst, proto, sport, dport = h.match
         action_id, v = h.action
-        if self.layouts[action_id][1]:
+        if self.kinds[action_id][0]:
             return tid, v[2], v[1], proto, v[4], v[3]
         return tid, dst, src, proto, dport, sport
 
@@ -276,17 +264,17 @@ class ReadBack:
         """Whether h is the entry the daemon writes for its direction of the
         connection whose other direction's entry matches as peer does, with
         h's own next hop and MTU: the same check as the reconcile's plan
-        (connection_values completed by with_route, then held_action), made
-        from the two entries alone."""
+        (the values entry_values gives, then held_action), made from the two
+        entries alone."""
         tid, src, dst, proto, sport, dport = h.match
         ptid, psrc, pdst, pproto, psport, pdport = peer.match
-        _, _, version = self.layouts[h.action[0]]
+        version = self.kinds[h.action[0]][1]
         nat = not (psrc == dst and pdst == src and psport == dport and pdport == sport and pproto == proto)
         layout = self.chosen.get((version, proto, nat))     # what the daemon writes for such a connection
         if layout is None or layout[0] != tid or ptid != tid or layout[2] != h.action[0]:
             return False
-        conn = _nat_values(version, src, dst, sport, dport, pdst, psrc, pdport, psport) if nat else (None, None)
-        return h.action == held_action(layout, with_route(conn, h.nexthop, h.mtu))
+        rewrite = (src, dst, sport, dport, pdst, psrc, pdport, psport) if nat else None
+        return h.action == held_action(layout, _param_values(version, h.nexthop, h.mtu, rewrite))
 
     def decode(self, entry: p4r.TableEntry) -> Held | None:
         """None for an entry that is no flow entry of this program (another
