@@ -1,7 +1,9 @@
 """P4Runtime session over gRPC: arbitration, pipeline, writes, reads, stream.
 
 One stream reader demultiplexes the StreamChannel into bounded queues
-(PacketIn, idle-timeout notifications); everything else is request/response.
+(PacketIn, idle-timeout notifications); what goes out on the stream waits
+in StreamOut, PacketOuts fair between egress ports; everything else is
+request/response.
 """
 
 from __future__ import annotations
@@ -95,6 +97,63 @@ def open_channel(address: str, credentials: grpc.ChannelCredentials | None, serv
     return mod.secure_channel(address, credentials, options=options)
 
 
+class StreamOut:
+    """What the session sends the switch on its stream, waiting until the
+    stream takes it (gRPC takes a message when the switch's flow control
+    lets it: a switch that reads its stream slower than PacketOuts come
+    leaves them here).
+
+    Arbitration goes before any PacketOut. PacketOuts wait by egress port,
+    each port's queue PORT_QUEUE deep (the excess dropped, counted by the
+    caller), and the stream takes one from each port with some waiting in
+    turn: a fair queue across the switch's ports, as a multiqueue qdisc keeps
+    one flow's backlog from delaying the others. A port the kernel sends
+    more than the switch takes (answers to a flood) fills its own queue; the
+    frames of every other port wait for at most one frame of each."""
+
+    PORT_QUEUE = 1024
+
+    def __init__(self):
+        self._control: collections.deque = collections.deque()
+        self._ports: dict[int | None, collections.deque] = {}
+        self._turn: collections.deque[int | None] = collections.deque()   # ports with some waiting, in turn
+        self._ready = asyncio.Event()
+
+    def put(self, msg: p4runtime_pb2.StreamMessageRequest | None) -> None:
+        """A message other than a PacketOut (None: the stream ends)."""
+        self._control.append(msg)
+        self._ready.set()
+
+    def put_packet(self, port: int | None, msg: p4runtime_pb2.StreamMessageRequest) -> bool:
+        """A PacketOut for the egress port (None: unnamed); False: its queue is full."""
+        q = self._ports.get(port)
+        if q is None:
+            q = self._ports[port] = collections.deque()
+        if len(q) >= self.PORT_QUEUE:
+            return False
+        if not q:
+            self._turn.append(port)
+        q.append(msg)
+        self._ready.set()
+        return True
+
+    async def get(self) -> p4runtime_pb2.StreamMessageRequest | None:
+        while not (self._control or self._turn):
+            self._ready.clear()
+            await self._ready.wait()
+        if self._control:
+            return self._control.popleft()
+        port = self._turn.popleft()
+        q = self._ports[port]
+        msg = q.popleft()
+        if q:
+            self._turn.append(port)
+        return msg
+
+    def __len__(self) -> int:
+        return len(self._control) + sum(len(q) for q in self._ports.values())
+
+
 def _last_error(details: str) -> str:
     """gRPC's 'failed to connect to all addresses; last error: X: addr: why' as 'why'."""
     tail = details.split("last error: ", 1)[-1]
@@ -132,7 +191,7 @@ class Session:
         self.no_primary = asyncio.Event()     # the switch has no primary: a backup may claim it
         self._channel: grpc.aio.Channel | None = None
         self._stub: p4runtime_pb2_grpc.P4RuntimeStub | None = None
-        self._out: asyncio.Queue = asyncio.Queue()
+        self._out = StreamOut()
         self._reader: asyncio.Task | None = None
         self._arbitrated: asyncio.Future | None = None
 
@@ -160,7 +219,7 @@ class Session:
             await self.close()
             raise
         self.last_error = None
-        self._out = asyncio.Queue()
+        self._out = StreamOut()
         call = self._stub.StreamChannel(self._requests())
         self._reader = asyncio.create_task(self._read_stream(call), name="p4rt-stream")
         try:
@@ -220,7 +279,7 @@ class Session:
 
     async def _arbitrate(self, timeout: float):
         self._arbitrated = asyncio.get_running_loop().create_future()
-        await self._out.put(p4runtime_pb2.StreamMessageRequest(
+        self._out.put(p4runtime_pb2.StreamMessageRequest(
             arbitration=p4runtime_pb2.MasterArbitrationUpdate(
                 device_id=self.device_id, election_id=self._eid)))
         try:
@@ -291,7 +350,7 @@ class Session:
 
     async def close(self) -> None:
         if self._reader:
-            self._out.put_nowait(None)
+            self._out.put(None)
             self._reader.cancel()
             try:
                 await self._reader
@@ -390,7 +449,10 @@ class Session:
                 raise SwitchUnavailable(f"{self.address}: {e.details()}") from None
             raise SwitchError(f"read failed: {e.code().name}: {e.details()}") from None
 
-    def packet_out(self, payload: bytes, metadata: list[p4runtime_pb2.PacketMetadata]) -> None:
+    def packet_out(self, payload: bytes, metadata: list[p4runtime_pb2.PacketMetadata],
+                   port: int | None = None) -> bool:
+        """Queue a PacketOut (port: its egress port, for the fair queue);
+        False: that port's queue is full and the frame is dropped."""
         self._check()
-        self._out.put_nowait(p4runtime_pb2.StreamMessageRequest(
+        return self._out.put_packet(port, p4runtime_pb2.StreamMessageRequest(
             packet=p4runtime_pb2.PacketOut(payload=payload, metadata=metadata)))

@@ -53,11 +53,11 @@ class PacketIo:
         # where the kernel sent this frame: the path its flow takes (route.py)
         self.routes.observe_egress(port, frame, parse_tuple(frame))
         try:
-            self.session.packet_out(frame, [p4r.PacketMetadata(
-                metadata_id=self._pout_port.id, value=encode(port, self._pout_port.bitwidth))])
-            self.stats["packet_out"] += 1
+            queued = self.session.packet_out(frame, [p4r.PacketMetadata(
+                metadata_id=self._pout_port.id, value=encode(port, self._pout_port.bitwidth))], port)
         except SwitchUnavailable:
-            self.stats["packet_out_dropped"] += 1
+            queued = False
+        self.stats["packet_out" if queued else "packet_out_dropped"] += 1
 
     async def run(self) -> None:
         """PacketIns: counted by punt reason, acted on, delivered to the kernel."""

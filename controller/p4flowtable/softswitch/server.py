@@ -7,6 +7,7 @@ with PacketIn/PacketOut and idle-timeout notifications, Capabilities.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import queue
@@ -223,18 +224,68 @@ class Pipeline:
 
 
 class Stream:
+    """What the switch sends one client, waiting for the stream to take it.
+
+    The CPU port's queue is fair between ingress ports: each port's
+    PacketIns wait in a queue of their own (PORT_QUEUE deep, the excess
+    dropped and counted), and the stream takes one packet from each port
+    with some waiting in turn, as the kernel's receive path polls each
+    device for a budget in turn (net_rx_action). A port punting more than
+    the client takes (a flood, within or without its punt meter) then fills
+    its own queue and delays no other port's packets by more than one packet
+    each. Everything else (arbitration, errors, idle-timeout notifications)
+    goes before any packet."""
+
+    CONTROL_QUEUE = 8192
+    PORT_QUEUE = 1024
+
     def __init__(self, peer: str = "?"):
-        self.out: queue.Queue = queue.Queue(maxsize=8192)
+        self._cond = threading.Condition(threading.Lock())
+        self._control: collections.deque = collections.deque()
+        self._ports: dict[int, collections.deque] = {}    # ingress port -> its PacketIns
+        self._turn: collections.deque[int] = collections.deque()   # ports with some waiting, in turn
         self.election_id: int | None = None
         self.device_id: int | None = None
         self.peer = peer          # the client: its certificate's name under TLS, else its address
 
-    def send(self, msg: p4r.StreamMessageResponse) -> bool:
-        try:
-            self.out.put_nowait(msg)
-            return True
-        except queue.Full:
-            return False
+    def send(self, msg: p4r.StreamMessageResponse | None) -> bool:
+        """A message other than a PacketIn (None: the stream ends)."""
+        with self._cond:
+            if len(self._control) >= self.CONTROL_QUEUE:
+                return False
+            self._control.append(msg)
+            self._cond.notify()
+        return True
+
+    def send_packet(self, port: int, msg: p4r.StreamMessageResponse) -> bool:
+        """A PacketIn of a packet that came in on port; False: its queue is full."""
+        with self._cond:
+            q = self._ports.get(port)
+            if q is None:
+                q = self._ports[port] = collections.deque()
+            if len(q) >= self.PORT_QUEUE:
+                return False
+            if not q:
+                self._turn.append(port)
+            q.append(msg)
+            self._cond.notify()
+        return True
+
+    def get(self, timeout: float):
+        """The next message to send; raises queue.Empty after timeout."""
+        with self._cond:
+            if not (self._control or self._turn):
+                self._cond.wait(timeout)
+                if not (self._control or self._turn):
+                    raise queue.Empty
+            if self._control:
+                return self._control.popleft()
+            port = self._turn.popleft()
+            q = self._ports[port]
+            msg = q.popleft()
+            if q:
+                self._turn.append(port)
+            return msg
 
 
 class SoftSwitchServer(p4runtime_pb2_grpc.P4RuntimeServicer):
@@ -338,7 +389,7 @@ class SoftSwitchServer(p4runtime_pb2_grpc.P4RuntimeServicer):
         try:
             while context.is_active():
                 try:
-                    msg = s.out.get(timeout=0.5)
+                    msg = s.get(timeout=0.5)
                 except queue.Empty:
                     continue
                 if msg is None:
@@ -359,7 +410,7 @@ class SoftSwitchServer(p4runtime_pb2_grpc.P4RuntimeServicer):
         pipe = self.pipeline
         if pipe is None:
             return
-        self._emit(pipe, pipe.prog.process(port, frame))
+        self._emit(pipe, pipe.prog.process(port, frame), port)
 
     def packet_out(self, pkt: p4r.PacketOut) -> None:
         pipe = self.pipeline
@@ -371,9 +422,9 @@ class SoftSwitchServer(p4runtime_pb2_grpc.P4RuntimeServicer):
             acc = (acc << width) | (given.get(fid, 0) & ((1 << width) - 1))
             bits += width
         header = acc.to_bytes(bits // 8, "big") if bits else b""
-        self._emit(pipe, pipe.prog.process(self.cpu_port, header + pkt.payload))
+        self._emit(pipe, pipe.prog.process(self.cpu_port, header + pkt.payload), self.cpu_port)
 
-    def _emit(self, pipe: Pipeline, out: Output | None) -> None:
+    def _emit(self, pipe: Pipeline, out: Output | None, in_port: int) -> None:
         if out is None:
             return
         if out.port == self.cpu_port:
@@ -387,7 +438,7 @@ class SoftSwitchServer(p4runtime_pb2_grpc.P4RuntimeServicer):
                                                                               width)))
             msg = p4r.StreamMessageResponse(packet=p4r.PacketIn(payload=out.data[nbytes:], metadata=meta))
             primary = self.primary
-            if primary is None or not primary.send(msg):
+            if primary is None or not primary.send_packet(in_port, msg):
                 self.packet_in_dropped += 1
         elif self.ports is not None:
             self.ports.send(out.port, out.data)
@@ -717,7 +768,13 @@ def _serve(server_impl: SoftSwitchServer, address: str, workers: int,
            credentials: grpc.ServerCredentials | None) -> tuple[grpc.Server, int]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
                          options=[("grpc.max_receive_message_length", 256 << 20),
-                                  ("grpc.max_send_message_length", 256 << 20)])
+                                  ("grpc.max_send_message_length", 256 << 20),
+                                  # The stream's window stays at HTTP/2's initial 64 KiB, not
+                                  # grown to the link's bandwidth-delay product: PacketOuts this
+                                  # switch has not read yet wait in the controller's fair queue
+                                  # (p4runtime.StreamOut), not in a FIFO of megabytes here (a
+                                  # large message still gets the window it needs)
+                                  ("grpc.http2.bdp_probe", 0)])
     p4runtime_pb2_grpc.add_P4RuntimeServicer_to_server(server_impl, server)
     port = (server.add_secure_port(address, credentials) if credentials is not None
             else server.add_insecure_port(address))
