@@ -112,12 +112,13 @@ def memory(pid: int) -> dict:
 YARDSTICK_ROUNDS = 3      # the yardstick's read and dump, each timed this often: the median is used
 
 
-async def read_and_dump(grpc: str) -> tuple[list[float], list[float], list[float], int, int]:
+async def read_and_dump(grpc: str, rounds: int = YARDSTICK_ROUNDS
+                        ) -> tuple[list[float], list[float], list[float], int, int]:
     """The reconcile's yardstick: one wildcard read of both flow tables (a
     second client: reads need no primary) and one conntrack dump, each
     timed; and what they returned. Also timed: the read the reconcile makes,
     which asks for each entry's counter and time since its last hit too.
-    Each is timed YARDSTICK_ROUNDS times, in turn (the same BMv2 read took
+    Each is timed `rounds` times, in turn (the same BMv2 read took
     1.6 s in one run and 5.1 s in another)."""
     schema = P4Schema.from_file(ROOT / "p4src/build/flowtable.p4info.txtpb")
     ch = grpc_aio.insecure_channel(grpc, options=[("grpc.max_receive_message_length", 256 << 20)])
@@ -139,7 +140,7 @@ async def read_and_dump(grpc: str) -> tuple[list[float], list[float], list[float
 
     sock = ctnl.CtnlSocket(netns.netlink_socket(NS, 12))
     reads, states, dumps = [], [], []
-    for _ in range(YARDSTICK_ROUNDS):
+    for _ in range(rounds):
         read_s, entries = await read(False)
         reads.append(read_s)
         states.append((await read(True))[0])
@@ -151,14 +152,14 @@ async def read_and_dump(grpc: str) -> tuple[list[float], list[float], list[float
     return reads, states, dumps, entries, dumped
 
 
-def one_size(switch: str, n: int, profile: str | None = None) -> dict:
+def one_size(switch: str, n: int, profile: str | None = None, rounds: int = YARDSTICK_ROUNDS) -> dict:
     conntrack_room(n)
     with tempfile.TemporaryDirectory(prefix="p4ftb-p4-") as tmp, \
             rig(switch, "restart", ("--timeout", "ft/tcp=3600", *program_for(n, Path(tmp), switch))) as r:
-        return _one_size(r, switch, n, profile)
+        return _one_size(r, switch, n, profile, rounds)
 
 
-def _one_size(r, switch: str, n: int, profile: str | None) -> dict:
+def _one_size(r, switch: str, n: int, profile: str | None, rounds: int) -> dict:
     for i in range(0, n, 50_000):       # a million coroutines at once would be the bench's own cost
         asyncio.run(create_entries(range(i, min(n, i + 50_000))))
     wait_until(lambda: call("counters", path=SOCK).get("offloaded", 0) >= n, 60 + n / 200,
@@ -168,13 +169,13 @@ def _one_size(r, switch: str, n: int, profile: str | None) -> dict:
     t0 = time.monotonic()
     r.daemon = r.restart()
     spy = profiler(r.daemon.pid, profile) if profile else None
-    slowest = [0.0]       # the longest the daemon took to answer its API while it converged
+    slowest = [0.0, 0.0]    # the longest the daemon took to answer its API while it converged, and when it asked
 
     def adopted() -> bool:
         t = time.monotonic()
         c = call("counters", path=SOCK, timeout=60)
-        if c:
-            slowest[0] = max(slowest[0], time.monotonic() - t)
+        if c and time.monotonic() - t > slowest[0]:
+            slowest[:] = [time.monotonic() - t, t - t0]
         return c.get("reconcile.adopted", 0) >= n
 
     wait_until(adopted, 60 + n / 500, f"{n} flows adopted", 0.1)   # each poll costs the daemon a turn
@@ -183,7 +184,7 @@ def _one_size(r, switch: str, n: int, profile: str | None) -> dict:
     c = call("counters", path=SOCK)
     m = re.search(r"switch reconciled in ([\d.]+)s", DAEMON_OUT.read_text())
     mem = {"daemon": memory(r.daemon.pid), "switch": memory(r.grpc.pid)}
-    reads, states, dumps, entries, dumped = asyncio.run(read_and_dump(r.grpc))
+    reads, states, dumps, entries, dumped = asyncio.run(read_and_dump(r.grpc, rounds))
     read_s, state_s, dump_s = (statistics.median(x) for x in (reads, states, dumps))
     reconcile = float(m.group(1)) if m else None
     return {"flows": n, "converged_s": total, "reconcile_s": reconcile,
@@ -193,7 +194,7 @@ def _one_size(r, switch: str, n: int, profile: str | None) -> dict:
             "ct_dump_s": dump_s, "ct_dumped": dumped,     # medians of:
             "read_all_runs_s": reads, "read_all_with_state_runs_s": states, "ct_dump_runs_s": dumps,
             "reconcile_over_read_and_dump": reconcile / (read_s + dump_s) if reconcile else None,
-            "api_slowest_s": slowest[0], "memory": mem, **({"profile": hot} if hot else {})}
+            "api_slowest_s": slowest[0], "api_slowest_asked_at_s": slowest[1], "memory": mem, **({"profile": hot} if hot else {})}
 
 
 def main() -> int:
@@ -201,6 +202,9 @@ def main() -> int:
     ap.add_argument("--flows", default="1000,100000")
     ap.add_argument("--switch", default="bmv2,soft" if shutil.which("simple_switch_grpc") else "soft")
     ap.add_argument("--out", default=str(ROOT / "bench/results/restart.json"))
+    ap.add_argument("--rounds", type=int, default=YARDSTICK_ROUNDS, help="times the yardstick's read and dump "
+                    "are each made (the median is used; at 1,000,000 flows on the embedded target one round "
+                    "takes about 2.5 min)")
     ap.add_argument("--profile", metavar="FILE", help="sample the restarted daemon with py-spy until it has "
                     "adopted every flow (raw stacks; the last size's run)")
     a = ap.parse_args()
@@ -210,17 +214,17 @@ def main() -> int:
     result = {"bench": "restart", "runs": []}
     for switch in a.switch.split(","):
         for n in (int(x) for x in a.flows.split(",")):
-            r = dict(one_size(switch, n, a.profile), switch=switch)
+            r = dict(one_size(switch, n, a.profile, a.rounds), switch=switch)
             result["runs"].append(r)
             print(f"{switch} N={n}: converged {r['converged_s']:.2f} s after the new daemon's start (reconcile "
                   f"{r['reconcile_s']:.2f} s): {r['adopted']} adopted, {r['written']} written, "
                   f"{r['orphans_deleted']} orphan entries deleted; one read of all {r['entries_read']} entries "
                   f"{r['read_all_s']:.2f} s (with counters and last hits {r['read_all_with_state_s']:.2f} s) "
                   f"+ one conntrack dump of {r['ct_dumped']} {r['ct_dump_s']:.2f} s (medians of "
-                  f"{YARDSTICK_ROUNDS}: reads {', '.join(f'{x:.2f}' for x in r['read_all_runs_s'])}, dumps "
+                  f"{a.rounds}: reads {', '.join(f'{x:.2f}' for x in r['read_all_runs_s'])}, dumps "
                   f"{', '.join(f'{x:.2f}' for x in r['ct_dump_runs_s'])}): "
                   f"reconcile {r['reconcile_over_read_and_dump']:.2f}x; slowest API answer meanwhile "
-                  f"{r['api_slowest_s']:.2f} s; peak memory: daemon "
+                  f"{r['api_slowest_s']:.2f} s (asked {r['api_slowest_asked_at_s']:.1f} s after the start); peak memory: daemon "
                   f"{r['memory']['daemon']['vmhwm_mib']:.0f} MiB, switch {r['memory']['switch']['vmhwm_mib']:.0f} MiB",
                   flush=True)
     save(a.out, result)

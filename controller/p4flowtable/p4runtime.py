@@ -19,6 +19,7 @@ from google.rpc import code_pb2, status_pb2
 from p4.v1 import p4runtime_pb2, p4runtime_pb2_grpc
 
 from . import wire
+from .fairqueue import PortFairQueue
 from .tls import TlsFiles, handshake_hint
 
 log = logging.getLogger(__name__)
@@ -103,20 +104,17 @@ class StreamOut:
     lets it: a switch that reads its stream slower than PacketOuts come
     leaves them here).
 
-    Arbitration goes before any PacketOut. PacketOuts wait by egress port,
-    each port's queue PORT_QUEUE deep (the excess dropped, counted by the
-    caller), and the stream takes one from each port with some waiting in
-    turn: a fair queue across the switch's ports, as a multiqueue qdisc keeps
-    one flow's backlog from delaying the others. A port the kernel sends
-    more than the switch takes (answers to a flood) fills its own queue; the
-    frames of every other port wait for at most one frame of each."""
+    Arbitration goes before any PacketOut. PacketOuts wait in a queue fair
+    between egress ports (fairqueue.py), PORT_QUEUE deep for each: a port
+    the kernel sends more than the switch takes (answers to a flood) fills
+    its own queue, and every other port's frames wait for at most one frame
+    of each."""
 
     PORT_QUEUE = 1024
 
     def __init__(self):
         self._control: collections.deque = collections.deque()
-        self._ports: dict[int | None, collections.deque] = {}
-        self._turn: collections.deque[int | None] = collections.deque()   # ports with some waiting, in turn
+        self._packets = PortFairQueue(self.PORT_QUEUE)     # PacketOuts by egress port
         self._ready = asyncio.Event()
 
     def put(self, msg: p4runtime_pb2.StreamMessageRequest | None) -> None:
@@ -126,32 +124,19 @@ class StreamOut:
 
     def put_packet(self, port: int | None, msg: p4runtime_pb2.StreamMessageRequest) -> bool:
         """A PacketOut for the egress port (None: unnamed); False: its queue is full."""
-        q = self._ports.get(port)
-        if q is None:
-            q = self._ports[port] = collections.deque()
-        if len(q) >= self.PORT_QUEUE:
+        if not self._packets.put(port, msg):
             return False
-        if not q:
-            self._turn.append(port)
-        q.append(msg)
         self._ready.set()
         return True
 
     async def get(self) -> p4runtime_pb2.StreamMessageRequest | None:
-        while not (self._control or self._turn):
+        while not (self._control or self._packets):
             self._ready.clear()
             await self._ready.wait()
-        if self._control:
-            return self._control.popleft()
-        port = self._turn.popleft()
-        q = self._ports[port]
-        msg = q.popleft()
-        if q:
-            self._turn.append(port)
-        return msg
+        return self._control.popleft() if self._control else self._packets.pop()
 
     def __len__(self) -> int:
-        return len(self._control) + sum(len(q) for q in self._ports.values())
+        return len(self._control) + len(self._packets)
 
 
 def _last_error(details: str) -> str:

@@ -15,6 +15,7 @@ import asyncio
 import collections
 import contextlib
 import gc
+import itertools
 import logging
 from dataclasses import dataclass, field
 from typing import Callable
@@ -94,13 +95,19 @@ class Reconcile:
         kept or freed by reference count; with the collector on, their
         numbers set off full collections, each of which walks every object
         the daemon holds (at 100,000 flows, a sixth of the reconcile's time
-        in the profile)."""
+        in the profile). Afterwards the objects it made are frozen
+        (gc.freeze: left out of every later collection) before the
+        collector is back on: otherwise all of them sit in its youngest
+        generation, and its next collections walk every one of them while
+        the daemon answers nothing. They are freed by reference count like
+        any other when their flows go."""
         enabled = gc.isenabled()
         gc.disable()
         try:
             await self._run(kept)
         finally:
             if enabled:
+                gc.freeze()
                 gc.enable()
 
     async def _run(self, kept: bool) -> None:
@@ -215,11 +222,17 @@ class Reconcile:
             failed = {id(f) for f in plan.repaired}     # dropped below; their leases released with the rest
         now = self.clock()
         phases["write"], t = now - t, now
-        for f in plan.adopted + plan.repaired:
+        # the loop takes turns with the rest of the daemon (1,000,000 flows:
+        # a second each, here and in the offload marks' list below); a
+        # connection torn down meanwhile waits for the reconcile to let go of
+        # the switch, as during the read
+        for i, f in enumerate(itertools.chain(plan.adopted, plan.repaired)):
             if id(f) in failed:
                 self.flowtables.delete(f)
             else:
                 self.offload.offloaded(f, now)
+            if i % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
         for i, f in enumerate(plan.adopted):
             self.events.flow("ADOPT", f)
             # idle while the daemon was away? the read's last hits say
@@ -231,7 +244,12 @@ class Reconcile:
         # offload marks where a daemon before this one had not set them (it
         # died between its switch write and its conntrack write, or the flow
         # is new): the others keep the lease they have, as the kernel would
-        ok = [ct for f, ct in fresh if id(f) not in failed and not self.mirror.on_lease(ct, self.ct_lease)]
+        ok = []
+        for i, (f, ct) in enumerate(fresh):
+            if id(f) not in failed and not self.mirror.on_lease(ct, self.ct_lease):
+                ok.append(ct)
+            if i % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
         errors = await self.mirror.offloaded(ok, self.ct_lease) if ok else []
         for ct, err in zip(ok, errors):
             if err is not None:

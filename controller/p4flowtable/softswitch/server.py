@@ -24,6 +24,7 @@ from p4.config.v1 import p4info_pb2
 from p4.v1 import p4runtime_pb2 as p4r
 from p4.v1 import p4runtime_pb2_grpc
 
+from ..fairqueue import PortFairQueue
 from .meters import MeterArray, MeterConfig
 from .pipeline import Output, PipelineError, Program, UnsupportedConstruct
 from .tables import Entry, Table, TableError
@@ -226,15 +227,12 @@ class Pipeline:
 class Stream:
     """What the switch sends one client, waiting for the stream to take it.
 
-    The CPU port's queue is fair between ingress ports: each port's
-    PacketIns wait in a queue of their own (PORT_QUEUE deep, the excess
-    dropped and counted), and the stream takes one packet from each port
-    with some waiting in turn, as the kernel's receive path polls each
-    device for a budget in turn (net_rx_action). A port punting more than
-    the client takes (a flood, within or without its punt meter) then fills
-    its own queue and delays no other port's packets by more than one packet
-    each. Everything else (arbitration, errors, idle-timeout notifications)
-    goes before any packet."""
+    The CPU port's queue is fair between ingress ports (fairqueue.py): a
+    port punting more than the client takes (a flood, within or without
+    its punt meter) fills a queue of its own, PORT_QUEUE deep, and delays
+    no other port's PacketIns by more than one packet each. Everything else
+    (arbitration, errors, idle-timeout notifications) goes before any
+    packet."""
 
     CONTROL_QUEUE = 8192
     PORT_QUEUE = 1024
@@ -242,8 +240,7 @@ class Stream:
     def __init__(self, peer: str = "?"):
         self._cond = threading.Condition(threading.Lock())
         self._control: collections.deque = collections.deque()
-        self._ports: dict[int, collections.deque] = {}    # ingress port -> its PacketIns
-        self._turn: collections.deque[int] = collections.deque()   # ports with some waiting, in turn
+        self._packets = PortFairQueue(self.PORT_QUEUE)     # PacketIns by ingress port
         self.election_id: int | None = None
         self.device_id: int | None = None
         self.peer = peer          # the client: its certificate's name under TLS, else its address
@@ -260,32 +257,19 @@ class Stream:
     def send_packet(self, port: int, msg: p4r.StreamMessageResponse) -> bool:
         """A PacketIn of a packet that came in on port; False: its queue is full."""
         with self._cond:
-            q = self._ports.get(port)
-            if q is None:
-                q = self._ports[port] = collections.deque()
-            if len(q) >= self.PORT_QUEUE:
+            if not self._packets.put(port, msg):
                 return False
-            if not q:
-                self._turn.append(port)
-            q.append(msg)
             self._cond.notify()
         return True
 
     def get(self, timeout: float):
         """The next message to send; raises queue.Empty after timeout."""
         with self._cond:
-            if not (self._control or self._turn):
+            if not (self._control or self._packets):
                 self._cond.wait(timeout)
-                if not (self._control or self._turn):
+                if not (self._control or self._packets):
                     raise queue.Empty
-            if self._control:
-                return self._control.popleft()
-            port = self._turn.popleft()
-            q = self._ports[port]
-            msg = q.popleft()
-            if q:
-                self._turn.append(port)
-            return msg
+            return self._control.popleft() if self._control else self._packets.pop()
 
 
 class SoftSwitchServer(p4runtime_pb2_grpc.P4RuntimeServicer):
