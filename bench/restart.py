@@ -174,8 +174,9 @@ def _one_size(r, switch: str, n: int, profile: str | None, rounds: int) -> dict:
     def adopted() -> bool:
         t = time.monotonic()
         c = call("counters", path=SOCK, timeout=60)
-        if c and time.monotonic() - t > slowest[0]:
-            slowest[:] = [time.monotonic() - t, t - t0]
+        took = time.monotonic() - t
+        if c and took > slowest[0]:
+            slowest[:] = [took, t - t0]
         return c.get("reconcile.adopted", 0) >= n
 
     wait_until(adopted, 60 + n / 500, f"{n} flows adopted", 0.1)   # each poll costs the daemon a turn

@@ -14,17 +14,12 @@ import queue
 import pytest
 from p4.v1 import p4runtime_pb2 as p4r
 
-from p4flowtable.p4info import P4Schema, decode, encode
+from p4flowtable.p4info import decode, encode
 from p4flowtable.p4runtime import StreamOut
-from p4flowtable.softswitch.server import SoftSwitchServer, Stream, serve_local
-from test_soft_target import CPU, P4INFO, _session, lan_tcp
+from p4flowtable.softswitch.server import Stream
+from test_soft_target import _session, grpc_switch, lan_tcp, schema  # noqa: F401  (fixtures)
 
 FLOOD, OTHER = 3, 1
-
-
-@pytest.fixture(scope="module")
-def schema():
-    return P4Schema.from_file(P4INFO)
 
 
 def _pkt(tag: int):
@@ -70,12 +65,11 @@ def test_the_daemon_sends_arbitration_first_then_one_packet_out_per_port_in_turn
     asyncio.run(main())
 
 
-def test_a_flooding_port_does_not_delay_another_ports_packet_ins(schema):
+def test_a_flooding_port_does_not_delay_another_ports_packet_ins(grpc_switch, schema):
     """Over gRPC, the embedded target: more PacketIns from one port than the
     stream carries meanwhile, then one from another port; it arrives ahead
     of most of the flood, and the flood's excess is dropped and counted."""
-    impl = SoftSwitchServer(1, CPU)
-    server, addr = serve_local(impl, workers=4)
+    impl, addr = grpc_switch
     pin = schema.packet_meta("packet_in")["ingress_port"]
     flood, n = bytes(lan_tcp()), 3 * Stream.PORT_QUEUE
 
@@ -101,22 +95,18 @@ def test_a_flooding_port_does_not_delay_another_ports_packet_ins(schema):
                 break
         await s.close()
         return ports, after
-    try:
-        ports, after = asyncio.run(main())
-    finally:
-        server.stop(0)
+    ports, after = asyncio.run(main())
     assert impl.packet_in_dropped > 0, "more than one port's queue of the flood: the excess dropped"
     assert after >= Stream.PORT_QUEUE // 2, (
         f"port {OTHER}'s packet came after {len(ports) - 1} of the flood, and {after} still followed it")
 
 
-def test_packet_outs_to_a_flooded_port_do_not_delay_another_ports(schema):
+def test_packet_outs_to_a_flooded_port_do_not_delay_another_ports(grpc_switch, schema):
     """Over gRPC, the embedded target: the daemon's session queues more
     PacketOuts to one port than a port's queue holds, then one to another;
     the switch transmits that one second, and the session refuses the
     excess (its caller counts it dropped)."""
-    impl = SoftSwitchServer(1, CPU)
-    server, addr = serve_local(impl, workers=4)
+    impl, addr = grpc_switch
     sent = []
 
     class Wire:
@@ -140,10 +130,7 @@ def test_packet_outs_to_a_flooded_port_do_not_delay_another_ports(schema):
             await asyncio.sleep(0.02)
         await s.close()
         return taken
-    try:
-        taken = asyncio.run(main())
-    finally:
-        server.stop(0)
+    taken = asyncio.run(main())
     assert taken.count(False) == 50 and taken[-1], "the flooded port's excess refused, the other taken"
     assert len(sent) == StreamOut.PORT_QUEUE + 1
     assert sent.index(OTHER) == 1, f"port {OTHER}'s frame was transmitted {sent.index(OTHER) + 1}th"

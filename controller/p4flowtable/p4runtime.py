@@ -113,30 +113,29 @@ class StreamOut:
     PORT_QUEUE = 1024
 
     def __init__(self):
-        self._control: collections.deque = collections.deque()
-        self._packets = PortFairQueue(self.PORT_QUEUE)     # PacketOuts by egress port
+        self._queue = PortFairQueue(self.PORT_QUEUE)     # PacketOuts by egress port, the rest first
         self._ready = asyncio.Event()
 
     def put(self, msg: p4runtime_pb2.StreamMessageRequest | None) -> None:
         """A message other than a PacketOut (None: the stream ends)."""
-        self._control.append(msg)
+        self._queue.put_first(msg)
         self._ready.set()
 
     def put_packet(self, port: int | None, msg: p4runtime_pb2.StreamMessageRequest) -> bool:
         """A PacketOut for the egress port (None: unnamed); False: its queue is full."""
-        if not self._packets.put(port, msg):
+        if not self._queue.put(port, msg):
             return False
         self._ready.set()
         return True
 
     async def get(self) -> p4runtime_pb2.StreamMessageRequest | None:
-        while not (self._control or self._packets):
+        while not self._queue:
             self._ready.clear()
             await self._ready.wait()
-        return self._control.popleft() if self._control else self._packets.pop()
+        return self._queue.pop()
 
     def __len__(self) -> int:
-        return len(self._control) + len(self._packets)
+        return len(self._queue)
 
 
 def _last_error(details: str) -> str:

@@ -7,7 +7,6 @@ with PacketIn/PacketOut and idle-timeout notifications, Capabilities.
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import queue
@@ -239,8 +238,8 @@ class Stream:
 
     def __init__(self, peer: str = "?"):
         self._cond = threading.Condition(threading.Lock())
-        self._control: collections.deque = collections.deque()
-        self._packets = PortFairQueue(self.PORT_QUEUE)     # PacketIns by ingress port
+        # PacketIns by ingress port, the rest first
+        self._queue = PortFairQueue(self.PORT_QUEUE, self.CONTROL_QUEUE)
         self.election_id: int | None = None
         self.device_id: int | None = None
         self.peer = peer          # the client: its certificate's name under TLS, else its address
@@ -248,16 +247,15 @@ class Stream:
     def send(self, msg: p4r.StreamMessageResponse | None) -> bool:
         """A message other than a PacketIn (None: the stream ends)."""
         with self._cond:
-            if len(self._control) >= self.CONTROL_QUEUE:
+            if not self._queue.put_first(msg):
                 return False
-            self._control.append(msg)
             self._cond.notify()
         return True
 
     def send_packet(self, port: int, msg: p4r.StreamMessageResponse) -> bool:
         """A PacketIn of a packet that came in on port; False: its queue is full."""
         with self._cond:
-            if not self._packets.put(port, msg):
+            if not self._queue.put(port, msg):
                 return False
             self._cond.notify()
         return True
@@ -265,11 +263,9 @@ class Stream:
     def get(self, timeout: float):
         """The next message to send; raises queue.Empty after timeout."""
         with self._cond:
-            if not (self._control or self._packets):
-                self._cond.wait(timeout)
-                if not (self._control or self._packets):
-                    raise queue.Empty
-            return self._control.popleft() if self._control else self._packets.pop()
+            if not self._cond.wait_for(lambda: len(self._queue), timeout):
+                raise queue.Empty
+            return self._queue.pop()
 
 
 class SoftSwitchServer(p4runtime_pb2_grpc.P4RuntimeServicer):
