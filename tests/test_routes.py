@@ -163,3 +163,113 @@ def test_a_keyed_lookup_is_the_same_request_attribute_by_attribute():
         body = rt._RTMSG.pack(so.AF_INET6 if dst.version == 6 else so.AF_INET, bits, bits, 0, 0, 0, 0, 0, 0) + attrs
         want = rt._NLMSGHDR.pack(rt._NLMSGHDR.size + len(body), rt.RTM_GETROUTE, rt.NLM_F_REQUEST, 42, 0) + body
         assert rt.encode_lookup(key, None, 42) == want
+
+
+# -- the answers kept between lookups (route.py's cache) ------------------------------------
+def kernel_dev6(dst: str, src: str, sport: int, dport: int) -> str:
+    out = ip("-6", "route", "get", dst, "from", src, "iif", "lan0", "ipproto", "udp",
+             "sport", str(sport), "dport", str(dport))
+    return out.split(" dev ")[1].split()[0]
+
+
+NAMES = {1: "lan0", 2: "wan0", 3: "wan1"}
+
+
+def one_at_a_time(keys):
+    """Each key resolved by its own call, in one Routes: a later call could
+    take what an earlier one cached; (answers, the lookups' counts)."""
+    async def run(routes):
+        lan0 = await routes.ifindex("lan0")
+        got = [(await routes.resolve([(k._replace(iif=lan0), None)]))[0] for k in keys]
+        return got, dict(routes.stats)
+    return run
+
+
+def test_kept_answers_are_the_kernels_while_no_rule_or_path_routes_by_port(ns):
+    """Rules by mark and source, single paths: answers differ by source and
+    mark, not by port. Each one given from the cache is what `ip route get`
+    says for its full key, and most are given from it."""
+    ip("rule", "add", "from", "10.0.1.7", "lookup", "100", "pref", "50")
+    keys = [RouteKey(A("203.0.113.10"), A(src), 0, mark, 17, sport, 7000)
+            for sport in range(5000, 5010) for mark in (0, 0x100) for src in ("10.0.1.1", "10.0.1.7")]
+    got, stats = with_routes(ns, one_at_a_time(keys))
+    assert [NAMES[g.port] for g in got] == [kernel_dev(str(k.dst), str(k.src), k.mark, k.sport, k.dport)
+                                           for k in keys]
+    assert {NAMES[g.port] for g in got} == {"wan0", "wan1"}
+    # 4 (source, mark) pairs: each asked twice (the second time with its probe), then kept
+    assert (stats["route.asked"], stats["route.probed"], stats["route.cached"]) == (8, 4, 32)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_multipath_route_is_asked_for_every_key(ns, family):
+    """ECMP under the L4 hash: the answer depends on the ports, so none is
+    kept; each key gets the port `ip route get` names for it."""
+    sports = list(range(5000, 5032))
+    if family == 4:
+        subprocess.run(["ip", "netns", "exec", NS, "sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"],
+                       check=True)
+        ip("route", "replace", "203.0.113.0/24", "nexthop", "via", "192.0.2.2", "dev", "wan0",
+           "nexthop", "via", "198.51.100.2", "dev", "wan1")
+        keys = [RouteKey(A("203.0.113.10"), A("10.0.1.1"), 0, 0, 17, s, 7000) for s in sports]
+        want = [kernel_dev("203.0.113.10", "10.0.1.1", 0, s, 7000) for s in sports]
+    else:
+        subprocess.run(["ip", "netns", "exec", NS, "sysctl", "-qw", "net.ipv6.fib_multipath_hash_policy=1"],
+                       check=True)
+        ip("-6", "neigh", "add", "2001:db8:4::2", "lladdr", "00:00:00:00:00:03", "dev", "wan1", "nud", "permanent")
+        ip("-6", "route", "replace", "2001:db8:99::/48", "nexthop", "via", "2001:db8:2::2", "dev", "wan0",
+           "nexthop", "via", "2001:db8:4::2", "dev", "wan1")
+        keys = [RouteKey(A("2001:db8:99::7"), A("2001:db8:1::1"), 0, 0, 17, s, 7000) for s in sports]
+        want = [kernel_dev6("2001:db8:99::7", "2001:db8:1::1", s, 7000) for s in sports]
+    got, stats = with_routes(ns, one_at_a_time(keys))
+    assert set(want) == {"wan0", "wan1"}
+    assert [NAMES[g.port] for g in got] == want
+    assert stats["route.cached"] == 0 and stats["route.probed"] == 1
+
+
+def test_a_rule_by_port_stops_the_cache_for_its_family(ns):
+    """A rule selecting by source port: answers differ by port on a single
+    path; keyed lookups of that family are all asked, the other family's
+    still kept. Added while the cache holds answers, it takes effect with the
+    rule change's event (what Reroute does with it: rules_changed, changed)."""
+    v4 = [RouteKey(A("203.0.113.10"), A("10.0.1.1"), 0, 0, 17, s, 7000) for s in range(5000, 5020)]
+    v6 = [RouteKey(A("2001:db8:99::7"), A("2001:db8:1::1"), 0, 0, 17, s, 7000) for s in range(5000, 5004)]
+
+    async def run(routes):
+        lan0 = await routes.ifindex("lan0")
+
+        async def each(keys):
+            return [(await routes.resolve([(k._replace(iif=lan0), None)]))[0] for k in keys]
+        before = [NAMES[g.port] for g in await each(v4)]
+        assert routes.stats["route.cached"] == 18
+        ip("rule", "add", "sport", "5010-5019", "ipproto", "udp", "lookup", "100", "pref", "60")
+        routes.rules_changed()
+        routes.changed()
+        after = [NAMES[g.port] for g in await each(v4)]
+        cached = routes.stats["route.cached"]
+        await each(v6)
+        return before, after, routes.stats["route.cached"] - cached, cached
+    before, after, cached6, cached4 = with_routes(ns, run)
+    assert before == ["wan0"] * 20
+    assert after == [kernel_dev(str(k.dst), str(k.src), 0, k.sport, k.dport) for k in v4] == \
+        ["wan0"] * 10 + ["wan1"] * 10
+    assert cached4 == 18 and cached6 == 2      # v4: none kept after the rule; v6: kept from the third
+
+
+def test_a_routing_change_empties_the_cache(ns):
+    """An answer kept is not given after a routing change (the epoch Reroute bumps)."""
+    keys = [RouteKey(A("203.0.113.10"), A("10.0.1.1"), 0, 0, 6, s, 80) for s in range(5000, 5004)]
+
+    async def run(routes):
+        lan0 = await routes.ifindex("lan0")
+        first = [NAMES[(await routes.resolve([(k._replace(iif=lan0), None)]))[0].port] for k in keys]
+        bare = (await routes.resolve([(None, A("203.0.113.10"))]))[0]
+        ip("route", "replace", "203.0.113.0/24", "via", "198.51.100.2")
+        kept = [NAMES[(await routes.resolve([(k._replace(iif=lan0), None)]))[0].port] for k in keys]
+        routes.changed()
+        then = [NAMES[(await routes.resolve([(k._replace(iif=lan0), None)]))[0].port] for k in keys]
+        bare_then = (await routes.resolve([(None, A("203.0.113.10"))]))[0]
+        return first, kept, then, NAMES[bare.port], NAMES[bare_then.port]
+    first, kept, then, bare, bare_then = with_routes(ns, run)
+    assert first == ["wan0"] * 4 and then == ["wan1"] * 4 and (bare, bare_then) == ("wan0", "wan1")
+    # without the event the cache answered as before (the daemon always has the event)
+    assert kept == ["wan0"] * 4

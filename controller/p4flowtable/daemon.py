@@ -138,7 +138,8 @@ class Daemon:
         """The modules that follow the router namespace's routing."""
         cfg = self.cfg
         self.ipr = AsyncIPRoute(use_socket=netns.netlink_socket(cfg.netns, NETLINK_ROUTE))
-        self.routes = Routes(self.ipr, cfg.ports, RouteLookups(netns.netlink_socket(cfg.netns, NETLINK_ROUTE)))
+        self.routes = Routes(self.ipr, cfg.ports, RouteLookups(netns.netlink_socket(cfg.netns, NETLINK_ROUTE)),
+                             self.stats)
         self.packetio = PacketIo(self.session, self.schema, self.routes, self.flowtables, self.mirror, self.stats,
                                  netns=cfg.netns, ports=cfg.ports, teardown=self.offload.teardown,
                                  consider=lambda e: self.decisions.consider(e))

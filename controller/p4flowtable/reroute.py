@@ -109,6 +109,8 @@ class Reroute:
             self._families.update({4} if fam == AF_INET else {6} if fam == AF_INET6 else {4, 6})
             if event.endswith("ADDR"):
                 self.routes.invalidate()
+            else:
+                self.routes.rules_changed()
         elif event in ("RTM_NEWLINK", "RTM_DELLINK"):
             self.routes.invalidate()
             self._families.update({4, 6})

@@ -19,6 +19,22 @@ the flow back to the kernel, which decides again, as its own flowtable does
 when a route goes stale (nf_flow_dst_check). The packet's TOS is not part of
 the key: routing by TOS is not followed.
 
+Answers are kept for a second, under a key without the protocol and ports,
+where the kernel's answer cannot depend on them: the kernel routes a
+direction by ports and protocol only in an ip rule that selects on them, or
+in a multipath route's hash. So a family none of whose rules selects on
+anything but addresses, marks, interfaces, tables and priorities (read from
+a dump of the rules, again after each rule change) is cached by (destination,
+source, input interface, mark), once an RTM_F_FIB_MATCH lookup with the full
+key (made with the second lookup of the same reduced key, in the same
+datagram) has shown the FIB entry matched to be a single path: the kernel
+then chose among nothing. A bare destination's lookup is its whole request,
+cached as it is. Any routing change (`changed`) empties the cache, and an
+answer asked before a change is not kept; what has no netlink event (a path
+MTU learned, a sysctl) is seen within the second. Each flow decided still
+costs the kernel what its own flowtable pays per flow (nft_flow_route looks
+up both directions), in the kernel's answers shared between flows.
+
 The lookups are pipelined on a raw rtnetlink socket, and encoded and decoded
 here (RTA_* from linux/rtnetlink.h): pyroute2 0.9 has no RTA_IP_PROTO,
 RTA_SPORT or RTA_DPORT, and its generic codec costs about 380 us a lookup,
@@ -36,6 +52,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -49,7 +66,8 @@ NLM_F_REQUEST = 0x1
 NLMSG_ERROR = 2
 RTA_DST, RTA_SRC, RTA_IIF, RTA_OIF, RTA_GATEWAY = 1, 2, 3, 4, 5
 RTA_METRICS, RTA_MULTIPATH, RTA_TABLE, RTA_MARK, RTA_VIA = 8, 9, 15, 16, 18
-RTA_IP_PROTO, RTA_SPORT, RTA_DPORT = 27, 28, 29
+RTA_IP_PROTO, RTA_SPORT, RTA_DPORT, RTA_NH_ID = 27, 28, 29, 30
+RTM_F_FIB_MATCH = 0x2000     # answer with the FIB entry matched, not the path chosen from it
 RTAX_MTU = 2
 RTN_UNICAST = 1
 RTN_NAMES = {2: "local", 3: "broadcast", 4: "anycast", 5: "multicast", 6: "blackhole",
@@ -63,6 +81,16 @@ _NLA = struct.Struct("=HH")
 _U32 = struct.Struct("=I")
 _BE16 = struct.Struct("!H")
 LOOKUP_WINDOW = 256        # lookups in flight: their answers must fit the socket's buffer
+CACHE_TTL = 1.0            # seconds an answer is kept (what changes without an event is seen within it)
+CACHE_SIZE = 1 << 16       # answers kept; emptied when full
+_SEEN, _MULTI = "seen once", "multipath"   # cache markers: asked once; matched a multipath entry
+# ip rule attributes (linux/fib_rules.h FRA_*) that select by what the cache's key keeps, or by
+# nothing of the packet; a rule with any other (FRA_IP_PROTO, FRA_SPORT_RANGE, FRA_DPORT_RANGE,
+# or one this list does not know) routes by more, and its family is not cached.
+RULE_ATTRS_CACHED = frozenset({
+    "FRA_DST", "FRA_SRC", "FRA_IIFNAME", "FRA_OIFNAME", "FRA_GOTO", "FRA_PRIORITY", "FRA_FWMARK",
+    "FRA_FWMASK", "FRA_FLOW", "FRA_SUPPRESS_IFGROUP", "FRA_SUPPRESS_PREFIXLEN", "FRA_TABLE", "FRA_PAD",
+    "FRA_L3MDEV", "FRA_UID_RANGE", "FRA_PROTOCOL", "FRA_TUN_ID"})
 EGRESS_REMEMBERED = 65536  # frames' egress kept for decisions still to come
 
 
@@ -120,15 +148,16 @@ def _keyed_lookup(addr_len: int) -> struct.Struct:
 _KEYED = {4: _keyed_lookup(4), 6: _keyed_lookup(16)}
 
 
-def encode_lookup(key: RouteKey | None, dst=None, seq: int = 0) -> bytes:
+def encode_lookup(key: RouteKey | None, dst=None, seq: int = 0, flags: int = 0) -> bytes:
     """RTM_GETROUTE for a key (routed as received on key.iif), or for a bare
-    destination (routed as sent by the router itself)."""
+    destination (routed as sent by the router itself); flags: the rtmsg's
+    (RTM_F_FIB_MATCH asks for the matched FIB entry)."""
     if key is not None:
         dst = key.dst
         v6 = dst.version == 6
         st, alen = _KEYED[dst.version], (16 if v6 else 4)
         return st.pack(st.size, RTM_GETROUTE, NLM_F_REQUEST, seq, 0,
-                       socket.AF_INET6 if v6 else socket.AF_INET, alen * 8, alen * 8, 0, 0, 0, 0, 0, 0,
+                       socket.AF_INET6 if v6 else socket.AF_INET, alen * 8, alen * 8, 0, 0, 0, 0, 0, flags,
                        4 + alen, RTA_DST, dst.packed, 4 + alen, RTA_SRC, key.src.packed,
                        8, RTA_IIF, key.iif, 8, RTA_MARK, key.mark, 5, RTA_IP_PROTO, key.l4proto,
                        6, RTA_SPORT, _BE16.pack(key.sport), 6, RTA_DPORT, _BE16.pack(key.dport))
@@ -141,18 +170,21 @@ def encode_lookup(key: RouteKey | None, dst=None, seq: int = 0) -> bytes:
         attrs += (_nla(RTA_SRC, key.src.packed) + _nla(RTA_IIF, _U32.pack(key.iif))
                   + _nla(RTA_MARK, _U32.pack(key.mark)) + _nla(RTA_IP_PROTO, bytes([key.l4proto]))
                   + _nla(RTA_SPORT, _BE16.pack(key.sport)) + _nla(RTA_DPORT, _BE16.pack(key.dport)))
-    body = _RTMSG.pack(family, bits, src_len, 0, 0, 0, 0, 0, 0) + attrs
+    body = _RTMSG.pack(family, bits, src_len, 0, 0, 0, 0, 0, flags) + attrs
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETROUTE, NLM_F_REQUEST, seq, 0) + body
 
 
 class Lookup(NamedTuple):
     """What the kernel answered: the route's type, its output interface and
-    gateway (None on-link), and its MTU metric (0: the device's)."""
+    gateway (None on-link), and its MTU metric (0: the device's); multipath:
+    the answer names more than one path or a nexthop object (asked with
+    RTM_F_FIB_MATCH, the FIB entry matched is multipath or may be)."""
 
     rtype: int
     oif: int
     gateway: str | None       # as neighbours are known by (Routes.neighbour_mac)
     mtu: int
+    multipath: bool = False
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -164,7 +196,7 @@ def _address_text(packed: bytes) -> str:
 
 def decode_route(buf: bytes, off: int, end: int) -> Lookup:
     rtype = _RTMSG.unpack_from(buf, off)[7]
-    pos, oif, gw, mtu = off + _RTMSG.size, 0, None, 0
+    pos, oif, gw, mtu, multi = off + _RTMSG.size, 0, None, 0, False
     while pos + 4 <= end:
         length, atype = _NLA.unpack_from(buf, pos)
         if length < 4:
@@ -177,6 +209,8 @@ def decode_route(buf: bytes, off: int, end: int) -> Lookup:
             gw = _address_text(bytes(buf[start:stop]))
         elif atype == RTA_VIA and stop - start >= 2:
             gw = _address_text(bytes(buf[start + 2:stop]))
+        elif atype == RTA_MULTIPATH or atype == RTA_NH_ID:
+            multi = True
         elif atype == RTA_METRICS:
             p = start
             while p + 8 <= stop:
@@ -185,7 +219,7 @@ def decode_route(buf: bytes, off: int, end: int) -> Lookup:
                     mtu = _U32.unpack_from(buf, p + 4)[0]
                 p += max(4, (ln + 3) & ~3)
         pos += (length + 3) & ~3
-    return Lookup(rtype, oif, gw, mtu)
+    return Lookup(rtype, oif, gw, mtu, multi)
 
 
 class RouteLookups:
@@ -208,17 +242,18 @@ class RouteLookups:
         for seq in list(self._pending):
             self._answer(seq, RouteError("route lookups closed"))
 
-    async def lookups(self, reqs: list[tuple[RouteKey | None, object]]) -> list[Lookup | OSError]:
-        """(key, dst) each (see encode_lookup): the kernel's answer or its error, in order."""
+    async def lookups(self, reqs: list[tuple]) -> list[Lookup | OSError]:
+        """(key, dst) or (key, dst, flags) each (see encode_lookup): the
+        kernel's answer or its error, in order."""
         out: list = []
         for w in range(0, len(reqs), LOOKUP_WINDOW):
             chunk = reqs[w:w + LOOKUP_WINDOW]
             window = _Window(self._loop.create_future(), [None] * len(chunk), len(chunk))
             data = []
-            for i, (key, dst) in enumerate(chunk):
+            for i, req in enumerate(chunk):
                 self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
                 self._pending[self._seq] = (window, i)
-                data.append(encode_lookup(key, dst, self._seq))
+                data.append(encode_lookup(req[0], req[1], self._seq, req[2] if len(req) > 2 else 0))
             try:
                 self.sock.send(b"".join(data))
             except OSError as e:
@@ -282,10 +317,16 @@ class Routes:
     for the decisions to come.
     """
 
-    def __init__(self, ipr, ports: dict[str, int], lookups: RouteLookups | None = None):
+    def __init__(self, ipr, ports: dict[str, int], lookups: RouteLookups | None = None,
+                 stats: collections.Counter | None = None):
         self.ipr = ipr                # pyroute2 AsyncIPRoute bound to the namespace
         self.ports = ports            # representor name -> switch port
         self.lookups = lookups
+        self.stats = stats if stats is not None else collections.Counter()
+        self._cache: dict = {}        # (dst, src, iif, mark), or a bare dst -> (Lookup or marker, clock)
+        self._cache_epoch = 0
+        self._rules_by_port: dict[int, bool] | None = None   # version -> a rule routes by more than the cache keeps
+        self._rules_gen = 0
         self._links: dict[int, tuple[str, int, str]] = {}   # ifindex -> (name, mtu, MAC)
         self._ifindex: dict[str, int] = {}
         self._neigh: dict[tuple[int, str], tuple[int, str | None]] = {}   # (ifindex, addr) -> (state, lladdr)
@@ -322,6 +363,24 @@ class Routes:
         """Routing changed (a route, rule, link, address or neighbour's MAC):
         frames seen before say nothing of where the kernel sends now."""
         self.epoch += 1
+
+    def rules_changed(self) -> None:
+        """An ip rule was added or deleted: what the rules select by is read again."""
+        self._rules_by_port = None
+        self._rules_gen += 1
+
+    async def _load_rules(self) -> dict[int, bool]:
+        gen = self._rules_gen
+        async with self._lock:
+            got = await _all(self.ipr.rule("dump"))
+        by_port = {4: False, 6: False}
+        for r in got:
+            version = {socket.AF_INET: 4, socket.AF_INET6: 6}.get(r["family"])
+            if version is not None and any(a[0] not in RULE_ATTRS_CACHED for a in r["attrs"]):
+                by_port[version] = True
+        if gen == self._rules_gen:
+            self._rules_by_port = by_port
+        return by_port
 
     def ingress(self, t: FlowTuple) -> int | None:
         return self._ingress.get(t)
@@ -423,7 +482,7 @@ class Routes:
     # -- decisions -----------------------------------------------------------------------
     async def resolve(self, reqs: list[tuple[RouteKey | None, object]]) -> list[FlowRoute | RouteError]:
         """The path of each (key, dst): route, link and neighbour, or why none."""
-        answers = await self.lookups.lookups(reqs)
+        answers = await self._answers(reqs)
         out: list = []
         for (key, dst), got in zip(reqs, answers):
             target = key.dst if key is not None else dst
@@ -436,6 +495,60 @@ class Routes:
                 out.append(self._known_path(target, got) or await self._path(target, got))
             except RouteError as e:
                 out.append(e)
+        return out
+
+    async def _answers(self, reqs: list[tuple[RouteKey | None, object]]) -> list[Lookup | OSError]:
+        """The kernel's answer to each (key, dst), from the cache where it
+        may answer (the module's docstring), else asked."""
+        cache = self._cache
+        if self._cache_epoch != self.epoch or len(cache) > CACHE_SIZE:
+            cache.clear()
+            self._cache_epoch = self.epoch
+        by_port = self._rules_by_port
+        if by_port is None:
+            try:
+                by_port = await self._load_rules()
+            except Exception as e:     # unknown rules: nothing keyed is cached until they are read
+                log.warning("reading the ip rules: %r; keyed route lookups are not cached", e)
+                by_port = {4: True, 6: True}
+        epoch, now = self.epoch, time.monotonic()
+        out: list = [None] * len(reqs)
+        ask: list[tuple[int, object]] = []      # (index, cache key or None)
+        probes: dict = {}                        # cache key -> index of a request asked with it
+        for i, (key, dst) in enumerate(reqs):
+            if key is None:
+                ck = dst                          # a bare lookup's request is its destination
+            elif by_port[key.dst.version]:
+                ask.append((i, None))
+                continue
+            else:
+                ck = (key.dst, key.src, key.iif, key.mark)
+            got = cache.get(ck)
+            if got is not None and now - got[1] < CACHE_TTL:
+                a = got[0]
+                if a.__class__ is Lookup:
+                    out[i] = a
+                    continue
+                if a is _SEEN and ck not in probes:
+                    probes[ck] = i
+            elif key is not None:
+                cache[ck] = (_SEEN, now)
+            ask.append((i, ck))
+        self.stats["route.cached"] += len(reqs) - len(ask)
+        if not ask:
+            return out
+        self.stats["route.asked"] += len(ask)
+        self.stats["route.probed"] += len(probes)
+        got = await self.lookups.lookups([reqs[i] for i, _ in ask]
+                                         + [(reqs[i][0], None, RTM_F_FIB_MATCH) for i in probes.values()])
+        for (i, ck), a in zip(ask, got):
+            out[i] = a
+            if ck is not None and reqs[i][0] is None and a.__class__ is Lookup and self.epoch == epoch:
+                cache[ck] = (a, now)
+        if self.epoch == epoch:     # no routing change came while asking
+            for (ck, i), p in zip(probes.items(), got[len(ask):]):
+                if p.__class__ is Lookup and out[i].__class__ is Lookup:
+                    cache[ck] = (_MULTI, now) if p.multipath else (out[i], now)
         return out
 
     def _known_path(self, dst, rt: Lookup) -> FlowRoute | None:
