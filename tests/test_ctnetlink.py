@@ -17,8 +17,8 @@ import subprocess
 import pytest
 
 from p4flowtable import ctnetlink as ctnl
-from p4flowtable.conntrack import (IP_CT_TCP_FLAG_BE_LIBERAL, NF_CT_DAY, ConntrackMirror, CtEntry, CtEvent,
-                                   TCP_ESTABLISHED)
+from p4flowtable.conntrack import (IP_CT_TCP_FLAG_BE_LIBERAL, NETLINK_NETFILTER, NF_CT_DAY, ConntrackMirror,
+                                   CtEntry, CtEvent, TCP_ESTABLISHED)
 from p4flowtable.model import FlowTuple, ipv4
 from p4flowtable.netns import netlink_socket
 
@@ -278,3 +278,77 @@ def test_a_tuple_attribute_is_the_same_in_one_call_as_nested():
                                      17, 0, 65535)):
         for atype in (ctnl.CTA_TUPLE_ORIG, ctnl.CTA_TUPLE_REPLY):
             assert ctnl.tuple_attr(atype, t) == ctnl.tuple_attr_nested(atype, t)
+
+
+def test_a_tuple_read_in_one_call_is_the_walks(monkeypatch):
+    """_tuple_at's one struct call gives what the attribute walk gives, for
+    both families and the port extremes; a payload laid out otherwise (the
+    addresses swapped in order, a protocol without ports) goes to the walk
+    and still reads right."""
+    import random
+    rnd = random.Random(7)
+    tuples = [ORIG, REPLY, FlowTuple(ipaddress.IPv6Address("2001:db8::1"), ipaddress.IPv6Address("2001:db8:1::2"),
+                                     17, 0, 65535)]
+    for _ in range(300):
+        v6 = rnd.random() < 0.5
+        a = (lambda: ipaddress.IPv6Address(rnd.getrandbits(128))) if v6 else (lambda: ipv4(rnd.getrandbits(32)))
+        tuples.append(FlowTuple(a(), a(), rnd.choice((6, 17)), rnd.randrange(65536), rnd.randrange(65536)))
+    walked = []
+    walk = ctnl._tuple_walk
+    monkeypatch.setattr(ctnl, "_tuple_walk", lambda *a: walked.append(1) or walk(*a))
+    for t in tuples:
+        body = ctnl.tuple_attr(ctnl.CTA_TUPLE_ORIG, t)[4:]
+        assert ctnl._tuple_at(body, 0, len(body)) == walk(body, 0, len(body)) == t
+    assert walked == []        # all of them in one call
+    t = tuples[3]
+    v6 = t.src.version == 6
+    swapped = (ctnl.nest(ctnl.CTA_TUPLE_IP, ctnl.nla(ctnl.CTA_IP_V6_DST if v6 else ctnl.CTA_IP_V4_DST, t.dst.packed),
+                         ctnl.nla(ctnl.CTA_IP_V6_SRC if v6 else ctnl.CTA_IP_V4_SRC, t.src.packed))
+               + ctnl.tuple_attr(ctnl.CTA_TUPLE_ORIG, t)[4 + (48 if not v6 else 72) - 28:])
+    assert ctnl._tuple_at(swapped, 0, len(swapped)) == t and walked == [1]
+    icmp = ctnl.nest(ctnl.CTA_TUPLE_IP, ctnl.nla(ctnl.CTA_IP_V4_SRC, ORIG.src.packed),
+                     ctnl.nla(ctnl.CTA_IP_V4_DST, ORIG.dst.packed)) + ctnl.nest(
+        ctnl.CTA_TUPLE_PROTO, ctnl.nla(ctnl.CTA_PROTO_NUM, bytes([1])))
+    assert ctnl._tuple_at(icmp, 0, len(icmp)) == FlowTuple(ORIG.src, ORIG.dst, 1, 0, 0) and walked == [1, 1]
+
+
+@kernel
+def test_own_updates_are_filtered_out_in_the_kernel(ns):
+    """The events of the command socket's own changes never reach the event
+    socket (its BPF filter drops them); another port's changes and the
+    creations do. An event is queued before the change's answer comes back
+    (ctnetlink reports in the request's context), so an empty socket after
+    the answer shows it dropped."""
+    async def run():
+        events = ctnl.CtnlSocket(netlink_socket(NS, NETLINK_NETFILTER))
+        events.subscribe((ctnl.NFNLGRP_CONNTRACK_NEW, ctnl.NFNLGRP_CONNTRACK_UPDATE))
+        cmd = ctnl.CtnlSocket(netlink_socket(NS, NETLINK_NETFILTER))
+        other = ctnl.CtnlSocket(netlink_socket(NS, NETLINK_NETFILTER))
+        events._loop.remove_reader(events.sock.fileno())      # read by hand below
+        events.sock.setblocking(False)
+        events.skip_events_of(cmd.portid)
+
+        def queued() -> list[int]:
+            pids = []
+            while True:
+                try:
+                    data = events.sock.recv(1 << 16)
+                except BlockingIOError:
+                    return pids
+                pids.append(ctnl._NLMSGHDR.unpack_from(data)[4])
+
+        change = (ctnl.IPCTNL_MSG_CT_NEW, socket.AF_INET,
+                  ctnl.tuple_attr(ctnl.CTA_TUPLE_ORIG, ORIG) + ctnl.timeout_attr(500), 0)
+        try:
+            await create(other)
+            made = queued()
+            await cmd.request(*change)
+            own = queued()
+            await other.request(*change)
+            theirs = queued()
+            return made, own, theirs, other.portid
+        finally:
+            for s in (events, cmd, other):
+                s.sock.close()
+    made, own, theirs, other_pid = asyncio.run(run())
+    assert made == [other_pid] and own == [] and theirs == [other_pid]

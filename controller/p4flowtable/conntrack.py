@@ -119,8 +119,8 @@ class ConntrackMirror:
         # The updates p4ft makes itself (offload marks, lease renewals,
         # hand-back timeouts) come back as events naming the command socket's
         # port; they change nothing the mirror follows, so they are not
-        # decoded. Changes made by packets meanwhile are events of their own.
-        self._events.skip_pid = self._cmd.portid
+        # delivered. Changes made by packets meanwhile are events of their own.
+        self._events.skip_events_of(self._cmd.portid)
 
     async def open(self) -> None:
         self._cmd = self._socket()   # requests are pipelined on it, no lock

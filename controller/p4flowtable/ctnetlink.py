@@ -14,11 +14,14 @@ take one request at a time (see docs/benchmarks.md).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import ipaddress
+import logging
 import os
 import socket
 import struct
+import sys
 from dataclasses import dataclass
 
 from .model import FlowTuple, ipv4
@@ -129,9 +132,42 @@ def _labels(buf: bytes, span: tuple[int, int] | None) -> int | None:
     return int.from_bytes(buf[span[0]:span[1]], "little")
 
 
+# A tuple's payload as ctnetlink_dump_tuples lays it out for TCP and UDP (and
+# tuple_attr encodes it): the address nest, then the protocol nest, each
+# attribute in order. Read by one struct call where every header is as
+# expected; the ports are read in host order and swapped.
+def _tuple_body(alen: int) -> struct.Struct:
+    return struct.Struct(f"=HHHH{alen}sHH{alen}sHHHHB3xHHH2xHHH2x")
+
+
+_TUPLE_BODY = {20: (_tuple_body(4), (20, CTA_TUPLE_IP, 8, CTA_IP_V4_SRC, 8, CTA_IP_V4_DST, 28, CTA_TUPLE_PROTO,
+                                     5, CTA_PROTO_NUM, 6, CTA_PROTO_SRC_PORT, 6, CTA_PROTO_DST_PORT), ipv4),
+               44: (_tuple_body(16), (44, CTA_TUPLE_IP, 20, CTA_IP_V6_SRC, 20, CTA_IP_V6_DST, 28, CTA_TUPLE_PROTO,
+                                      5, CTA_PROTO_NUM, 6, CTA_PROTO_SRC_PORT, 6, CTA_PROTO_DST_PORT),
+                      ipaddress.IPv6Address)}
+_SWAP16 = sys.byteorder == "little"
+
+
 def _tuple_at(buf: bytes, pos: int, end: int) -> FlowTuple | None:
-    """CTA_TUPLE_ORIG/REPLY's payload: addresses and ports, in one walk of
-    each nest (a NEW event carries two; this is the events' hot path)."""
+    """CTA_TUPLE_ORIG/REPLY's payload: addresses and ports, in one struct
+    call where laid out as the kernel lays out TCP and UDP tuples, else in
+    one walk of each nest (a NEW event carries two; this is the events' hot
+    path)."""
+    if pos + 2 <= end:
+        got = _TUPLE_BODY.get(buf[pos] | buf[pos + 1] << 8 if _SWAP16 else buf[pos] << 8 | buf[pos + 1])
+        if got is not None and end - pos >= got[0].size:
+            st, shape, addr = got
+            il, it, l1, t1, a1, l2, t2, a2, pl, pt, l3, t3, num, l4, t4, sp, l5, t5, dp = st.unpack_from(buf, pos)
+            if (il, it & NLA_TYPE_MASK, l1, t1 & NLA_TYPE_MASK, l2, t2 & NLA_TYPE_MASK, pl, pt & NLA_TYPE_MASK,
+                    l3, t3 & NLA_TYPE_MASK, l4, t4 & NLA_TYPE_MASK, l5, t5 & NLA_TYPE_MASK) == shape:
+                if _SWAP16:
+                    sp, dp = (sp & 0xFF) << 8 | sp >> 8, (dp & 0xFF) << 8 | dp >> 8
+                return FlowTuple(addr(a1), addr(a2), num, sp, dp)
+    return _tuple_walk(buf, pos, end)
+
+
+def _tuple_walk(buf: bytes, pos: int, end: int) -> FlowTuple | None:
+    """_tuple_at, attribute by attribute (any order, any protocol)."""
     unpack = _NLA.unpack_from
     src = dst = num = None
     sport = dport = 0
@@ -303,6 +339,29 @@ def family_of(t) -> int:
 
 
 # -- the socket --------------------------------------------------------------------
+SO_ATTACH_FILTER = 26         # asm-generic/socket.h
+_SOCK_FILTER = struct.Struct("=HBBI")     # struct sock_filter: code, jt, jf, k
+BPF_LD_W_ABS, BPF_JEQ_K, BPF_RET_K = 0x20, 0x15, 0x06
+
+log = logging.getLogger(__name__)
+
+
+def attach_skip_pid_filter(sock: socket.socket, pid: int) -> None:
+    """Attach a classic BPF program dropping each datagram whose first
+    netlink message names port `pid` (nlmsg_pid, at offset 12; an event is a
+    datagram of its own). BPF loads words in network order and the header
+    holds host order: the constant is the port's bytes read big-endian."""
+    k = int.from_bytes(pid.to_bytes(4, sys.byteorder), "big")
+    code = b"".join(_SOCK_FILTER.pack(*i) for i in (
+        (BPF_LD_W_ABS, 0, 0, 12),
+        (BPF_JEQ_K, 0, 1, k),
+        (BPF_RET_K, 0, 0, 0),              # drop
+        (BPF_RET_K, 0, 0, 0xFFFFFFFF)))    # keep whole
+    buf = ctypes.create_string_buffer(code, len(code))     # alive until the kernel has copied it
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                    struct.pack("HP", len(code) // _SOCK_FILTER.size, ctypes.addressof(buf)))
+
+
 class CtnlSocket:
     """A NETLINK_NETFILTER socket on the running loop.
 
@@ -330,6 +389,18 @@ class CtnlSocket:
             self.sock.bind((0, 0))
             pid = self.sock.getsockname()[0]
         return pid
+
+    def skip_events_of(self, pid: int) -> None:
+        """Events caused by the netlink port `pid` are not delivered: a
+        socket filter drops them in the kernel, before they take room in the
+        socket's buffer or a receive (the way libnetfilter_conntrack filters
+        events). Where the filter cannot be attached, they are received and
+        not decoded."""
+        self.skip_pid = pid
+        try:
+            attach_skip_pid_filter(self.sock, pid)
+        except OSError as e:
+            log.warning("ctnetlink event filter not attached (%s): p4ft's own updates are received and skipped", e)
 
     def subscribe(self, groups: tuple[int, ...]) -> None:
         mask = 0
