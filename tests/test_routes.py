@@ -273,3 +273,25 @@ def test_a_routing_change_empties_the_cache(ns):
     assert first == ["wan0"] * 4 and then == ["wan1"] * 4 and (bare, bare_then) == ("wan0", "wan1")
     # without the event the cache answered as before (the daemon always has the event)
     assert kept == ["wan0"] * 4
+
+
+def test_a_kept_path_follows_its_neighbours_new_mac(ns):
+    """A kept answer keeps its path (port, MACs); the neighbour's new MAC, as
+    its rtnetlink event reaches the mirror (a routing change), is in the
+    next path given."""
+    keys = [RouteKey(A("203.0.113.10"), A("10.0.1.1"), 0, 0, 6, s, 80) for s in range(5000, 5004)]
+
+    async def run(routes):
+        lan0, wan0 = await routes.ifindex("lan0"), await routes.ifindex("wan0")
+
+        async def macs():
+            return [(await routes.resolve([(k._replace(iif=lan0), None)]))[0].dst_mac for k in keys]
+        before = await macs()
+        cached = routes.stats["route.cached"]
+        ip("neigh", "replace", "192.0.2.2", "lladdr", "00:00:00:00:00:22", "dev", "wan0", "nud", "permanent")
+        routes.neighbour_event({"NDA_DST": "192.0.2.2", "ifindex": wan0, "state": 0x80,
+                                "NDA_LLADDR": "00:00:00:00:00:22"}, deleted=False)
+        return before, cached, await macs()
+    before, cached, after = with_routes(ns, run)
+    assert before == ["00:00:00:00:00:02"] * 4 and cached == 2
+    assert after == ["00:00:00:00:00:22"] * 4

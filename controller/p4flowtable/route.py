@@ -481,10 +481,19 @@ class Routes:
 
     # -- decisions -----------------------------------------------------------------------
     async def resolve(self, reqs: list[tuple[RouteKey | None, object]]) -> list[FlowRoute | RouteError]:
-        """The path of each (key, dst): route, link and neighbour, or why none."""
-        answers = await self._answers(reqs)
+        """The path of each (key, dst): route, link and neighbour, or why
+        none. A kept answer keeps its path too: what the path is made of
+        (links, neighbours' MACs) changes only with a routing change, which
+        empties the cache."""
+        answers, kept = await self._answers(reqs)
+        cache = self._cache
         out: list = []
-        for (key, dst), got in zip(reqs, answers):
+        for (key, dst), got, ck in zip(reqs, answers, kept):
+            if ck is not None:
+                entry = cache.get(ck)
+                if entry is not None and entry[0] is got and len(entry) == 3:
+                    out.append(entry[2])
+                    continue
             target = key.dst if key is not None else dst
             if isinstance(got, BaseException):
                 why = got.strerror if isinstance(got, OSError) and got.strerror else repr(got)
@@ -492,14 +501,21 @@ class Routes:
                 continue
             try:
                 # known link and neighbour (the common case): no await
-                out.append(self._known_path(target, got) or await self._path(target, got))
+                path = self._known_path(target, got) or await self._path(target, got)
             except RouteError as e:
                 out.append(e)
+                continue
+            out.append(path)
+            if ck is not None:
+                entry = cache.get(ck)
+                if entry is not None and entry[0] is got:
+                    cache[ck] = (got, entry[1], path)
         return out
 
-    async def _answers(self, reqs: list[tuple[RouteKey | None, object]]) -> list[Lookup | OSError]:
+    async def _answers(self, reqs: list[tuple[RouteKey | None, object]]) -> tuple[list, list]:
         """The kernel's answer to each (key, dst), from the cache where it
-        may answer (the module's docstring), else asked."""
+        may answer (the module's docstring), else asked; and each one's
+        cache key where the cache holds that answer (else None)."""
         cache = self._cache
         if self._cache_epoch != self.epoch or len(cache) > CACHE_SIZE:
             cache.clear()
@@ -513,6 +529,7 @@ class Routes:
                 by_port = {4: True, 6: True}
         epoch, now = self.epoch, time.monotonic()
         out: list = [None] * len(reqs)
+        kept: list = [None] * len(reqs)
         ask: list[tuple[int, object]] = []      # (index, cache key or None)
         probes: dict = {}                        # cache key -> index of a request asked with it
         for i, (key, dst) in enumerate(reqs):
@@ -527,7 +544,7 @@ class Routes:
             if got is not None and now - got[1] < CACHE_TTL:
                 a = got[0]
                 if a.__class__ is Lookup:
-                    out[i] = a
+                    out[i], kept[i] = a, ck
                     continue
                 if a is _SEEN and ck not in probes:
                     probes[ck] = i
@@ -536,7 +553,7 @@ class Routes:
             ask.append((i, ck))
         self.stats["route.cached"] += len(reqs) - len(ask)
         if not ask:
-            return out
+            return out, kept
         self.stats["route.asked"] += len(ask)
         self.stats["route.probed"] += len(probes)
         got = await self.lookups.lookups([reqs[i] for i, _ in ask]
@@ -544,12 +561,15 @@ class Routes:
         for (i, ck), a in zip(ask, got):
             out[i] = a
             if ck is not None and reqs[i][0] is None and a.__class__ is Lookup and self.epoch == epoch:
-                cache[ck] = (a, now)
+                cache[ck], kept[i] = (a, now), ck
         if self.epoch == epoch:     # no routing change came while asking
             for (ck, i), p in zip(probes.items(), got[len(ask):]):
                 if p.__class__ is Lookup and out[i].__class__ is Lookup:
-                    cache[ck] = (_MULTI, now) if p.multipath else (out[i], now)
-        return out
+                    if p.multipath:
+                        cache[ck] = (_MULTI, now)
+                    else:
+                        cache[ck], kept[i] = (out[i], now), ck
+        return out, kept
 
     def _known_path(self, dst, rt: Lookup) -> FlowRoute | None:
         """_path() from what is mirrored already; None when the link or the
