@@ -313,6 +313,40 @@ def test_a_tuple_read_in_one_call_is_the_walks(monkeypatch):
 
 
 @kernel
+def test_tcp_protoinfo_read_in_one_call_is_the_walks(ns, monkeypatch):
+    """The kernel's own answer: its CTA_PROTOINFO is read by one struct call
+    (no nest walked), giving the state and both directions' flags the walk
+    gives; a protoinfo with the state alone (as destroy events carry) is
+    walked."""
+    async def run():
+        sock = ctnl.CtnlSocket(netlink_socket(NS, NETLINK_NETFILTER))
+        try:
+            await create(sock)
+            await sock.request(ctnl.IPCTNL_MSG_CT_NEW, socket.AF_INET, ctnl.tuple_attr(ctnl.CTA_TUPLE_ORIG, ORIG)
+                               + ctnl.tcp_flags_attr(IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_BE_LIBERAL))
+            seen = []
+            monkeypatch.setattr(ctnl.CtnlSocket, "_parse", lambda self, data: seen.append(data) or parse(self, data))
+            return await asyncio.wait_for(sock.request(ctnl.IPCTNL_MSG_CT_GET, socket.AF_INET,
+                                                       ctnl.tuple_attr(ctnl.CTA_TUPLE_ORIG, ORIG)), 10), seen
+        finally:
+            sock.sock.close()
+    parse = ctnl.CtnlSocket._parse
+    walked = []
+    attrs = ctnl.attrs
+    monkeypatch.setattr(ctnl, "attrs", lambda *a: walked.append(1) or attrs(*a))
+    (fast,), seen = asyncio.run(run())
+    assert (fast.tcp_state, fast.tcp_flags & IP_CT_TCP_FLAG_BE_LIBERAL) == (TCP_ESTABLISHED, IP_CT_TCP_FLAG_BE_LIBERAL)
+    assert walked == []
+    monkeypatch.setattr(ctnl, "_TCP_INFO_SHAPE", ())          # the walk alone
+    data = seen[0]
+    slow = ctnl.decode(data, 0, ctnl._NLMSGHDR.unpack_from(data)[0], ctnl.IPCTNL_MSG_CT_NEW, 0)
+    assert walked and (slow.tcp_state, slow.tcp_flags, slow.tcp_flags_reply) == \
+        (fast.tcp_state, fast.tcp_flags, fast.tcp_flags_reply)
+    state_only = b"\0" * 20 + ctnl.tcp_state_attr(TCP_ESTABLISHED)     # nlmsghdr, nfgenmsg
+    assert ctnl.decode(state_only, 0, len(state_only), 0, 0).tcp_state == TCP_ESTABLISHED
+
+
+@kernel
 def test_own_updates_are_filtered_out_in_the_kernel(ns):
     """The events of the command socket's own changes never reach the event
     socket (its BPF filter drops them); another port's changes and the

@@ -50,6 +50,7 @@ CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
 CTA_PROTOINFO_TCP = 1
 CTA_PROTOINFO_TCP_STATE = 1
+CTA_PROTOINFO_TCP_WSCALE_ORIGINAL, CTA_PROTOINFO_TCP_WSCALE_REPLY = 2, 3
 CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, CTA_PROTOINFO_TCP_FLAGS_REPLY = 4, 5
 
 _NLMSGHDR = struct.Struct("=IHHII")
@@ -207,6 +208,23 @@ def _tuple_walk(buf: bytes, pos: int, end: int) -> FlowTuple | None:
     return FlowTuple(src, dst, num, sport, dport)
 
 
+# CTA_PROTOINFO's payload as tcp_to_nlattr lays it out in an event or a dump
+# (a destroy event has the state alone, and is walked): the TCP nest, then
+# the state, both window scales and both directions' flags (struct
+# nf_ct_tcp_flags: flags, then mask), each in order. Read by one struct call
+# where every header is as expected.
+_TCP_INFO = struct.Struct("=HH" + "HHB3x" * 3 + "HHB3x" * 2)
+_TCP_INFO_SHAPE = (44, CTA_PROTOINFO_TCP, 5, CTA_PROTOINFO_TCP_STATE, 5, CTA_PROTOINFO_TCP_WSCALE_ORIGINAL,
+                   5, CTA_PROTOINFO_TCP_WSCALE_REPLY, 6, CTA_PROTOINFO_TCP_FLAGS_ORIGINAL,
+                   6, CTA_PROTOINFO_TCP_FLAGS_REPLY)
+
+
+def _masked(v: tuple) -> tuple:
+    """_TCP_INFO's headers (lengths, types without their flags)."""
+    return (v[0], v[1] & NLA_TYPE_MASK, v[2], v[3] & NLA_TYPE_MASK, v[5], v[6] & NLA_TYPE_MASK,
+            v[8], v[9] & NLA_TYPE_MASK, v[11], v[12] & NLA_TYPE_MASK, v[14], v[15] & NLA_TYPE_MASK)
+
+
 def decode(buf: bytes, off: int, end: int, msg_type: int, flags: int) -> CtMsg:
     """One ctnetlink message; attributes that are missing or malformed are None.
     One walk of the top level; nests are walked only where a field is read."""
@@ -239,8 +257,10 @@ def decode(buf: bytes, off: int, end: int, msg_type: int, flags: int) -> CtMsg:
         elif atype == CTA_HELP:
             m.helper = True
         elif atype == CTA_PROTOINFO:
-            tcp = attrs(buf, start, stop).get(CTA_PROTOINFO_TCP)
-            if tcp is not None:
+            got = _TCP_INFO.unpack_from(buf, start) if stop - start >= _TCP_INFO.size else None
+            if got is not None and _masked(got) == _TCP_INFO_SHAPE:
+                m.tcp_state, m.tcp_flags, m.tcp_flags_reply = got[4], got[13], got[16]
+            elif (tcp := attrs(buf, start, stop).get(CTA_PROTOINFO_TCP)) is not None:
                 info = attrs(buf, *tcp)
                 m.tcp_state = _uint(buf, info.get(CTA_PROTOINFO_TCP_STATE), 1)
                 m.tcp_flags = _uint(buf, info.get(CTA_PROTOINFO_TCP_FLAGS_ORIGINAL), 1)
