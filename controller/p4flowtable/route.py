@@ -323,7 +323,7 @@ class Routes:
         self.ports = ports            # representor name -> switch port
         self.lookups = lookups
         self.stats = stats if stats is not None else collections.Counter()
-        self._cache: dict = {}        # (dst, src, iif, mark), or a bare dst -> (Lookup or marker, clock)
+        self._cache: dict = {}        # (dst, src, iif, mark), or a bare dst -> (Lookup or marker, clock[, path])
         self._cache_epoch = 0
         self._rules_by_port: dict[int, bool] | None = None   # version -> a rule routes by more than the cache keeps
         self._rules_gen = 0
@@ -532,14 +532,16 @@ class Routes:
         kept: list = [None] * len(reqs)
         ask: list[tuple[int, object]] = []      # (index, cache key or None)
         probes: dict = {}                        # cache key -> index of a request asked with it
+        # Addresses enter the keys as (class, integer): an address object
+        # hashes through its hex text, a microsecond per lookup.
         for i, (key, dst) in enumerate(reqs):
             if key is None:
-                ck = dst                          # a bare lookup's request is its destination
+                ck = (dst.__class__, int(dst))    # a bare lookup's request is its destination
             elif by_port[key.dst.version]:
                 ask.append((i, None))
                 continue
             else:
-                ck = (key.dst, key.src, key.iif, key.mark)
+                ck = (key.dst.__class__, int(key.dst), int(key.src), key.iif, key.mark)
             got = cache.get(ck)
             if got is not None and now - got[1] < CACHE_TTL:
                 a = got[0]
