@@ -136,6 +136,8 @@ def test_metrics_move_with_traffic(life):
     assert a[("p4ft_switch_connected", ())] == 1
     assert a[("p4ft_switch_role", (("role", "primary"),))] == 1
     assert a[("p4ft_punt_rate", ())] == 2000      # the daemon's default; drops are in test_punt_storm
+    asked = ("p4ft_route_lookups_total", (("source", "asked"),))
+    assert a[asked] > b.get(asked, 0)             # the connections' paths, asked of the kernel
 
 
 def burst_p99(net, base: int, n: int) -> float:

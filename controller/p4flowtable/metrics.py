@@ -70,6 +70,12 @@ class Metrics:
                         fam.add_metric([reason], 0)
             yield fam
         yield CounterMetricFamily("p4ft_expiries", "Flows expired (idle in the switch)", value=st.get("expired", 0))
+        lookups = CounterMetricFamily("p4ft_route_lookups", "Route answers the decisions and reroutes took, by "
+                                      "source: kept (route.py's cache), asked (the kernel), probed (RTM_F_FIB_MATCH "
+                                      "checks that an answer may be kept)", labels=["source"])
+        for source, key in (("kept", "route.cached"), ("asked", "route.asked"), ("probed", "route.probed")):
+            lookups.add_metric([source], st.get(key, 0))
+        yield lookups
         s = self.session
         yield CounterMetricFamily("p4ft_switch_writes", "P4Runtime Write requests sent", value=s.writes)
         errs = CounterMetricFamily("p4ft_switch_write_errors", "Updates the switch refused, by status code",
