@@ -295,3 +295,31 @@ def test_a_kept_path_follows_its_neighbours_new_mac(ns):
     before, cached, after = with_routes(ns, run)
     assert before == ["00:00:00:00:00:02"] * 4 and cached == 2
     assert after == ["00:00:00:00:00:22"] * 4
+
+
+@pytest.mark.parametrize("multipath", [False, True])
+def test_one_call_asks_a_reduced_key_once_where_one_path_answers(ns, multipath):
+    """Many keys of one (destination, source, interface, mark) in one call,
+    as a reroute pass asks: the first is asked with its probe, the rest take
+    its answer where the probe shows one path; under ECMP (L4 hash) each is
+    asked, and each gets the port `ip route get` names."""
+    sports = list(range(5000, 5032))
+    if multipath:
+        subprocess.run(["ip", "netns", "exec", NS, "sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"],
+                       check=True)
+        ip("route", "replace", "203.0.113.0/24", "nexthop", "via", "192.0.2.2", "dev", "wan0",
+           "nexthop", "via", "198.51.100.2", "dev", "wan1")
+
+    async def run(routes):
+        lan0 = await routes.ifindex("lan0")
+        got = await routes.resolve([(RouteKey(A("203.0.113.10"), A("10.0.1.1"), lan0, 0, 17, s, 7000), None)
+                                    for s in sports])
+        return got, dict(routes.stats)
+    got, stats = with_routes(ns, run)
+    want = [kernel_dev("203.0.113.10", "10.0.1.1", 0, s, 7000) for s in sports]
+    assert [NAMES[g.port] for g in got] == want
+    if multipath:
+        assert set(want) == {"wan0", "wan1"}
+        assert (stats["route.asked"], stats["route.probed"], stats["route.cached"]) == (32, 1, 0)
+    else:
+        assert (stats["route.asked"], stats["route.probed"], stats["route.cached"]) == (1, 1, 31)

@@ -532,6 +532,8 @@ class Routes:
         kept: list = [None] * len(reqs)
         ask: list[tuple[int, object]] = []      # (index, cache key or None)
         probes: dict = {}                        # cache key -> index of a request asked with it
+        first: dict = {}                         # cache key -> index of its first request in this call
+        later: list[tuple[int, object]] = []    # requests of a key asked already in this call
         # Addresses enter the keys as (class, integer): an address object
         # hashes through its hex text, a microsecond per lookup.
         for i, (key, dst) in enumerate(reqs):
@@ -542,35 +544,57 @@ class Routes:
                 continue
             else:
                 ck = (key.dst.__class__, int(key.dst), int(key.src), key.iif, key.mark)
-            got = cache.get(ck)
-            if got is not None and now - got[1] < CACHE_TTL:
-                a = got[0]
-                if a.__class__ is Lookup:
-                    out[i], kept[i] = a, ck
+            entry = cache.get(ck)
+            if entry is not None and now - entry[1] >= CACHE_TTL:
+                entry = None
+            if entry is not None:
+                if entry[0].__class__ is Lookup:
+                    out[i], kept[i] = entry[0], ck
                     continue
-                if a is _SEEN and ck not in probes:
-                    probes[ck] = i
-            elif key is not None:
-                cache[ck] = (_SEEN, now)
-            ask.append((i, ck))
-        self.stats["route.cached"] += len(reqs) - len(ask)
-        if not ask:
-            return out, kept
-        self.stats["route.asked"] += len(ask)
-        self.stats["route.probed"] += len(probes)
-        got = await self.lookups.lookups([reqs[i] for i, _ in ask]
-                                         + [(reqs[i][0], None, RTM_F_FIB_MATCH) for i in probes.values()])
-        for (i, ck), a in zip(ask, got):
-            out[i] = a
-            if ck is not None and reqs[i][0] is None and a.__class__ is Lookup and self.epoch == epoch:
-                cache[ck], kept[i] = (a, now), ck
-        if self.epoch == epoch:     # no routing change came while asking
-            for (ck, i), p in zip(probes.items(), got[len(ask):]):
-                if p.__class__ is Lookup and out[i].__class__ is Lookup:
-                    if p.multipath:
-                        cache[ck] = (_MULTI, now)
+                if entry[0] is _MULTI:
+                    ask.append((i, ck))
+                    continue
+            j = first.get(ck)
+            if j is None:        # the key's first request here: asked (and probed if seen before)
+                first[ck] = i
+                if key is not None:
+                    if entry is None:
+                        cache[ck] = (_SEEN, now)
                     else:
-                        cache[ck], kept[i] = (out[i], now), ck
+                        probes[ck] = i
+                ask.append((i, ck))
+            else:                # asked already: it waits for that answer (and its probe)
+                if key is not None and ck not in probes:
+                    probes[ck] = j
+                later.append((i, ck))
+        if ask:
+            self.stats["route.asked"] += len(ask)
+            self.stats["route.probed"] += len(probes)
+            got = await self.lookups.lookups([reqs[i] for i, _ in ask]
+                                             + [(reqs[i][0], None, RTM_F_FIB_MATCH) for i in probes.values()])
+            for (i, ck), a in zip(ask, got):
+                out[i] = a
+                if ck is not None and reqs[i][0] is None and a.__class__ is Lookup and self.epoch == epoch:
+                    cache[ck], kept[i] = (a, now), ck
+            if self.epoch == epoch:     # no routing change came while asking
+                for (ck, i), p in zip(probes.items(), got[len(ask):]):
+                    if p.__class__ is Lookup and out[i].__class__ is Lookup:
+                        if p.multipath:
+                            cache[ck] = (_MULTI, now)
+                        else:
+                            cache[ck], kept[i] = (out[i], now), ck
+        again = []
+        for i, ck in later:      # the answer of the first request of its key, where it was kept
+            entry = cache.get(ck) if self.epoch == epoch else None
+            if entry is not None and entry[0].__class__ is Lookup:
+                out[i], kept[i] = entry[0], ck
+            else:
+                again.append(i)
+        if again:
+            self.stats["route.asked"] += len(again)
+            for i, a in zip(again, await self.lookups.lookups([reqs[i] for i in again])):
+                out[i] = a
+        self.stats["route.cached"] += len(reqs) - len(ask) - len(again)
         return out, kept
 
     def _known_path(self, dst, rt: Lookup) -> FlowRoute | None:
