@@ -54,7 +54,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 from .model import FlowRoute, FlowTuple
 
@@ -242,18 +242,20 @@ class RouteLookups:
         for seq in list(self._pending):
             self._answer(seq, RouteError("route lookups closed"))
 
-    async def lookups(self, reqs: list[tuple]) -> list[Lookup | OSError]:
-        """(key, dst) or (key, dst, flags) each (see encode_lookup): the
-        kernel's answer or its error, in order."""
+    async def lookups(self, reqs: list[tuple], probes: Sequence[RouteKey] = ()) -> list[Lookup | OSError]:
+        """(key, dst) each (see encode_lookup), then each of probes' keys
+        asked for the FIB entry it matches (RTM_F_FIB_MATCH), all in the same
+        windows: the kernel's answer or its error, in that order."""
+        reqs = [(k, d, 0) for k, d in reqs] + [(k, None, RTM_F_FIB_MATCH) for k in probes]
         out: list = []
         for w in range(0, len(reqs), LOOKUP_WINDOW):
             chunk = reqs[w:w + LOOKUP_WINDOW]
             window = _Window(self._loop.create_future(), [None] * len(chunk), len(chunk))
             data = []
-            for i, req in enumerate(chunk):
+            for i, (key, dst, flags) in enumerate(chunk):
                 self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
                 self._pending[self._seq] = (window, i)
-                data.append(encode_lookup(req[0], req[1], self._seq, req[2] if len(req) > 2 else 0))
+                data.append(encode_lookup(key, dst, self._seq, flags))
             try:
                 self.sock.send(b"".join(data))
             except OSError as e:
@@ -570,8 +572,7 @@ class Routes:
         if ask:
             self.stats["route.asked"] += len(ask)
             self.stats["route.probed"] += len(probes)
-            got = await self.lookups.lookups([reqs[i] for i, _ in ask]
-                                             + [(reqs[i][0], None, RTM_F_FIB_MATCH) for i in probes.values()])
+            got = await self.lookups.lookups([reqs[i] for i, _ in ask], [reqs[i][0] for i in probes.values()])
             for (i, ck), a in zip(ask, got):
                 out[i] = a
                 if ck is not None and reqs[i][0] is None and a.__class__ is Lookup and self.epoch == epoch:
