@@ -337,7 +337,7 @@ def test_tcp_protoinfo_read_in_one_call_is_the_walks(ns, monkeypatch):
     (fast,), seen = asyncio.run(run())
     assert (fast.tcp_state, fast.tcp_flags & IP_CT_TCP_FLAG_BE_LIBERAL) == (TCP_ESTABLISHED, IP_CT_TCP_FLAG_BE_LIBERAL)
     assert walked == []
-    monkeypatch.setattr(ctnl, "_TCP_INFO_SHAPE", ())          # the walk alone
+    monkeypatch.setattr(ctnl._TCP_INFO, "values", lambda *a: None)    # the walk alone
     data = seen[0]
     slow = ctnl.decode(data, 0, ctnl._NLMSGHDR.unpack_from(data)[0], ctnl.IPCTNL_MSG_CT_NEW, 0)
     assert walked and (slow.tcp_state, slow.tcp_flags, slow.tcp_flags_reply) == \

@@ -18,6 +18,7 @@ import ctypes
 import errno
 import ipaddress
 import logging
+import operator
 import os
 import socket
 import struct
@@ -133,19 +134,50 @@ def _labels(buf: bytes, span: tuple[int, int] | None) -> int | None:
     return int.from_bytes(buf[span[0]:span[1]], "little")
 
 
+class _Layout:
+    """A nest as the kernel lays it out, read by one struct call. `shape`
+    follows the struct's items: a (length, type) pair where an attribute's
+    header is (two items), and where a value is, a zero of its kind (0, or
+    b"" for bytes). `values` gives the values where every header is as
+    expected (types without their flag bits), else None: the headers are
+    checked at once, the nest's bytes as one integer under a mask that keeps
+    the headers alone."""
+
+    def __init__(self, fmt: str, shape: tuple):
+        st = struct.Struct(fmt)
+        mask, want, at = [], [], []
+        for item in shape:
+            if isinstance(item, tuple):
+                mask += [0xFFFF, NLA_TYPE_MASK]
+                want += item
+            else:
+                at.append(len(mask))
+                mask.append(item)
+                want.append(item)
+        size, unpack, values_of = st.size, st.unpack_from, operator.itemgetter(*at)
+        mask = int.from_bytes(st.pack(*mask), "little")
+        want = int.from_bytes(st.pack(*want), "little")
+
+        def values(buf: bytes, pos: int, end: int) -> tuple | None:
+            if end - pos < size or int.from_bytes(buf[pos:pos + size], "little") & mask != want:
+                return None
+            return values_of(unpack(buf, pos))
+        self.values = values
+
+
 # A tuple's payload as ctnetlink_dump_tuples lays it out for TCP and UDP (and
 # tuple_attr encodes it): the address nest, then the protocol nest, each
-# attribute in order. Read by one struct call where every header is as
-# expected; the ports are read in host order and swapped.
-def _tuple_body(alen: int) -> struct.Struct:
-    return struct.Struct(f"=HHHH{alen}sHH{alen}sHHHHB3xHHH2xHHH2x")
+# attribute in order. The ports are read in host order and swapped.
+def _tuple_layout_in(alen: int, src: int, dst: int) -> _Layout:
+    return _Layout(f"=HHHH{alen}sHH{alen}sHHHHB3xHHH2xHHH2x",
+                   ((4 + 2 * (4 + alen), CTA_TUPLE_IP), (4 + alen, src), b"", (4 + alen, dst), b"",
+                    (28, CTA_TUPLE_PROTO), (5, CTA_PROTO_NUM), 0, (6, CTA_PROTO_SRC_PORT), 0,
+                    (6, CTA_PROTO_DST_PORT), 0))
 
 
-_TUPLE_BODY = {20: (_tuple_body(4), (20, CTA_TUPLE_IP, 8, CTA_IP_V4_SRC, 8, CTA_IP_V4_DST, 28, CTA_TUPLE_PROTO,
-                                     5, CTA_PROTO_NUM, 6, CTA_PROTO_SRC_PORT, 6, CTA_PROTO_DST_PORT), ipv4),
-               44: (_tuple_body(16), (44, CTA_TUPLE_IP, 20, CTA_IP_V6_SRC, 20, CTA_IP_V6_DST, 28, CTA_TUPLE_PROTO,
-                                      5, CTA_PROTO_NUM, 6, CTA_PROTO_SRC_PORT, 6, CTA_PROTO_DST_PORT),
-                      ipaddress.IPv6Address)}
+# keyed by the address nest's length, the nest's first two bytes
+_TUPLE_BODY = {20: (_tuple_layout_in(4, CTA_IP_V4_SRC, CTA_IP_V4_DST), ipv4),
+               44: (_tuple_layout_in(16, CTA_IP_V6_SRC, CTA_IP_V6_DST), ipaddress.IPv6Address)}
 _SWAP16 = sys.byteorder == "little"
 
 
@@ -154,16 +186,15 @@ def _tuple_at(buf: bytes, pos: int, end: int) -> FlowTuple | None:
     call where laid out as the kernel lays out TCP and UDP tuples, else in
     one walk of each nest (a NEW event carries two; this is the events' hot
     path)."""
-    if pos + 2 <= end:
-        got = _TUPLE_BODY.get(buf[pos] | buf[pos + 1] << 8 if _SWAP16 else buf[pos] << 8 | buf[pos + 1])
-        if got is not None and end - pos >= got[0].size:
-            st, shape, addr = got
-            il, it, l1, t1, a1, l2, t2, a2, pl, pt, l3, t3, num, l4, t4, sp, l5, t5, dp = st.unpack_from(buf, pos)
-            if (il, it & NLA_TYPE_MASK, l1, t1 & NLA_TYPE_MASK, l2, t2 & NLA_TYPE_MASK, pl, pt & NLA_TYPE_MASK,
-                    l3, t3 & NLA_TYPE_MASK, l4, t4 & NLA_TYPE_MASK, l5, t5 & NLA_TYPE_MASK) == shape:
+    if pos + 4 <= end:
+        got = _TUPLE_BODY.get(_NLA.unpack_from(buf, pos)[0])
+        if got is not None:
+            v = got[0].values(buf, pos, end)
+            if v is not None:
+                a1, a2, num, sp, dp = v
                 if _SWAP16:
                     sp, dp = (sp & 0xFF) << 8 | sp >> 8, (dp & 0xFF) << 8 | dp >> 8
-                return FlowTuple(addr(a1), addr(a2), num, sp, dp)
+                return FlowTuple(got[1](a1), got[1](a2), num, sp, dp)
     return _tuple_walk(buf, pos, end)
 
 
@@ -211,18 +242,11 @@ def _tuple_walk(buf: bytes, pos: int, end: int) -> FlowTuple | None:
 # CTA_PROTOINFO's payload as tcp_to_nlattr lays it out in an event or a dump
 # (a destroy event has the state alone, and is walked): the TCP nest, then
 # the state, both window scales and both directions' flags (struct
-# nf_ct_tcp_flags: flags, then mask), each in order. Read by one struct call
-# where every header is as expected.
-_TCP_INFO = struct.Struct("=HH" + "HHB3x" * 3 + "HHB3x" * 2)
-_TCP_INFO_SHAPE = (44, CTA_PROTOINFO_TCP, 5, CTA_PROTOINFO_TCP_STATE, 5, CTA_PROTOINFO_TCP_WSCALE_ORIGINAL,
-                   5, CTA_PROTOINFO_TCP_WSCALE_REPLY, 6, CTA_PROTOINFO_TCP_FLAGS_ORIGINAL,
-                   6, CTA_PROTOINFO_TCP_FLAGS_REPLY)
-
-
-def _masked(v: tuple) -> tuple:
-    """_TCP_INFO's headers (lengths, types without their flags)."""
-    return (v[0], v[1] & NLA_TYPE_MASK, v[2], v[3] & NLA_TYPE_MASK, v[5], v[6] & NLA_TYPE_MASK,
-            v[8], v[9] & NLA_TYPE_MASK, v[11], v[12] & NLA_TYPE_MASK, v[14], v[15] & NLA_TYPE_MASK)
+# nf_ct_tcp_flags: flags, then mask; the flags read), each in order.
+_TCP_INFO = _Layout("=HH" + "HHB3x" * 3 + "HHB3x" * 2,
+                    ((44, CTA_PROTOINFO_TCP), (5, CTA_PROTOINFO_TCP_STATE), 0,
+                     (5, CTA_PROTOINFO_TCP_WSCALE_ORIGINAL), 0, (5, CTA_PROTOINFO_TCP_WSCALE_REPLY), 0,
+                     (6, CTA_PROTOINFO_TCP_FLAGS_ORIGINAL), 0, (6, CTA_PROTOINFO_TCP_FLAGS_REPLY), 0))
 
 
 def decode(buf: bytes, off: int, end: int, msg_type: int, flags: int) -> CtMsg:
@@ -257,9 +281,9 @@ def decode(buf: bytes, off: int, end: int, msg_type: int, flags: int) -> CtMsg:
         elif atype == CTA_HELP:
             m.helper = True
         elif atype == CTA_PROTOINFO:
-            got = _TCP_INFO.unpack_from(buf, start) if stop - start >= _TCP_INFO.size else None
-            if got is not None and _masked(got) == _TCP_INFO_SHAPE:
-                m.tcp_state, m.tcp_flags, m.tcp_flags_reply = got[4], got[13], got[16]
+            got = _TCP_INFO.values(buf, start, stop)
+            if got is not None:
+                m.tcp_state, _, _, m.tcp_flags, m.tcp_flags_reply = got
             elif (tcp := attrs(buf, start, stop).get(CTA_PROTOINFO_TCP)) is not None:
                 info = attrs(buf, *tcp)
                 m.tcp_state = _uint(buf, info.get(CTA_PROTOINFO_TCP_STATE), 1)
