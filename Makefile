@@ -9,7 +9,7 @@ P4SRC    := $(shell find p4src -name '*.p4' -not -path 'p4src/build/*' | sort)
 P4BUILD  := p4src/build
 P4C      ?= p4c-bm2-ss
 APT_PKGS := nftables conntrack mininet iproute2 iperf3 tcpdump ethtool netcat-openbsd python3-venv \
-            python3-pip
+            python3-pip python3-dev gcc
 
 .PHONY: install install-service demo test test-unit topo p4 check-p4 tofino-into bench fuzz clean testgen check-testgen print-testgen-args
 
@@ -28,7 +28,9 @@ install-service: $(STAMP)
 	else echo "not root: p4ft.service not installed"; fi
 
 # System packages (root), then a venv that sees the system Python's Mininet.
-$(STAMP): pyproject.toml
+# setup.py compiles the reconcile reader's wire decoder (optional: without a C
+# compiler the reader decodes with protobuf alone).
+$(STAMP): pyproject.toml setup.py controller/p4flowtable/_readresponse.c
 	@if [ "$$(id -u)" = 0 ]; then \
 	  missing=$$(for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	  if [ -n "$$missing" ]; then \
@@ -194,5 +196,5 @@ bench: install
 	$(PY) bench/plot.py
 
 clean:
-	rm -rf $(VENV) $(SHELL_VENV) .pytest_cache controller/*.egg-info
+	rm -rf $(VENV) $(SHELL_VENV) .pytest_cache controller/*.egg-info build controller/p4flowtable/*.so
 	find . -name __pycache__ -prune -exec rm -rf {} +

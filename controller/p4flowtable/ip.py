@@ -279,23 +279,32 @@ class ReadBack:
     def decode(self, entry: p4r.TableEntry) -> Held | None:
         """None for an entry that is no flow entry of this program (another
         table, a field or parameter missing, another action)."""
-        table_id = entry.table_id
-        fids = self.tables.get(table_id)
         a = entry.action.action
-        act = self.actions.get(a.action_id)
+        if entry.table_id not in self.tables or a.action_id not in self.actions:
+            return None
+        fb = int.from_bytes
+        c = entry.counter_data
+        return self.held(entry.table_id, {m.field_id: fb(m.exact.value, "big") for m in entry.match}, a.action_id,
+                         {p.param_id: fb(p.value, "big") for p in a.params}, c.packet_count, c.byte_count,
+                         entry.time_since_last_hit.elapsed_ns if entry.HasField("time_since_last_hit") else None)
+
+    def held(self, table_id: int, match: dict, action_id: int, params: dict, packets: int, nbytes: int,
+             idle_ns: int | None) -> Held | None:
+        """decode() of an entry's values (match and parameter values by id),
+        however they were read: from protobuf's objects, or from the wire
+        (_readresponse, the reconcile's reader)."""
+        fids = self.tables.get(table_id)
+        act = self.actions.get(action_id)
         if fids is None or act is None:
             return None
         pids, nh, mtu = act
-        fb = int.from_bytes
-        keys = _match_values(entry, fids)
-        values = _in_order({p.param_id: fb(p.value, "big") for p in a.params}, pids)
+        keys = _in_order(match, fids)
+        values = _in_order(params, pids)
         if keys is None or values is None:
             return None
         port, src, dst, proto, sport, dport = keys
-        c = entry.counter_data
-        return Held((table_id, keys), port, (table_id, src, dst, proto, sport, dport), (a.action_id, values),
-                    values[nh], values[mtu], c.packet_count, c.byte_count,
-                    entry.time_since_last_hit.elapsed_ns if entry.HasField("time_since_last_hit") else None)
+        return Held((table_id, keys), port, (table_id, src, dst, proto, sport, dport), (action_id, values),
+                    values[nh], values[mtu], packets, nbytes, idle_ns)
 
 
 def _match_values(entry: p4r.TableEntry, fids: tuple) -> tuple | None:
