@@ -386,3 +386,43 @@ def test_own_updates_are_filtered_out_in_the_kernel(ns):
                 s.sock.close()
     made, own, theirs, other_pid = asyncio.run(run())
     assert made == [other_pid] and own == [] and theirs == [other_pid]
+
+
+@kernel
+def test_a_large_dump_gives_the_loop_turns_while_it_is_indexed(ns, monkeypatch):
+    """A dump's entries are made the mirror's a slice at a time: other tasks
+    run between slices (a million entries took seconds in one pass), and the
+    mirror then holds every entry."""
+    from p4flowtable import conntrack
+    n = 3 * conntrack.TURN_EVERY + 500
+    turns, at = [0], []
+    convert = conntrack.entry_from_msg
+    monkeypatch.setattr(conntrack, "entry_from_msg", lambda m: at.append(turns[0]) or convert(m))
+
+    async def ticker():
+        while True:
+            turns[0] += 1
+            await asyncio.sleep(0)
+
+    async def run():
+        sock = ctnl.CtnlSocket(netlink_socket(ns, NETLINK_NETFILTER))
+        made = await sock.changes([
+            (ctnl.IPCTNL_MSG_CT_NEW, socket.AF_INET,
+             ctnl.create_payload(FlowTuple(ipv4(0x0A000000 + i), REPLY.src, 6, 40000, 80),
+                                 FlowTuple(REPLY.src, ipv4(0x0A000000 + i), 6, 80, 40000),
+                                 IPS_SEEN_REPLY | IPS_ASSURED | IPS_CONFIRMED, 600, TCP_ESTABLISHED),
+             ctnl.NLM_F_CREATE | ctnl.NLM_F_EXCL) for i in range(n)])
+        sock.close()
+        assert made == [None] * n
+        mirror = ConntrackMirror(ns)
+        await mirror.open()
+        tick = asyncio.create_task(ticker())
+        try:
+            dumped = await mirror.dump()
+        finally:
+            tick.cancel()
+            await mirror.close()
+        return dumped, mirror
+    dumped, mirror = asyncio.run(run())
+    assert len(dumped) == len(mirror.entries) == n
+    assert len(at) == n and at[-1] - at[0] >= 3      # turns taken while the entries were indexed

@@ -13,6 +13,7 @@ p4ft makes to the kernel's entries, as nf_flow_table does:
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import socket
@@ -33,6 +34,9 @@ IPS_DYING = 1 << 9
 IPS_UNTRACKED = 1 << 12  # also IPS_NAT_CLASH
 IP_CT_TCP_FLAG_BE_LIBERAL = 0x08
 NF_CT_DAY = 86400
+# a dump's entries indexed between two turns of the event loop (about 3 us
+# each: 30 ms)
+TURN_EVERY = 10_000
 
 TCP_STATES = ["NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT",
               "LAST_ACK", "TIME_WAIT", "CLOSE", "SYN_SENT2"]
@@ -138,7 +142,12 @@ class ConntrackMirror:
         await self._subscribe()
         before = self.entries
         now = await self.dump()
-        gone = [e for k, e in before.items() if k not in self.entries]
+        gone = []
+        for i, (k, e) in enumerate(before.items()):
+            if i % TURN_EVERY == TURN_EVERY - 1:
+                await asyncio.sleep(0)
+            if k not in self.entries:
+                gone.append(e)
         return now, gone
 
     async def close(self) -> None:
@@ -151,10 +160,16 @@ class ConntrackMirror:
         return await self._cmd.count()
 
     async def dump(self) -> list[CtEntry]:
+        """Every entry, from one dump (both families), made the mirror's.
+        The loop takes a turn every TURN_EVERY entries while they are
+        indexed: at a million, one pass took seconds in which the API, the
+        switch's stream and the events waited."""
         out = []
         entries: dict[FlowTuple, CtEntry] = {}
         by_reply: dict[FlowTuple, CtEntry] = {}
-        for msg in await self._cmd.dump(socket.AF_UNSPEC):   # both families
+        for i, msg in enumerate(await self._cmd.dump(socket.AF_UNSPEC)):
+            if i % TURN_EVERY == TURN_EVERY - 1:
+                await asyncio.sleep(0)
             e = entry_from_msg(msg)
             if e is not None:
                 entries[e.orig] = by_reply[e.reply] = e

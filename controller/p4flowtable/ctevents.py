@@ -9,11 +9,12 @@ events (ENOBUFS) resync the mirror by dump and apply the difference.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 from typing import Callable
 
-from .conntrack import ConntrackMirror, CtEvent
+from .conntrack import TURN_EVERY, ConntrackMirror, CtEvent
 from .core import Flowtables
 from .decide import Decisions
 from .flowoffload import FlowOffload
@@ -44,7 +45,9 @@ class ConntrackEvents:
                     if flow is not None:
                         flow.test_and_set(FlowFlag.DYING)
                         self.offload.teardown(flow, TeardownReason.CT_DESTROYED)
-                for e in present:
+                for i, e in enumerate(present):
+                    if i % TURN_EVERY == TURN_EVERY - 1:      # a million entries: a turn now and then
+                        await asyncio.sleep(0)
                     flow = self.flowtables.flow_of(e.orig)
                     if flow is None:
                         self.decisions.consider(e)
