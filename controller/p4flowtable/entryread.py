@@ -287,7 +287,6 @@ def main() -> int:
         tls = TlsFiles(*(Path(p) if p else None for p in order.tls))
         with open_channel(order.address, tls.channel_credentials() if tls.enabled else None, order.server_name,
                           aio=False) as channel:
-            stub = p4runtime_pb2_grpc.P4RuntimeStub(channel)
             n = 0
             pairing = Pairing(back)
             req = p4r.ReadRequest(device_id=order.device_id, entities=flow_read(schema, order.last_hit))
@@ -296,7 +295,8 @@ def main() -> int:
                                             request_serializer=p4r.ReadRequest.SerializeToString)
                 batches = (b for data in read(req) for b in decoded_raw(data, back))
             else:
-                batches = (b for resp in stub.Read(req) for b in decoded(resp.entities, back))
+                batches = (b for resp in p4runtime_pb2_grpc.P4RuntimeStub(channel).Read(req)
+                           for b in decoded(resp.entities, back))
             for held, strays in batches:
                 pairs, singles = pairing.add(held)
                 _send(out, ("held", [(tuple(a), tuple(b)) for a, b in pairs], [tuple(h) for h in singles],

@@ -280,8 +280,6 @@ class ReadBack:
         """None for an entry that is no flow entry of this program (another
         table, a field or parameter missing, another action)."""
         a = entry.action.action
-        if entry.table_id not in self.tables or a.action_id not in self.actions:
-            return None
         fb = int.from_bytes
         c = entry.counter_data
         return self.held(entry.table_id, {m.field_id: fb(m.exact.value, "big") for m in entry.match}, a.action_id,
