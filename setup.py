@@ -1,7 +1,9 @@
-"""The one compiled module (the rest is pyproject.toml): a reconcile's read
-decoded in one pass (controller/p4flowtable/_readresponse.c). Optional: where
-it cannot be built, the reconcile decodes with protobuf alone."""
+"""The compiled modules (the rest is pyproject.toml), each optional: where
+one cannot be built, the Python it stands in for does its job.
+- _readresponse.c: a reconcile's read decoded in one pass (else protobuf);
+- _ctnetlink.c: a conntrack message's attributes (else ctnetlink.decode's walk)."""
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("p4flowtable._readresponse", ["controller/p4flowtable/_readresponse.c"],
-                             extra_compile_args=["-O2"], optional=True)])
+setup(ext_modules=[Extension(f"p4flowtable.{name}", [f"controller/p4flowtable/{name}.c"],
+                             extra_compile_args=["-O2"], optional=True)
+                   for name in ("_readresponse", "_ctnetlink")])

@@ -27,6 +27,11 @@ from dataclasses import dataclass
 
 from .model import FlowTuple, ipv4
 
+try:
+    from . import _ctnetlink      # compiled at install (setup.py); decode() below reads in Python without it
+except ImportError:
+    _ctnetlink = None
+
 # linux/netlink.h
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
 NLM_F_DUMP = 0x300
@@ -139,9 +144,11 @@ class _Layout:
     follows the struct's items: a (length, type) pair where an attribute's
     header is (two items), and where a value is, a zero of its kind (0, or
     b"" for bytes). `values` gives the values where every header is as
-    expected (types without their flag bits), else None: the headers are
-    checked at once, the nest's bytes as one integer under a mask that keeps
-    the headers alone."""
+    expected (types without their flag bits) and the nest holds nothing
+    more, else None: the headers are checked at once, the nest's bytes as
+    one integer under a mask that keeps the headers alone. (An attribute
+    after them would change what the walk reads: a field given twice keeps
+    the last.)"""
 
     def __init__(self, fmt: str, shape: tuple):
         st = struct.Struct(fmt)
@@ -159,7 +166,7 @@ class _Layout:
         want = int.from_bytes(st.pack(*want), "little")
 
         def values(buf: bytes, pos: int, end: int) -> tuple | None:
-            if end - pos < size or int.from_bytes(buf[pos:pos + size], "little") & mask != want:
+            if end - pos != size or int.from_bytes(buf[pos:pos + size], "little") & mask != want:
                 return None
             return values_of(unpack(buf, pos))
         self.values = values
@@ -249,9 +256,27 @@ _TCP_INFO = _Layout("=HH" + "HHB3x" * 3 + "HHB3x" * 2,
                      (6, CTA_PROTOINFO_TCP_FLAGS_ORIGINAL), 0, (6, CTA_PROTOINFO_TCP_FLAGS_REPLY), 0))
 
 
+def _native_tuple(t: tuple | None) -> FlowTuple | None:
+    if t is None:
+        return None
+    src, dst, num, sport, dport = t
+    addr = ipv4 if len(src) == 4 else ipaddress.IPv6Address
+    return FlowTuple(addr(src), addr(dst), num, sport, dport)
+
+
 def decode(buf: bytes, off: int, end: int, msg_type: int, flags: int) -> CtMsg:
     """One ctnetlink message; attributes that are missing or malformed are None.
-    One walk of the top level; nests are walked only where a field is read."""
+    Its attributes read in native code (_ctnetlink.c) where that is built,
+    else by decode_walk, which it is held to (tests/test_ctnetlink_native.py)."""
+    if _ctnetlink is None or msg_type == IPCTNL_MSG_CT_GET_STATS:
+        return decode_walk(buf, off, end, msg_type, flags)
+    orig, reply, *rest = _ctnetlink.decode(buf, off, end)
+    return CtMsg(msg_type, flags, _native_tuple(orig), _native_tuple(reply), *rest)
+
+
+def decode_walk(buf: bytes, off: int, end: int, msg_type: int, flags: int) -> CtMsg:
+    """decode in Python: one walk of the top level; nests are walked only
+    where a field is read."""
     unpack = _NLA.unpack_from
     m = CtMsg(msg_type, flags)
     pos = off + HDR_LEN
