@@ -4,10 +4,10 @@
  *
  * Every new connection reaches the daemon as a conntrack event, and every
  * resync and restart reads a dump of all of them: decoding them in Python
- * (ctnetlink.decode) took 7-9 us a message, timed alone. This reads the
+ * (ctnetlink.decode_walk) took 8-10 us a message, timed alone. This reads the
  * same attributes from the same layout (the kernel's uapi headers,
  * linux/netfilter/nfnetlink_conntrack.h, linux/netlink.h) and decides
- * every case the way ctnetlink.decode does, which tests/test_ctnetlink_native.py
+ * every case the way decode_walk does, which tests/test_ctnetlink_native.py
  * holds it to, down to random corruptions of real messages:
  * - an attribute whose length is below its header or past its nest ends
  *   the walk of that nest (what came before it stands);
@@ -19,10 +19,10 @@
  * decode(buf, off, end) -> (orig, reply, status, tcp_state, timeout, id,
  *   helper, tcp_flags, tcp_flags_reply, labels, packets, mark)
  * for the message in buf[off:end] (from its nlmsghdr on), in CtMsg's field
- * order after msg_type and flags; a field the message lacks is None, and a
- * tuple is (src, dst, l4proto, sport, dport) with the addresses as their
- * 4 or 16 bytes. It never raises on the message's bytes: malformed input
- * reads as attributes left out, as in ctnetlink.decode.
+ * order after msg_type and flags; a field the message lacks is None
+ * (helper: False), and a tuple is (src, dst, l4proto, sport, dport) with
+ * the addresses as their 4 or 16 bytes. It never raises on the message's bytes: malformed input
+ * reads as attributes left out, as in decode_walk.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
