@@ -164,6 +164,8 @@ def _one_size(r, switch: str, n: int, profile: str | None, rounds: int) -> dict:
         asyncio.run(create_entries(range(i, min(n, i + 50_000))))
     wait_until(lambda: call("counters", path=SOCK).get("offloaded", 0) >= n, 60 + n / 200,
                f"{n} flows offloaded", 0.2)
+    # events lost to the burst and dumped again (the restarted daemon writes its own log over this one's)
+    setup_resyncs = call("counters", path=SOCK).get("ct_resync", 0)
     r.daemon.send_signal(signal.SIGKILL)
     r.daemon.wait(10)
     t0 = time.monotonic()
@@ -195,7 +197,9 @@ def _one_size(r, switch: str, n: int, profile: str | None, rounds: int) -> dict:
             "ct_dump_s": dump_s, "ct_dumped": dumped,     # medians of:
             "read_all_runs_s": reads, "read_all_with_state_runs_s": states, "ct_dump_runs_s": dumps,
             "reconcile_over_read_and_dump": reconcile / (read_s + dump_s) if reconcile else None,
-            "api_slowest_s": slowest[0], "api_slowest_asked_at_s": slowest[1], "memory": mem, **({"profile": hot} if hot else {})}
+            "api_slowest_s": slowest[0], "api_slowest_asked_at_s": slowest[1], "memory": mem,
+            "ct_resyncs": {"setup": setup_resyncs, "restarted": c.get("ct_resync", 0)},
+            **({"profile": hot} if hot else {})}
 
 
 def main() -> int:
@@ -226,8 +230,9 @@ def main() -> int:
                   f"{', '.join(f'{x:.2f}' for x in r['ct_dump_runs_s'])}): "
                   f"reconcile {r['reconcile_over_read_and_dump']:.2f}x; slowest API answer meanwhile "
                   f"{r['api_slowest_s']:.2f} s (asked {r['api_slowest_asked_at_s']:.1f} s after the start); peak memory: daemon "
-                  f"{r['memory']['daemon']['vmhwm_mib']:.0f} MiB, switch {r['memory']['switch']['vmhwm_mib']:.0f} MiB",
-                  flush=True)
+                  f"{r['memory']['daemon']['vmhwm_mib']:.0f} MiB, switch {r['memory']['switch']['vmhwm_mib']:.0f} MiB; "
+                  f"conntrack events lost and dumped again: {r['ct_resyncs']['setup']} time(s) while the flows were "
+                  f"made, {r['ct_resyncs']['restarted']} after the restart", flush=True)
     save(a.out, result)
     return 0
 
