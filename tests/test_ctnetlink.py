@@ -341,7 +341,7 @@ def test_tcp_protoinfo_read_in_one_call_is_the_walks(ns, monkeypatch):
     assert ctnl.decode_walk(data, 0, end, mtype & 0xFF, flags) == fast    # Python's, with or without _ctnetlink
     assert walked == []
     monkeypatch.setattr(ctnl._TCP_INFO, "values", lambda *a: None)    # the walk alone
-    slow = ctnl.decode_walk(data, 0, end, ctnl.IPCTNL_MSG_CT_NEW, 0)
+    slow = ctnl.decode_walk(data, 0, end, mtype & 0xFF, flags)
     assert walked and (slow.tcp_state, slow.tcp_flags, slow.tcp_flags_reply) == \
         (fast.tcp_state, fast.tcp_flags, fast.tcp_flags_reply)
     state_only = b"\0" * 20 + ctnl.tcp_state_attr(TCP_ESTABLISHED)     # nlmsghdr, nfgenmsg

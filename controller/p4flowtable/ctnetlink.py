@@ -121,13 +121,16 @@ def _uint(buf: bytes, span: tuple[int, int] | None, size: int) -> int | None:
     return int.from_bytes(buf[span[0]:span[0] + size], "big")
 
 
+# an address's constructor by its length in bytes (IPv4: shared objects, model.ipv4)
+_ADDRESS = {4: ipv4, 16: ipaddress.IPv6Address}
+
+
 def _addr(buf: bytes, span: tuple[int, int] | None):
     if span is None:
         return None
     raw = buf[span[0]:span[1]]
-    if len(raw) == 4:
-        return ipv4(raw)
-    return ipaddress.IPv6Address(raw) if len(raw) == 16 else None
+    make = _ADDRESS.get(len(raw))
+    return make(raw) if make is not None else None
 
 
 def _labels(buf: bytes, span: tuple[int, int] | None) -> int | None:
@@ -183,8 +186,8 @@ def _tuple_layout_in(alen: int, src: int, dst: int) -> _Layout:
 
 
 # keyed by the address nest's length, the nest's first two bytes
-_TUPLE_BODY = {20: (_tuple_layout_in(4, CTA_IP_V4_SRC, CTA_IP_V4_DST), ipv4),
-               44: (_tuple_layout_in(16, CTA_IP_V6_SRC, CTA_IP_V6_DST), ipaddress.IPv6Address)}
+_TUPLE_BODY = {20: (_tuple_layout_in(4, CTA_IP_V4_SRC, CTA_IP_V4_DST), _ADDRESS[4]),
+               44: (_tuple_layout_in(16, CTA_IP_V6_SRC, CTA_IP_V6_DST), _ADDRESS[16])}
 _SWAP16 = sys.byteorder == "little"
 
 
@@ -260,7 +263,7 @@ def _native_tuple(t: tuple | None) -> FlowTuple | None:
     if t is None:
         return None
     src, dst, num, sport, dport = t
-    addr = ipv4 if len(src) == 4 else ipaddress.IPv6Address
+    addr = _ADDRESS[len(src)]      # 4 or 16 bytes, both alike (_ctnetlink.c)
     return FlowTuple(addr(src), addr(dst), num, sport, dport)
 
 
