@@ -2,6 +2,8 @@
 told to it; it never blocks the publisher or another monitor."""
 
 import asyncio
+import json
+import socket
 
 from p4flowtable import events
 from p4flowtable.events import EventBus, FlowFilter, format_event
@@ -42,3 +44,69 @@ def test_text_lines_read_like_conntrack_e():
     line = format_event({"event": "TEARDOWN", **FLOW, "reason": "fin_rst", "direction": "reply"})
     assert line.startswith("[TEARDOWN] tcp   src=10.0.1.1 dst=192.0.2.2 sport=40000 dport=80 src=192.0.2.2")
     assert line.endswith("flowtable=ft reason=fin_rst direction=reply")
+
+
+def test_a_monitor_ends_when_its_client_hangs_up_not_at_the_next_event(tmp_path):
+    """A monitor client that closes while no event comes is unsubscribed at
+    once; one that shuts only its sending side keeps its events; one that
+    closes with events unread is unsubscribed too. A real Unix socket."""
+    from p4flowtable.apiserver import ApiServer
+
+    async def until(pred, what: str, within: float = 5.0):
+        end = asyncio.get_running_loop().time() + within
+        while not pred():
+            assert asyncio.get_running_loop().time() < end, f"{what}: not within {within}s"
+            await asyncio.sleep(0.01)
+
+    async def main():
+        bus = EventBus()
+        path = str(tmp_path / "api.sock")
+
+        async def handle(cmd, args):
+            return cmd
+        server = ApiServer(path, handle, bus)
+        await server.start()
+        loop = asyncio.get_running_loop()
+
+        async def monitor() -> socket.socket:
+            c = socket.socket(socket.AF_UNIX)
+            c.setblocking(False)
+            await loop.sock_connect(c, path)
+            await loop.sock_sendall(c, b'{"cmd": "monitor", "args": {}}\n')
+            await until(lambda: len(bus.monitors) == 1, "subscribed")
+            return c
+
+        async def read_lines(c: socket.socket, got: bytes, n: int) -> bytes:
+            while got.count(b"\n") < n:
+                chunk = await asyncio.wait_for(loop.sock_recv(c, 1 << 16), 5)
+                assert chunk, f"the daemon hung up after {got!r}"
+                got += chunk
+            return got
+
+        try:
+            c = await monitor()
+            c.close()
+            await until(lambda: not bus.monitors, "a client closed while idle unsubscribed")
+
+            c = await monitor()
+            c.shutdown(socket.SHUT_WR)
+            got = await read_lines(c, b"", 1)        # the "monitoring" answer
+            # what is checked is that nothing happens: the daemon is given
+            # time to read the end of the input (its own loop, here)
+            await asyncio.sleep(0.5)
+            bus.publish("OFFLOAD", FLOW)
+            got = await read_lines(c, got, 2)
+            assert json.loads(got.splitlines()[1])["event"] == "OFFLOAD"
+            assert len(bus.monitors) == 1, "a half-closed client unsubscribed"
+            c.close()
+            bus.publish("OFFLOAD", FLOW)     # its write finds the client gone
+            await until(lambda: not bus.monitors, "a half-closed client, then closed, unsubscribed")
+
+            c = await monitor()
+            for _ in range(3000):             # more than the socket holds: never read
+                bus.publish("OFFLOAD", FLOW)
+            c.close()
+            await until(lambda: not bus.monitors, "a client closed with events unread unsubscribed")
+        finally:
+            server.close()
+    asyncio.run(main())

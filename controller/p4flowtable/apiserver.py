@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import os
+import select
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -66,7 +67,7 @@ class ApiServer:
                         raise ValueError('a request is a JSON object {"cmd": NAME, "args": {...}}')
                     cmd, args = str(req.get("cmd", "")), req.get("args", {})
                     if cmd == "monitor":
-                        await self._monitor(writer, args)
+                        await self._monitor(reader, writer, args)
                         return
                     resp = {"ok": True, "result": await self.handle(cmd, args)}
                 except (ValueError, KeyError, TypeError, SwitchError) as e:
@@ -99,11 +100,44 @@ class ApiServer:
         writer.write((json.dumps(obj) + "\n").encode())
         await writer.drain()
 
-    async def _monitor(self, writer: asyncio.StreamWriter, args: dict) -> None:
+    async def _monitor(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, args: dict) -> None:
+        """Events to the client until it hangs up. Its socket is read
+        meanwhile (what it sends is ignored), so a client that goes away
+        while no event comes is unsubscribed then, not at the next event's
+        write; one that only shuts its sending side (`nc -U` at the end of
+        its input) still gets its events."""
         m = self.bus.subscribe(FlowFilter.from_args(args.get("filter")))
+        stream = asyncio.ensure_future(self._stream(writer, m))
+        gone = asyncio.ensure_future(self._hung_up(reader, writer))
         try:
-            await self._send(writer, {"ok": True, "result": "monitoring"})
-            while True:
-                await self._send(writer, await self.bus.next(m))
+            done, _ = await asyncio.wait((stream, gone), return_when=asyncio.FIRST_COMPLETED)
+            if stream in done or not gone.result():
+                await stream        # its end: a ConnectionError when the client went away mid-write
         finally:
+            for t in (stream, gone):
+                t.cancel()
+            await asyncio.gather(stream, gone, return_exceptions=True)
             self.bus.unsubscribe(m)
+
+    async def _stream(self, writer: asyncio.StreamWriter, m) -> None:
+        await self._send(writer, {"ok": True, "result": "monitoring"})
+        while True:
+            await self._send(writer, await self.bus.next(m))
+
+    @staticmethod
+    async def _hung_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """At the end of the client's input: whether it has gone (True), or
+        only shut its sending side. A Unix stream socket whose peer closed
+        polls as hung up (both directions shut); one whose peer shut only
+        its sending side does not."""
+        try:
+            while await reader.read(1 << 16):
+                pass
+        except ConnectionError:     # closed with our events unread: reset
+            return True
+        sock = writer.get_extra_info("socket")
+        if sock is None:
+            return True
+        p = select.poll()
+        p.register(sock.fileno(), select.POLLHUP)
+        return bool(p.poll(0))
