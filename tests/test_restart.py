@@ -58,13 +58,32 @@ def chatter(net, tmp_path_factory):
     server.kill()
 
 
-def no_orphans_no_duplicates(net) -> int:
-    entries = switch_flow_entries(net)
-    keys = [tuple((m.field_id, m.exact.value) for m in e.match) for e in entries]
-    assert len(set(keys)) == len(keys), "duplicate entries"
-    rows = [r for r in net.api("flow_list", {"refresh": False}) if r["offload"]]
-    assert len(entries) == 2 * len(rows), f"{len(entries)} entries for {len(rows)} offloaded flows"
-    return len(rows)
+def counted(net) -> dict:
+    """The daemon's counters of flow changes, for a failure's message."""
+    return {k: v for k, v in stats(net).items()
+            if k.startswith(("teardown.", "reconcile.", "expired", "offloaded", "table_full", "switch_lost"))}
+
+
+def no_orphans_no_duplicates(net, within: float = 10) -> int:
+    """Two switch entries per offloaded flow, no match twice; the number of
+    offloaded flows. The switch and the daemon are read one after the
+    other: a flow torn down or offloaded between the two reads (a CI run
+    once saw 2,376 entries for 1,191 flows, and 2,396 for 1,200, with the
+    chatter still talking) makes one pair of reads disagree, so they are
+    read again until they agree. An orphan or a missing entry stays, and
+    fails after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        entries = switch_flow_entries(net)
+        keys = [tuple((m.field_id, m.exact.value) for m in e.match) for e in entries]
+        assert len(set(keys)) == len(keys), "duplicate entries"
+        rows = [r for r in net.api("flow_list", {"refresh": False}) if r["offload"]]
+        if len(entries) == 2 * len(rows):
+            return len(rows)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(entries)} entries for {len(rows)} offloaded flows, for {within}s; "
+                                 f"the daemon counted {counted(net)}")
+        time.sleep(0.5)
 
 
 def test_kill_9_and_restart_keeps_the_fast_path(net, chatter, tmp_path):
@@ -145,7 +164,10 @@ def test_stop_keep_flows_leaves_them_for_the_next_daemon(net, chatter):
     # dump (the kill -9 test above has the daemon read itself, as below
     # 20,000 connections)
     net.start_daemon(extra_args=["--read-apart-from", "0"])
-    wait_for(lambda: stats(net).get("reconcile.adopted", 0) >= carried, 30, "the next daemon's reconcile")
+    try:
+        wait_for(lambda: stats(net).get("reconcile.adopted", 0) >= carried, 30, "the next daemon's reconcile")
+    except AssertionError as e:     # a CI run once: what it adopted, wrote and deleted instead
+        raise AssertionError(f"{e}; {carried} flows carried at the stop; the daemon counted {counted(net)}") from None
     s = stats(net)
     assert s.get("reconcile.written", 0) == 0
     assert s.get("reconcile.read_apart") == 1 and not s.get("reconcile.reader_failed"), s
