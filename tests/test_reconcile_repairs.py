@@ -10,7 +10,9 @@ adopts the rest as they are, writes the changed entry back, deletes the
 stray, and the switch ends up holding every connection's entries as they
 were written (next hops compared by the port and MAC they name)."""
 
+import asyncio
 import itertools
+import re
 from pathlib import Path
 
 import pytest
@@ -18,8 +20,12 @@ from p4.v1 import p4runtime_pb2 as p4r
 
 from integration import (ROOT, host_tool, net_per_switch, read_json, stats, switch_flow_entries,
                          switch_nexthops, wait_for)
-from p4ft_topo import make_ruleset, p4ft
+from p4ft_topo import LAN, WAN, make_ruleset, p4ft, sh
 from test_arbitration import Client
+from test_offload_burst import conntrack
+from p4flowtable import ctnetlink as ctnl
+from p4flowtable.conntrack import IPS_ASSURED, IPS_CONFIRMED, IPS_SEEN_REPLY
+from p4flowtable.model import FlowTuple, ipv4
 from p4flowtable.p4info import P4Schema
 
 pytestmark = pytest.mark.integration
@@ -130,3 +136,39 @@ def test_a_restart_repairs_what_changed_while_no_daemon_ran(net, talking, apart)
     after = seen[-1]
     rows = [r for r in net.api("flow_list", {"refresh": False}) if r["offload"]]
     assert len(after) == 2 * len(rows)
+
+
+def udp_timeouts(*sports: int) -> dict[int, int]:
+    """The conntrack timeouts of the UDP entries with these source ports,
+    as the conntrack tool (an independent reader) shows them."""
+    got = {}
+    for line in sh("conntrack", "-L", "-p", "udp", check=False).splitlines():
+        m = re.search(r"udp\s+17\s+(\d+) .*?sport=(\d+) ", line)
+        if m and int(m.group(2)) in sports:
+            got[int(m.group(2))] = int(m.group(1))
+    return got
+
+
+def test_a_lease_no_flow_carries_is_released(net, talking):
+    """A kernel entry on an offload lease (a day, above its state's timeout)
+    that no flow carries when a daemon starts, as a daemon before it left
+    one whose connection the ruleset stopped marking, gets its state's
+    timeout back, as at hand-back; an entry on its state's timeout keeps
+    what it has."""
+    assert "stay in the switch" in p4ft("stop", "--keep-flows", socket_path=net.socket)
+    net.daemon.wait(30)
+    h1, h2, router = (ipv4(a) for a in (LAN["host"].split("/")[0], WAN["host"].split("/")[0], WAN["router"]))
+    status = IPS_SEEN_REPLY | IPS_ASSURED | IPS_CONFIRMED
+    made = asyncio.run(conntrack(ctnl.IPCTNL_MSG_CT_NEW, [
+        ctnl.create_payload(FlowTuple(h1, h2, 17, sport, 7400), FlowTuple(h2, router, 17, 7400, sport), status, t)
+        for sport, t in ((7401, 86400), (7402, 60))], ctnl.NLM_F_CREATE | ctnl.NLM_F_EXCL))
+    assert not [r for r in made if isinstance(r, Exception)], made
+    assert udp_timeouts(7401, 7402)[7401] > 86000
+    stream = int(sh("sysctl", "-n", "net.netfilter.nf_conntrack_udp_timeout_stream"))
+    net.start_daemon()          # its log is its own
+    wait_for(lambda: reconcile_line(net), 30, "the next daemon's reconcile")
+    assert "1 kernel lease(s) released" in reconcile_line(net)[0], reconcile_line(net)
+    got = udp_timeouts(7401, 7402)
+    assert got[7401] <= stream, (got, stream)
+    assert 0 < got[7402] <= 60, got
+    sh("conntrack", "-D", "-p", "udp", "--dport", "7400", check=False)
