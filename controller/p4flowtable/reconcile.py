@@ -150,6 +150,7 @@ class Reconcile:
         planner = Planner(self.schema, present, self.driver.idle_timeout, nexthops, self.readback)
         adopt = Adopting(self, held, await self._representors())
         entries = self.mirror.entries
+        leased: list = []                    # the keys of entries on a lease (_waiting)
         t = self.clock() if ahead is None else ahead[2]
         if kept:
             # the read first (or already, read_ahead): a second process starts
@@ -163,7 +164,7 @@ class Reconcile:
             try:
                 # each connection is adopted as soon as both its entries are
                 # in, while the rest of the read is on its way
-                join = Joining(self, await self._waiting(), present, held, adopt, planner, fresh)
+                join = Joining(self, await self._waiting(leased), present, held, adopt, planner, fresh)
                 async with contextlib.aclosing(reader.batches()) as batches:
                     async for pairs, singles, ss in batches:
                         phases.setdefault("first entries", self.clock() - t)
@@ -254,7 +255,7 @@ class Reconcile:
         for ct, err in zip(ok, errors):
             if err is not None:
                 log.warning("conntrack refused offload marks for %s: %s", ct.orig, err)
-        released = await self._release_leases()
+        released = await self._release_leases(leased if kept else None)
         phases["leases"] = self.clock() - t
         self.stats["reconcile.adopted"] += len(plan.adopted)
         self.stats["reconcile.written"] += len(plan.repaired)
@@ -264,27 +265,34 @@ class Reconcile:
                  len(plan.adopted), len(plan.repaired), len(plan.orphans), released, dict(declined) or "none",
                  ", ".join(f"{k} {v:.2f}s" for k, v in phases.items()))
 
-    async def _waiting(self) -> dict[tuple, tuple]:
+    async def _waiting(self, leased: list) -> dict[tuple, tuple]:
         """The connections that may be adopted, by the match of each
         direction's entry: (mirror key, the entry as it is now, both
-        matches). Made while the switch answers the read."""
+        matches, the flowtable its mark names). Made while the switch
+        answers the read, as is the list of entries on a lease (leased,
+        for _release_leases): the daemon has nothing else to do then."""
         match = self.readback.match
         waiting: dict[tuple, tuple] = {}
+        over = self._over_lease()
         for i, (k, e) in enumerate(list(self.mirror.entries.items())):
             if i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-            if self._adoptable(e):
+            name = self._adoptable(e)
+            if name:
                 mo, mr = match(e.orig), match(e.reply)
-                waiting[mo] = waiting[mr] = (k, e, mo, mr)
+                waiting[mo] = waiting[mr] = (k, e, mo, mr, name)
+            if over(e):
+                leased.append(k)
         return waiting
 
     def _adoptable(self, e: CtEntry) -> str | None:
         """The flowtable a connection is marked for, where it has no flow
-        and conntrack says it may be offloaded."""
+        and conntrack says it may be offloaded. Its flow looked up first:
+        after the join, most connections have one."""
+        if self.flowtables.flow_of(e.orig) is not None:
+            return None
         name = self.rulesets.select(e.labels)
-        if name and self.flowtables.flow_of(e.orig) is None and e.offloadable() is None:
-            return name
-        return None
+        return name if name and e.offloadable() is None else None
 
     async def _representors(self) -> dict[int, int]:
         """Each switch port's representor (ifindex), where it has one."""
@@ -296,26 +304,42 @@ class Reconcile:
                 log.warning("switch port %d: %s", port, err)
         return out
 
-    async def _release_leases(self) -> int:
-        """Entries on an offload lease (a timeout above their state's) that no
-        flow carries: their state's timeout, as at hand-back."""
+    def _over_lease(self) -> Callable[[CtEntry], bool]:
+        """Whether an entry's timeout is above its state's (an offload
+        lease), its state's timeout read once per kind of state."""
         timeouts: dict[tuple, int] = {}
+
+        def over(e: CtEntry) -> bool:
+            if e.timeout is None:
+                return False
+            key = (e.l4proto, e.tcp_state, bool(e.status & IPS_SEEN_REPLY))
+            t = timeouts.get(key)
+            if t is None:
+                t = timeouts[key] = self.mirror.state_timeout(e)
+            return e.timeout > t
+        return over
+
+    async def _release_leases(self, leased: list | None) -> int:
+        """Entries on an offload lease (a timeout above their state's) that no
+        flow carries: their state's timeout, as at hand-back. leased: the
+        keys of the entries that were on a lease when the reconcile began
+        (_waiting); None: every entry is looked at. No entry goes on a lease
+        meanwhile but by this daemon, for a flow it carries."""
+        over = self._over_lease()
+        entries = self.mirror.entries
         n = 0
-        for i, e in enumerate(list(self.mirror.entries.values())):
+        for i, k in enumerate(list(entries) if leased is None else leased):
             if i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-            if self.flowtables.flow_of(e.orig) is not None or e.timeout is None:
+            e = entries.get(k)
+            if e is None or self.flowtables.flow_of(e.orig) is not None or not over(e):
                 continue
-            key = (e.l4proto, e.tcp_state, bool(e.status & IPS_SEEN_REPLY))
-            if key not in timeouts:
-                timeouts[key] = self.mirror.state_timeout(e)
-            if e.timeout > timeouts[key]:
-                f = self.rulesets.select(e.labels)
-                try:
-                    await self.mirror.handed_back(e, 0, self.rulesets.mark(f) if f else 0)
-                    n += 1
-                except Exception as err:      # the entry may have just died
-                    log.debug("lease of %s not released: %s", e.orig, err)
+            f = self.rulesets.select(e.labels)
+            try:
+                await self.mirror.handed_back(e, 0, self.rulesets.mark(f) if f else 0)
+                n += 1
+            except Exception as err:      # the entry may have just died
+                log.debug("lease of %s not released: %s", e.orig, err)
         return n
 
 
@@ -417,16 +441,17 @@ class Joining:
         self.rec, self.waiting, self.present, self.held = rec, waiting, present, held
         self.adopt, self.planner, self.fresh = adopt, planner, fresh
         self.entries, self.match = rec.mirror.entries, rec.readback.match
+        self.ruleset = rec.rulesets.ruleset          # the one `waiting` was judged by
 
     def pair(self, a: Held, b: Held) -> None:
         w = self.waiting.get(a.match)
         if w is not None:
-            k, then, mo, mr = w
+            k, then, mo, mr, name = w
             o, r = (a, b) if (mo, mr) == (a.match, b.match) else (b, a) if (mo, mr) == (b.match, a.match) else (None, None)
             if o is not None and self.entries.get(k) is then:     # unchanged since indexed: the same tuples
                 self.waiting.pop(mo, None)
                 self.waiting.pop(mr, None)
-                if not self._adopt(then, o, r, checked=True):
+                if not self._adopt(then, o, r, checked=True, name=name):
                     self.present[o.key] = self.held[o.match] = o
                     self.present[r.key] = self.held[r.match] = r
                 return
@@ -438,7 +463,7 @@ class Joining:
         w = self.waiting.pop(h.match, None)
         if w is None:
             return
-        k, then, mo, mr = w
+        k, then, mo, mr, _ = w
         e = self.entries.get(k)      # as it is now
         if e is None:
             return
@@ -451,8 +476,16 @@ class Joining:
         self.waiting.pop(mr, None)
         self._adopt(e, o, r, checked=False)
 
-    def _adopt(self, e: CtEntry, o: Held, r: Held, checked: bool) -> bool:
-        name = self.rec._adoptable(e)
+    def _adopt(self, e: CtEntry, o: Held, r: Held, checked: bool, name: str | None = None) -> bool:
+        """name: the flowtable judged when the connection was indexed, for
+        the entry as it was then: still its own when the mirror holds the
+        same entry (an update replaces it) and the ruleset is the same, as
+        long as no flow took the connection meanwhile."""
+        if name is not None and self.rec.rulesets.ruleset is self.ruleset:
+            if self.rec.flowtables.flow_of(e.orig) is not None:
+                return False
+        else:
+            name = self.rec._adoptable(e)
         got = self.adopt(e, name, o, r) if name else None
         if got is None:
             return False
