@@ -164,7 +164,10 @@ class Reconcile:
             try:
                 # each connection is adopted as soon as both its entries are
                 # in, while the rest of the read is on its way
-                join = Joining(self, await self._waiting(leased), present, held, adopt, planner, fresh)
+                # the ruleset `waiting` is judged by: taken before, since
+                # _waiting gives turns (a reload meanwhile: judged again)
+                judged_by = self.rulesets.ruleset
+                join = Joining(self, await self._waiting(leased), judged_by, present, held, adopt, planner, fresh)
                 async with contextlib.aclosing(reader.batches()) as batches:
                     async for pairs, singles, ss in batches:
                         phases.setdefault("first entries", self.clock() - t)
@@ -436,12 +439,12 @@ class Joining:
     direction's is in. Each connection is looked up as it is now, and
     nothing is awaited between that look and its flow."""
 
-    def __init__(self, rec: Reconcile, waiting: dict[tuple, tuple], present: dict[tuple, Held],
+    def __init__(self, rec: Reconcile, waiting: dict[tuple, tuple], judged_by, present: dict[tuple, Held],
                  held: dict[tuple, Held], adopt: Adopting, planner: Planner, fresh: list):
         self.rec, self.waiting, self.present, self.held = rec, waiting, present, held
         self.adopt, self.planner, self.fresh = adopt, planner, fresh
         self.entries, self.match = rec.mirror.entries, rec.readback.match
-        self.ruleset = rec.rulesets.ruleset          # the one `waiting` was judged by
+        self.judged_by = judged_by       # the ruleset when `waiting` began to be made
 
     def pair(self, a: Held, b: Held) -> None:
         w = self.waiting.get(a.match)
@@ -481,7 +484,7 @@ class Joining:
         the entry as it was then: still its own when the mirror holds the
         same entry (an update replaces it) and the ruleset is the same, as
         long as no flow took the connection meanwhile."""
-        if name is not None and self.rec.rulesets.ruleset is self.ruleset:
+        if name is not None and self.rec.rulesets.ruleset is self.judged_by:
             if self.rec.flowtables.flow_of(e.orig) is not None:
                 return False
         else:
