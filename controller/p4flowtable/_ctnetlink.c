@@ -21,8 +21,8 @@
  * for the message in buf[off:end] (from its nlmsghdr on), in CtMsg's field
  * order after msg_type and flags; a field the message lacks is None
  * (helper: False), and a tuple is (src, dst, l4proto, sport, dport) with
- * the addresses as their 4 or 16 bytes. It never raises on the message's bytes: malformed input
- * reads as attributes left out, as in decode_walk.
+ * the addresses as their 4 or 16 bytes. It never raises on the message's
+ * bytes: malformed input reads as attributes left out, as in decode_walk.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
