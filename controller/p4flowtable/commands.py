@@ -65,8 +65,8 @@ class Commands:
             return {"latency": list(t.latency) if args.get("samples") else None,
                     "first_decided": t.first_decided,
                     "last_offloaded": t.last_offloaded, "offloaded": self.stats["offloaded"],
-                    "cpu_seconds": (t.cpu_last - t.cpu_first
-                                    if t.cpu_first is not None and t.cpu_last is not None else None),
+                    "cpu_seconds": sum(cpu) if (cpu := t.cpu_seconds()) is not None else None,
+                    "cpu_kernel_seconds": cpu[1] if cpu is not None else None,
                     "batches": self.stats["offload_batches"]}
         if cmd == "counters":
             # the event counters of `stats` without what costs O(flows)

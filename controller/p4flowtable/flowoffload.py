@@ -15,7 +15,7 @@ import asyncio
 import collections
 import enum
 import logging
-import time
+import resource
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -31,6 +31,12 @@ log = logging.getLogger("p4ft")
 
 MAX_BATCH_FLOWS = 512
 WRITES_IN_FLIGHT = 2   # add batches at the switch at once (see FlowOffload.run)
+
+
+def cpu_times() -> tuple[float, float]:
+    """The process's user and kernel CPU seconds, every thread's."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime, r.ru_stime
 
 
 class Op(enum.Enum):
@@ -83,13 +89,23 @@ class OffloadTiming:
     latency: collections.deque = field(default_factory=lambda: collections.deque(maxlen=100_000))
     first_decided: float | None = None
     last_offloaded: float | None = None
-    cpu_first: float | None = None                 # process CPU time at the first decision
-    cpu_last: float | None = None                  # ... and at the last offload since a reset
+    cpu_first: tuple[float, float] | None = None   # process CPU time (user, kernel) at the first decision
+    cpu_last: tuple[float, float] | None = None    # ... and at the last offload since a reset
 
     def decided(self, key: FlowTuple, now: float) -> None:
         self.since[key] = now
         if self.cpu_first is None:
-            self.cpu_first = time.process_time()
+            self.cpu_first = cpu_times()
+
+    def cpu_seconds(self) -> tuple[float, float] | None:
+        """The process's CPU time (user, kernel) from the first decision to
+        the last offload since a reset. The kernel's share is its work in
+        the daemon's system calls: a netlink request (a route lookup, a
+        conntrack update) is handled in the context of the process that
+        sends it, and the sockets' I/O."""
+        if self.cpu_first is None or self.cpu_last is None:
+            return None
+        return self.cpu_last[0] - self.cpu_first[0], self.cpu_last[1] - self.cpu_first[1]
 
     def reset(self) -> None:
         self.latency.clear()
@@ -224,7 +240,7 @@ class FlowOffload:
                 t.last_offloaded = now
                 timed = True
         if timed:
-            t.cpu_last = time.process_time()
+            t.cpu_last = cpu_times()
         refused = []
         for f, why in res.failed:
             if why.exists:
