@@ -55,7 +55,9 @@ def _count(option: str):
 
 
 def cmd_daemon(args) -> int:
-    from .daemon import DaemonConfig, Daemon
+    import gc
+
+    from .daemon import COLLECTOR_THRESHOLDS, DaemonConfig, Daemon
     from .policy import PolicyError, parse_label_bits
     from .p4runtime import SwitchError
 
@@ -102,6 +104,7 @@ def cmd_daemon(args) -> int:
 
     async def main() -> int:
         log = logging.getLogger("p4ft")
+        gc.set_threshold(*COLLECTOR_THRESHOLDS)
         try:
             d = Daemon(cfg)
         except (OSError, ValueError, KeyError) as e:
