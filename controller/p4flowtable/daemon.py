@@ -60,8 +60,8 @@ from .api import DEFAULT_SOCKET  # noqa: E402
 # conntrack entry, tuples and index entries), and by default one runs each
 # time a quarter as many objects as that generation holds has reached it
 # since the last. A burst of new flows sets off one after another: 5 of
-# them, 7 to 93 ms each, in a burst of 30,000 flows on the embedded target
-# (232 ms, 13% of the daemon's CPU for the burst); by the same rule a steady
+# them, 212-312 ms in all, in each burst of 30,000 flows measured (both
+# switches, docs/benchmarks.md), each a pause of the loop; by the same rule a steady
 # churn of connections sets them off at any size. The daemon's state is
 # freed by reference count (a flow, a conntrack entry: no cycles), so the
 # collector is only there for cycles made elsewhere (an exception's
