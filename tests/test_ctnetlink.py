@@ -428,3 +428,68 @@ def test_a_large_dump_gives_the_loop_turns_while_it_is_indexed(ns, monkeypatch):
     dumped, mirror = asyncio.run(run())
     assert len(dumped) == len(mirror.entries) == n
     assert len(at) == n and at[-1] - at[0] >= 3      # turns taken while the entries were indexed
+
+
+@kernel
+def test_a_batch_of_hand_backs_fixes_each_entry_up_and_reads_the_timeouts_once(ns, monkeypatch):
+    """handed_back_many (flow_offload_fixup_ct for many flows): each entry's
+    state timeout less its own idle time, only ever lowered; its mark's
+    label bits cleared and the rest kept; an entry gone meanwhile is no
+    error; the state timeouts read once for the batch."""
+    from p4flowtable import netns as netns_mod
+    reads = []
+    real = netns_mod.read_sysctl
+    monkeypatch.setattr(netns_mod, "read_sysctl", lambda n, k: reads.append(k) or real(n, k))
+
+    def tuples(i):
+        return (FlowTuple(ipv4(f"10.0.1.{i}"), ipv4("192.0.2.2"), 6, 40000 + i, 80),
+                FlowTuple(ipv4("192.0.2.2"), ipv4("198.51.100.1"), 6, 80, 61000 + i))
+
+    # entries get room for labels once a rule of the namespace uses them (nf_connlabels_get)
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "add table inet t; add chain inet t c; "
+                    "add rule inet t c ct label set 100"], check=True)
+
+    async def run():
+        mirror = ConntrackMirror(ns)
+        await mirror.open()
+        writer = ctnl.CtnlSocket(netlink_socket(ns, 12))
+        try:
+            mark, other = 1 << 3, 1 << 9
+            for i in range(1, 6):
+                o, r = tuples(i)
+                await writer.request(ctnl.IPCTNL_MSG_CT_NEW, socket.AF_INET,
+                                     ctnl.create_payload(o, r, IPS_SEEN_REPLY | IPS_ASSURED | IPS_CONFIRMED,
+                                                         NF_CT_DAY if i != 4 else 50, TCP_ESTABLISHED,
+                                                         labels=mark | other),
+                                     ctnl.NLM_F_CREATE | ctnl.NLM_F_EXCL)
+            await mirror.dump()
+            entries = [mirror.entries[tuples(i)[0]] for i in range(1, 6)]
+            assert all(e.labels == mark | other for e in entries)
+            subprocess.run(["ip", "netns", "exec", ns, "conntrack", "-D", "-s", "10.0.1.5"],
+                           capture_output=True, check=True)
+            reads.clear()
+            # 1: idle 100 s; 2: not idle; 3: idle past its whole timeout;
+            # 4: 50 s left already, under what the fixup would give; 5: gone
+            errors = await mirror.handed_back_many([(entries[0], 100, mark), (entries[1], 0, mark),
+                                                    (entries[2], 1000, mark), (entries[3], 0, mark),
+                                                    (entries[4], 0, mark)])
+            assert errors == [None] * 5
+            assert reads == ["net.netfilter.nf_conntrack_tcp_timeout_established"]
+            now = [await mirror.get(tuples(i)[0]) for i in range(1, 6)]
+            assert 190 <= now[0].timeout <= 200
+            assert 295 <= now[1].timeout <= 300
+            assert now[2] is None or now[2].timeout <= 1     # timeout 0: the kernel lets it go at once
+            assert now[3].timeout <= 50
+            assert now[4] is None
+            assert [n.labels for n in now[:4] if n is not None] == [other] * (3 + (now[2] is not None))
+            assert [e.labels for e in entries[:4]] == [other] * 4      # the mirror's copies too
+            # the conntrack tool, an independent witness, sees the lowered timeout
+            listed = conntrack_cli("-L", "-s", "10.0.1.1").split()
+            assert "sport=40001" in listed and 185 <= int(listed[2]) <= 200, listed
+            # one entry alone: the same as a batch of one
+            await mirror.handed_back(now[1], 200, 0)
+            assert 95 <= (await mirror.get(tuples(2)[0])).timeout <= 100
+        finally:
+            writer.close()
+            await mirror.close()
+    asyncio.run(run())

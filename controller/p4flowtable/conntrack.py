@@ -249,13 +249,16 @@ class ConntrackMirror:
         return e.timeout is not None and e.timeout >= lease / 2 and (e.l4proto != IPPROTO_TCP or e.liberal)
 
     def state_timeout(self, e: CtEntry) -> int:
+        return int(netns.read_sysctl(self.netns, self._timeout_key(e)))
+
+    @staticmethod
+    def _timeout_key(e: CtEntry) -> str:
+        """The sysctl holding the timeout of the entry's state."""
         if e.l4proto == IPPROTO_TCP:
             name = _TCP_TIMEOUT_SYSCTL.get(e.tcp_state or 0, "established")
-            key = f"net.netfilter.nf_conntrack_tcp_timeout_{name}"
-        else:
-            key = ("net.netfilter.nf_conntrack_udp_timeout_stream" if e.status & IPS_SEEN_REPLY
-                   else "net.netfilter.nf_conntrack_udp_timeout")
-        return int(netns.read_sysctl(self.netns, key))
+            return f"net.netfilter.nf_conntrack_tcp_timeout_{name}"
+        return ("net.netfilter.nf_conntrack_udp_timeout_stream" if e.status & IPS_SEEN_REPLY
+                else "net.netfilter.nf_conntrack_udp_timeout")
 
     async def get(self, orig: FlowTuple) -> CtEntry | None:
         """The kernel's entry as it is now, not as last reported."""
@@ -288,26 +291,62 @@ class ConntrackMirror:
         return out
 
     async def handed_back(self, e: CtEntry, idle: float, mark: int = 0) -> None:
-        """Slow path owns the flow again (flow_offload_fixup_ct).
+        """Slow path owns the flow again (flow_offload_fixup_ct): one entry
+        of handed_back_many; raises its error."""
+        err = (await self.handed_back_many([(e, idle, mark)]))[0]
+        if err is not None:
+            raise err
 
-        The timeout of the entry's current state, less the time the flow sat
-        idle in the switch; as in the kernel, only ever lowered. The label
-        bits of `mark` (the flowtable's) are cleared, in the same request.
-        """
-        now = await self.get(e.orig)
-        if now is None:
-            return
-        attrs = []
-        timeout = max(0, int(self.state_timeout(now) - idle))
-        if now.timeout is None or now.timeout > timeout:
-            attrs.append(ctnl.timeout_attr(timeout))
-        if now.labels & mark:
-            attrs.append(ctnl.labels_attr(0, mark))
-        if attrs:
-            await self._set(now, *attrs)
-        cached = self.entries.get(e.orig)
-        if cached is not None:        # our own update's event is not decoded
-            cached.labels &= ~mark
+    async def handed_back_many(self, items: list[tuple[CtEntry, float, int]]) -> list[Exception | None]:
+        """Slow path owns these flows again (flow_offload_fixup_ct), each
+        (entry, seconds it sat idle in the switch, its flowtable's mark).
+
+        Each entry gets the timeout of its current state less the time the
+        flow sat idle, as in the kernel only ever lowered, and loses the
+        label bits of its mark, in one request. The entries are read as
+        they are now (not as last reported) all in flight together, and
+        changed all together: a batch of hand-backs costs a few round trips,
+        not three a flow. The state timeouts (sysctls) are read once a
+        batch. Per item None, or the error of its change; an entry gone
+        meanwhile is None (nothing to hand back)."""
+        if not items:
+            return []
+        got = await self._cmd.requests([(ctnl.IPCTNL_MSG_CT_GET, ctnl.family_of(e.orig),
+                                         ctnl.tuple_attr(ctnl.CTA_TUPLE_ORIG, e.orig), 0) for e, _, _ in items])
+        out: list[Exception | None] = [None] * len(items)
+        timeouts: dict[str, int] = {}
+        changes: list[tuple[int, tuple]] = []      # (index in items, request)
+        found: list[bool] = [False] * len(items)
+        for i, ((e, idle, mark), res) in enumerate(zip(items, got)):
+            if isinstance(res, ctnl.CtnlError):         # ENOENT: gone
+                continue
+            if isinstance(res, Exception):
+                out[i] = res
+                continue
+            now = next((x for x in map(entry_from_msg, res) if x is not None), None)
+            if now is None:
+                continue
+            found[i] = True
+            attrs = []
+            key = self._timeout_key(now)
+            state = timeouts.get(key)
+            if state is None:
+                state = timeouts[key] = int(netns.read_sysctl(self.netns, key))
+            timeout = max(0, int(state - idle))
+            if now.timeout is None or now.timeout > timeout:
+                attrs.append(ctnl.timeout_attr(timeout))
+            if now.labels & mark:
+                attrs.append(ctnl.labels_attr(0, mark))
+            if attrs:
+                changes.append((i, self._change(now, *attrs)))
+        if changes:
+            for (i, _), err in zip(changes, await self._cmd.changes([req for _, req in changes])):
+                out[i] = err
+        for (e, _, mark), err, there in zip(items, out, found):
+            cached = self.entries.get(e.orig) if there and err is None else None
+            if cached is not None:        # our own update's event is not decoded
+                cached.labels &= ~mark
+        return out
 
     async def clear_labels(self, entries: list[CtEntry], mark: int) -> None:
         """Clear the bits of `mark` from these entries (a flowtable that is

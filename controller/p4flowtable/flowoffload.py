@@ -198,8 +198,7 @@ class FlowOffload:
                 self.deferred.extend(batch)
             else:
                 # the pipeline pushed on reconnect starts with empty tables
-                for f in batch:
-                    await self._handed_back(f)
+                await self._handed_back(batch)
 
     def take_adds(self) -> list[Flow]:
         """For the reconcile, which holds the switch: the flows whose add is
@@ -316,25 +315,37 @@ class FlowOffload:
         for f, why in res.failed:
             log.error("switch refused to delete flow %s: %s", f.key, why)
             self.stats["delete_failed"] += 1
-        for f in batch:
-            await self._handed_back(f)
+        await self._handed_back(batch)
         await self._admit_waiting(len(batch) - len(res.failed))
 
-    async def _handed_back(self, f: Flow) -> None:
-        """flow_offload_fixup_ct: conntrack owns the connection again, with
-        its state's timeout less the time the flow sat idle in the switch."""
-        f.clear(FlowFlag.HW | FlowFlag.PENDING)
-        self.events.flow("HANDBACK", f, reason=f.reason.value if f.reason else None)
-        self.flowtables.delete(f)
-        if f.flags & FlowFlag.DYING:
+    async def _handed_back(self, flows: list[Flow]) -> None:
+        """flow_offload_fixup_ct: conntrack owns these connections again,
+        each with its state's timeout less the time its flow sat idle in the
+        switch. Every flow leaves its flowtable first (a conntrack event
+        meanwhile finds no flow and is judged afresh, as after one flow's
+        hand-back); their conntrack entries are then changed together."""
+        now = self.clock()
+        items = []
+        for f in flows:
+            f.clear(FlowFlag.HW | FlowFlag.PENDING)
+            self.events.flow("HANDBACK", f, reason=f.reason.value if f.reason else None)
+            self.flowtables.delete(f)
+            if f.flags & FlowFlag.DYING:
+                continue
+            idle = min(now - f.last_used, f.timeout) if f.reason is TeardownReason.EXPIRED else 0
+            ct = self.mirror.entries.get(f.key)
+            if ct is not None:
+                items.append((ct, idle, self.mark(f.flowtable)))
+        if not items:
             return
-        idle = min(self.clock() - f.last_used, f.timeout) if f.reason is TeardownReason.EXPIRED else 0
-        ct = self.mirror.entries.get(f.key)
-        if ct is not None:
-            try:
-                await self.mirror.handed_back(ct, idle, self.mark(f.flowtable))
-            except Exception as e:  # the entry may have just died
-                log.debug("hand-back of %s: %s", f.key, e)
+        try:
+            errors = await self.mirror.handed_back_many(items)
+        except Exception as e:      # the socket failed: each entry's lease runs out by itself
+            log.warning("hand-back of %d flow(s): %r", len(items), e)
+            return
+        for (ct, _, _), err in zip(items, errors):
+            if err is not None:     # the entry may have just died
+                log.debug("hand-back of %s: %s", ct.orig, err)
 
     def carried(self) -> list[Flow]:
         """The flows the switch carries, or is about to."""
@@ -350,13 +361,15 @@ class FlowOffload:
             await self.driver.delete(flows)
         except SwitchError as e:
             log.warning("could not remove flows from the switch at stop: %s", e)
-        for f in flows:
-            ct = self.mirror.entries.get(f.key)
-            if ct is not None:
-                try:
-                    await self.mirror.handed_back(ct, 0, self.mark(f.flowtable))
-                except Exception as e:  # entry may be gone
-                    log.debug("hand-back of %s: %s", f.key, e)
+        items = [(ct, 0, self.mark(f.flowtable)) for f in flows if (ct := self.mirror.entries.get(f.key)) is not None]
+        try:
+            errors = await self.mirror.handed_back_many(items)
+        except Exception as e:
+            log.warning("hand-back of %d flow(s) at stop: %r", len(items), e)
+            return
+        for (ct, _, _), err in zip(items, errors):
+            if err is not None:     # the entry may be gone
+                log.debug("hand-back of %s: %s", ct.orig, err)
 
     # -- aging's callbacks (aging.py) ----------------------------------------------------
     def expired(self, f: Flow) -> None:
