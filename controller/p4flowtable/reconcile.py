@@ -331,19 +331,33 @@ class Reconcile:
         over = self._over_lease()
         entries = self.mirror.entries
         n = 0
+        batch: list[CtEntry] = []
+
+        async def release() -> int:
+            # looked at again just before: a flow decided meanwhile keeps its lease
+            items = [(e, 0, self.rulesets.mark(f) if (f := self.rulesets.select(e.labels)) else 0)
+                     for e in batch if self.flowtables.flow_of(e.orig) is None]
+            batch.clear()
+            try:
+                errors = await self.mirror.handed_back_many(items)
+            except Exception as err:
+                log.warning("%d lease(s) not released: %r", len(items), err)
+                return 0
+            for (e, _, _), err in zip(items, errors):
+                if err is not None:       # the entry may have just died
+                    log.debug("lease of %s not released: %s", e.orig, err)
+            return sum(err is None for err in errors)
+
         for i, k in enumerate(list(entries) if leased is None else leased):
             if i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
             e = entries.get(k)
             if e is None or self.flowtables.flow_of(e.orig) is not None or not over(e):
                 continue
-            f = self.rulesets.select(e.labels)
-            try:
-                await self.mirror.handed_back(e, 0, self.rulesets.mark(f) if f else 0)
-                n += 1
-            except Exception as err:      # the entry may have just died
-                log.debug("lease of %s not released: %s", e.orig, err)
-        return n
+            batch.append(e)
+            if len(batch) == MAX_BATCH_FLOWS:
+                n += await release()
+        return n + (await release() if batch else 0)
 
 
 @dataclass(slots=True)
