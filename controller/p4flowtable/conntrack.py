@@ -18,6 +18,7 @@ import enum
 import logging
 import socket
 from dataclasses import dataclass
+from typing import Callable
 
 from . import ctnetlink as ctnl, netns
 from .model import IPPROTO_TCP, IPPROTO_UDP, FlowTuple
@@ -248,8 +249,18 @@ class ConntrackMirror:
         aging renews it at half time from now)."""
         return e.timeout is not None and e.timeout >= lease / 2 and (e.l4proto != IPPROTO_TCP or e.liberal)
 
-    def state_timeout(self, e: CtEntry) -> int:
-        return int(netns.read_sysctl(self.netns, self._timeout_key(e)))
+    def state_timeouts(self) -> Callable[[CtEntry], int]:
+        """The timeout of an entry's state, each state's sysctl read once for
+        as long as the reader returned is kept (a batch, one pass)."""
+        read: dict[str, int] = {}
+
+        def timeout(e: CtEntry) -> int:
+            key = self._timeout_key(e)
+            t = read.get(key)
+            if t is None:
+                t = read[key] = int(netns.read_sysctl(self.netns, key))
+            return t
+        return timeout
 
     @staticmethod
     def _timeout_key(e: CtEntry) -> str:
@@ -314,7 +325,7 @@ class ConntrackMirror:
         got = await self._cmd.requests([(ctnl.IPCTNL_MSG_CT_GET, ctnl.family_of(e.orig),
                                          ctnl.tuple_attr(ctnl.CTA_TUPLE_ORIG, e.orig), 0) for e, _, _ in items])
         out: list[Exception | None] = [None] * len(items)
-        timeouts: dict[str, int] = {}
+        state_timeout = self.state_timeouts()
         changes: list[tuple[int, tuple]] = []      # (index in items, request)
         found: list[bool] = [False] * len(items)
         for i, ((e, idle, mark), res) in enumerate(zip(items, got)):
@@ -328,11 +339,7 @@ class ConntrackMirror:
                 continue
             found[i] = True
             attrs = []
-            key = self._timeout_key(now)
-            state = timeouts.get(key)
-            if state is None:
-                state = timeouts[key] = int(netns.read_sysctl(self.netns, key))
-            timeout = max(0, int(state - idle))
+            timeout = max(0, int(state_timeout(now) - idle))
             if now.timeout is None or now.timeout > timeout:
                 attrs.append(ctnl.timeout_attr(timeout))
             if now.labels & mark:
@@ -347,6 +354,21 @@ class ConntrackMirror:
             if cached is not None:        # our own update's event is not decoded
                 cached.labels &= ~mark
         return out
+
+    async def hand_back(self, items: list[tuple[CtEntry, float, int]], what: str = "hand-back") -> int:
+        """handed_back_many for a caller that carries on whatever happens:
+        a batch that fails as a whole is logged as a warning (each entry's
+        lease then runs out by itself), an entry's own failure at debug (it
+        may have just died). The number of entries handed back."""
+        try:
+            errors = await self.handed_back_many(items)
+        except Exception as err:
+            log.warning("%s of %d connection(s) failed: %r", what, len(items), err)
+            return 0
+        for (e, _, _), err in zip(items, errors):
+            if err is not None:
+                log.debug("%s of %s: %s", what, e.orig, err)
+        return sum(err is None for err in errors)
 
     async def clear_labels(self, entries: list[CtEntry], mark: int) -> None:
         """Clear the bits of `mark` from these entries (a flowtable that is

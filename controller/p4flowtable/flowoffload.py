@@ -336,16 +336,8 @@ class FlowOffload:
             ct = self.mirror.entries.get(f.key)
             if ct is not None:
                 items.append((ct, idle, self.mark(f.flowtable)))
-        if not items:
-            return
-        try:
-            errors = await self.mirror.handed_back_many(items)
-        except Exception as e:      # the socket failed: each entry's lease runs out by itself
-            log.warning("hand-back of %d flow(s): %r", len(items), e)
-            return
-        for (ct, _, _), err in zip(items, errors):
-            if err is not None:     # the entry may have just died
-                log.debug("hand-back of %s: %s", ct.orig, err)
+        if items:
+            await self.mirror.hand_back(items)
 
     def carried(self) -> list[Flow]:
         """The flows the switch carries, or is about to."""
@@ -362,14 +354,7 @@ class FlowOffload:
         except SwitchError as e:
             log.warning("could not remove flows from the switch at stop: %s", e)
         items = [(ct, 0, self.mark(f.flowtable)) for f in flows if (ct := self.mirror.entries.get(f.key)) is not None]
-        try:
-            errors = await self.mirror.handed_back_many(items)
-        except Exception as e:
-            log.warning("hand-back of %d flow(s) at stop: %r", len(items), e)
-            return
-        for (ct, _, _), err in zip(items, errors):
-            if err is not None:     # the entry may be gone
-                log.debug("hand-back of %s: %s", ct.orig, err)
+        await self.mirror.hand_back(items, "hand-back at stop")
 
     # -- aging's callbacks (aging.py) ----------------------------------------------------
     def expired(self, f: Flow) -> None:

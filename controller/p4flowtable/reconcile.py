@@ -24,7 +24,7 @@ from p4.v1 import p4runtime_pb2 as p4r
 
 from . import entryread
 from .aging import Aging
-from .conntrack import IPS_SEEN_REPLY, ConntrackMirror, CtEntry
+from .conntrack import ConntrackMirror, CtEntry
 from .core import Flowtables
 from .decide import MAX_BATCH_FLOWS, Decisions
 from .events import EventBus
@@ -310,16 +310,10 @@ class Reconcile:
     def _over_lease(self) -> Callable[[CtEntry], bool]:
         """Whether an entry's timeout is above its state's (an offload
         lease), its state's timeout read once per kind of state."""
-        timeouts: dict[tuple, int] = {}
+        state_timeout = self.mirror.state_timeouts()
 
         def over(e: CtEntry) -> bool:
-            if e.timeout is None:
-                return False
-            key = (e.l4proto, e.tcp_state, bool(e.status & IPS_SEEN_REPLY))
-            t = timeouts.get(key)
-            if t is None:
-                t = timeouts[key] = self.mirror.state_timeout(e)
-            return e.timeout > t
+            return e.timeout is not None and e.timeout > state_timeout(e)
         return over
 
     async def _release_leases(self, leased: list | None) -> int:
@@ -338,15 +332,7 @@ class Reconcile:
             items = [(e, 0, self.rulesets.mark(f) if (f := self.rulesets.select(e.labels)) else 0)
                      for e in batch if self.flowtables.flow_of(e.orig) is None]
             batch.clear()
-            try:
-                errors = await self.mirror.handed_back_many(items)
-            except Exception as err:
-                log.warning("%d lease(s) not released: %r", len(items), err)
-                return 0
-            for (e, _, _), err in zip(items, errors):
-                if err is not None:       # the entry may have just died
-                    log.debug("lease of %s not released: %s", e.orig, err)
-            return sum(err is None for err in errors)
+            return await self.mirror.hand_back(items, "lease release")
 
         for i, k in enumerate(list(entries) if leased is None else leased):
             if i % YIELD_EVERY == 0:
