@@ -92,7 +92,7 @@ def kernel_messages() -> list[bytes]:
             while not any(m[2] == ctnl.IPCTNL_MSG_CT_DELETE for d in got for m in messages(d)):   # the last event
                 item = await asyncio.wait_for(events._events.get(), 5)
                 assert not isinstance(item, Exception), item
-                got.append(item)
+                got.extend(item)        # one drain's datagrams
             return got + seen
         finally:
             sock.close()

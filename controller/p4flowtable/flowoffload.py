@@ -226,19 +226,24 @@ class FlowOffload:
         now = self.clock()
         self.stats["offload_batches"] += 1
         t = self.timing
-        timed = False
+        self.stats["offloaded"] += len(res.done)
+        # once per flow: names bound once a batch, the monitors' event only if one listens
+        offloaded, decided, latency, observe = self.offloaded, t.since.pop, t.latency.append, self.observe_latency
+        publish = self.events.flow if self.events.monitors else None
+        first = None
         for f in res.done:
-            self.offloaded(f, now)
-            self.stats["offloaded"] += 1
-            since = t.since.pop(f.key, None)
-            self.events.flow("OFFLOAD", f, after_ms=round(1000 * (now - since), 2) if since is not None else None)
+            offloaded(f, now)
+            since = decided(f.key, None)
+            if publish is not None:
+                publish("OFFLOAD", f, after_ms=round(1000 * (now - since), 2) if since is not None else None)
             if since is not None:   # conntrack event or miss -> both entries written
-                t.latency.append(now - since)
-                self.observe_latency(now - since)
-                t.first_decided = min(t.first_decided or since, since)
-                t.last_offloaded = now
-                timed = True
-        if timed:
+                latency(now - since)
+                observe(now - since)
+                if first is None or since < first:
+                    first = since
+        if first is not None:
+            t.first_decided = min(t.first_decided or first, first)
+            t.last_offloaded = now
             t.cpu_last = cpu_times()
         refused = []
         for f, why in res.failed:
