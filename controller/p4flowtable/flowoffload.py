@@ -273,11 +273,11 @@ class FlowOffload:
             self.timing.since.pop(f.key, None)
             self.flowtables.delete(f)
             ct = self.mirror.entries.get(f.key)
-            if ct is None:
-                continue
-            waiting.append(ct)
-            await self.mirror.handed_back(ct, 0, 0)
+            if ct is not None:
+                waiting.append(ct)
         if waiting:
+            # their leases back to their states' timeouts, the marks kept: together, as a delete batch's
+            await self.mirror.hand_back([(ct, 0, 0) for ct in waiting], "hand-back of refused flows")
             log.warning("switch refused %d flow(s): waiting for room (%d waiting)", len(waiting),
                         len(self._waiting) + len(waiting))
             for ct, n in zip(waiting, await self.mirror.packets(waiting)):
