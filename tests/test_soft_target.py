@@ -285,6 +285,70 @@ async def _session(addr, schema, push=True, election_id=1):
     return s
 
 
+def _swap_params(e):
+    ps = e.action.action.params
+    first, second = copy.deepcopy(ps[0]), copy.deepcopy(ps[1])
+    ps[0].CopyFrom(second)
+    ps[1].CopyFrom(first)
+
+
+def _kind(e, i, **kind):
+    e.match[i].ClearField("exact")
+    for name, value in kind.items():
+        getattr(e.match[i], name).CopyFrom(value)
+
+
+# a flow entry (six exact fields, eight parameters) changed one way each, and
+# the switch's answer: its code and what its message names (None: taken)
+BAD_FLOW_ENTRIES = {
+    "missing field": (lambda e: e.match.pop(), "INVALID_ARGUMENT", "exact match field 6 is missing"),
+    "field twice": (lambda e: e.match.append(copy.deepcopy(e.match[0])), "INVALID_ARGUMENT",
+                    "match field 1 given twice"),
+    "unknown field": (lambda e: e.match.add(field_id=99, exact=p4r.FieldMatch.Exact(value=b"\x01")),
+                      "INVALID_ARGUMENT", "unknown match field id(s) [99]"),
+    "lpm for exact": (lambda e: _kind(e, 1, lpm=p4r.FieldMatch.LPM(value=b"\x01", prefix_len=8)),
+                      "INVALID_ARGUMENT", "match field 2 of table FtIngress.FlowtableIngress.flow_table_v4 is "
+                                          "exact, got lpm"),
+    "optional for exact": (lambda e: _kind(e, 1, optional=p4r.FieldMatch.Optional(value=b"\x01")),
+                           "INVALID_ARGUMENT", "is exact, got optional"),
+    "no match kind": (lambda e: _kind(e, 1), "INVALID_ARGUMENT", "is exact, got None"),
+    "empty value": (lambda e: setattr(e.match[2].exact, "value", b""), "INVALID_ARGUMENT",
+                    "match field 3: empty value"),
+    "value too wide": (lambda e: setattr(e.match[0].exact, "value", b"\xff" * 20), "INVALID_ARGUMENT",
+                       "does not fit in 9 bits"),
+    "priority": (lambda e: setattr(e, "priority", 5), "INVALID_ARGUMENT", "takes no priority"),
+    "parameter too wide": (lambda e: setattr(e.action.action.params[0], "value", b"\xff" * 20),
+                           "INVALID_ARGUMENT", "parameter 1 value 0xffffffffffffffffffffffffffffffffffffffff does "
+                                               "not fit in 16 bits"),
+    "parameter missing": (lambda e: e.action.action.params.pop(), "INVALID_ARGUMENT", "parameter 8 is missing"),
+    "parameter unknown": (lambda e: e.action.action.params.add(param_id=99, value=b"\x01"), "INVALID_ARGUMENT",
+                          "unknown parameter id(s) [99]"),
+    "parameters out of order": (_swap_params, None, None),
+    "no action": (lambda e: e.ClearField("action"), "INVALID_ARGUMENT", "entry has no action"),
+    "unknown action": (lambda e: setattr(e.action.action, "action_id", 12345), "NOT_FOUND", "no action with id 12345"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FLOW_ENTRIES)
+def test_a_flow_entry_written_wrong_is_refused_naming_what(schema, case):
+    """Each check of a written entry, on the flow table the daemon writes
+    most (the key and the parameters are read without protobuf's per-field
+    lookups where they come in P4Info's order, as clients write them)."""
+    mutate, code, says = BAD_FLOW_ENTRIES[case]
+    sw = SoftSwitchServer(1, CPU)
+    sw.pipeline = Pipeline(schema.p4info, JSON.read_bytes(), CPU, 0)
+    entry = flow_entry(schema, masq_flow(), Dir.ORIGINAL, idle_timeout_ns=30 * 10**9)
+    mutate(entry)
+    if code is None:
+        _write(sw, schema, entry)
+        assert len(sw.pipeline.tables[entry.table_id].table.by_key) == 1
+        return
+    with pytest.raises(Exception) as ei:
+        _write(sw, schema, entry)
+    assert (getattr(ei.value, "code", None), says in str(ei.value)) == (code, True), str(ei.value)
+    assert not sw.pipeline.tables[entry.table_id].table.by_key
+
+
 def test_malformed_writes_get_per_update_errors_and_good_ones_apply(grpc_switch, schema):
     impl, addr = grpc_switch
 

@@ -52,9 +52,18 @@ def _bytes(v: int, width: int) -> bytes:
 
 @dataclass
 class TableMap:
+    """A table's P4Info beside the program's table, and what each write of
+    an entry checks against, worked out once (a write of 40,000 entries
+    checks each of them)."""
     info: p4info_pb2.Table
     table: Table
     fields: list[tuple[int, str, int]]     # (field id, match kind, bitwidth), JSON key order
+    default_only: frozenset[str] = frozenset()    # actions of DEFAULT_ONLY scope here
+
+    def __post_init__(self):
+        self.name = self.info.preamble.name
+        self.plan = [(fid, kind, width, (1 << width) - 1) for fid, kind, width in self.fields]
+        self.ternaryish = any(k in ("ternary", "range") for _, k, _ in self.fields)
 
 
 class Pipeline:
@@ -84,7 +93,9 @@ class Pipeline:
             fields = [(f.id, kinds.get(f.match_type, "?"), f.bitwidth) for f in t.match_fields]
             if len(fields) != len(table.kinds):
                 raise PipelineError(f"table {t.preamble.name}: P4Info and JSON keys differ")
-            self.tables[t.preamble.id] = TableMap(t, table, fields)
+            default_only = frozenset(self.actions.get(ref.id, ("",))[0] for ref in t.action_refs
+                                     if ref.scope == p4info_pb2.ActionRef.DEFAULT_ONLY)
+            self.tables[t.preamble.id] = TableMap(t, table, fields, default_only)
         self.direct_counters = {c.preamble.id: c.direct_table_id for c in p4info.direct_counters}
         self.counters = {}
         for c in p4info.counters:
@@ -122,26 +133,28 @@ class Pipeline:
                 raise RequestError("INVALID_ARGUMENT", f"match field {m.field_id} given twice")
             given[m.field_id] = m
         key = []
-        for fid, kind, width in tm.fields:
+        for fid, kind, width, full in tm.plan:
             m = given.pop(fid, None)
-            full = (1 << width) - 1
             if m is None:
                 if kind == "exact":
-                    raise RequestError("INVALID_ARGUMENT", f"table {tm.info.preamble.name}: exact match "
-                                                           f"field {fid} is missing")
-                key.append({"lpm": (0, 0), "ternary": (0, 0), "range": (0, full)}[kind])
+                    raise RequestError("INVALID_ARGUMENT", f"table {tm.name}: exact match field {fid} is missing")
+                key.append((0, full) if kind == "range" else (0, 0))     # lpm, ternary: match anything
                 continue
             which = m.WhichOneof("field_match_type")
-            want = {"exact": "exact", "lpm": "lpm", "ternary": "ternary", "range": "range"}[kind]
-            if which == "optional" and kind == "ternary":
-                v = self._val(m.optional.value, width, fid)
-                key.append((v, full))
-                continue
-            if which != want:
-                raise RequestError("INVALID_ARGUMENT", f"match field {fid} of table {tm.info.preamble.name} "
-                                                       f"is {want}, got {which}")
+            if which != kind:
+                if which == "optional" and kind == "ternary":
+                    key.append((self._val(m.optional.value, width, fid), full))
+                    continue
+                raise RequestError("INVALID_ARGUMENT", f"match field {fid} of table {tm.name} is {kind}, got {which}")
             if kind == "exact":
-                key.append(self._val(m.exact.value, width, fid))
+                b = m.exact.value       # self._val, inline: most fields of most writes are exact
+                if not b:
+                    raise RequestError("INVALID_ARGUMENT", f"match field {fid}: empty value")
+                v = int.from_bytes(b, "big")
+                if v >> width:
+                    raise RequestError("INVALID_ARGUMENT", f"match field {fid}: value {v:#x} does not fit "
+                                                           f"in {width} bits")
+                key.append(v)
             elif kind == "lpm":
                 plen = m.lpm.prefix_len
                 if not 0 < plen <= width:
@@ -160,7 +173,7 @@ class Pipeline:
         if given:
             raise RequestError("INVALID_ARGUMENT", f"unknown match field id(s) {sorted(given)} for table "
                                                    f"{tm.info.preamble.name}")
-        ternaryish = any(k in ("ternary", "range") for _, k, _ in tm.fields)
+        ternaryish = tm.ternaryish
         if ternaryish and te.priority <= 0:
             raise RequestError("INVALID_ARGUMENT", f"table {tm.info.preamble.name} needs a priority > 0")
         if not ternaryish and te.priority:
@@ -184,7 +197,20 @@ class Pipeline:
         if a.action_id not in self.actions:
             raise RequestError("NOT_FOUND", f"no action with id {a.action_id}")
         name, params = self.actions[a.action_id]
-        given = {p.param_id: p.value for p in a.params}
+        ps = a.params
+        if len(ps) == len(params):      # as clients write them: every parameter, in P4Info's order
+            data = []
+            for p, (pid, width) in zip(ps, params):
+                if p.param_id != pid:
+                    break
+                v = int.from_bytes(p.value, "big")
+                if v >> width:
+                    raise RequestError("INVALID_ARGUMENT", f"action {name}: parameter {pid} value {v:#x} does "
+                                                           f"not fit in {width} bits")
+                data.append(v)
+            else:
+                return name, tuple(data)
+        given = {p.param_id: p.value for p in ps}
         data = []
         for pid, width in params:
             if pid not in given:
@@ -526,10 +552,8 @@ class SoftSwitchServer(p4runtime_pb2_grpc.P4RuntimeServicer):
             raise RequestError("INVALID_ARGUMENT", "entry has no action")
         name, data = pipe.action_of(tm, te.action)
         act = table.check_action(name, data)
-        for ref in tm.info.action_refs:
-            if pipe.actions.get(ref.id, ("",))[0] == name and ref.scope == p4info_pb2.ActionRef.DEFAULT_ONLY:
-                raise RequestError("INVALID_ARGUMENT", f"action {name} is default-only in table "
-                                                       f"{tm.info.preamble.name}")
+        if name in tm.default_only:
+            raise RequestError("INVALID_ARGUMENT", f"action {name} is default-only in table {tm.name}")
         entry = Entry(key, prio, act, data, idle_timeout_ns=te.idle_timeout_ns)
         if upd.type == p4r.Update.INSERT:
             table.insert(entry)
