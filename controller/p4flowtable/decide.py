@@ -201,21 +201,15 @@ class Decisions:
                 else:
                     seen[i][1][d] = got.port
         keyed: list[tuple[int, tuple[RouteKey, RouteKey]]] = []
-        ifindex: dict[int, int] = {}     # a port's representor, asked once a batch
         for i, e in enumerate(batch):
             if out[i] is not None:
                 continue
-            p0, p1 = seen[i][1]
             try:
-                if (iif0 := ifindex.get(p0)) is None:
-                    iif0 = ifindex[p0] = await r.port_ifindex(p0)
-                if (iif1 := ifindex.get(p1)) is None:
-                    iif1 = ifindex[p1] = await r.port_ifindex(p1)
+                iif = (await r.port_ifindex(seen[i][1][0]), await r.port_ifindex(seen[i][1][1]))
             except RouteError as err:
                 log.debug("%s", err)
                 out[i] = "no_route"
                 continue
-            iif = (iif0, iif1)
             keyed.append((i, route_keys(e.orig, e.reply, iif, e.mark)))
         got = await r.resolve([(k, None) for _, keys in keyed for k in keys])
         for n, (i, keys) in enumerate(keyed):

@@ -147,14 +147,7 @@ class Pipeline:
                     continue
                 raise RequestError("INVALID_ARGUMENT", f"match field {fid} of table {tm.name} is {kind}, got {which}")
             if kind == "exact":
-                b = m.exact.value       # self._val, inline: most fields of most writes are exact
-                if not b:
-                    raise RequestError("INVALID_ARGUMENT", f"match field {fid}: empty value")
-                v = int.from_bytes(b, "big")
-                if v >> width:
-                    raise RequestError("INVALID_ARGUMENT", f"match field {fid}: value {v:#x} does not fit "
-                                                           f"in {width} bits")
-                key.append(v)
+                key.append(self._val(m.exact.value, width, fid))
             elif kind == "lpm":
                 plen = m.lpm.prefix_len
                 if not 0 < plen <= width:
@@ -172,12 +165,12 @@ class Pipeline:
                 key.append((self._val(m.range.low, width, fid), self._val(m.range.high, width, fid)))
         if given:
             raise RequestError("INVALID_ARGUMENT", f"unknown match field id(s) {sorted(given)} for table "
-                                                   f"{tm.info.preamble.name}")
+                                                   f"{tm.name}")
         ternaryish = tm.ternaryish
         if ternaryish and te.priority <= 0:
-            raise RequestError("INVALID_ARGUMENT", f"table {tm.info.preamble.name} needs a priority > 0")
+            raise RequestError("INVALID_ARGUMENT", f"table {tm.name} needs a priority > 0")
         if not ternaryish and te.priority:
-            raise RequestError("INVALID_ARGUMENT", f"table {tm.info.preamble.name} takes no priority")
+            raise RequestError("INVALID_ARGUMENT", f"table {tm.name} takes no priority")
         return tuple(key), te.priority
 
     @staticmethod
@@ -198,24 +191,18 @@ class Pipeline:
             raise RequestError("NOT_FOUND", f"no action with id {a.action_id}")
         name, params = self.actions[a.action_id]
         ps = a.params
-        if len(ps) == len(params):      # as clients write them: every parameter, in P4Info's order
-            data = []
-            for p, (pid, width) in zip(ps, params):
-                if p.param_id != pid:
-                    break
-                v = int.from_bytes(p.value, "big")
-                if v >> width:
-                    raise RequestError("INVALID_ARGUMENT", f"action {name}: parameter {pid} value {v:#x} does "
-                                                           f"not fit in {width} bits")
-                data.append(v)
-            else:
-                return name, tuple(data)
-        given = {p.param_id: p.value for p in ps}
+        # as clients write them (every parameter, in P4Info's order) each is read in place, else by its id
+        in_order = len(ps) == len(params) and all(p.param_id == pid for p, (pid, _) in zip(ps, params))
+        given = None if in_order else {p.param_id: p.value for p in ps}
         data = []
-        for pid, width in params:
-            if pid not in given:
+        for i, (pid, width) in enumerate(params):
+            if given is None:
+                b = ps[i].value
+            elif pid in given:
+                b = given.pop(pid)
+            else:
                 raise RequestError("INVALID_ARGUMENT", f"action {name}: parameter {pid} is missing")
-            v = _int(given.pop(pid))
+            v = _int(b)
             if v >> width:
                 raise RequestError("INVALID_ARGUMENT", f"action {name}: parameter {pid} value {v:#x} does "
                                                        f"not fit in {width} bits")
