@@ -140,8 +140,9 @@ def test_metrics_move_with_traffic(life):
     assert a[asked] > b.get(asked, 0)             # the connections' paths, asked of the kernel
 
 
-def burst_p99(net, base: int, n: int) -> float:
-    """Offload n ctnetlink-made connections at once; their time-to-offload p99."""
+def burst(net, base: int, n: int) -> dict:
+    """Offload n ctnetlink-made connections at once; the daemon's offload
+    timing with its samples (time-to-offload, the switch's part of it)."""
     h1, h2, router = ipv4(LAN["host"].split("/")[0]), ipv4(WAN["host"].split("/")[0]), ipv4(WAN["router"])
     mark = 1 << next(t["ct_label"] for t in net.api("flowtable_list"))
     net.api("offload_timing", {"reset": True})
@@ -150,10 +151,30 @@ def burst_p99(net, base: int, n: int) -> float:
         FlowTuple(h1, h2, 6, base + i, 81), FlowTuple(h2, router, 6, 81, base + i), status, 600, TCP_ESTABLISHED,
         mark) for i in range(n)], ctnl.NLM_F_CREATE | ctnl.NLM_F_EXCL))
     assert not [r for r in made if isinstance(r, Exception)]
-    t = wait_for(lambda: (t := net.api("offload_timing", {"samples": True}))["latency"] and
-                 len(t["latency"]) >= n and t, 30, f"{n} offloads")
-    lat = sorted(t["latency"])
+    return wait_for(lambda: (t := net.api("offload_timing", {"samples": True}))["latency"] and
+                    len(t["latency"]) >= n and t, 30, f"{n} offloads")
+
+
+def burst_p99(net, base: int, n: int) -> float:
+    """Offload n ctnetlink-made connections at once; their time-to-offload p99."""
+    lat = sorted(burst(net, base, n)["latency"])
     return lat[int(0.99 * (len(lat) - 1))]
+
+
+def test_time_to_offload_is_split_into_the_switch_and_the_controller(net, life):
+    """Each flow's time-to-offload comes with the part of it its add waited
+    on the switch (the next hops' write, then the entries'); `p4ft stats`
+    shows both parts' p50 and p99. A wait measured from the decision would
+    be the whole time; none measured, zero."""
+    t = burst(net, 36000, 200)
+    lat, sw = t["latency"], t["switch"]
+    assert len(sw) == len(lat) >= 200
+    assert all(0 < s <= x for x, s in zip(lat, sw)), [(x, s) for x, s in zip(lat, sw) if not 0 < s <= x][:5]
+    assert sum(x - s for x, s in zip(lat, sw)) > 0      # the controller's part: the decision, the queue
+    st = net.api("stats")
+    for part in ("", ".switch", ".controller"):
+        assert st[f"offload_latency_ms{part}.p99"] >= st[f"offload_latency_ms{part}.p50"] >= 0, part
+    assert st["offload_latency_ms.switch.p50"] > 0
 
 
 def test_a_stalled_monitor_does_not_delay_offloads(net, life):

@@ -63,6 +63,7 @@ class Commands:
                 return {}
             # cheap unless the samples are asked for: benchmarks poll it
             return {"latency": list(t.latency) if args.get("samples") else None,
+                    "switch": list(t.switch) if args.get("samples") else None,
                     "first_decided": t.first_decided,
                     "last_offloaded": t.last_offloaded, "offloaded": self.stats["offloaded"],
                     "cpu_seconds": sum(cpu) if (cpu := t.cpu_seconds()) is not None else None,
@@ -117,10 +118,13 @@ class Commands:
             d.setdefault(f"punt.{name}", 0)
         d["flows_offloaded_now"] = sum(1 for f in self.flowtables if f.flags & FlowFlag.HW)
         d["nexthops"] = len(self.driver.nexthops)
-        lat = sorted(self.offload.timing.latency)
-        if lat:
-            d["offload_latency_ms.p50"] = round(1000 * lat[len(lat) // 2], 2)
-            d["offload_latency_ms.p99"] = round(1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], 2)
+        t = self.offload.timing
+        for name, xs in (("", t.latency), (".switch", t.switch),
+                         (".controller", [a - b for a, b in zip(t.latency, t.switch)])):
+            xs = sorted(xs)
+            if xs:
+                d[f"offload_latency_ms{name}.p50"] = round(1000 * xs[len(xs) // 2], 2)
+                d[f"offload_latency_ms{name}.p99"] = round(1000 * xs[min(len(xs) - 1, int(len(xs) * 0.99))], 2)
         d["packet_in_dropped"] = self.session.dropped_packet_in
         d["punt_rate"], d["punt_burst"] = self.punt.rate, self.punt.burst
         d["punt_dropped"] = self.punt.total

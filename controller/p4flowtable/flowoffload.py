@@ -87,6 +87,9 @@ class OffloadTiming:
     burst costs, for `p4ft stats` and the benchmarks."""
     since: dict = field(default_factory=dict)      # flow key -> clock when its offload was decided
     latency: collections.deque = field(default_factory=lambda: collections.deque(maxlen=100_000))
+    # of each latency sample, the part spent waiting on the switch (the add's writes: next hops, then
+    # the flow's entries, each from sent to its answer seen); the rest is the controller's
+    switch: collections.deque = field(default_factory=lambda: collections.deque(maxlen=100_000))
     first_decided: float | None = None
     last_offloaded: float | None = None
     cpu_first: tuple[float, float] | None = None   # process CPU time (user, kernel) at the first decision
@@ -109,6 +112,7 @@ class OffloadTiming:
 
     def reset(self) -> None:
         self.latency.clear()
+        self.switch.clear()
         self.first_decided = self.last_offloaded = self.cpu_first = self.cpu_last = None
 
 
@@ -229,6 +233,7 @@ class FlowOffload:
         self.stats["offloaded"] += len(res.done)
         # once per flow: names bound once a batch, the monitors' event only if one listens
         offloaded, decided, latency, observe = self.offloaded, t.since.pop, t.latency.append, self.observe_latency
+        waited, on_switch = t.switch.append, res.switch_seconds
         publish = self.events.flow if self.events.monitors else None
         first = None
         for f in res.done:
@@ -238,6 +243,7 @@ class FlowOffload:
                 publish("OFFLOAD", f, after_ms=round(1000 * (now - since), 2) if since is not None else None)
             if since is not None:   # conntrack event or miss -> both entries written
                 latency(now - since)
+                waited(on_switch)
                 observe(now - since)
                 if first is None or since < first:
                     first = since

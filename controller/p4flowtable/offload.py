@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -58,6 +59,7 @@ class Refusal:
 class BatchResult:
     done: list[Flow]
     failed: list[tuple[Flow, Refusal]]
+    switch_seconds: float = 0.0     # the add's waits on the switch: its next hops' write, then its flows'
 
 
 class SwitchWriters:
@@ -149,6 +151,7 @@ class P4RuntimeDriver:
         updates = []
         for flow in flows:
             updates += enc(kind, flow, with_action, int(flow.timeout * 1e9) if with_action and self.idle_timeout else 0)
+        sent = time.monotonic()
         try:
             await self.session.write_encoded(updates, what)
         except WriteError as e:
@@ -160,8 +163,8 @@ class P4RuntimeDriver:
                     continue
                 bad.setdefault(err.index // 2, Refusal(err.code, err.message))
             return BatchResult([f for i, f in enumerate(flows) if i not in bad],
-                               [(flows[i], why) for i, why in bad.items()])
-        return BatchResult(list(flows), [])
+                               [(flows[i], why) for i, why in bad.items()], time.monotonic() - sent)
+        return BatchResult(list(flows), [], time.monotonic() - sent)
 
     async def add(self, flows: list[Flow]) -> BatchResult:
         """Both entries of each flow, after the next hops they name that the
@@ -171,14 +174,19 @@ class P4RuntimeDriver:
             new = assign(self.nexthops, flows)
         except NextHopsFull as e:
             return BatchResult([], [(f, Refusal("RESOURCE_EXHAUSTED", str(e), nexthop=True)) for f in flows])
+        waited = 0.0
         if new:
+            sent = time.monotonic()
             try:
                 await self.insert_nexthops(new)
             except SwitchUnavailable:
                 raise
             except SwitchError as e:
                 return BatchResult([], [(f, _refusal(e, nexthop=True)) for f in flows])
-        return await self._batch(flows, p4r.Update.INSERT, True, "flow add")
+            waited = time.monotonic() - sent
+        res = await self._batch(flows, p4r.Update.INSERT, True, "flow add")
+        res.switch_seconds += waited
+        return res
 
     async def insert_nexthops(self, nhs: list[NextHop]) -> None:
         """INSERT the next hops the switch does not hold yet. One that another
