@@ -298,6 +298,11 @@ def _kind(e, i, **kind):
         getattr(e.match[i], name).CopyFrom(value)
 
 
+def _action(e, name: str):
+    """The entry's action replaced by another, its parameters kept."""
+    e.action.action.action_id = P4Schema.from_file(P4INFO).action(name).id
+
+
 # a flow entry (six exact fields, eight parameters) changed one way each, and
 # the switch's answer: its code and what its message names (None: taken)
 BAD_FLOW_ENTRIES = {
@@ -321,11 +326,18 @@ BAD_FLOW_ENTRIES = {
                            "INVALID_ARGUMENT", "parameter 1 value 0xffffffffffffffffffffffffffffffffffffffff does "
                                                "not fit in 16 bits"),
     "parameter missing": (lambda e: e.action.action.params.pop(), "INVALID_ARGUMENT", "parameter 8 is missing"),
+    "parameter twice": (lambda e: e.action.action.params.append(copy.deepcopy(e.action.action.params[0])),
+                        "INVALID_ARGUMENT", "parameter 1 given twice"),
     "parameter unknown": (lambda e: e.action.action.params.add(param_id=99, value=b"\x01"), "INVALID_ARGUMENT",
                           "unknown parameter id(s) [99]"),
     "parameters out of order": (_swap_params, None, None),
     "no action": (lambda e: e.ClearField("action"), "INVALID_ARGUMENT", "entry has no action"),
-    "unknown action": (lambda e: setattr(e.action.action, "action_id", 12345), "NOT_FOUND", "no action with id 12345"),
+    "unknown action": (lambda e: setattr(e.action.action, "action_id", 12345), "INVALID_ARGUMENT",
+                       "no action with id 12345"),
+    "another table's action": (lambda e: _action(e, "FtIngress.NexthopIngress.set_nexthop"), "INVALID_ARGUMENT",
+                               "set_nexthop is not an action of table FtIngress.FlowtableIngress.flow_table_v4"),
+    "default-only action": (lambda e: (_action(e, "FtIngress.FlowtableIngress.miss"), e.action.action.ClearField(
+        "params")), "PERMISSION_DENIED", "miss is default-only in table FtIngress.FlowtableIngress.flow_table_v4"),
 }
 
 

@@ -187,13 +187,20 @@ class Pipeline:
         if ta.WhichOneof("type") != "action":
             raise RequestError("UNIMPLEMENTED", "only direct actions (no action profiles)")
         a = ta.action
+        # P4Runtime 9.1.2: an action_id that is not one of the table's choices is INVALID_ARGUMENT
         if a.action_id not in self.actions:
-            raise RequestError("NOT_FOUND", f"no action with id {a.action_id}")
+            raise RequestError("INVALID_ARGUMENT", f"no action with id {a.action_id}")
         name, params = self.actions[a.action_id]
+        if name not in tm.table.actions:
+            raise RequestError("INVALID_ARGUMENT", f"action {name} is not an action of table {tm.name}")
         ps = a.params
         # as clients write them (every parameter, in P4Info's order) each is read in place, else by its id
         in_order = len(ps) == len(params) and all(p.param_id == pid for p, (pid, _) in zip(ps, params))
         given = None if in_order else {p.param_id: p.value for p in ps}
+        if given is not None and len(given) != len(ps):     # each parameter once, as BMv2's server wants
+            ids = [p.param_id for p in ps]
+            twice = next(pid for pid in ids if ids.count(pid) > 1)
+            raise RequestError("INVALID_ARGUMENT", f"action {name}: parameter {twice} given twice")
         data = []
         for i, (pid, width) in enumerate(params):
             if given is None:
@@ -539,8 +546,8 @@ class SoftSwitchServer(p4runtime_pb2_grpc.P4RuntimeServicer):
             raise RequestError("INVALID_ARGUMENT", "entry has no action")
         name, data = pipe.action_of(tm, te.action)
         act = table.check_action(name, data)
-        if name in tm.default_only:
-            raise RequestError("INVALID_ARGUMENT", f"action {name} is default-only in table {tm.name}")
+        if name in tm.default_only:     # the action's scope, not respected: P4Runtime 9.1.2
+            raise RequestError("PERMISSION_DENIED", f"action {name} is default-only in table {tm.name}")
         entry = Entry(key, prio, act, data, idle_timeout_ns=te.idle_timeout_ns)
         if upd.type == p4r.Update.INSERT:
             table.insert(entry)
