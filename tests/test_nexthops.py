@@ -77,3 +77,55 @@ def test_ids_run_out_with_a_clear_error_and_come_back(schema):
         assign(nhs, [flow(5, lan_host=9)])
     nhs.release(flows[0], Dir.REPLY, flows[0].nexthops[Dir.REPLY])
     assert assign(nhs, [flow(6, lan_host=10)])
+
+
+def test_next_hops_are_written_ahead_of_their_flows_and_freed_if_one_is_not_added(schema):
+    """P4RuntimeDriver.prepare, against the embedded target over P4Runtime:
+    a decided flow's new next hops are written at once, its add then writes
+    only its entries; a batch naming only next hops the switch has writes
+    nothing ahead; a prepared flow that is not added frees what it alone named."""
+    import asyncio
+    from p4flowtable.offload import P4RuntimeDriver
+    from p4flowtable.p4runtime import Session
+    from p4flowtable.softswitch.server import SoftSwitchServer, serve_local
+
+    impl = SoftSwitchServer(1, 510)
+    server, addr = serve_local(impl, workers=2)
+
+    def held() -> set[int]:
+        t = impl.pipeline.tables[schema.table("nexthop_table").id].table
+        return {e.key[0] for e in t.by_key.values()}
+
+    async def main():
+        s = Session(addr, 1, 1)
+        await s.connect(5)
+        await s.set_pipeline(schema.p4info, (ROOT / "p4src/build/flowtable.json").read_bytes())
+        driver = P4RuntimeDriver(s, schema)
+        first, second, third = flow(1), flow(2), flow(3, lan_host=7)
+        writes = s.writes
+        ahead = driver.prepare([first])
+        assert ahead is not None
+        res = await driver.add([first])          # before the write ahead is answered: it waits for it
+        assert res.done == [first] and not res.failed
+        assert s.writes - writes == 2, "next hops once, ahead; then the flow's entries"
+        assert held() == set(first.nexthops)
+        writes = s.writes
+        assert driver.prepare([second]) is None, "its next hops are the switch's already"
+        assert (await driver.add([second])).done == [second] and s.writes - writes == 1
+        assert driver.prepare([third]) is not None
+        await asyncio.sleep(0)
+        lan = third.nexthops[Dir.REPLY]
+        assert lan not in first.nexthops
+        driver.release_prepared(third)           # its conntrack write failed, say
+        for _ in range(100):
+            if lan not in held():
+                break
+            await asyncio.sleep(0.02)
+        assert held() == set(first.nexthops), "the LAN host's next hop deleted, the shared gateway's kept"
+        assert third.nexthops == (0, 0) and driver.nexthops.by_id.keys() == set(first.nexthops)
+        await s.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop(0)

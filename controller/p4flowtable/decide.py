@@ -116,6 +116,8 @@ class Decisions:
                 chosen.append(got)
         if not chosen:
             return
+        # their next hops go to the switch while conntrack takes the offload marks
+        self.offload.prepare([flow for flow, _ in chosen])
         try:
             errors = await self.mirror.offloaded([ct for _, ct in chosen], self.ct_lease)
         except Exception as err:
@@ -124,6 +126,7 @@ class Decisions:
             if err is None:
                 self.offload.add(flow)
                 continue
+            self.offload.unprepare(flow)
             self.flowtables.delete(flow)
             log.warning("conntrack refused offload marks for %s: %s", ct.orig, err)
             self.decline(ct, "ct_update_failed")

@@ -136,6 +136,17 @@ class FlowOffload:
         self._waiting: dict[FlowTuple, tuple[CtEntry, int]] = {}   # refused by a full table: entry, its packets then
 
     # -- the queue ---------------------------------------------------------------------
+    def prepare(self, flows: list[Flow]) -> None:
+        """Decided flows, their conntrack writes under way: their new next hops
+        are written now (P4RuntimeDriver.prepare), so that a flow to a
+        neighbour no flow was sent to yet does not wait for two writes in a
+        row after its decision."""
+        self.driver.prepare(flows)
+
+    def unprepare(self, flow: Flow) -> None:
+        """A prepared flow that will not be added (its conntrack write failed)."""
+        self.driver.release_prepared(flow)
+
     def add(self, flow: Flow) -> None:
         """A decided flow (pending, in its flowtable): its two entries are written."""
         self.queue.put_nowait(Op.ADD, flow)

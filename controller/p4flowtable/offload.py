@@ -140,6 +140,7 @@ class P4RuntimeDriver:
         self.readback = ReadBack(schema)        # and as read back
         self.nexthop_writes = 0          # next-hop updates the switch took (INSERT, MODIFY, DELETE)
         self.writers = SwitchWriters()   # the reconcile has the switch alone
+        self._ahead: set[asyncio.Task] = set()   # next-hop writes ahead of their flows (prepare)
         self.table = schema.table("flow_table_v4")
         # entries carry the flow's timeout as idle_timeout_ns where the table
         # ages entries itself (BMv2, Tofino, the embedded target)
@@ -188,15 +189,85 @@ class P4RuntimeDriver:
         res.switch_seconds += waited
         return res
 
-    async def insert_nexthops(self, nhs: list[NextHop]) -> None:
-        """INSERT the next hops the switch does not hold yet. One that another
-        batch is inserting right now (two add batches are at the switch at
-        once) is waited for, not written twice; its failure is this batch's."""
+    def prepare(self, flows: list[Flow]) -> asyncio.Task | None:
+        """The next hops of flows decided but not added yet, INSERTed now: the
+        decision's conntrack writes and the offload queue then run while the
+        switch takes them, and the flows' add waits for them (insert_nexthops)
+        instead of writing them after. The flows hold their next hops from here
+        (release_prepared, if one is not added after all). Nothing while the
+        reconcile holds the switch, or when the table has no room (the add then
+        refuses the flows)."""
+        if not self.writers.open:
+            return None
+        # flows share their routes (route.py's cache): most batches name only next hops the switch has
+        by_key = self.nexthops.by_key
+        if all((nh := by_key.get(r.nexthop_key)) is not None and (nh.written or nh.writing is not None)
+               for r in {id(r): r for f in flows for r in f.routes}.values()):
+            return None
+        try:
+            new = assign(self.nexthops, flows)
+        except NextHopsFull:
+            return None
+        mine, _ = self._claim(new)
+        if not mine:
+            return None
+        self.writers.enter()
+        task = asyncio.create_task(self._insert_claimed(mine, []))
+        self._ahead.add(task)
+        task.add_done_callback(self._prepared)
+        return task
+
+    def _prepared(self, task: asyncio.Task) -> None:
+        self.writers.leave()
+        self._ahead.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # the flows' add writes them again, or refuses them with this error
+            log.debug("next hops written ahead of their flows: %s", task.exception())
+
+    def release_prepared(self, flow: Flow) -> None:
+        """A prepared flow that will not be added: its next hops released, and
+        those it alone named deleted once written."""
+        by_id = self.nexthops.by_id
+        # only what it holds: a reconcile since (NextHops.reset) may have given its ids to adopted next hops
+        freed = [nh for d in DIRS if (held := by_id.get(flow.nexthops[d])) is not None and (id(flow), d) in held.users
+                 and (nh := self.nexthops.release(flow, d, held.id)) is not None]
+        flow.nexthops = (0, 0)
+        if freed:
+            task = asyncio.create_task(self._delete_freed(freed))
+            self._ahead.add(task)
+            task.add_done_callback(self._ahead.discard)
+
+    async def _delete_freed(self, freed: list[NextHop]) -> None:
+        for nh in freed:
+            if nh.writing is not None:
+                with contextlib.suppress(SwitchError):
+                    await nh.writing
+        freed = [nh for nh in freed if nh.written]
+        if freed:
+            try:
+                async with self.writers.shared():
+                    await self.write_nexthops(freed, p4r.Update.DELETE)
+            except SwitchError as e:
+                log.warning("deleting %d unused next hop(s): %s", len(freed), e)
+
+    def _claim(self, nhs: list[NextHop]) -> tuple[list[NextHop], list[asyncio.Future]]:
+        """The next hops this writer INSERTs (each marked as being written),
+        and the writes under way that it waits for instead."""
         mine = [nh for nh in nhs if nh.writing is None and not nh.written]
         theirs = [nh.writing for nh in nhs if nh.writing is not None]
         loop = asyncio.get_running_loop()
         for nh in mine:
             nh.writing = loop.create_future()
+        return mine, theirs
+
+    async def insert_nexthops(self, nhs: list[NextHop]) -> None:
+        """INSERT the next hops the switch does not hold yet. One that another
+        writer is inserting right now (two add batches are at the switch at
+        once, or it was written ahead of its flows: prepare) is waited for, not
+        written twice; its failure is this batch's."""
+        await self._insert_claimed(*self._claim(nhs))
+
+    async def _insert_claimed(self, mine: list[NextHop], theirs: list[asyncio.Future]) -> None:
         err: BaseException | None = None
         try:
             if mine:
@@ -210,7 +281,9 @@ class P4RuntimeDriver:
                 if err is None:
                     fut.set_result(None)
                 else:
-                    fut.set_exception(SwitchError(f"next hop {nh.id}: {err}"))
+                    # a lost switch stays one for the waiters: their flows are deferred, not refused
+                    fut.set_exception(err if isinstance(err, SwitchUnavailable) else
+                                      SwitchError(f"next hop {nh.id}: {err}"))
                     fut.exception()       # retrieved here: a batch that waited re-raises it
         for fut in theirs:
             await fut
