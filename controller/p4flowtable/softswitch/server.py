@@ -191,8 +191,7 @@ class Pipeline:
         if a.action_id not in self.actions:
             raise RequestError("INVALID_ARGUMENT", f"no action with id {a.action_id}")
         name, params = self.actions[a.action_id]
-        if name not in tm.table.actions:
-            raise RequestError("INVALID_ARGUMENT", f"action {name} is not an action of table {tm.name}")
+        tm.table.action(name)       # one of the table's: checked before its parameters are read
         ps = a.params
         # as clients write them (every parameter, in P4Info's order) each is read in place, else by its id
         in_order = len(ps) == len(params) and all(p.param_id == pid for p, (pid, _) in zip(ps, params))

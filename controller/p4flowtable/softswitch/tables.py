@@ -175,10 +175,15 @@ class Table:
     def _ident(self, key: tuple, priority: int) -> tuple:
         return key if self.exact else (key, priority)
 
-    def check_action(self, action_name: str, data: tuple, default: bool = False):
+    def action(self, action_name: str):
+        """One of the table's actions, by name (P4Runtime 9.1.2: another is INVALID_ARGUMENT)."""
         act = self.actions.get(action_name)
         if act is None:
             raise TableError("INVALID_ARGUMENT", f"action {action_name} is not an action of table {self.name}")
+        return act
+
+    def check_action(self, action_name: str, data: tuple, default: bool = False):
+        act = self.action(action_name)
         if len(data) != len(act.params):
             raise TableError("INVALID_ARGUMENT", f"action {action_name} takes {len(act.params)} parameter(s), "
                                                  f"got {len(data)}")
