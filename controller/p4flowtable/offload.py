@@ -244,11 +244,18 @@ class P4RuntimeDriver:
                     await nh.writing
         freed = [nh for nh in freed if nh.written]
         if freed:
-            try:
-                async with self.writers.shared():
-                    await self.write_nexthops(freed, p4r.Update.DELETE)
-            except SwitchError as e:
-                log.warning("deleting %d unused next hop(s): %s", len(freed), e)
+            async with self.writers.shared():
+                await self._delete_unused(freed)
+
+    async def _delete_unused(self, freed: list[NextHop], refused: type[SwitchError] = SwitchError) -> None:
+        """DELETE next hops no flow names any more; a refusal (`refused`) is
+        logged, the entry left unused."""
+        if not freed:
+            return
+        try:
+            await self.write_nexthops(freed, p4r.Update.DELETE)
+        except refused as e:
+            log.warning("deleting %d unused next hop(s): %s", len(freed), e)
 
     def _claim(self, nhs: list[NextHop]) -> tuple[list[NextHop], list[asyncio.Future]]:
         """The next hops this writer INSERTs (each marked as being written),
@@ -293,11 +300,7 @@ class P4RuntimeDriver:
         NOT_FOUND is fine: teardown may repeat, or the switch restarted."""
         res = await self._batch(flows, p4r.Update.DELETE, False, "flow delete", ("NOT_FOUND",))
         freed = [nh for f in flows for d in DIRS if (nh := self.nexthops.release(f, d, f.nexthops[d])) is not None]
-        if freed:
-            try:
-                await self.write_nexthops(freed, p4r.Update.DELETE)
-            except WriteError as e:
-                log.warning("deleting %d unused next hop(s): %s", len(freed), e)
+        await self._delete_unused(freed, WriteError)     # a lost switch: the caller's to handle
         return res
 
     async def write_nexthops(self, nhs: list[NextHop], kind: int) -> None:
@@ -348,11 +351,7 @@ class P4RuntimeDriver:
                 nh = self.nexthops.release(f, d, old_id) if old_id != f.nexthops[d] else None
             if nh is not None and nh.written:
                 freed.append(nh)
-        if freed:
-            try:
-                await self.write_nexthops(freed, p4r.Update.DELETE)
-            except SwitchError as e:
-                log.warning("deleting %d unused next hop(s): %s", len(freed), e)
+        await self._delete_unused(freed)
         return BatchResult([f for i, (f, _, _) in enumerate(moves) if i not in failed],
                            [(moves[i][0], why) for i, why in failed.items()])
 
