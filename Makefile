@@ -28,8 +28,9 @@ install-service: $(STAMP)
 	else echo "not root: p4ft.service not installed"; fi
 
 # System packages (root), then a venv that sees the system Python's Mininet.
-# setup.py compiles the native decoders, the reconcile reader's and conntrack
-# messages' (optional: without a C compiler their Python stands in).
+# setup.py compiles the native code: the reconcile reader's and conntrack
+# messages' decoders and the flow tuple (optional: without a C compiler their
+# Python stands in).
 $(STAMP): pyproject.toml setup.py $(wildcard controller/p4flowtable/*.c)
 	@if [ "$$(id -u)" = 0 ]; then \
 	  missing=$$(for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

@@ -21,7 +21,9 @@
  * for the message in buf[off:end] (from its nlmsghdr on), in CtMsg's field
  * order after msg_type and flags; a field the message lacks is None
  * (helper: False), and a tuple is (src, dst, l4proto, sport, dport) with
- * the addresses as their 4 or 16 bytes. It never raises on the message's
+ * the addresses as their 4 or 16 bytes, or, once configure() has named
+ * them, the tuple type made of address objects (ctnetlink.py does that at
+ * import). It never raises on the message's
  * bytes: malformed input reads as attributes left out, as in decode_walk.
  */
 #define PY_SSIZE_T_CLEAN
@@ -131,7 +133,22 @@ static void tuple_walk(const uint8_t *buf, Py_ssize_t pos, Py_ssize_t end, tuple
     }
 }
 
-/* A tuple as (src, dst, l4proto, sport, dport); None where _tuple_walk gives None */
+/* What configure() gave: the tuple's type and each address length's constructor (from its bytes) */
+static PyObject *tuple_type, *address_v4, *address_v6;
+
+static PyObject *address(const uint8_t *p, int len)
+{
+    PyObject *raw = PyBytes_FromStringAndSize((const char *)p, len);
+    if (raw == NULL)
+        return NULL;
+    PyObject *out = PyObject_CallOneArg(len == 4 ? address_v4 : address_v6, raw);
+    Py_DECREF(raw);
+    return out;
+}
+
+/* A tuple as (src, dst, l4proto, sport, dport), or as the configured type
+ * made of those (the addresses made by their constructors); None where
+ * _tuple_walk gives None */
 static PyObject *tuple_value(const uint8_t *buf, Py_ssize_t pos, Py_ssize_t end)
 {
     tuple_t t;
@@ -139,8 +156,30 @@ static PyObject *tuple_value(const uint8_t *buf, Py_ssize_t pos, Py_ssize_t end)
     /* an address of another length (or none) reads as no address (_addr) */
     if ((t.alen_src != 4 && t.alen_src != 16) || t.alen_src != t.alen_dst || t.num < 0)
         Py_RETURN_NONE;
-    return Py_BuildValue("(y#y#iII)", (const char *)t.src, (Py_ssize_t)t.alen_src, (const char *)t.dst,
-                         (Py_ssize_t)t.alen_dst, t.num, t.sport, t.dport);
+    if (tuple_type == NULL)
+        return Py_BuildValue("(y#y#iII)", (const char *)t.src, (Py_ssize_t)t.alen_src, (const char *)t.dst,
+                             (Py_ssize_t)t.alen_dst, t.num, t.sport, t.dport);
+    PyObject *args[5] = {address(t.src, t.alen_src), address(t.dst, t.alen_dst), PyLong_FromLong(t.num),
+                         PyLong_FromUnsignedLong(t.sport), PyLong_FromUnsignedLong(t.dport)};
+    PyObject *out = NULL;
+    if (args[0] && args[1] && args[2] && args[3] && args[4])
+        out = PyObject_Vectorcall(tuple_type, args, 5, NULL);
+    for (int i = 0; i < 5; i++)
+        Py_XDECREF(args[i]);
+    return out;
+}
+
+static PyObject *configure(PyObject *self, PyObject *args)
+{
+    PyObject *type, *v4, *v6;
+    if (!PyArg_ParseTuple(args, "OOO", &type, &v4, &v6))
+        return NULL;
+    if (!PyCallable_Check(type) || !PyCallable_Check(v4) || !PyCallable_Check(v6))
+        return PyErr_Format(PyExc_TypeError, "configure(tuple_type, address_v4, address_v6) takes three callables");
+    Py_XSETREF(tuple_type, Py_NewRef(type));
+    Py_XSETREF(address_v4, Py_NewRef(v4));
+    Py_XSETREF(address_v6, Py_NewRef(v6));
+    Py_RETURN_NONE;
 }
 
 /* _uint(buf, span, size): the first size bytes, big-endian; NULL (absent) when shorter */
@@ -265,6 +304,9 @@ cleared:
 }
 
 static PyMethodDef methods[] = {
+    {"configure", configure, METH_VARARGS,
+     "configure(tuple_type, address_v4, address_v6): decode's tuples made as tuple_type(src, dst, l4proto, "
+     "sport, dport), each address by its length's constructor from its bytes"},
     {"decode", decode, METH_VARARGS,
      "decode(buf, off, end) -> (orig, reply, status, tcp_state, timeout, id, helper, tcp_flags, "
      "tcp_flags_reply, labels, packets, mark): one ctnetlink message's attributes"},

@@ -123,6 +123,8 @@ def _uint(buf: bytes, span: tuple[int, int] | None, size: int) -> int | None:
 
 # an address's constructor by its length in bytes (IPv4: shared objects, model.ipv4)
 _ADDRESS = {4: ipv4, 16: ipaddress.IPv6Address}
+if _ctnetlink is not None:      # its tuples made as FlowTuples by the decoder itself
+    _ctnetlink.configure(FlowTuple, ipv4, ipaddress.IPv6Address)
 
 
 def _addr(buf: bytes, span: tuple[int, int] | None):
@@ -259,22 +261,13 @@ _TCP_INFO = _Layout("=HH" + "HHB3x" * 3 + "HHB3x" * 2,
                      (6, CTA_PROTOINFO_TCP_FLAGS_ORIGINAL), 0, (6, CTA_PROTOINFO_TCP_FLAGS_REPLY), 0))
 
 
-def _native_tuple(t: tuple | None) -> FlowTuple | None:
-    if t is None:
-        return None
-    src, dst, num, sport, dport = t
-    addr = _ADDRESS[len(src)]      # 4 or 16 bytes, both alike (_ctnetlink.c)
-    return FlowTuple(addr(src), addr(dst), num, sport, dport)
-
-
 def decode(buf: bytes, off: int, end: int, msg_type: int, flags: int) -> CtMsg:
     """One ctnetlink message; attributes that are missing or malformed are None.
     Its attributes read in native code (_ctnetlink.c) where that is built,
     else by decode_walk, which it is held to (tests/test_ctnetlink_native.py)."""
     if _ctnetlink is None or msg_type == IPCTNL_MSG_CT_GET_STATS:
         return decode_walk(buf, off, end, msg_type, flags)
-    orig, reply, *rest = _ctnetlink.decode(buf, off, end)
-    return CtMsg(msg_type, flags, _native_tuple(orig), _native_tuple(reply), *rest)
+    return CtMsg(msg_type, flags, *_ctnetlink.decode(buf, off, end))
 
 
 def decode_walk(buf: bytes, off: int, end: int, msg_type: int, flags: int) -> CtMsg:

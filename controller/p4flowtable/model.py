@@ -38,8 +38,10 @@ def ipv4(value: int | str) -> ipaddress.IPv4Address:
     return ipaddress.IPv4Address(value)
 
 
-class FlowTuple:
+class PyFlowTuple:
     """What a packet of one direction carries when it enters the switch.
+    (FlowTuple is _flowtuple.c's type of the same interface where that is
+    built, else this class.)
 
     Immutable by convention (nothing assigns to it after __init__), and a
     plain slots class rather than a frozen dataclass: a flow's tuples are
@@ -64,7 +66,7 @@ class FlowTuple:
         return self._hash
 
     def __eq__(self, other) -> bool:
-        if other.__class__ is not FlowTuple:
+        if other.__class__ is not PyFlowTuple:
             return NotImplemented
         # as tuples: an address shared by both (model.ipv4, ctnetlink's) compares by identity
         return self._hash == other._hash and (self.src, self.dst, self.l4proto, self.sport, self.dport) == \
@@ -74,11 +76,17 @@ class FlowTuple:
         return (f"FlowTuple(src={self.src!r}, dst={self.dst!r}, l4proto={self.l4proto!r}, "
                 f"sport={self.sport!r}, dport={self.dport!r})")
 
-    def reversed(self) -> "FlowTuple":
-        return FlowTuple(self.dst, self.src, self.l4proto, self.dport, self.sport)
+    def reversed(self) -> "PyFlowTuple":
+        return PyFlowTuple(self.dst, self.src, self.l4proto, self.dport, self.sport)
 
     def __str__(self) -> str:
         return f"src={self.src} dst={self.dst} sport={self.sport} dport={self.dport}"
+
+
+try:      # the same value made and hashed in native code (_flowtuple.c: why)
+    from ._flowtuple import FlowTuple
+except ImportError:
+    FlowTuple = PyFlowTuple
 
 
 class FlowRoute(NamedTuple):
