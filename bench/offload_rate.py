@@ -375,6 +375,36 @@ def stop_profiler(p: subprocess.Popen, out: str, top: int = 25) -> dict:
     return {"busy_samples": busy, "self": pick(selfs), "inclusive": pick(incl)}
 
 
+def calibration(rounds: int = 3) -> float:
+    """CPU seconds of a fixed pure-Python workload (small objects, dict
+    lookups, calls: what a flow costs), the least of `rounds`: the
+    machine's speed at the moment. Taken before and after the burst, beside
+    the daemon's CPU per flow: on this machine kind the same code measured
+    40 us a flow in one run and 60 in the next, and this workload's time
+    was seen to double between the two ends of one run, so it tells which
+    runs' CPU figures can be compared, not a factor to divide them by."""
+    class Obj:
+        __slots__ = ("a", "b")
+
+        def __init__(self, a, b):
+            self.a, self.b = a, b
+
+    def work(n: int = 100_000) -> int:
+        d: dict = {}
+        for i in range(n):
+            o = Obj(i & 0xFFFF, i >> 4)
+            k = (o.a, o.b)
+            d[k] = d.get(k, 0) + len(str(i))
+        return len(d)
+
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.process_time()
+        work()
+        best = min(best, time.process_time() - t0)
+    return best
+
+
 def percentile(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(len(xs) * q))]
@@ -418,6 +448,7 @@ def main() -> int:
             # 2. setup rate: a burst of N established connections while the
             # daemon runs (those found at its start are the reconcile's,
             # docs/restarts.md); conntrack's creation rate is reported beside
+            calib = [calibration()]
             d = start_daemon(grpc, ruleset)
             spy = profiler(d.pid, a.profile) if a.profile else None
             create_rate = asyncio.run(create_entries(range(a.flows)))
@@ -430,6 +461,7 @@ def main() -> int:
             kernel_per_flow = t["cpu_kernel_seconds"] / a.flows
             batch = max(1, round(t["offloaded"] / max(1, t["batches"])))
             stop(d)
+            calib.append(calibration())
             flush_conntrack()
             # 3. the yardstick, the switch's limit: the same entries encoded
             # before the clock, replayed in the daemon's batch size with as
@@ -459,7 +491,9 @@ def main() -> int:
                                "conntrack_resyncs": resyncs,
                                "daemon_cpu_us_per_flow": 1e6 * cpu_per_flow,
                                # of it, the kernel's work in the daemon's system calls
-                               "daemon_kernel_cpu_us_per_flow": 1e6 * kernel_per_flow}
+                               "daemon_kernel_cpu_us_per_flow": 1e6 * kernel_per_flow,
+                               # the machine's speed just before and after (calibration())
+                               "calibration_ms": [1000 * c for c in calib]}
         finally:
             if d is not None and d.poll() is None:
                 stop(d)
@@ -488,6 +522,8 @@ def main() -> int:
           f"daemon CPU {st['daemon_cpu_us_per_flow']:.0f} us per flow "
           f"({st['daemon_kernel_cpu_us_per_flow']:.0f} us of it in the kernel); conntrack events lost and dumped again "
           f"{st['conntrack_resyncs']} time(s)")
+    print(f"  the machine's speed: a fixed Python workload took {st['calibration_ms'][0]:.1f} ms before the burst "
+          f"and {st['calibration_ms'][1]:.1f} ms after")
     return 0
 
 
