@@ -97,7 +97,8 @@ def setup_router() -> None:
     subprocess.run(["ip", "-n", NS, "-batch", "-"], input="\n".join(cmds) + "\n", text=True, check=True)
 
 
-def start_daemon(grpc: str, ruleset: Path, extra: tuple[str, ...] = (), reconciled: bool = True) -> subprocess.Popen:
+def start_daemon(grpc: str, ruleset: Path, extra: tuple[str, ...] = (), reconciled: bool = True,
+                 prefix: tuple[str, ...] = (), ready_within: float = 60) -> subprocess.Popen:
     """The daemon, once its API answers and (reconciled) its first reconcile
     is done. A bench that makes connections after this must wait for the
     reconcile: its API answers before it, and connections made meanwhile
@@ -105,11 +106,11 @@ def start_daemon(grpc: str, ruleset: Path, extra: tuple[str, ...] = (), reconcil
     which left the setup-rate burst waiting, now and then, for offloads that
     never came."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "controller"))
-    p = subprocess.Popen([sys.executable, "-m", "p4flowtable.cli", "--socket", SOCK, "daemon",
+    p = subprocess.Popen([*prefix, sys.executable, "-m", "p4flowtable.cli", "--socket", SOCK, "daemon",
                           "--grpc-addr", grpc, "--netns", NS, "--port", f"1={LAN['rep']}",
                           "--port", f"2={WAN['rep']}", "--ruleset", str(ruleset), "--poll-interval", "5", *extra],
                          stdout=open("/tmp/p4ftb-daemon.out", "w"), stderr=subprocess.STDOUT, env=env)
-    end = time.monotonic() + 60
+    end = time.monotonic() + ready_within
     while time.monotonic() < end:
         if p.poll() is not None:
             raise RuntimeError("daemon exited:\n" + Path("/tmp/p4ftb-daemon.out").read_text()[-2000:])
@@ -350,6 +351,26 @@ def profiler(pid: int, out: str) -> subprocess.Popen:
     return p
 
 
+# valgrind's callgrind around the burst's daemon, counting nothing until told
+# (callgrind_control -i on): its instructions while it offloads the burst,
+# all threads, the kernel's work not included. Instructions, unlike CPU
+# seconds, do not move with the machine's speed (calibration()).
+CALLGRIND = ("valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/var/tmp/p4ftb-callgrind.%p")
+
+
+def callgrind_instructions(pid: int) -> int:
+    """Dumps the counts callgrind has for the daemon and stops counting:
+    the instructions since counting was switched on."""
+    subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
+    subprocess.run(["callgrind_control", "-i", "off", str(pid)], check=True, capture_output=True)
+    total = 0
+    for f in Path("/var/tmp").glob(f"p4ftb-callgrind.{pid}*"):
+        m = re.search(r"^(?:summary|totals): (\d+)", f.read_text(errors="replace"), re.M)
+        total += int(m.group(1)) if m else 0
+        f.unlink()
+    return total
+
+
 def stop_profiler(p: subprocess.Popen, out: str, top: int = 25) -> dict:
     """Stops py-spy; the functions with the most samples, self and inclusive,
     as shares of the daemon's busy samples (idle waits in the event loop's
@@ -417,6 +438,8 @@ def main() -> int:
     ap.add_argument("--pace", type=float, default=200.0, help="entries per second for the latency run")
     ap.add_argument("--rtt-samples", type=int, default=500, help="pre-encoded single-flow writes timed")
     ap.add_argument("--profile", metavar="FILE", help="sample the daemon with py-spy during the burst (raw stacks)")
+    ap.add_argument("--callgrind", action="store_true",
+                    help="run the burst's daemon under valgrind's callgrind: its instructions per flow (slow)")
     ap.add_argument("--switch", default="bmv2" if shutil.which("simple_switch_grpc") else "soft")
     ap.add_argument("--out", default=str(ROOT / "bench/results/offload_rate.json"))
     a = ap.parse_args()
@@ -449,10 +472,16 @@ def main() -> int:
             # daemon runs (those found at its start are the reconcile's,
             # docs/restarts.md); conntrack's creation rate is reported beside
             calib = [calibration()]
-            d = start_daemon(grpc, ruleset)
+            if a.callgrind:
+                d = start_daemon(grpc, ruleset, prefix=CALLGRIND, ready_within=600)
+                subprocess.run(["callgrind_control", "-i", "on", str(d.pid)], check=True, capture_output=True)
+            else:
+                d = start_daemon(grpc, ruleset)
             spy = profiler(d.pid, a.profile) if a.profile else None
             create_rate = asyncio.run(create_entries(range(a.flows)))
-            t = wait_offloaded(a.flows, 600)
+            t = wait_offloaded(a.flows, 600 if not a.callgrind else 3600)
+            if a.callgrind:
+                result["instructions_per_flow"] = callgrind_instructions(d.pid) / a.flows
             if spy is not None:
                 result["profile"] = stop_profiler(spy, a.profile)
             resyncs = call("counters", path=SOCK).get("ct_resync", 0)    # events lost to the burst, dumped again
@@ -524,6 +553,9 @@ def main() -> int:
           f"{st['conntrack_resyncs']} time(s)")
     print(f"  the machine's speed: a fixed Python workload took {st['calibration_ms'][0]:.1f} ms before the burst "
           f"and {st['calibration_ms'][1]:.1f} ms after")
+    if "instructions_per_flow" in result:
+        print(f"  under callgrind (the burst's rate and CPU above are valgrind's, not the daemon's): "
+              f"{result['instructions_per_flow']:.0f} instructions per flow")
     return 0
 
 
