@@ -203,14 +203,23 @@ class Decisions:
                     out[i] = "no_route"
                 else:
                     seen[i][1][d] = got.port
+        # each port's interface once a batch (a batch's flows come in on a few ports)
+        ifindex: dict[int, int | RouteError] = {}
+        for i, (_, inp) in enumerate(seen):
+            for p in inp if out[i] is None else ():
+                if p not in ifindex:
+                    try:
+                        ifindex[p] = await r.port_ifindex(p)
+                    except RouteError as err:
+                        ifindex[p] = err
         keyed: list[tuple[int, tuple[RouteKey, RouteKey]]] = []
         for i, e in enumerate(batch):
             if out[i] is not None:
                 continue
-            try:
-                iif = (await r.port_ifindex(seen[i][1][0]), await r.port_ifindex(seen[i][1][1]))
-            except RouteError as err:
-                log.debug("%s", err)
+            inp = seen[i][1]
+            iif = (ifindex[inp[0]], ifindex[inp[1]])
+            if isinstance(iif[0], RouteError) or isinstance(iif[1], RouteError):
+                log.debug("%s", iif[0] if isinstance(iif[0], RouteError) else iif[1])
                 out[i] = "no_route"
                 continue
             keyed.append((i, route_keys(e.orig, e.reply, iif, e.mark)))
