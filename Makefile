@@ -29,9 +29,9 @@ install-service: $(STAMP)
 
 # System packages (root), then a venv that sees the system Python's Mininet.
 # setup.py compiles the native code: the reconcile reader's and conntrack
-# messages' decoders and the flow tuple (optional: without a C compiler their
-# Python stands in).
-$(STAMP): pyproject.toml setup.py $(wildcard controller/p4flowtable/*.c)
+# messages' decoders, the flow tuple and the flow entries' packing (optional:
+# without a C compiler their Python stands in).
+$(STAMP): pyproject.toml setup.py $(wildcard controller/p4flowtable/*.c controller/p4flowtable/*.h)
 	@if [ "$$(id -u)" = 0 ]; then \
 	  missing=$$(for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	  if [ -n "$$missing" ]; then \

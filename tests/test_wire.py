@@ -13,6 +13,7 @@ from p4.v1 import p4runtime_pb2 as p4r
 from p4flowtable.ip import flow_entry
 from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple
 from p4flowtable.p4info import P4Schema
+from p4flowtable import wire
 from p4flowtable.wire import EntryEncoder, varint, write_request
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,10 +84,40 @@ def test_varint_is_protobufs():
         assert varint(v) == p4r.Uint128(low=v).SerializeToString()[1:] or v == 0
 
 
+@pytest.fixture(scope="module", params=["v1model", "tofino"])
+def schemas(request, schema):
+    """The v1model program's schema, and the Tofino program's, whose actions
+    take no checksum deltas (its deparser computes them)."""
+    return schema if request.param == "v1model" else \
+        P4Schema.from_file(ROOT / "p4src/build/tofino/flowtable.p4info.txtpb")
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
 @pytest.mark.parametrize("version,proto,nat", CASES)
 @pytest.mark.parametrize("kind,with_action,ttl", [(p4r.Update.INSERT, True, 30 * 10**9),
+                                                   (p4r.Update.INSERT, True, 0),
+                                                   (p4r.Update.MODIFY, True, 7 * 10**9),
                                                    (p4r.Update.DELETE, False, 0)])
-def test_a_flows_two_updates_at_once_are_each_directions(schema, version, proto, nat, kind, with_action, ttl):
-    enc = EntryEncoder(schema)
+def test_a_flows_two_updates_at_once_are_each_directions(schemas, version, proto, nat, kind, with_action, ttl,
+                                                         native):
+    """EntryEncoder.flow, in _wire.c and in Python, against update(), which
+    the test above holds to protobuf."""
+    if native and wire._wire is None:
+        pytest.skip("p4flowtable._wire not built (no C compiler at install): flow() packs in Python")
+    enc = EntryEncoder(schemas, native=native)
     for f in flows(version, proto, nat):
         assert enc.flow(kind, f, with_action, ttl) == tuple(enc.update(kind, f, d, with_action, ttl) for d in Dir)
+
+
+@pytest.mark.skipif(wire._wire is None, reason="p4flowtable._wire not built (no C compiler at install)")
+def test_native_flow_updates_refuse_what_does_not_fit(schema):
+    enc = EntryEncoder(schema)
+    f = flows(4, TCP, True, 4)[3]
+    f.nexthops = (1 << 40, 1)          # nexthop_id is narrower
+    with pytest.raises(OverflowError):
+        enc.flow(p4r.Update.INSERT, f, True, 0)
+    f.nexthops = (-1, 1)
+    with pytest.raises(OverflowError):
+        enc.flow(p4r.Update.INSERT, f, True, 0)
+    with pytest.raises(AttributeError):
+        enc.flow(p4r.Update.INSERT, object(), True, 0)

@@ -24,11 +24,7 @@
 #include <Python.h>
 #include <structmember.h>
 
-typedef struct {
-    PyObject_HEAD
-    PyObject *src, *dst, *l4proto, *sport, *dport;
-    Py_hash_t hash;
-} FlowTupleObject;
+#include "_flowtuple.h"
 
 static PyTypeObject FlowTupleType;
 static PyObject *str_ip;        /* "_ip": an ipaddress object's integer, read without calling __int__ */

@@ -14,11 +14,17 @@ message for message, with what ip.flow_entry builds.
 
 from __future__ import annotations
 
+import array
 import struct
 
 from p4.v1 import p4runtime_pb2 as p4r
 
-from .ip import TTL_DECREMENT_DELTA, _layout, csum_delta, entry_values
+from .ip import _PARAMS_OF, _ROUTE_PARAMS, TTL_DECREMENT_DELTA, _layout, csum_delta, entry_values
+
+try:
+    from . import _wire      # compiled at install (setup.py); EntryEncoder.flow computes in Python without it
+except ImportError:
+    _wire = None
 
 _VARINT, _LEN = 0, 2
 
@@ -171,13 +177,24 @@ def write_request(device_id: int, election_id: int, updates: list[bytes]) -> byt
     return head + b"".join(updates)
 
 
+# _wire.c's value codes: the match fields' in _MATCH_FIELDS order, then the
+# action parameters' by name (a NAT action's and the route action's)
+_KEY_CODES = (0, 1, 2, 3, 4, 5)
+_CONST = 0xFFFF     # a step of constant bytes
+_PARAM_CODES = {"nexthop_id": 6, "src_addr": 7, "dst_addr": 8, "src_port": 9, "dst_port": 10, "mtu": 11,
+                "ip_csum_delta": 12, "l4_csum_delta": 13}
+
+
 class EntryEncoder:
     """Flow entries as serialized Updates, one template per (update type,
-    table, action) of a schema."""
+    table, action) of a schema. native: flow() packs in _wire.c where that
+    is built."""
 
-    def __init__(self, schema):
+    def __init__(self, schema, native: bool = True):
         self.schema = schema
         self._templates: dict[tuple, UpdateTemplate] = {}
+        self._native = _wire if native else None
+        self._variants: dict[tuple, dict] = {}   # (kind, with_action, ttl) -> {(version, l4proto, nat): parts}
 
     def update(self, kind: int, flow, d, with_action: bool = True, ttl: int = 0) -> bytes:
         layout, keys, params = entry_values(self.schema, flow, d, with_action)
@@ -192,9 +209,42 @@ class EntryEncoder:
                                                       pdefs)
         return t
 
+    def _parts(self, kind: int, version: int, proto: int, nat: bool, with_action: bool, ttl: int) -> tuple:
+        """A template as _wire.flow_updates takes it: its constants joined,
+        its steps ((_CONST, n): the constants' next n bytes; (code, width):
+        a value's slot) as native-order uint16 pairs, its size, and whether
+        it holds the action's parameters."""
+        t = self._template(kind, _layout(self.schema, version, proto, nat), with_action)
+        _, consts, slots = t._compiled(ttl)
+        codes = list(_KEY_CODES)
+        if with_action:
+            names = _PARAMS_OF[version] if nat else _ROUTE_PARAMS
+            codes += [_PARAM_CODES[n] for n, keep in zip(names, t._keep) if keep]
+        assert len(codes) == len(slots), (codes, slots)
+        slot_code = {i: (code, width) for (i, width), code in zip(slots, codes)}
+        steps = array.array("H")
+        for i, c in enumerate(consts):
+            steps.extend(slot_code[i] if i in slot_code else (_CONST, len(c)))
+        size = sum(n for _, n in zip(steps[::2], steps[1::2]))
+        return (b"".join(c for i, c in enumerate(consts) if i not in slot_code), steps.tobytes(), size,
+                len(codes) > len(_KEY_CODES))
+
     def flow(self, kind: int, flow, with_action: bool = True, ttl: int = 0) -> tuple[bytes, bytes]:
         """Both directions' Updates of a flow: update() for each, with the
-        work the two share (addresses, NAT, checksum sums) done once."""
+        work the two share (addresses, NAT, checksum sums) done once, in
+        _wire.c where that is built."""
+        if not with_action:
+            ttl = 0
+        if self._native is not None:
+            variants = self._variants.get((kind, with_action, ttl))
+            if variants is None:
+                variants = self._variants[kind, with_action, ttl] = {}
+            try:
+                return self._native.flow_updates(variants, flow)
+            except self._native.Unknown as e:      # this family, transport and NAT's first flow
+                version, proto, nat = e.args       # (raised with the key tuple: its items are the args)
+                variants[e.args] = self._parts(kind, version, proto, bool(nat), with_action, ttl)
+                return self._native.flow_updates(variants, flow)
         o, r = flow.tuples
         os_, od, rs, rd = int(o.src), int(o.dst), int(r.src), int(r.dst)
         proto, v4 = o.l4proto, o.src.version == 4
