@@ -11,7 +11,7 @@ import pytest
 from p4.v1 import p4runtime_pb2 as p4r
 
 from p4flowtable.ip import flow_entry
-from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple
+from p4flowtable.model import Dir, Flow, FlowRoute, FlowTuple, PyFlowTuple
 from p4flowtable.p4info import P4Schema
 from p4flowtable import wire
 from p4flowtable.wire import EntryEncoder, varint, write_request
@@ -121,3 +121,15 @@ def test_native_flow_updates_refuse_what_does_not_fit(schema):
         enc.flow(p4r.Update.INSERT, f, True, 0)
     with pytest.raises(AttributeError):
         enc.flow(p4r.Update.INSERT, object(), True, 0)
+
+
+@pytest.mark.skipif(wire._wire is None, reason="p4flowtable._wire not built (no C compiler at install)")
+@pytest.mark.parametrize("version,proto,nat", CASES)
+def test_native_flow_updates_read_python_tuples_alike(schema, version, proto, nat):
+    """_wire.c reads a FlowTuple's fields in place, and any other tuple
+    (model.PyFlowTuple, where _flowtuple is not built) by attribute."""
+    enc = EntryEncoder(schema)
+    for f in flows(version, proto, nat, 8):
+        want = enc.flow(p4r.Update.INSERT, f, True, 30 * 10**9)
+        f.tuples = tuple(PyFlowTuple(t.src, t.dst, t.l4proto, t.sport, t.dport) for t in f.tuples)
+        assert enc.flow(p4r.Update.INSERT, f, True, 30 * 10**9) == want
