@@ -125,12 +125,17 @@ class Egress:
     epoch: int = 0
 
 
+# a RouteKey from its tuple of fields without a Python call (RouteKey(...) is
+# one, its generated __new__): two are made for every flow decided
+_route_key = functools.partial(tuple.__new__, RouteKey)
+
+
 def route_keys(orig: FlowTuple, reply: FlowTuple, iif: tuple[int, int], mark: int) -> tuple[RouteKey, RouteKey]:
     """The keys of both directions. ORIGINAL packets are routed to the reply's
     source (the DNAT target) from their own source; REPLY packets to the
     original source (un-SNATted) from the reply's source. Ports likewise."""
-    return (RouteKey(reply.src, orig.src, iif[0], mark, orig.l4proto, orig.sport, reply.sport),
-            RouteKey(orig.src, reply.src, iif[1], mark, reply.l4proto, reply.sport, orig.sport))
+    return (_route_key((reply.src, orig.src, iif[0], mark, orig.l4proto, orig.sport, reply.sport)),
+            _route_key((orig.src, reply.src, iif[1], mark, reply.l4proto, reply.sport, orig.sport)))
 
 
 def _nla(atype: int, payload: bytes) -> bytes:
