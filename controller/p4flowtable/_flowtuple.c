@@ -45,19 +45,9 @@ static PyObject *str_ip;        /* "_ip": an ipaddress object's integer, read wi
 /* int(addr)'s hash: the ipaddress object's _ip where it has one, else int() of it */
 static Py_hash_t address_hash(PyObject *addr)
 {
-    PyObject *v = PyObject_GetAttr(addr, str_ip);
-    if (v == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
-            return -1;
-        PyErr_Clear();
-        v = PyNumber_Long(addr);
-        if (v == NULL)
-            return -1;
-    } else if (!PyLong_CheckExact(v)) {
-        Py_SETREF(v, PyNumber_Long(v));
-        if (v == NULL)
-            return -1;
-    }
+    PyObject *v = address_int(addr, str_ip);
+    if (v == NULL)
+        return -1;
     Py_hash_t h = PyObject_Hash(v);
     Py_DECREF(v);
     return h;

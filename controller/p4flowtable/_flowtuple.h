@@ -9,4 +9,20 @@ typedef struct {
     Py_hash_t hash;
 } FlowTupleObject;
 
+/* int(addr), as a new reference: an ipaddress object's _ip (read without
+ * calling its __int__), else int() of it. ip_name: the interned "_ip". */
+static inline PyObject *address_int(PyObject *addr, PyObject *ip_name)
+{
+    PyObject *v = PyObject_GetAttr(addr, ip_name);
+    if (v == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            return NULL;
+        PyErr_Clear();
+        return PyNumber_Long(addr);
+    }
+    if (!PyLong_CheckExact(v))
+        Py_SETREF(v, PyNumber_Long(v));
+    return v;
+}
+
 #endif

@@ -92,18 +92,9 @@ static int address_of(PyObject *addr, uint8_t *out, int *alen)
             return -1;
         *alen = v4 ? 4 : 16;
     }
-    PyObject *v = PyObject_GetAttr(addr, str_ip);
-    if (v == NULL) {
-        PyErr_Clear();
-        v = PyNumber_Long(addr);
-        if (v == NULL)
-            return -1;
-    }
-    if (!PyLong_Check(v)) {
-        Py_DECREF(v);
-        PyErr_SetString(PyExc_TypeError, "an address's integer is not an int");
+    PyObject *v = address_int(addr, str_ip);
+    if (v == NULL)
         return -1;
-    }
     int r = _PyLong_AsByteArray((PyLongObject *)v, out, (size_t)*alen, 0, 0);
     Py_DECREF(v);
     return r;
