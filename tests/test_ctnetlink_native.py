@@ -10,13 +10,15 @@ import asyncio
 import ipaddress
 import random
 import socket
+import struct
 import subprocess
+import types
 
 import pytest
 
 from p4flowtable import ctnetlink as ctnl
 from p4flowtable.conntrack import IP_CT_TCP_FLAG_BE_LIBERAL, NETLINK_NETFILTER
-from p4flowtable.model import FlowTuple, ipv4
+from p4flowtable.model import FlowTuple, PyFlowTuple, ipv4
 from p4flowtable.netns import netlink_socket
 
 from test_ctnetlink import (IPS_ASSURED, IPS_CONFIRMED, IPS_SEEN_REPLY, NS, ORIG, REPLY, TCP_ESTABLISHED,  # noqa: F401
@@ -234,3 +236,47 @@ def corrupt(datagrams: list[bytes], rnd: random.Random, n: int) -> None:
         for start, end, mtype, flags in messages(data):
             same(data, start, end, mtype, flags)
         same(data, 0, len(data))
+
+
+TUPLES = [ORIG, REPLY, V6_ORIG, V6_REPLY,
+          FlowTuple(ipv4("0.0.0.0"), ipv4("255.255.255.255"), 255, 0, 65535),
+          FlowTuple(ipaddress.IPv6Address("::"), ipaddress.IPv6Address("ffff::ffff"), 0, 65535, 0)]
+
+
+@pytest.mark.parametrize("make", [FlowTuple, PyFlowTuple],
+                         ids=["FlowTuple", "PyFlowTuple"])
+def test_tuple_attr_native_writes_what_python_writes(make):
+    """The conntrack update's tuple, written natively, byte for byte the
+    Python's, and decoded back to the same tuple; for either tuple class."""
+    for t in TUPLES:
+        t = make(t.src, t.dst, t.l4proto, t.sport, t.dport)
+        for atype in (ctnl.CTA_TUPLE_ORIG, ctnl.CTA_TUPLE_REPLY):
+            native = ctnl._native_tuple_attr(atype, t)
+            assert native is not None
+            assert native == ctnl.py_tuple_attr(atype, t) == ctnl.tuple_attr(atype, t)
+        got = same(message(ctnl.tuple_attr(ctnl.CTA_TUPLE_ORIG, t)), 0, len(message(b"")) + len(native))
+        assert got.orig == FlowTuple(t.src, t.dst, t.l4proto, t.sport, t.dport)
+
+
+def test_tuple_attr_native_leaves_what_it_cannot_write_to_python():
+    """Values out of the layout's range, addresses of two families or of no
+    ipaddress type: the native half answers None, and tuple_attr does what
+    the Python does (builds the attribute, or raises as struct does)."""
+    a4, a6 = ipv4("192.0.2.1"), ipaddress.IPv6Address("2001:db8::1")
+    for t in (PyFlowTuple(a4, a4, 256, 1, 2), PyFlowTuple(a4, a4, 6, 65536, 2), PyFlowTuple(a4, a4, 6, 1, -1)):
+        assert ctnl._native_tuple_attr(ctnl.CTA_TUPLE_ORIG, t) is None
+        with pytest.raises(struct.error):
+            ctnl.tuple_attr(ctnl.CTA_TUPLE_ORIG, t)
+    mixed = PyFlowTuple(a4, a6, 6, 1, 2)
+    assert ctnl._native_tuple_attr(ctnl.CTA_TUPLE_ORIG, mixed) is None
+    assert ctnl.tuple_attr(ctnl.CTA_TUPLE_ORIG, mixed) == ctnl.tuple_attr_nested(ctnl.CTA_TUPLE_ORIG, mixed)
+
+    class Packed:           # an address known only by its bytes
+        def __init__(self, a):
+            self.packed, self.version = a.packed, a.version
+    odd = types.SimpleNamespace(src=Packed(a4), dst=Packed(a4), l4proto=6, sport=1, dport=2)
+    assert ctnl._native_tuple_attr(ctnl.CTA_TUPLE_ORIG, odd) is None
+    assert ctnl.tuple_attr(ctnl.CTA_TUPLE_ORIG, odd) == ctnl.py_tuple_attr(
+        ctnl.CTA_TUPLE_ORIG, PyFlowTuple(a4, a4, 6, 1, 2))
+    with pytest.raises(AttributeError):
+        ctnl._native_tuple_attr(ctnl.CTA_TUPLE_ORIG, object())

@@ -25,11 +25,18 @@
  * them, the tuple type made of address objects (ctnetlink.py does that at
  * import). It never raises on the message's
  * bytes: malformed input reads as attributes left out, as in decode_walk.
+ *
+ * tuple_attr(atype, t) -> bytes or None: ctnetlink.tuple_attr's one-struct
+ * layout, written here (every offloaded connection's conntrack update names
+ * its original tuple); None where that layout does not apply or a value
+ * does not fit it (addresses of two families, or not ipaddress objects, a
+ * port or protocol out of range), for the Python to build or refuse.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include "_flowtuple.h"
 
 #define HDR_LEN 20                 /* struct nlmsghdr + struct nfgenmsg */
 #define NLA_TYPE_MASK 0x3FFF
@@ -303,6 +310,113 @@ cleared:
     return NULL;
 }
 
+/* tuple_attr: ipaddress's two types, FlowTuple's (where built), "_ip" */
+static PyObject *ipv4_type, *ipv6_type, *str_ip, *str_src, *str_dst, *str_l4proto, *str_sport, *str_dport;
+static PyTypeObject *flowtuple_type;
+
+/* an address's bytes: 4 or 16, 0 where it is not an ipaddress object, -1 on error */
+static int address_bytes(PyObject *addr, uint8_t *out)
+{
+    int len = Py_IS_TYPE(addr, (PyTypeObject *)ipv4_type) ? 4 : Py_IS_TYPE(addr, (PyTypeObject *)ipv6_type) ? 16 : 0;
+    if (len == 0)
+        return 0;
+    PyObject *v = address_int(addr, str_ip);
+    if (v == NULL)
+        return -1;
+    int r = _PyLong_AsByteArray((PyLongObject *)v, out, (size_t)len, 0, 0);
+    Py_DECREF(v);
+    if (r < 0) {        /* an integer out of its family's range: not for this layout */
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    return len;
+}
+
+/* an integer field in [0, max]: its value, -1 where it is out of range or no integer, -2 on error */
+static long small_uint(PyObject *v, long max)
+{
+    if (!PyLong_Check(v))
+        return -1;
+    int overflow;
+    long x = PyLong_AsLongAndOverflow(v, &overflow);
+    if (x == -1 && PyErr_Occurred())
+        return -2;
+    return (overflow || x < 0 || x > max) ? -1 : x;
+}
+
+static inline void put16h(uint8_t *p, uint16_t v)
+{
+    memcpy(p, &v, 2);
+}
+
+static inline uint8_t *nla_hdr(uint8_t *p, uint16_t len, uint16_t type)
+{
+    put16h(p, len);
+    put16h(p + 2, type);
+    return p + 4;
+}
+
+static PyObject *tuple_attr(PyObject *self, PyObject *args)
+{
+    int atype;
+    PyObject *t;
+    if (!PyArg_ParseTuple(args, "iO", &atype, &t))
+        return NULL;
+    PyObject *f[5];     /* src, dst, l4proto, sport, dport: borrowed from a FlowTuple, else owned */
+    int owned = !(flowtuple_type != NULL && Py_IS_TYPE(t, flowtuple_type));
+    if (!owned) {
+        FlowTupleObject *ft = (FlowTupleObject *)t;
+        f[0] = ft->src, f[1] = ft->dst, f[2] = ft->l4proto, f[3] = ft->sport, f[4] = ft->dport;
+    } else {
+        PyObject *names[5] = {str_src, str_dst, str_l4proto, str_sport, str_dport};
+        for (int i = 0; i < 5; i++)
+            if ((f[i] = PyObject_GetAttr(t, names[i])) == NULL) {
+                while (i--)
+                    Py_DECREF(f[i]);
+                return NULL;
+            }
+    }
+    PyObject *out = NULL;
+    uint8_t src[16], dst[16];
+    int alen = address_bytes(f[0], src), dlen = alen > 0 ? address_bytes(f[1], dst) : alen;
+    long proto = -1, sport = -1, dport = -1;
+    if (alen < 0 || dlen < 0)
+        goto done;
+    if (alen == 0 || dlen != alen)
+        goto none;
+    if ((proto = small_uint(f[2], 255)) == -2 || (sport = small_uint(f[3], 65535)) == -2
+        || (dport = small_uint(f[4], 65535)) == -2)
+        goto done;
+    if (proto < 0 || sport < 0 || dport < 0)
+        goto none;
+    uint8_t buf[76] = {0};
+    int v6 = alen == 16, ip_len = 4 + 2 * (4 + alen), size = 36 + 2 * (4 + alen);
+    uint8_t *p = nla_hdr(buf, (uint16_t)size, (uint16_t)(atype | 0x8000));
+    p = nla_hdr(p, (uint16_t)ip_len, CTA_TUPLE_IP | 0x8000);
+    p = nla_hdr(p, (uint16_t)(4 + alen), v6 ? CTA_IP_V6_SRC : CTA_IP_V4_SRC);
+    memcpy(p, src, alen), p += alen;
+    p = nla_hdr(p, (uint16_t)(4 + alen), v6 ? CTA_IP_V6_DST : CTA_IP_V4_DST);
+    memcpy(p, dst, alen), p += alen;
+    p = nla_hdr(p, 28, CTA_TUPLE_PROTO | 0x8000);
+    p = nla_hdr(p, 5, CTA_PROTO_NUM);
+    p[0] = (uint8_t)proto, p += 4;
+    p = nla_hdr(p, 6, CTA_PROTO_SRC_PORT);
+    p[0] = (uint8_t)(sport >> 8), p[1] = (uint8_t)sport, p += 4;
+    p = nla_hdr(p, 6, CTA_PROTO_DST_PORT);
+    p[0] = (uint8_t)(dport >> 8), p[1] = (uint8_t)dport;
+    out = PyBytes_FromStringAndSize((const char *)buf, size);
+    goto done;
+none:
+    out = Py_NewRef(Py_None);
+done:
+    if (owned)
+        for (int i = 0; i < 5; i++)
+            Py_DECREF(f[i]);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
      "configure(tuple_type, address_v4, address_v6): decode's tuples made as tuple_type(src, dst, l4proto, "
@@ -310,12 +424,40 @@ static PyMethodDef methods[] = {
     {"decode", decode, METH_VARARGS,
      "decode(buf, off, end) -> (orig, reply, status, tcp_state, timeout, id, helper, tcp_flags, "
      "tcp_flags_reply, labels, packets, mark): one ctnetlink message's attributes"},
+    {"tuple_attr", tuple_attr, METH_VARARGS,
+     "tuple_attr(atype, t) -> bytes or None: CTA_TUPLE_ORIG/REPLY for t in ctnetlink.tuple_attr's layout; "
+     "None where it does not apply"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ctnetlink", NULL, -1, methods};
 
+#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+
 PyMODINIT_FUNC PyInit__ctnetlink(void)
 {
+    INTERN(str_ip, "_ip");
+    INTERN(str_src, "src");
+    INTERN(str_dst, "dst");
+    INTERN(str_l4proto, "l4proto");
+    INTERN(str_sport, "sport");
+    INTERN(str_dport, "dport");
+    PyObject *ipaddress = PyImport_ImportModule("ipaddress");
+    if (ipaddress == NULL)
+        return NULL;
+    ipv4_type = PyObject_GetAttrString(ipaddress, "IPv4Address");
+    ipv6_type = PyObject_GetAttrString(ipaddress, "IPv6Address");
+    Py_DECREF(ipaddress);
+    if (ipv4_type == NULL || ipv6_type == NULL)
+        return NULL;
+    PyObject *ft = PyImport_ImportModule("p4flowtable._flowtuple");     /* optional, as its build */
+    if (ft == NULL)
+        PyErr_Clear();
+    else {
+        flowtuple_type = (PyTypeObject *)PyObject_GetAttrString(ft, "FlowTuple");
+        Py_DECREF(ft);
+        if (flowtuple_type == NULL)
+            PyErr_Clear();
+    }
     return PyModule_Create(&module);
 }

@@ -78,10 +78,11 @@ class CtEntry:
 
     def offloadable(self) -> str | None:
         """None if the kernel's nft_flow_offload_eval would offload it, else why not."""
-        if self.l4proto == IPPROTO_TCP:
+        proto = self.orig.l4proto
+        if proto == IPPROTO_TCP:
             if self.tcp_state != TCP_ESTABLISHED:
                 return "tcp not established"
-        elif self.l4proto == IPPROTO_UDP:
+        elif proto == IPPROTO_UDP:
             if not self.status & IPS_SEEN_REPLY:
                 return "udp reply not seen"
         else:
@@ -232,12 +233,12 @@ class ConntrackMirror:
         timeout. All requests in flight together; per entry None or the error."""
         timeout = ctnl.timeout_attr(int(lease))
         liberal = ctnl.tcp_flags_attr(IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_BE_LIBERAL)
-        reqs = [self._change(e, timeout, liberal if e.l4proto == IPPROTO_TCP else b"") for e in entries]
+        reqs = [self._change(e, timeout, liberal if e.orig.l4proto == IPPROTO_TCP else b"") for e in entries]
         errors = await self._cmd.changes(reqs)
         for e, err in zip(entries, errors):
             if err is None:
                 e.timeout = int(lease)
-                e.liberal = e.l4proto == IPPROTO_TCP
+                e.liberal = e.orig.l4proto == IPPROTO_TCP
         return errors
 
     @staticmethod

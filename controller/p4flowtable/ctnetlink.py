@@ -335,9 +335,22 @@ def _tuple_layout(alen: int) -> struct.Struct:
 _TUPLE = {4: _tuple_layout(4), 16: _tuple_layout(16)}
 
 
+# written in native code where that is built (_ctnetlink.c): every offloaded
+# connection's conntrack update names its original tuple
+_native_tuple_attr = getattr(_ctnetlink, "tuple_attr", None)
+
+
 def tuple_attr(atype: int, t) -> bytes:
     """CTA_TUPLE_ORIG/REPLY from anything with src, dst, l4proto, sport, dport
     (one struct call; tuple_attr_nested builds the same attribute by attribute)."""
+    if _native_tuple_attr is not None and (got := _native_tuple_attr(atype, t)) is not None:
+        return got
+    return py_tuple_attr(atype, t)
+
+
+def py_tuple_attr(atype: int, t) -> bytes:
+    """tuple_attr in Python: what the native one is held to, and where it
+    does not apply."""
     src, dst = t.src.packed, t.dst.packed
     alen = len(src)
     st = _TUPLE.get(alen)
@@ -400,7 +413,7 @@ def tcp_flags_attr(flags: int, mask: int) -> bytes:
 
 
 def family_of(t) -> int:
-    return socket.AF_INET6 if t.src.version == 6 else socket.AF_INET
+    return socket.AF_INET6 if isinstance(t.src, ipaddress.IPv6Address) else socket.AF_INET
 
 
 # -- the socket --------------------------------------------------------------------

@@ -142,7 +142,8 @@ class Decisions:
 
     async def decide_many(self, batch: list[CtEntry]) -> list[tuple[Flow, CtEntry] | str]:
         """Per entry, the flow to offload (added to its flowtable, pending), or
-        why not; the paths of all looked up together."""
+        why not; the paths of all looked up together. Each entry was found
+        offloadable when it was chosen (consider, the reconcile's _adoptable)."""
         out: list = []
         tables: list = []
         for e in batch:
@@ -164,8 +165,11 @@ class Decisions:
             if any(names.get(r.port) not in table.config.devices for r in routes):
                 out[i] = "device_not_in_flowtable"
                 continue
+            # the entry as it is now (an event replaces it, never changes it:
+            # the one judged offloadable when considered needs no second look)
             current = self.mirror.entries.get(e.orig)
-            if current is None or current.offloadable() is not None or self.flowtables.flow_of(e.orig) is not None:
+            if current is None or (current is not e and current.offloadable() is not None) \
+                    or self.flowtables.flow_of(e.orig) is not None:
                 out[i] = "changed"
                 continue
             flow = self.pending_flow(e, table, (routes[Dir.REPLY].port, routes[Dir.ORIGINAL].port), routes, keys)
@@ -254,7 +258,7 @@ class Decisions:
     def pending_flow(self, e: CtEntry, table, iif: tuple[int, int], routes, keys=(None, None)) -> Flow | None:
         """The entry's flow, added to its flowtable, pending its writes; None
         when a tuple of it is already offloaded (a clash)."""
-        flow = Flow(e.id, (e.orig, e.reply), table.config.name, table.config.timeout_for(e.l4proto),
+        flow = Flow(e.id, (e.orig, e.reply), table.config.name, table.config.timeout_for(e.orig.l4proto),
                     iif=iif, routes=routes, route_keys=keys)
         try:
             self.flowtables.add(flow)

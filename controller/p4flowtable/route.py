@@ -534,6 +534,9 @@ class Routes:
             except Exception as e:     # unknown rules: nothing keyed is cached until they are read
                 log.warning("reading the ip rules: %r; keyed route lookups are not cached", e)
                 by_port = {4: True, 6: True}
+        # by the address's class, not its version (a Python property); an
+        # address of another class is asked, not cached
+        uncached = {ipaddress.IPv4Address: by_port[4], ipaddress.IPv6Address: by_port[6]}
         epoch, now = self.epoch, time.monotonic()
         out: list = [None] * len(reqs)
         kept: list = [None] * len(reqs)
@@ -542,15 +545,16 @@ class Routes:
         first: dict = {}                         # cache key -> index of its first request in this call
         later: list[tuple[int, object]] = []    # requests of a key asked already in this call
         # Addresses enter the keys as (class, integer): an address object
-        # hashes through its hex text, a microsecond per lookup.
+        # hashes through its hex text, a microsecond per lookup. The integer
+        # is the address's _ip, which int() returns through a Python call.
         for i, (key, dst) in enumerate(reqs):
             if key is None:
-                ck = (dst.__class__, int(dst))    # a bare lookup's request is its destination
-            elif by_port[key.dst.version]:
+                ck = (dst.__class__, dst._ip)    # a bare lookup's request is its destination
+            elif uncached.get(d := key.dst.__class__, True):
                 ask.append((i, None))
                 continue
             else:
-                ck = (key.dst.__class__, int(key.dst), int(key.src), key.iif, key.mark)
+                ck = (d, key.dst._ip, key.src._ip, key.iif, key.mark)
             entry = cache.get(ck)
             if entry is not None and now - entry[1] >= CACHE_TTL:
                 entry = None
