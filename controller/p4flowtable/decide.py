@@ -82,8 +82,9 @@ class Decisions:
             return
         self.considering.add(e.orig)
         self.offload.timing.decided(e.orig, now)
+        if not self.candidates:     # run() waits only on an empty deque
+            self.candidates_ready.set()
         self.candidates.append(e)
-        self.candidates_ready.set()
 
     async def run(self) -> None:
         """Offload decisions in batches: each candidate is judged in turn
@@ -162,7 +163,8 @@ class Decisions:
                 out[i] = got
                 continue
             routes, keys = got
-            if any(names.get(r.port) not in table.config.devices for r in routes):
+            devices = table.config.devices
+            if names.get(routes[0].port) not in devices or names.get(routes[1].port) not in devices:
                 out[i] = "device_not_in_flowtable"
                 continue
             # the entry as it is now (an event replaces it, never changes it:
@@ -194,12 +196,14 @@ class Decisions:
         seen = []
         bare = []
         for i, e in enumerate(batch):
-            eg = (r.egress(e.reply.reversed()), r.egress(e.orig.reversed()))
-            inp = [eg[1].port if eg[1] else r.ingress(e.orig), eg[0].port if eg[0] else r.ingress(e.reply)]
+            o, rp = e.orig, e.reply
+            eg = (r.egress(rp.reversed()), r.egress(o.reversed()))
+            inp = [eg[1].port if eg[1] else r.ingress(o), eg[0].port if eg[0] else r.ingress(rp)]
             seen.append((eg, inp))
-            for d in DIRS:
-                if inp[d] is None:
-                    bare.append((i, d, (None, (e.orig if d is Dir.ORIGINAL else e.reply).src)))
+            if inp[0] is None:
+                bare.append((i, Dir.ORIGINAL, (None, o.src)))
+            if inp[1] is None:
+                bare.append((i, Dir.REPLY, (None, rp.src)))
         if bare:
             for (i, d, _), got in zip(bare, await r.resolve([q for _, _, q in bare])):
                 if isinstance(got, RouteError):
@@ -209,19 +213,19 @@ class Decisions:
                     seen[i][1][d] = got.port
         # each port's interface once a batch (a batch's flows come in on a few ports)
         ifindex: dict[int, int | RouteError] = {}
-        for i, (_, inp) in enumerate(seen):
-            for p in inp if out[i] is None else ():
-                if p not in ifindex:
-                    try:
-                        ifindex[p] = await r.port_ifindex(p)
-                    except RouteError as err:
-                        ifindex[p] = err
         keyed: list[tuple[int, tuple[RouteKey, RouteKey]]] = []
         for i, e in enumerate(batch):
             if out[i] is not None:
                 continue
             inp = seen[i][1]
-            iif = (ifindex[inp[0]], ifindex[inp[1]])
+            iif = []
+            for p in inp:
+                if (x := ifindex.get(p)) is None:
+                    try:
+                        x = ifindex[p] = await r.port_ifindex(p)
+                    except RouteError as err:
+                        x = ifindex[p] = err
+                iif.append(x)
             if isinstance(iif[0], RouteError) or isinstance(iif[1], RouteError):
                 log.debug("%s", iif[0] if isinstance(iif[0], RouteError) else iif[1])
                 out[i] = "no_route"
@@ -230,6 +234,10 @@ class Decisions:
         got = await r.resolve([(k, None) for _, keys in keyed for k in keys])
         for n, (i, keys) in enumerate(keyed):
             e, eg = batch[i], seen[i][0]
+            g0, g1 = got[2 * n], got[2 * n + 1]
+            if eg[0] is None and eg[1] is None and g0.__class__ is FlowRoute and g1.__class__ is FlowRoute:
+                out[i] = ((g0, g1), keys)   # no frame seen to compare with: both lookups stand
+                continue
             routes: list[FlowRoute] = []
             kept: list[RouteKey | None] = []
             for d in DIRS:

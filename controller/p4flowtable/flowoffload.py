@@ -52,8 +52,9 @@ class OffloadQueue:
         self._ready = asyncio.Event()
 
     def put_nowait(self, op: Op, flow: Flow) -> None:
+        if not self._items:     # next_batch waits only on an empty queue
+            self._ready.set()
         self._items.append((op, flow))
-        self._ready.set()
 
     def __len__(self) -> int:
         return len(self._items)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from p4.v1 import p4runtime_pb2 as p4r
 
-from .model import DIRS, Dir, Flow, FlowRoute
+from .model import Dir, Flow, FlowRoute
 from .p4info import P4Schema
 
 TABLE = "nexthop_table"
@@ -74,9 +74,10 @@ class NextHops:
     def acquire(self, flow: Flow, d: Dir, route: FlowRoute) -> NextHop:
         """The next hop of this route, for this flow's direction: the one
         there is for its neighbour, or a new one (not yet written)."""
-        nh = self.by_key.get(route.nexthop_key)
+        key = route.nexthop_key
+        nh = self.by_key.get(key)
         if nh is None:
-            nh = NextHop(self._new_id(), route.nexthop_key, route.port, route.src_mac, route.dst_mac)
+            nh = NextHop(self._new_id(), key, route.port, route.src_mac, route.dst_mac)
             self.by_id[nh.id] = nh
             self.by_key[nh.key] = nh
         elif (nh.src_mac, nh.dst_mac) != (route.src_mac, route.dst_mac) and not nh.users:
@@ -158,15 +159,18 @@ def assign(nexthops: NextHops, flows: list[Flow]) -> list[NextHop]:
     """Give each flow's directions their next hops (Flow.nexthops); the next
     hops the switch does not hold yet, to be written before the flows."""
     new: dict[int, NextHop] = {}
+    acquire = nexthops.acquire
     for f in flows:
-        got: list[NextHop] = []
+        to_orig, to_reply = f.routes
+        a = acquire(f, Dir.ORIGINAL, to_orig)
         try:
-            for d in DIRS:
-                got.append(nexthops.acquire(f, d, f.routes[d]))
+            b = acquire(f, Dir.REPLY, to_reply)
         except NextHopsFull:
-            for d, nh in zip(Dir, got):     # a flow has both its next hops or none
-                nexthops.release(f, d, nh.id)
+            nexthops.release(f, Dir.ORIGINAL, a.id)     # a flow has both its next hops or none
             raise
-        new.update((nh.id, nh) for nh in got if not nh.written)
-        f.nexthops = (got[0].id, got[1].id)
+        if not a.written:
+            new[a.id] = a
+        if not b.written:
+            new[b.id] = b
+        f.nexthops = (a.id, b.id)
     return list(new.values())
