@@ -4,6 +4,8 @@ series, boundaries included."""
 
 import random
 
+import pytest
+
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -18,7 +20,10 @@ def series(text: bytes) -> dict:
             if not s.name.endswith("_created")}
 
 
-def test_same_series_as_prometheus_clients_histogram():
+@pytest.mark.parametrize("batched", [False, True], ids=["observe", "observe_all"])
+def test_same_series_as_prometheus_clients_histogram(batched):
+    """observe_all: a batch's samples in one call (the daemon's way), in
+    batches of varied sizes."""
     stock_reg, ours_reg = CollectorRegistry(), CollectorRegistry()
     stock = Histogram(NAME, "doc", buckets=LATENCY_BUCKETS, registry=stock_reg)
     ours = LatencyHistogram(NAME, "doc", LATENCY_BUCKETS)
@@ -34,7 +39,14 @@ def test_same_series_as_prometheus_clients_histogram():
     samples += [rnd.expovariate(200) for _ in range(5000)]
     for v in samples:
         stock.observe(v)
-        ours.observe(v)
+        if not batched:
+            ours.observe(v)
+    if batched:
+        i = 0
+        while i < len(samples):
+            n = rnd.choice((0, 1, 2, 64, 512))
+            ours.observe_all(samples[i:i + n])
+            i += n
     want, got = series(generate_latest(stock_reg)), series(generate_latest(ours_reg))
     assert got.keys() == want.keys() and len(want) == len(LATENCY_BUCKETS) + 3     # each le, +Inf, count, sum
     total = (NAME + "_sum", ())

@@ -123,7 +123,7 @@ class Daemon:
         self.offload = FlowOffload(self.flowtables, self.driver, self.mirror, self.aging, self.events, self.stats,
                                    mark=lambda name: self.rulesets.mark(name),
                                    consider=lambda e: self.decisions.consider(e), ct_lease=cfg.ct_lease,
-                                   clock=clock, observe_latency=self.metrics.offload_latency.observe)
+                                   clock=clock, observe_latencies=self.metrics.offload_latency.observe_all)
         self.rulesets = RulesetControl(self.flowtables, self.session, schema, self.mirror, self.offload.teardown,
                                        netns=cfg.netns, ports=cfg.ports, timeouts=cfg.timeouts,
                                        label_bits=cfg.label_bits, load_kernel=cfg.load_kernel_ruleset)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import itertools
 import logging
 import resource
 from dataclasses import dataclass, field
@@ -123,14 +124,14 @@ class FlowOffload:
     def __init__(self, flowtables: Flowtables, driver: P4RuntimeDriver, mirror: ConntrackMirror, aging: Aging,
                  events: EventBus, stats: collections.Counter, *, mark: Callable[[str], int],
                  consider: Callable[[CtEntry], None], ct_lease: float, clock: Callable[[], float],
-                 observe_latency: Callable[[float], None] = lambda s: None):
+                 observe_latencies: Callable[[list[float]], None] = lambda s: None):
         """mark: a flowtable's ct label mark (the ruleset's); consider: a
-        connection is judged for offload again (decide.py); observe_latency:
-        a time-to-offload sample (the Prometheus histogram)."""
+        connection is judged for offload again (decide.py); observe_latencies:
+        a batch's time-to-offload samples (the Prometheus histogram)."""
         self.flowtables, self.driver, self.mirror, self.aging = flowtables, driver, mirror, aging
         self.events, self.stats = events, stats
         self.mark, self.consider, self.ct_lease, self.clock = mark, consider, ct_lease, clock
-        self.observe_latency = observe_latency
+        self.observe_latencies = observe_latencies
         self.queue = OffloadQueue()
         self.timing = OffloadTiming()
         self.deferred: list[Flow] = []       # adds that met a lost switch (the reconcile writes them: take_adds)
@@ -229,10 +230,18 @@ class FlowOffload:
     # -- add ---------------------------------------------------------------------------
     def offloaded(self, f: Flow, now: float) -> None:
         """The switch holds both entries of f: it is the switch's now."""
-        f.clear(FlowFlag.PENDING)
-        if not f.test_and_set(FlowFlag.HW):
-            self.aging.track(f, now)
-            f.offloaded_at = now
+        self.offloaded_all((f,), now)
+
+    def offloaded_all(self, flows, now: float) -> None:
+        """offloaded() for each flow (a batch's: its flag bits set in place,
+        without a call each)."""
+        track, pending, hw = self.aging.track, FlowFlag.PENDING, FlowFlag.HW
+        for f in flows:
+            flags = f.flags
+            f.flags = (flags & ~pending) | hw
+            if not flags & hw:
+                track(f, now)
+                f.offloaded_at = now
 
     async def _add(self, batch: list[Flow]) -> None:
         batch = [f for f in batch if not f.flags & FlowFlag.TEARDOWN]
@@ -243,22 +252,24 @@ class FlowOffload:
         self.stats["offload_batches"] += 1
         t = self.timing
         self.stats["offloaded"] += len(res.done)
+        self.offloaded_all(res.done, now)
         # once per flow: names bound once a batch, the monitors' event only if one listens
-        offloaded, decided, latency, observe = self.offloaded, t.since.pop, t.latency.append, self.observe_latency
-        waited, on_switch = t.switch.append, res.switch_seconds
+        decided, orig = t.since.pop, Dir.ORIGINAL
         publish = self.events.flow if self.events.monitors else None
         first = None
+        took: list[float] = []
         for f in res.done:
-            offloaded(f, now)
-            since = decided(f.key, None)
+            since = decided(f.tuples[orig], None)
             if publish is not None:
                 publish("OFFLOAD", f, after_ms=round(1000 * (now - since), 2) if since is not None else None)
             if since is not None:   # conntrack event or miss -> both entries written
-                latency(now - since)
-                waited(on_switch)
-                observe(now - since)
+                took.append(now - since)
                 if first is None or since < first:
                     first = since
+        if took:
+            t.latency.extend(took)
+            t.switch.extend(itertools.repeat(res.switch_seconds, len(took)))
+            self.observe_latencies(took)
         if first is not None:
             t.first_decided = min(t.first_decided or first, first)
             t.last_offloaded = now
