@@ -318,33 +318,16 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_wire", NULL, -1, me
 
 PyMODINIT_FUNC PyInit__wire(void)
 {
-    INTERN(str_ip, "_ip");
     INTERN(str_tuples, "tuples");
     INTERN(str_iif, "iif");
     INTERN(str_nexthops, "nexthops");
     INTERN(str_routes, "routes");
     INTERN(str_mtu, "mtu");
-    INTERN(str_src, "src");
-    INTERN(str_dst, "dst");
-    INTERN(str_l4proto, "l4proto");
-    INTERN(str_sport, "sport");
-    INTERN(str_dport, "dport");
-    PyObject *ipaddress = PyImport_ImportModule("ipaddress");
-    if (ipaddress == NULL)
+    if (intern_tuple_names(&str_ip, &str_src, &str_dst, &str_l4proto, &str_sport, &str_dport) < 0)
         return NULL;
-    ipv4_type = PyObject_GetAttrString(ipaddress, "IPv4Address");
-    Py_DECREF(ipaddress);
-    if (ipv4_type == NULL)
+    if ((ipv4_type = ipaddress_class("IPv4Address")) == NULL)
         return NULL;
-    PyObject *ft = PyImport_ImportModule("p4flowtable._flowtuple");     /* optional, as its build */
-    if (ft == NULL)
-        PyErr_Clear();
-    else {
-        flowtuple_type = (PyTypeObject *)PyObject_GetAttrString(ft, "FlowTuple");
-        Py_DECREF(ft);
-        if (flowtuple_type == NULL)
-            PyErr_Clear();
-    }
+    flowtuple_type = flowtuple_type_if_built();
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
