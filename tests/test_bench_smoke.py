@@ -15,7 +15,8 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-HELPERS = {"record.py", "plot.py"}      # not benchmarks: the results' writer and the plots
+# not benchmarks: the results' writer, the plots, the daemon as offload_rate.py --callgrind runs it
+HELPERS = {"record.py", "plot.py", "callgrind_daemon.py"}
 
 SMOKE = {
     "memory.py": ["--flows", "1000"],
@@ -35,6 +36,25 @@ SMOKE = {
 def test_every_benchmark_has_a_smoke_run():
     scripts = {p.name for p in BENCH.glob("*.py")} - HELPERS
     assert scripts == set(SMOKE), f"bench scripts without a smoke run here: {sorted(scripts - set(SMOKE))}"
+
+
+def test_callgrind_daemon_runs_the_cli_with_the_route_answers_kept_longer():
+    """bench/callgrind_daemon.py is the CLI (its arguments passed on), with
+    route.CACHE_TTL scaled: `daemon --help` answers as the CLI's does, and
+    the module it imported holds the scaled TTL."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "controller"))
+    p = subprocess.run([sys.executable, str(BENCH / "callgrind_daemon.py"), "daemon", "--help"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "--grpc-addr" in p.stdout
+    probe = ("import runpy, sys\nsys.argv = ['x', '--version']\n"
+             f"try:\n    runpy.run_path({str(BENCH / 'callgrind_daemon.py')!r}, run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "from p4flowtable import route\nprint(route.CACHE_TTL)")
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    from p4flowtable import route
+    assert float(p.stdout.split()[-1]) == route.CACHE_TTL * 50
 
 
 @pytest.fixture(scope="module")
