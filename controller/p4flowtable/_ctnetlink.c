@@ -311,7 +311,7 @@ cleared:
 }
 
 /* tuple_attr: ipaddress's two types, FlowTuple's (where built), "_ip" */
-static PyObject *ipv4_type, *ipv6_type, *str_ip, *str_src, *str_dst, *str_l4proto, *str_sport, *str_dport;
+static PyObject *ipv4_type, *ipv6_type, *str_ip, *tuple_field_names[5];
 static PyTypeObject *flowtuple_type;
 
 /* an address's bytes: 4 or 16, 0 where it is not an ipaddress object, -1 on error */
@@ -364,20 +364,9 @@ static PyObject *tuple_attr(PyObject *self, PyObject *args)
     PyObject *t;
     if (!PyArg_ParseTuple(args, "iO", &atype, &t))
         return NULL;
-    PyObject *f[5];     /* src, dst, l4proto, sport, dport: borrowed from a FlowTuple, else owned */
-    int owned = !(flowtuple_type != NULL && Py_IS_TYPE(t, flowtuple_type));
-    if (!owned) {
-        FlowTupleObject *ft = (FlowTupleObject *)t;
-        f[0] = ft->src, f[1] = ft->dst, f[2] = ft->l4proto, f[3] = ft->sport, f[4] = ft->dport;
-    } else {
-        PyObject *names[5] = {str_src, str_dst, str_l4proto, str_sport, str_dport};
-        for (int i = 0; i < 5; i++)
-            if ((f[i] = PyObject_GetAttr(t, names[i])) == NULL) {
-                while (i--)
-                    Py_DECREF(f[i]);
-                return NULL;
-            }
-    }
+    PyObject *f[5];     /* src, dst, l4proto, sport, dport */
+    if (tuple_fields(t, flowtuple_type, tuple_field_names, f) < 0)
+        return NULL;
     PyObject *out = NULL;
     uint8_t src[16], dst[16];
     int alen = address_bytes(f[0], src), dlen = alen > 0 ? address_bytes(f[1], dst) : alen;
@@ -411,9 +400,8 @@ static PyObject *tuple_attr(PyObject *self, PyObject *args)
 none:
     out = Py_NewRef(Py_None);
 done:
-    if (owned)
-        for (int i = 0; i < 5; i++)
-            Py_DECREF(f[i]);
+    for (int i = 0; i < 5; i++)
+        Py_DECREF(f[i]);
     return out;
 }
 
@@ -434,7 +422,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ctnetlink", NULL, -
 
 PyMODINIT_FUNC PyInit__ctnetlink(void)
 {
-    if (intern_tuple_names(&str_ip, &str_src, &str_dst, &str_l4proto, &str_sport, &str_dport) < 0)
+    if (intern_tuple_names(&str_ip, tuple_field_names) < 0)
         return NULL;
     if ((ipv4_type = ipaddress_class("IPv4Address")) == NULL || (ipv6_type = ipaddress_class("IPv6Address")) == NULL)
         return NULL;

@@ -25,16 +25,38 @@ static inline PyObject *address_int(PyObject *addr, PyObject *ip_name)
     return v;
 }
 
-/* the names a tuple's fields are read by where it is no FlowTuple, and an
- * address's "_ip", interned; -1 on error */
-static inline int intern_tuple_names(PyObject **ip, PyObject **src, PyObject **dst, PyObject **l4proto,
-                                     PyObject **sport, PyObject **dport)
+/* an address's "_ip", and the names a tuple's fields are read by where it
+ * is no FlowTuple (src, dst, l4proto, sport, dport), interned; -1 on error */
+static inline int intern_tuple_names(PyObject **ip, PyObject *fields[5])
 {
-    const char *texts[6] = {"_ip", "src", "dst", "l4proto", "sport", "dport"};
-    PyObject **vars[6] = {ip, src, dst, l4proto, sport, dport};
-    for (int i = 0; i < 6; i++)
-        if ((*vars[i] = PyUnicode_InternFromString(texts[i])) == NULL)
+    const char *texts[5] = {"src", "dst", "l4proto", "sport", "dport"};
+    if ((*ip = PyUnicode_InternFromString("_ip")) == NULL)
+        return -1;
+    for (int i = 0; i < 5; i++)
+        if ((fields[i] = PyUnicode_InternFromString(texts[i])) == NULL)
             return -1;
+    return 0;
+}
+
+/* a tuple's src, dst, l4proto, sport, dport (f, new references): a
+ * FlowTuple's read in place (ft_type: its type, NULL where it is not
+ * built), any other tuple's by attribute (fields: intern_tuple_names');
+ * -1 on error */
+static inline int tuple_fields(PyObject *t, PyTypeObject *ft_type, PyObject *const fields[5], PyObject *f[5])
+{
+    if (ft_type != NULL && Py_IS_TYPE(t, ft_type)) {
+        FlowTupleObject *ft = (FlowTupleObject *)t;
+        PyObject *in[5] = {ft->src, ft->dst, ft->l4proto, ft->sport, ft->dport};
+        for (int i = 0; i < 5; i++)
+            f[i] = Py_NewRef(in[i]);
+        return 0;
+    }
+    for (int i = 0; i < 5; i++)
+        if ((f[i] = PyObject_GetAttr(t, fields[i])) == NULL) {
+            while (i--)
+                Py_DECREF(f[i]);
+            return -1;
+        }
     return 0;
 }
 

@@ -45,7 +45,7 @@ static PyTypeObject *flowtuple_type;
 #define TTL_DECREMENT_DELTA 0xFEFF
 
 static PyObject *Unknown, *ipv4_type, *str_ip, *str_tuples, *str_iif, *str_nexthops, *str_routes, *str_mtu,
-    *str_src, *str_dst, *str_l4proto, *str_sport, *str_dport;
+    *tuple_field_names[5];
 
 typedef struct {
     uint8_t src[16], dst[16];   /* big-endian, alen bytes used */
@@ -72,18 +72,6 @@ static uint32_t mod_ffff(const uint8_t *p, int len)
 }
 
 /* an address's big-endian bytes (alen of them); its family from the first one read */
-static int address_of(PyObject *addr, uint8_t *out, int *alen);
-
-static int address(PyObject *t, PyObject *name, uint8_t *out, int *alen)
-{
-    PyObject *addr = PyObject_GetAttr(t, name);
-    if (addr == NULL)
-        return -1;
-    int r = address_of(addr, out, alen);
-    Py_DECREF(addr);
-    return r;
-}
-
 static int address_of(PyObject *addr, uint8_t *out, int *alen)
 {
     if (*alen == 0) {
@@ -102,21 +90,18 @@ static int address_of(PyObject *addr, uint8_t *out, int *alen)
 
 static int read_tuple(PyObject *t, tuple_v *v, int *alen)
 {
-    if (flowtuple_type != NULL && Py_IS_TYPE(t, flowtuple_type)) {
-        FlowTupleObject *ft = (FlowTupleObject *)t;
-        if (address_of(ft->src, v->src, alen) < 0 || address_of(ft->dst, v->dst, alen) < 0)
-            return -1;
-        v->l4proto = PyLong_AsUnsignedLongLong(ft->l4proto);
-        v->sport = PyLong_AsUnsignedLongLong(ft->sport);
-        v->dport = PyLong_AsUnsignedLongLong(ft->dport);
-    } else {
-        if (address(t, str_src, v->src, alen) < 0 || address(t, str_dst, v->dst, alen) < 0)
-            return -1;
-        v->l4proto = get_ull(t, str_l4proto);
-        v->sport = get_ull(t, str_sport);
-        v->dport = get_ull(t, str_dport);
+    PyObject *f[5];     /* src, dst, l4proto, sport, dport */
+    if (tuple_fields(t, flowtuple_type, tuple_field_names, f) < 0)
+        return -1;
+    int r = address_of(f[0], v->src, alen) < 0 || address_of(f[1], v->dst, alen) < 0 ? -1 : 0;
+    if (r == 0) {
+        v->l4proto = PyLong_AsUnsignedLongLong(f[2]);
+        v->sport = PyLong_AsUnsignedLongLong(f[3]);
+        v->dport = PyLong_AsUnsignedLongLong(f[4]);
     }
-    if (PyErr_Occurred())
+    for (int i = 0; i < 5; i++)
+        Py_DECREF(f[i]);
+    if (r < 0 || PyErr_Occurred())
         return -1;
     v->addrs = (mod_ffff(v->src, *alen) + mod_ffff(v->dst, *alen)) % 0xFFFF;
     return 0;
@@ -323,7 +308,7 @@ PyMODINIT_FUNC PyInit__wire(void)
     INTERN(str_nexthops, "nexthops");
     INTERN(str_routes, "routes");
     INTERN(str_mtu, "mtu");
-    if (intern_tuple_names(&str_ip, &str_src, &str_dst, &str_l4proto, &str_sport, &str_dport) < 0)
+    if (intern_tuple_names(&str_ip, tuple_field_names) < 0)
         return NULL;
     if ((ipv4_type = ipaddress_class("IPv4Address")) == NULL)
         return NULL;
