@@ -332,7 +332,8 @@ class Routes:
         self.stats = stats if stats is not None else collections.Counter()
         self._cache: dict = {}        # (dst, src, iif, mark), or a bare dst -> (Lookup or marker, clock[, path])
         self._cache_epoch = 0
-        self._rules_by_port: dict[int, bool] | None = None   # version -> a rule routes by more than the cache keeps
+        # an address class -> a rule of its family routes by more than the cache keeps
+        self._rules_by_port: dict[type, bool] | None = None
         self._rules_gen = 0
         self._links: dict[int, tuple[str, int, str]] = {}   # ifindex -> (name, mtu, MAC)
         self._ifindex: dict[str, int] = {}
@@ -376,15 +377,17 @@ class Routes:
         self._rules_by_port = None
         self._rules_gen += 1
 
-    async def _load_rules(self) -> dict[int, bool]:
+    async def _load_rules(self) -> dict[type, bool]:
         gen = self._rules_gen
         async with self._lock:
             got = await _all(self.ipr.rule("dump"))
-        by_port = {4: False, 6: False}
+        # by the class of the addresses looked up: _answers asks by it, not by
+        # their version (a Python property)
+        by_port = {ipaddress.IPv4Address: False, ipaddress.IPv6Address: False}
         for r in got:
-            version = {socket.AF_INET: 4, socket.AF_INET6: 6}.get(r["family"])
-            if version is not None and any(a[0] not in RULE_ATTRS_CACHED for a in r["attrs"]):
-                by_port[version] = True
+            cls = {socket.AF_INET: ipaddress.IPv4Address, socket.AF_INET6: ipaddress.IPv6Address}.get(r["family"])
+            if cls is not None and any(a[0] not in RULE_ATTRS_CACHED for a in r["attrs"]):
+                by_port[cls] = True
         if gen == self._rules_gen:
             self._rules_by_port = by_port
         return by_port
@@ -533,10 +536,7 @@ class Routes:
                 by_port = await self._load_rules()
             except Exception as e:     # unknown rules: nothing keyed is cached until they are read
                 log.warning("reading the ip rules: %r; keyed route lookups are not cached", e)
-                by_port = {4: True, 6: True}
-        # by the address's class, not its version (a Python property); an
-        # address of another class is asked, not cached
-        uncached = {ipaddress.IPv4Address: by_port[4], ipaddress.IPv6Address: by_port[6]}
+                by_port = {ipaddress.IPv4Address: True, ipaddress.IPv6Address: True}
         epoch, now = self.epoch, time.monotonic()
         out: list = [None] * len(reqs)
         kept: list = [None] * len(reqs)
@@ -550,7 +550,7 @@ class Routes:
         for i, (key, dst) in enumerate(reqs):
             if key is None:
                 ck = (dst.__class__, dst._ip)    # a bare lookup's request is its destination
-            elif uncached.get(d := key.dst.__class__, True):
+            elif by_port.get(d := key.dst.__class__, True):     # an address of another class: asked
                 ask.append((i, None))
                 continue
             else:
