@@ -9,6 +9,9 @@ kernel itself would do (`ip route get` with the packet's full key).
 
 import contextlib
 import json
+import os
+import signal
+import sys
 import time
 
 import pytest
@@ -308,3 +311,48 @@ def test_deleted_neighbour_hands_its_flows_back_and_the_kernel_resolves_it_again
     res = done(p, out)
     assert f["egress"][0]["mac"] == net.h2.defaultIntf().MAC()
     assert res["replies"] >= 140 and max_gap(res["reply_times"]) <= 1.0, (res["replies"], res["reply_times"][-3:])
+
+
+def test_next_hop_adopted_after_a_restart_follows_its_neighbours_new_mac(net, uplinks, tmp_path):
+    """The daemon killed and started again: the representors' carrier dropped
+    meanwhile and the kernel flushed their neighbours, so the switch's next hop
+    is adopted by its MAC alone. Once the kernel resolves the neighbour again,
+    a new MAC of it still reaches the flow adopted: one next-hop write, as
+    before a restart, not a flow sent on to the old MAC."""
+    dst, sport = "192.0.2.2", 7190
+    old_mac, new_mac = net.h2.defaultIntf().MAC(), "00:00:00:00:aa:02"
+    p, out = ping(net, tmp_path, dst, 7003, sport, count=3000, interval=0.02, wait=0.3)
+    try:
+        offloaded(net, sport)
+        os.kill(net.daemon.pid, signal.SIGKILL)
+        net.daemon.wait(10)
+        net.start_daemon()
+        # adopted, or rewritten where the old daemon held a second next hop to
+        # the same MAC (h2's IPv6 neighbour, of the tests above): merged
+        wait_for(lambda: (s := stats(net)).get("reconcile.adopted", 0) + s.get("reconcile.written", 0) > 0, 30,
+                 "the new daemon's reconcile")
+        f = flow_for(net, "udp", sport=sport)
+        assert f["offload"] and f["egress"][0]["neighbour"] == "", \
+            f"not adopted, or with its neighbour known: {f}; the kernel's: " \
+            f"{sh('ip', 'neigh', 'show', 'dev', WAN['rep'], check=False)!r}"
+        nh = f["egress"][0]["nexthop"]
+        # the kernel resolves it again, for a datagram of its own
+        sh(sys.executable, "-c", f"import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', "
+                                 f"('{dst}', 9))")
+        wait_for(lambda: "REACHABLE" in sh("ip", "neigh", "show", dst, "dev", WAN["rep"]), 5,
+                 "the kernel to resolve the neighbour")
+        writes = stats(net).get("reroute.nexthop_writes", 0)
+        net.h2.cmd(f"ip link set h2-eth0 address {new_mac}")
+        sh("ip", "neigh", "replace", dst, "lladdr", new_mac, "dev", WAN["rep"], "nud", "reachable")
+        wait_for(lambda: switch_nexthops(net).get(nh) == (WAN["port"], new_mac), 5, "the adopted next hop rewritten")
+        n = received(uplinks, "h2", 7003, sport)
+        wait_for(lambda: received(uplinks, "h2", 7003, sport) > n + 20, 5, "the flow to reach the new MAC")
+        after = flow_for(net, "udp", sport=sport)
+        assert after["offload"] and after["egress"][0]["nexthop"] == nh and after["egress"][0]["mac"] == new_mac
+        assert stats(net)["reroute.nexthop_writes"] == writes + 1
+        assert stats(net).get("teardown.route_changed", 0) == 0, "handed back"
+    finally:
+        p.kill()
+        p.wait(10)
+        net.h2.cmd(f"ip link set h2-eth0 address {old_mac}")
+        sh("ip", "neigh", "replace", dst, "lladdr", old_mac, "dev", WAN["rep"], "nud", "reachable")

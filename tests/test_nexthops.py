@@ -68,6 +68,55 @@ def test_adopted_next_hops_keep_their_ids(schema):
     assert f.nexthops[Dir.ORIGINAL] == 77 and all(nh.id != 77 for nh in new)
 
 
+def test_a_next_hop_adopted_of_unknown_neighbour_is_its_neighbours_once_known(schema):
+    """After a restart the kernel has flushed the representors' neighbours:
+    the switch's next hops are adopted by MAC, and become their neighbour's
+    when it is resolved again, by a flow's route or a neighbour event, so
+    that no second next hop to the same MAC is written and the neighbour's
+    changes reach the flows adopted."""
+    nhs = NextHops(schema)
+    nhs.adopt(77, 2, "02:00:00:00:02:01", "00:00:00:00:00:02", "")
+    adopted = flow(1, wan=FlowRoute(2, "02:00:00:00:02:01", "00:00:00:00:00:02", 1500, ""))
+    assign(nhs, [adopted])
+    assert adopted.nexthops[Dir.ORIGINAL] == 77 and nhs.of_neighbour(2, "192.0.2.2") is None
+    decided = flow(2)                       # its route resolved through the neighbour
+    new = assign(nhs, [decided])
+    assert decided.nexthops[Dir.ORIGINAL] == 77 and all(nh.id != 77 for nh in new)
+    assert nhs.of_neighbour(2, "192.0.2.2") is nhs.by_id[77]
+    late = flow(3, wan=FlowRoute(2, "02:00:00:00:02:01", "00:00:00:00:00:02", 1500, ""))   # adopted after
+    assign(nhs, [late])
+    assert late.nexthops[Dir.ORIGINAL] == 77
+    for f in (adopted, decided, late):
+        nhs.release(f, Dir.ORIGINAL, 77)
+    assert 77 not in nhs.by_id and not any(nh.id == 77 for nh in nhs.by_key.values()), "both its keys forgotten"
+
+    # by a neighbour event; not where the MAC or the port's MAC differs, or the neighbour has its own
+    nhs.adopt(78, 2, "02:00:00:00:02:01", "00:00:00:00:00:02", "")
+    assert nhs.learn(2, "192.0.2.2", "00:00:00:00:00:03") is None
+    assert nhs.learn(2, "192.0.2.2", "00:00:00:00:00:02", "02:00:00:00:02:99") is None
+    assert nhs.learn(2, "192.0.2.2", "00:00:00:00:00:02") is nhs.by_id[78] is nhs.of_neighbour(2, "192.0.2.2")
+    assert nhs.learn(2, "192.0.2.9", "00:00:00:00:00:02") is None       # learnt once
+    nhs.moved(nhs.by_id[78], "00:00:00:00:00:05")                        # the neighbour's new MAC
+    assert nhs.by_key.get((2, "00:00:00:00:00:02")) is None and nhs.of_neighbour(2, "192.0.2.2").id == 78
+    nhs.adopt(79, 2, "02:00:00:00:02:01", "00:00:00:00:00:04", "")
+    assert nhs.learn(2, "192.0.2.2", "00:00:00:00:00:04") is None       # the neighbour has one
+
+
+def test_a_route_of_unknown_neighbour_shares_the_next_hop_of_its_neighbour(schema):
+    """The other order (the switch's flows written anew after its restart): a
+    flow adopted by MAC after one decided through the neighbour."""
+    nhs = NextHops(schema)
+    decided = flow(1)
+    for nh in assign(nhs, [decided]):
+        nh.written = True
+    by_mac = FlowRoute(2, "02:00:00:00:02:01", "00:00:00:00:00:02", 1500, "")
+    adopted = [flow(i, wan=by_mac) for i in (2, 3)]
+    assert assign(nhs, adopted) == []
+    assert {f.nexthops[Dir.ORIGINAL] for f in adopted} == {decided.nexthops[Dir.ORIGINAL]}
+    other = flow(4, wan=FlowRoute(2, "02:00:00:00:02:01", "00:00:00:00:00:09", 1500, ""))
+    assert [nh.key for nh in assign(nhs, [other])] == [(2, "00:00:00:00:00:09")]   # no such neighbour: its own
+
+
 def test_ids_run_out_with_a_clear_error_and_come_back(schema):
     nhs = NextHops(schema)
     nhs.size = 4      # ids 1..3

@@ -6,6 +6,15 @@ the port and both MACs. One next hop per neighbour (port and address), shared
 by every flow sent to it and counted: it is written before the first flow
 entry that names it and deleted after the last, so a neighbour's new MAC is
 one write, whatever the number of flows behind it.
+
+A daemon started anew adopts the next hops the switch holds, often before
+the kernel knows their neighbours again: it flushes a port's neighbours when
+the representor's carrier drops, as it does while no daemon holds it. Those
+are keyed by their MAC until the kernel resolves the neighbour with that
+MAC (NextHops.learn); a route of unknown neighbour shares the next hop that
+sends to its MACs. Either way there is one next hop per neighbour still.
+Two the switch holds to one MAC on one port (a host's IPv4 and IPv6
+neighbours) are adopted as one: the flows naming the second are rewritten.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ class NextHop:
     dst_mac: str
     users: dict = field(default_factory=dict)   # (id(flow), direction) -> flow
     written: bool = False           # the switch holds it as it stands
+    alias: tuple[int, str] | None = None   # its key by MAC, while adopted of unknown neighbour (NextHops.learn)
     writing: object = None          # an asyncio.Future while one batch INSERTs it: others wait for it
 
 
@@ -77,6 +87,9 @@ class NextHops:
         key = route.nexthop_key
         nh = self.by_key.get(key)
         if nh is None:
+            nh = self.learn(route.port, route.neighbour, route.dst_mac, route.src_mac) if route.neighbour \
+                else self._to_mac(route.port, route.src_mac, route.dst_mac)
+        if nh is None:
             nh = NextHop(self._new_id(), key, route.port, route.src_mac, route.dst_mac)
             self.by_id[nh.id] = nh
             self.by_key[nh.key] = nh
@@ -103,6 +116,8 @@ class NextHops:
         self.by_id.pop(nh.id, None)
         if self.by_key.get(nh.key) is nh:
             del self.by_key[nh.key]
+        if nh.alias is not None and self.by_key.get(nh.alias) is nh:
+            del self.by_key[nh.alias]
 
     def reset(self) -> None:
         """Forget every next hop (the switch is reconciled anew)."""
@@ -121,6 +136,47 @@ class NextHops:
 
     def of_neighbour(self, port: int, addr: str) -> NextHop | None:
         return self.by_key.get((port, addr))
+
+    def moved(self, nh: NextHop, mac: str) -> None:
+        """Its neighbour answers from another MAC now (to be written): the
+        old MAC names it no more."""
+        nh.dst_mac = mac
+        if nh.alias is not None and self.by_key.get(nh.alias) is nh:
+            del self.by_key[nh.alias]
+        nh.alias = None
+
+    def _to_mac(self, port: int, src_mac: str, dst_mac: str) -> NextHop | None:
+        """A route of unknown neighbour (adopted) to the MACs of a next hop
+        its neighbour has: that one, named by the MACs from here on (its
+        alias). Once per such route: a miss makes the next hop it is keyed
+        by."""
+        for nh in self.by_id.values():
+            if nh.port == port and nh.dst_mac == dst_mac and nh.src_mac == src_mac and nh.alias is None \
+                    and nh.key[1] != dst_mac:
+                nh.alias = (port, dst_mac)
+                self.by_key[nh.alias] = nh
+                return nh
+        return None
+
+    def learn(self, port: int, addr: str, mac: str, src_mac: str | None = None) -> NextHop | None:
+        """The next hop adopted on this port to this MAC while its neighbour
+        was unknown, now known as neighbour `addr` (a neighbour event, or a
+        route resolved through it): keyed by it from here on, so that the
+        neighbour's changes reach it and its flows, and a flow decided anew
+        shares it instead of writing a second next hop to the same MAC. The
+        kernel flushes a port's neighbours when its representor's carrier
+        drops, which it does while no daemon holds it: after a restart, the
+        next hops the switch holds are adopted before the kernel resolves
+        their neighbours again. Its MAC key stays an alias (a flow adopted
+        meanwhile names the next hop by it). None when there is no such
+        next hop, or the neighbour has one already."""
+        nh = self.by_key.get((port, mac))
+        if nh is None or nh.key != (port, mac) or nh.dst_mac != mac or (src_mac is not None and nh.src_mac != src_mac) \
+                or (port, addr) in self.by_key:
+            return None
+        nh.key, nh.alias = (port, addr), nh.key
+        self.by_key[nh.key] = nh
+        return nh
 
     # -- entries ---------------------------------------------------------------
     def entry(self, nh: NextHop, with_action: bool = True) -> p4r.TableEntry:

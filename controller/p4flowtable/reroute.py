@@ -7,6 +7,8 @@ check, and its cleanup when a device goes down).
 - A neighbour failed or deleted: the flows sent to it are handed back; the
   kernel resolves it again with their next packet (a switch that kept sending
   to the old MAC would blackhole them), and they come back when it can.
+- A neighbour resolved with the MAC of a next hop adopted while it was
+  unknown (after a restart: NextHops.learn): the next hop is its from then on.
 - A route, ip rule, link or address change: the directions it may move are
   looked up again with their keys (route.py), all together. A direction whose
   path changed on the same port gets its entry rewritten to name the new next
@@ -89,9 +91,14 @@ class Reroute:
             if got is not None:
                 ifindex, addr, mac = got
                 port = self.routes.port_of(ifindex)
-                if port is not None and self.driver.nexthops.of_neighbour(port, addr) is not None:
+                nexthops = self.driver.nexthops
+                if port is None:
+                    pass
+                elif nexthops.of_neighbour(port, addr) is not None:
                     self._neigh[(port, addr)] = mac
                     self._wake.set()
+                elif mac is not None:       # a next hop adopted before its neighbour was known?
+                    nexthops.learn(port, addr, mac)
             self.retry()
             return
         if event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
@@ -169,7 +176,7 @@ class Reroute:
             elif mac != nh.dst_mac:
                 log.info("neighbour %s on port %d moved to %s: one next-hop write for %d flow direction(s)",
                          addr, port, mac, len(nh.users))
-                nh.dst_mac = mac
+                self.driver.nexthops.moved(nh, mac)
                 modified.append(nh)
         if modified:
             try:
