@@ -176,6 +176,10 @@ def chatter(a):
     report(a.out + ".up", ports=ports, up_at=time.time())
     sent, got, broken = [0] * a.count, [0] * a.count, set()
     last_echo_at = None       # when the last echo arrived (wall clock)
+    # the longest a connection went without sending, and without an echo:
+    # (seconds, wall clock at its end, local port), for a failure's message
+    sent_at, echo_at = [None] * a.count, [None] * a.count
+    send_gap, echo_gap = (0.0, None, None), (0.0, None, None)
     end = time.monotonic() + a.duration
     step = a.interval / a.count
     nxt = time.monotonic()
@@ -185,6 +189,10 @@ def chatter(a):
             try:
                 socks[i].send(b"p4ft-chatter-%08d" % sent[i])
                 sent[i] += 1
+                now = time.time()
+                if sent_at[i] is not None and now - sent_at[i] > send_gap[0]:
+                    send_gap = (now - sent_at[i], now, ports[i])
+                sent_at[i] = now
             except OSError:
                 broken.add(i)
             i = (i + 1) % a.count
@@ -202,6 +210,9 @@ def chatter(a):
                 continue
             got[j] += len(data) // 21 if not udp else 1
             last_echo_at = time.time()
+            if echo_at[j] is not None and last_echo_at - echo_at[j] > echo_gap[0]:
+                echo_gap = (last_echo_at - echo_at[j], last_echo_at, ports[j])
+            echo_at[j] = last_echo_at
     time.sleep(a.interval)       # the last echoes
     for key, _ in sel.select(0):
         try:
@@ -212,7 +223,11 @@ def chatter(a):
            silent=sorted(ports[j] for j in range(a.count) if sent[j] and not got[j]),
            # connections with fewer than half their messages echoed: which ones fell behind
            short=sorted(ports[j] for j in range(a.count) if got[j] < sent[j] / 2),
-           quiet_at_end=None if last_echo_at is None else round(time.time() - last_echo_at, 1))
+           quiet_at_end=None if last_echo_at is None else round(time.time() - last_echo_at, 1),
+           # the most messages one connection went without an echo of: [count, local port]
+           most_lost=max(([sent[j] - got[j], ports[j]] for j in range(a.count)), default=[0, None]),
+           longest_send_gap=[round(send_gap[0], 2), send_gap[1], send_gap[2]],
+           longest_echo_gap=[round(echo_gap[0], 2), echo_gap[1], echo_gap[2]])
 
 
 MARK = b"P4FTFUZZ"
