@@ -495,10 +495,16 @@ class Routes:
         none. A kept answer keeps its path too: what the path is made of
         (links, neighbours' MACs) changes only with a routing change, which
         empties the cache."""
-        answers, kept = await self._answers(reqs)
+        epoch = self.epoch
+        answers, kept, known = await self._answers(reqs)
+        if self.epoch != epoch:      # a routing change while asking: the paths known before it are not used
+            known = [None] * len(reqs)
         cache = self._cache
         out: list = []
-        for (key, dst), got, ck in zip(reqs, answers, kept):
+        for (key, dst), got, ck, path in zip(reqs, answers, kept, known):
+            if path is not None:     # kept with its answer, found by _answers
+                out.append(path)
+                continue
             if ck is not None:
                 entry = cache.get(ck)
                 if entry is not None and entry[0] is got and len(entry) == 3:
@@ -522,10 +528,11 @@ class Routes:
                     cache[ck] = (got, entry[1], path)
         return out
 
-    async def _answers(self, reqs: list[tuple[RouteKey | None, object]]) -> tuple[list, list]:
+    async def _answers(self, reqs: list[tuple[RouteKey | None, object]]) -> tuple[list, list, list]:
         """The kernel's answer to each (key, dst), from the cache where it
-        may answer (the module's docstring), else asked; and each one's
-        cache key where the cache holds that answer (else None)."""
+        may answer (the module's docstring), else asked; each one's cache
+        key where the cache holds that answer (else None); and the path kept
+        with a cached answer, found with it (else None)."""
         cache = self._cache
         if self._cache_epoch != self.epoch or len(cache) > CACHE_SIZE:
             cache.clear()
@@ -540,6 +547,7 @@ class Routes:
         epoch, now = self.epoch, time.monotonic()
         out: list = [None] * len(reqs)
         kept: list = [None] * len(reqs)
+        known: list = [None] * len(reqs)
         ask: list[tuple[int, object]] = []      # (index, cache key or None)
         probes: dict = {}                        # cache key -> index of a request asked with it
         first: dict = {}                         # cache key -> index of its first request in this call
@@ -561,6 +569,8 @@ class Routes:
             if entry is not None:
                 if entry[0].__class__ is Lookup:
                     out[i], kept[i] = entry[0], ck
+                    if len(entry) == 3:
+                        known[i] = entry[2]
                     continue
                 if entry[0] is _MULTI:
                     ask.append((i, ck))
@@ -605,7 +615,7 @@ class Routes:
             for i, a in zip(again, await self.lookups.lookups([reqs[i] for i in again])):
                 out[i] = a
         self.stats["route.cached"] += len(reqs) - len(ask) - len(again)
-        return out, kept
+        return out, kept, known
 
     def _known_path(self, dst, rt: Lookup) -> FlowRoute | None:
         """_path() from what is mirrored already; None when the link or the
