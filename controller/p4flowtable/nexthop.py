@@ -116,8 +116,7 @@ class NextHops:
         self.by_id.pop(nh.id, None)
         if self.by_key.get(nh.key) is nh:
             del self.by_key[nh.key]
-        if nh.alias is not None and self.by_key.get(nh.alias) is nh:
-            del self.by_key[nh.alias]
+        self._unalias(nh)
 
     def reset(self) -> None:
         """Forget every next hop (the switch is reconciled anew)."""
@@ -141,6 +140,10 @@ class NextHops:
         """Its neighbour answers from another MAC now (to be written): the
         old MAC names it no more."""
         nh.dst_mac = mac
+        self._unalias(nh)
+
+    def _unalias(self, nh: NextHop) -> None:
+        """Its MAC (NextHops.learn's alias) names it no more."""
         if nh.alias is not None and self.by_key.get(nh.alias) is nh:
             del self.by_key[nh.alias]
         nh.alias = None

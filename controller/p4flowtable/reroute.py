@@ -91,14 +91,12 @@ class Reroute:
             if got is not None:
                 ifindex, addr, mac = got
                 port = self.routes.port_of(ifindex)
-                nexthops = self.driver.nexthops
-                if port is None:
-                    pass
-                elif nexthops.of_neighbour(port, addr) is not None:
-                    self._neigh[(port, addr)] = mac
-                    self._wake.set()
-                elif mac is not None:       # a next hop adopted before its neighbour was known?
-                    nexthops.learn(port, addr, mac)
+                if port is not None:
+                    if self.driver.nexthops.of_neighbour(port, addr) is not None:
+                        self._neigh[(port, addr)] = mac
+                        self._wake.set()
+                    elif mac is not None:       # a next hop adopted before its neighbour was known?
+                        self.driver.nexthops.learn(port, addr, mac)
             self.retry()
             return
         if event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
