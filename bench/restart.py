@@ -39,7 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from offload_rate import NS, SOCK, call, create_entries, profiler, rig, stop_profiler  # noqa: E402
+from offload_rate import (CALLGRIND, NS, SOCK, call, callgrind_instructions, create_entries, profiler,  # noqa: E402
+                          rig, stop_profiler)
 from p4.v1 import p4runtime_pb2 as p4r  # noqa: E402
 from p4flowtable import ctnetlink as ctnl, netns  # noqa: E402
 from p4flowtable.p4info import P4Schema  # noqa: E402
@@ -152,14 +153,15 @@ async def read_and_dump(grpc: str, rounds: int = YARDSTICK_ROUNDS
     return reads, states, dumps, entries, dumped
 
 
-def one_size(switch: str, n: int, profile: str | None = None, rounds: int = YARDSTICK_ROUNDS) -> dict:
+def one_size(switch: str, n: int, profile: str | None = None, rounds: int = YARDSTICK_ROUNDS,
+             callgrind: bool = False) -> dict:
     conntrack_room(n)
     with tempfile.TemporaryDirectory(prefix="p4ftb-p4-") as tmp, \
             rig(switch, "restart", ("--timeout", "ft/tcp=3600", *program_for(n, Path(tmp), switch))) as r:
-        return _one_size(r, switch, n, profile, rounds)
+        return _one_size(r, switch, n, profile, rounds, callgrind)
 
 
-def _one_size(r, switch: str, n: int, profile: str | None, rounds: int) -> dict:
+def _one_size(r, switch: str, n: int, profile: str | None, rounds: int, callgrind: bool = False) -> dict:
     for i in range(0, n, 50_000):       # a million coroutines at once would be the bench's own cost
         asyncio.run(create_entries(range(i, min(n, i + 50_000))))
     wait_until(lambda: call("counters", path=SOCK).get("offloaded", 0) >= n, 60 + n / 200,
@@ -169,7 +171,13 @@ def _one_size(r, switch: str, n: int, profile: str | None, rounds: int) -> dict:
     r.daemon.send_signal(signal.SIGKILL)
     r.daemon.wait(10)
     t0 = time.monotonic()
-    r.daemon = r.restart()
+    if callgrind:
+        # counted from its API's first answer (after its conntrack dump, before
+        # its reconcile's index of the connections) to the last flow adopted
+        r.daemon = r.restart(prefix=CALLGRIND, ready_within=600, main=(str(ROOT / "bench/callgrind_daemon.py"),))
+        subprocess.run(["callgrind_control", "-i", "on", str(r.daemon.pid)], check=True, capture_output=True)
+    else:
+        r.daemon = r.restart()
     spy = profiler(r.daemon.pid, profile) if profile else None
     slowest = [0.0, 0.0]    # the longest the daemon took to answer its API while it converged, and when it asked
 
@@ -181,8 +189,10 @@ def _one_size(r, switch: str, n: int, profile: str | None, rounds: int) -> dict:
             slowest[:] = [took, t - t0]
         return c.get("reconcile.adopted", 0) >= n
 
-    wait_until(adopted, 60 + n / 500, f"{n} flows adopted", 0.1)   # each poll costs the daemon a turn
+    # each poll costs the daemon a turn (under callgrind, counted: fewer)
+    wait_until(adopted, (60 + n / 500) * (50 if callgrind else 1), f"{n} flows adopted", 1.0 if callgrind else 0.1)
     total = time.monotonic() - t0
+    instructions = callgrind_instructions(r.daemon.pid) if callgrind else None
     hot = stop_profiler(spy, profile) if spy else None
     c = call("counters", path=SOCK)
     m = re.search(r"switch reconciled in ([\d.]+)s", DAEMON_OUT.read_text())
@@ -198,6 +208,7 @@ def _one_size(r, switch: str, n: int, profile: str | None, rounds: int) -> dict:
             "read_all_runs_s": reads, "read_all_with_state_runs_s": states, "ct_dump_runs_s": dumps,
             "reconcile_over_read_and_dump": reconcile / (read_s + dump_s) if reconcile else None,
             "api_slowest_s": slowest[0], "api_slowest_asked_at_s": slowest[1], "memory": mem,
+            **({"callgrind_instructions_per_flow": instructions / n} if callgrind else {}),
             "ct_resyncs": {"setup": setup_resyncs, "restarted": c.get("ct_resync", 0)},
             **({"profile": hot} if hot else {})}
 
@@ -212,6 +223,9 @@ def main() -> int:
                     "takes about 2.5 min)")
     ap.add_argument("--profile", metavar="FILE", help="sample the restarted daemon with py-spy until it has "
                     "adopted every flow (raw stacks; the last size's run)")
+    ap.add_argument("--callgrind", action="store_true", help="run the restarted daemon under valgrind's callgrind: "
+                    "its instructions per flow from its API's first answer to the last flow adopted (its times "
+                    "are then valgrind's)")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("restart: needs root", file=sys.stderr)
@@ -219,8 +233,11 @@ def main() -> int:
     result = {"bench": "restart", "runs": []}
     for switch in a.switch.split(","):
         for n in (int(x) for x in a.flows.split(",")):
-            r = dict(one_size(switch, n, a.profile, a.rounds), switch=switch)
+            r = dict(one_size(switch, n, a.profile, a.rounds, a.callgrind), switch=switch)
             result["runs"].append(r)
+            if a.callgrind:
+                print(f"{switch} N={n}: under callgrind, {r['callgrind_instructions_per_flow']:.0f} instructions "
+                      f"per flow from the restarted daemon's first API answer to the last flow adopted", flush=True)
             print(f"{switch} N={n}: converged {r['converged_s']:.2f} s after the new daemon's start (reconcile "
                   f"{r['reconcile_s']:.2f} s): {r['adopted']} adopted, {r['written']} written, "
                   f"{r['orphans_deleted']} orphan entries deleted; one read of all {r['entries_read']} entries "

@@ -10,10 +10,11 @@ from types import SimpleNamespace
 from p4flowtable.reconcile import Joining
 
 
-def joined(judged_by, loaded, marks_now: str | None) -> list:
+def joined(judged_by, loaded, marks_now: str | None, leased: dict | None = None) -> list:
     """The flowtables the join adopted one connection into: indexed under
     judged_by (named "ft" then), joined with `loaded` in place, whose
-    judgement of it now is marks_now."""
+    judgement of it now is marks_now. leased: the connections on a lease,
+    which the join takes those it adopts out of."""
     entry = SimpleNamespace(orig="o")
     a, b = SimpleNamespace(match="mo", key="ko"), SimpleNamespace(match="mr", key="kr")
     rec = SimpleNamespace(mirror=SimpleNamespace(entries={"k": entry}), readback=SimpleNamespace(match=None),
@@ -27,7 +28,7 @@ def joined(judged_by, loaded, marks_now: str | None) -> list:
         return SimpleNamespace(), e
     planner = SimpleNamespace(checked=lambda f, o, r: None)
     waiting = {"mo": ("k", entry, "mo", "mr", "ft"), "mr": ("k", entry, "mo", "mr", "ft")}
-    Joining(rec, waiting, judged_by, {}, {}, adopt, planner, []).pair(a, b)
+    Joining(rec, waiting, judged_by, {}, {}, adopt, planner, [], {} if leased is None else leased).pair(a, b)
     return adopted
 
 
@@ -40,3 +41,15 @@ def test_a_ruleset_reloaded_since_indexing_began_judges_again():
     before, after = object(), object()
     assert joined(before, after, marks_now=None) == []
     assert joined(before, after, marks_now="ft2") == ["ft2"]
+
+
+def test_an_adopted_connection_leaves_the_leases_to_release():
+    """Its flow keeps its lease; one not adopted stays, for the reconcile
+    to release its lease unless a flow takes it later."""
+    rs = object()
+    leased = {"k": None, "other": None}
+    assert joined(rs, rs, marks_now=None, leased=leased) == ["ft"]
+    assert list(leased) == ["other"]
+    leased = {"k": None}
+    assert joined(object(), rs, marks_now=None, leased=leased) == []
+    assert list(leased) == ["k"]

@@ -254,12 +254,17 @@ class ConntrackMirror:
         """The timeout of an entry's state, each state's sysctl read once for
         as long as the reader returned is kept (a batch, one pass)."""
         read: dict[str, int] = {}
+        by_state: dict[tuple, int] = {}      # what _timeout_key looks at -> the timeout: a reconcile asks per entry
 
         def timeout(e: CtEntry) -> int:
-            key = self._timeout_key(e)
-            t = read.get(key)
+            state = (e.l4proto, e.tcp_state, e.status & IPS_SEEN_REPLY)
+            t = by_state.get(state)
             if t is None:
-                t = read[key] = int(netns.read_sysctl(self.netns, key))
+                key = self._timeout_key(e)
+                t = read.get(key)
+                if t is None:
+                    t = read[key] = int(netns.read_sysctl(self.netns, key))
+                by_state[state] = t
             return t
         return timeout
 

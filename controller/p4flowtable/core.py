@@ -76,14 +76,16 @@ class Flowtables:
 
     # -- flows (flow_offload_add/_del/_lookup/_refresh) ---------------------
     def add(self, flow: Flow) -> None:
-        table = self.table(flow.flowtable)
-        for d in DIRS:
-            if flow.tuples[d] in self._by_tuple:
-                raise ValueError(f"tuple {flow.tuples[d]} is already offloaded")
+        # without loops over the directions: every flow decided or adopted
+        # passes here (100,000 at a reconcile of as many)
+        table = self.tables.get(flow.flowtable) or self.table(flow.flowtable)
+        o, r = flow.tuples
+        by_tuple = self._by_tuple
+        if o in by_tuple or r in by_tuple:
+            raise ValueError(f"tuple {o if o in by_tuple else r} is already offloaded")
         flow.last_used = self.clock()
-        table.flows[flow.key] = flow
-        for d in DIRS:
-            self._by_tuple[flow.tuples[d]] = flow
+        table.flows[o] = flow
+        by_tuple[o] = by_tuple[r] = flow
 
     def delete(self, flow: Flow) -> bool:
         """Remove a flow; False if it was not there (safe to call twice)."""

@@ -266,11 +266,11 @@ class Decisions:
     def pending_flow(self, e: CtEntry, table, iif: tuple[int, int], routes, keys=(None, None)) -> Flow | None:
         """The entry's flow, added to its flowtable, pending its writes; None
         when a tuple of it is already offloaded (a clash)."""
-        flow = Flow(e.id, (e.orig, e.reply), table.config.name, table.config.timeout_for(e.orig.l4proto),
-                    iif=iif, routes=routes, route_keys=keys)
+        config = table.config
+        flow = Flow(e.id, (e.orig, e.reply), config.name, config.timeout_for(e.orig.l4proto),
+                    iif=iif, routes=routes, route_keys=keys, flags=FlowFlag.PENDING)
         try:
             self.flowtables.add(flow)
         except ValueError:
             return None
-        flow.test_and_set(FlowFlag.PENDING)
         return flow

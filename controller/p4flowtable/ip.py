@@ -216,6 +216,8 @@ class ReadBack:
             self.tables[tid] = tuple(fid for fid, _ in fields)
             self.widths[tid] = tuple(w for _, w in fields)
             self.table_of[version] = tid
+        # by an address's class: its `version` is a Python property
+        self._table_of_class = {ipaddress.IPv4Address: self.table_of[4], ipaddress.IPv6Address: self.table_of[6]}
         self.actions: dict[int, tuple] = {}
         self.kinds: dict[int, tuple[bool, int]] = {}     # action id -> (NAT or not, IP version)
         self.chosen: dict[tuple, tuple] = {}    # (IP version, transport, NAT) -> the _layout entry_values takes
@@ -232,8 +234,14 @@ class ReadBack:
                     self.chosen[version, l4proto, nat] = _layout(schema, version, l4proto, nat)
 
     def match(self, t: FlowTuple) -> tuple:
-        """Held.match of the entry that matches tuple t."""
-        return self.table_of[t.src.version], int(t.src), int(t.dst), t.l4proto, t.sport, t.dport
+        """Held.match of the entry that matches tuple t. The addresses' _ip
+        is what int() returns, through a Python call each (two matches a
+        connection at every reconcile)."""
+        src = t.src
+        tid = self._table_of_class.get(src.__class__)
+        if tid is None:
+            return self.table_of[src.version], int(src), int(t.dst), t.l4proto, t.sport, t.dport
+        return tid, src._ip, t.dst._ip, t.l4proto, t.sport, t.dport
 
     def key(self, entry: p4r.TableEntry) -> tuple | None:
         """Held.key of a flow entry from its match alone (an entry read by

@@ -42,6 +42,8 @@ from .switch import SwitchControl, deletes
 log = logging.getLogger("p4ft")
 
 YIELD_EVERY = 1000     # long loops give the event loop a turn this often
+ORIGINAL, REPLY = DIRS
+_UNSEEN = object()
 
 
 class Reconcile:
@@ -150,7 +152,7 @@ class Reconcile:
         planner = Planner(self.schema, present, self.driver.idle_timeout, nexthops, self.readback)
         adopt = Adopting(self, held, await self._representors())
         entries = self.mirror.entries
-        leased: list = []                    # the keys of entries on a lease (_waiting)
+        leased: dict = {}                    # the keys of entries on a lease (_waiting), less those adopted
         t = self.clock() if ahead is None else ahead[2]
         if kept:
             # the read first (or already, read_ahead): a second process starts
@@ -167,7 +169,8 @@ class Reconcile:
                 # the ruleset `waiting` is judged by: taken before, since
                 # _waiting gives turns (a reload meanwhile: judged again)
                 judged_by = self.rulesets.ruleset
-                join = Joining(self, await self._waiting(leased), judged_by, present, held, adopt, planner, fresh)
+                join = Joining(self, await self._waiting(leased), judged_by, present, held, adopt, planner, fresh,
+                               leased)
                 async with contextlib.aclosing(reader.batches()) as batches:
                     async for pairs, singles, ss in batches:
                         phases.setdefault("first entries", self.clock() - t)
@@ -230,27 +233,33 @@ class Reconcile:
         # a second each, here and in the offload marks' list below); a
         # connection torn down meanwhile waits for the reconcile to let go of
         # the switch, as during the read
-        for i, f in enumerate(itertools.chain(plan.adopted, plan.repaired)):
-            if id(f) in failed:
-                self.flowtables.delete(f)
-            else:
-                self.offload.offloaded(f, now)
-            if i % YIELD_EVERY == 0:
-                await asyncio.sleep(0)
+        written = list(itertools.chain(plan.adopted, plan.repaired))
+        for i in range(0, len(written), YIELD_EVERY):
+            flows = written[i:i + YIELD_EVERY]
+            if failed:
+                for f in flows:
+                    if id(f) in failed:
+                        self.flowtables.delete(f)
+                flows = [f for f in flows if id(f) not in failed]
+            self.offload.offloaded_all(flows, now)
+            await asyncio.sleep(0)
+        events, read_back, held_of = self.events, self.aging.read_back, plan.held
         for i, f in enumerate(plan.adopted):
-            self.events.flow("ADOPT", f)
+            if events.monitors:
+                events.flow("ADOPT", f)
             # idle while the daemon was away? the read's last hits say
-            o, r = plan.held[id(f)]
-            self.aging.read_back(f, FlowRead((o.packets, r.packets), (o.bytes, r.bytes), min(o.idle_ns, r.idle_ns)
-                                             if o.idle_ns is not None and r.idle_ns is not None else None), now)
+            o, r = held_of[id(f)]
+            read_back(f, FlowRead((o.packets, r.packets), (o.bytes, r.bytes), min(o.idle_ns, r.idle_ns)
+                                  if o.idle_ns is not None and r.idle_ns is not None else None), now)
             if i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
         # offload marks where a daemon before this one had not set them (it
         # died between its switch write and its conntrack write, or the flow
         # is new): the others keep the lease they have, as the kernel would
         ok = []
+        on_lease, lease = self.mirror.on_lease, self.ct_lease
         for i, (f, ct) in enumerate(fresh):
-            if id(f) not in failed and not self.mirror.on_lease(ct, self.ct_lease):
+            if not on_lease(ct, lease) and id(f) not in failed:
                 ok.append(ct)
             if i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
@@ -268,7 +277,7 @@ class Reconcile:
                  len(plan.adopted), len(plan.repaired), len(plan.orphans), released, dict(declined) or "none",
                  ", ".join(f"{k} {v:.2f}s" for k, v in phases.items()))
 
-    async def _waiting(self, leased: list) -> dict[tuple, tuple]:
+    async def _waiting(self, leased: dict) -> dict[tuple, tuple]:
         """The connections that may be adopted, by the match of each
         direction's entry: (mirror key, the entry as it is now, both
         matches, the flowtable its mark names). Made while the switch
@@ -285,7 +294,7 @@ class Reconcile:
                 mo, mr = match(e.orig), match(e.reply)
                 waiting[mo] = waiting[mr] = (k, e, mo, mr, name)
             if over(e):
-                leased.append(k)
+                leased[k] = None
         return waiting
 
     def _adoptable(self, e: CtEntry) -> str | None:
@@ -316,12 +325,13 @@ class Reconcile:
             return e.timeout is not None and e.timeout > state_timeout(e)
         return over
 
-    async def _release_leases(self, leased: list | None) -> int:
+    async def _release_leases(self, leased: dict | None) -> int:
         """Entries on an offload lease (a timeout above their state's) that no
         flow carries: their state's timeout, as at hand-back. leased: the
         keys of the entries that were on a lease when the reconcile began
-        (_waiting); None: every entry is looked at. No entry goes on a lease
-        meanwhile but by this daemon, for a flow it carries."""
+        (_waiting), but for those the join adopted; None: every entry is
+        looked at. No entry goes on a lease meanwhile but by this daemon,
+        for a flow it carries."""
         over = self._over_lease()
         entries = self.mirror.entries
         n = 0
@@ -391,7 +401,8 @@ class Planner:
             self._plan(f)
 
     def _nexthops(self, f: Flow) -> tuple[int, int]:
-        return tuple(self.nexthops.acquire(f, d, f.routes[d]).id for d in DIRS)
+        acquire, (ro, rr) = self.nexthops.acquire, f.routes
+        return acquire(f, ORIGINAL, ro).id, acquire(f, REPLY, rr).id
 
     def _plan(self, f: Flow) -> None:
         plan, left, schema = self.plan, self.left, self.schema
@@ -440,21 +451,31 @@ class Joining:
     nothing is awaited between that look and its flow."""
 
     def __init__(self, rec: Reconcile, waiting: dict[tuple, tuple], judged_by, present: dict[tuple, Held],
-                 held: dict[tuple, Held], adopt: Adopting, planner: Planner, fresh: list):
+                 held: dict[tuple, Held], adopt: Adopting, planner: Planner, fresh: list, leased: dict):
+        """leased: the connections on a lease (Reconcile._waiting): those
+        adopted are taken out, since their flow keeps the lease."""
         self.rec, self.waiting, self.present, self.held = rec, waiting, present, held
-        self.adopt, self.planner, self.fresh = adopt, planner, fresh
+        self.adopt, self.planner, self.fresh, self.leased = adopt, planner, fresh, leased
         self.entries, self.match = rec.mirror.entries, rec.readback.match
+        self.rulesets, self.flow_of = rec.rulesets, rec.flowtables.flow_of
         self.judged_by = judged_by       # the ruleset when `waiting` began to be made
 
     def pair(self, a: Held, b: Held) -> None:
         w = self.waiting.get(a.match)
         if w is not None:
             k, then, mo, mr, name = w
-            o, r = (a, b) if (mo, mr) == (a.match, b.match) else (b, a) if (mo, mr) == (b.match, a.match) else (None, None)
+            if mo == a.match and mr == b.match:
+                o, r = a, b
+            elif mo == b.match and mr == a.match:
+                o, r = b, a
+            else:
+                o = r = None
             if o is not None and self.entries.get(k) is then:     # unchanged since indexed: the same tuples
                 self.waiting.pop(mo, None)
                 self.waiting.pop(mr, None)
-                if not self._adopt(then, o, r, checked=True, name=name):
+                if self._adopt(then, o, r, checked=True, name=name):
+                    self.leased.pop(k, None)
+                else:
                     self.present[o.key] = self.held[o.match] = o
                     self.present[r.key] = self.held[r.match] = r
                 return
@@ -477,15 +498,16 @@ class Joining:
             return            # the other direction is still to come
         self.waiting.pop(mo, None)
         self.waiting.pop(mr, None)
-        self._adopt(e, o, r, checked=False)
+        if self._adopt(e, o, r, checked=False):
+            self.leased.pop(k, None)
 
     def _adopt(self, e: CtEntry, o: Held, r: Held, checked: bool, name: str | None = None) -> bool:
         """name: the flowtable judged when the connection was indexed, for
         the entry as it was then: still its own when the mirror holds the
         same entry (an update replaces it) and the ruleset is the same, as
         long as no flow took the connection meanwhile."""
-        if name is not None and self.rec.rulesets.ruleset is self.judged_by:
-            if self.rec.flowtables.flow_of(e.orig) is not None:
+        if name is not None and self.rulesets.ruleset is self.judged_by:
+            if self.flow_of(e.orig) is not None:
                 return False
         else:
             name = self.rec._adoptable(e)
@@ -515,6 +537,10 @@ class Adopting:
         self.match = rec.readback.match
         self.devices = {p: n for n, p in rec.ports.items()}
         self.routes: dict[tuple[int, int], FlowRoute] = {}      # by (next hop, MTU): shared, they are frozen
+        # by both entries' (port, next hop, MTU): what a flow's entries say
+        # (ports, devices, routes, representors), or None where they say
+        # nothing usable; a reconcile's flows share a few
+        self.paths: dict[tuple, tuple | None] = {}
 
     def __call__(self, e: CtEntry, flowtable: str, o: Held | None = None, r: Held | None = None
                  ) -> tuple[Flow, CtEntry] | None:
@@ -526,20 +552,30 @@ class Adopting:
         table = rec.flowtables.tables.get(flowtable)
         if o is None or r is None or table is None:
             return None
-        if self.devices.get(o.port) not in table.config.devices or self.devices.get(r.port) not in table.config.devices:
+        k = (o.port, o.nexthop, o.mtu, r.port, r.nexthop, r.mtu)
+        path = self.paths.get(k, _UNSEEN)
+        if path is _UNSEEN:
+            path = self.paths[k] = self._path(o, r)
+        if path is None:
             return None
-        ro, rr = self._route(o), self._route(r)
-        if ro is None or rr is None:
+        (do, dr), ports, routes, iif = path
+        devices = table.config.devices
+        if do not in devices or dr not in devices:
             return None
-        iif = (self.ifindex.get(o.port), self.ifindex.get(r.port))
-        if None in iif:
-            return None
-        flow = rec.decisions.pending_flow(e, table, (o.port, r.port), (ro, rr),
-                                          route_keys(e.orig, e.reply, iif, e.mark))
+        flow = rec.decisions.pending_flow(e, table, ports, routes, route_keys(e.orig, e.reply, iif, e.mark))
         if flow is None:
             return None
         flow.route_epoch = rec.routes.epoch
         return flow, e
+
+    def _path(self, o: Held, r: Held) -> tuple | None:
+        """((both ports' devices), (both ports), (both routes), (both
+        representors)) of a flow whose entries these are, or None."""
+        ro, rr = self._route(o), self._route(r)
+        iif = (self.ifindex.get(o.port), self.ifindex.get(r.port))
+        if ro is None or rr is None or None in iif:
+            return None
+        return (self.devices.get(o.port), self.devices.get(r.port)), (o.port, r.port), (ro, rr), iif
 
     def _route(self, h: Held) -> FlowRoute | None:
         got = self.routes.get((h.nexthop, h.mtu))
