@@ -5,6 +5,7 @@ reader fails, before its first answer or in the middle, the daemon reads
 what it had not handed over, each entry once."""
 
 import asyncio
+import collections
 import logging
 import sys
 import textwrap
@@ -33,11 +34,12 @@ async def _switch_with_flows(schema, address) -> SwitchControl:  # noqa: F811
     return switch
 
 
-async def _read(switch, schema, apart: bool, pairs: list | None = None) -> tuple[list, list]:  # noqa: F811
+async def _read(switch, schema, apart: bool, pairs: list | None = None, proc=None,  # noqa: F811
+                stats=None) -> tuple[list, list]:
     """Every entry read (pairs flattened) and the strays; pairs, when given,
-    gets the pairs."""
+    gets the pairs. proc: a reader started ahead (entryread.spawn)."""
     held, strays = [], []
-    reader = entryread.FlowEntries(switch, ReadBack(schema), False, apart)
+    reader = entryread.FlowEntries(switch, ReadBack(schema), False, apart, stats, proc=proc)
     await reader.start()
     try:
         async for ps, hs, ss in reader.batches():
@@ -63,6 +65,31 @@ def test_the_reader_gives_what_the_daemon_reads_itself(schema, addr, caplog):  #
         # every flow's two entries paired, as written, by either
         assert len(own_pairs) == N and sorted(apart_pairs) == sorted(own_pairs)
         await switch.session.close()
+    asyncio.run(main())
+
+
+def test_a_reader_started_ahead_reads_once_given_its_order(schema, addr, caplog):  # noqa: F811
+    """As the daemon starts it: before it connects, the order given later."""
+    async def main():
+        spare = await entryread.spawn()
+        switch = await _switch_with_flows(schema, addr)
+        own, _ = await _read(switch, schema, False)
+        stats = collections.Counter()
+        with caplog.at_level(logging.WARNING, "p4ft"):
+            apart, strays = await _read(switch, schema, True, proc=spare, stats=stats)
+        assert "entry reader failed" not in caplog.text and stats["reconcile.read_apart"] == 1
+        assert sorted(apart) == sorted(own) and len(own) == 2 * N and not strays
+        await switch.session.close()
+    asyncio.run(main())
+
+
+def test_a_reader_started_ahead_and_not_needed_exits_quietly():
+    """A pipeline not kept, a backup: its stdin closes without an order."""
+    async def main():
+        spare = await entryread.spawn()
+        spare.stdin.close()
+        out = await asyncio.wait_for(spare.stdout.read(), 60)
+        assert await spare.wait() == 0 and out == b""
     asyncio.run(main())
 
 

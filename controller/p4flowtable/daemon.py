@@ -177,10 +177,11 @@ class Daemon:
         self._wire_routing()
         await self.mirror.open()
         # the switch first: with its pipeline kept, its entries are read
-        # while the kernel dumps conntrack (Reconcile.read_ahead)
+        # while the kernel dumps conntrack (Reconcile.read_ahead), by a
+        # second process that starts up while the daemon connects
+        await self.reconcile.spawn_reader()
         kept = await self.role.connect()
-        if kept:
-            await self.reconcile.read_ahead()
+        await self.reconcile.read_ahead(kept)
         await self.mirror.dump()
         await self.api.start()
         if cfg.metrics_addr:

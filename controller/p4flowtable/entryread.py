@@ -27,7 +27,10 @@ us of it the native pass). The reader's collector is off: what it makes
 holds no cycles.
 
 The reader is `python -m p4flowtable.entryread`. Its order (ReadOrder)
-arrives pickled on stdin. It answers on stdout in frames, each a 4-byte
+arrives pickled on stdin, after it has loaded its modules (about 0.5 s of
+a core): the daemon starts it (`spawn`) before it connects to the switch,
+and gives it the order once the switch's pipeline is known to be kept. A
+reader whose stdin closes before an order comes exits quietly. It answers on stdout in frames, each a 4-byte
 length and then a pickle:
 - ("held", [(Held, Held) as tuples: a pair (Pairing), ...], [Held as a tuple: a single, ...],
   [an entry of no flow, serialized, ...]);
@@ -127,19 +130,35 @@ class Pairing:
         return out
 
 
+async def spawn() -> asyncio.subprocess.Process:
+    """A reader, started: it loads its modules, then waits for its order."""
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (package_root, env.get("PYTHONPATH"))))
+    return await asyncio.create_subprocess_exec(*READER, stdin=asyncio.subprocess.PIPE,
+                                                stdout=asyncio.subprocess.PIPE, env=env)
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.kill()
+    await proc.wait()
+
+
 class FlowEntries:
     """Every flow entry the switch holds, decoded, a batch at a time
     (`batches`). apart: read and decoded by a second process, which `start`
     sets going, so that it starts up and the switch answers while the
-    caller does other work. stats counts the reads made apart
-    (reconcile.read_apart) and the reader's failures
-    (reconcile.reader_failed). `close` stops a reader still running."""
+    caller does other work; proc: that process, started already (`spawn`).
+    stats counts the reads made apart (reconcile.read_apart) and the
+    reader's failures (reconcile.reader_failed). `close` stops a reader
+    still running."""
 
     def __init__(self, switch: SwitchControl, readback: ReadBack, last_hit: bool, apart: bool,
-                 stats: collections.Counter | None = None):
+                 stats: collections.Counter | None = None, proc: asyncio.subprocess.Process | None = None):
         self.switch, self.readback, self.last_hit, self.apart = switch, readback, last_hit, apart
         self.stats = collections.Counter() if stats is None else stats
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc = proc
         self.failed: ReaderFailed | None = None
 
     async def start(self) -> None:
@@ -151,12 +170,9 @@ class FlowEntries:
                           self.last_hit,
                           tuple(str(p) if p else None for p in (tls.ca, tls.cert, tls.key)) if tls else (None,) * 3,
                           session.server_name)
-        env = dict(os.environ)
-        package_root = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, (package_root, env.get("PYTHONPATH"))))
         try:
-            self.proc = await asyncio.create_subprocess_exec(*READER, stdin=asyncio.subprocess.PIPE,
-                                                             stdout=asyncio.subprocess.PIPE, env=env)
+            if self.proc is None:
+                self.proc = await spawn()
             self.proc.stdin.write(pickle.dumps(order))
             await self.proc.stdin.drain()
             self.proc.stdin.close()
@@ -214,9 +230,7 @@ class FlowEntries:
     async def close(self) -> None:
         proc, self.proc = self.proc, None
         if proc is not None:
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
+            await stop(proc)
 
 
 def decoded(ents: Sequence[p4r.Entity], readback: ReadBack) -> Iterator[Batch]:
@@ -281,7 +295,10 @@ def main() -> int:
     # it lives for one read: collections would only walk the entries decoded
     gc.disable()
     try:
-        order: ReadOrder = pickle.load(sys.stdin.buffer)
+        try:
+            order: ReadOrder = pickle.load(sys.stdin.buffer)
+        except EOFError:
+            return 0        # started ahead (spawn) and not needed after all
         schema = P4Schema(p4info_pb2.P4Info.FromString(order.p4info))
         back = ReadBack(schema)
         tls = TlsFiles(*(Path(p) if p else None for p in order.tls))

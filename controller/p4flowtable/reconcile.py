@@ -62,16 +62,14 @@ class Reconcile:
         self.readback = driver.readback
         self.read_apart_from = read_apart_from
         self._ahead: tuple[entryread.FlowEntries, int, float] | None = None     # read_ahead's
+        self._spare: asyncio.subprocess.Process | None = None                   # spawn_reader's
 
-    async def read_ahead(self) -> None:
-        """At the daemon's start, its pipeline kept, before its conntrack
-        dump: with read_apart_from kernel entries or more (the kernel's
-        count), the second process's read of every flow entry set going
-        now, so that the switch answers while the kernel dumps. A reconcile
-        waits for both; made one after the other, their times add up. The
-        next reconcile takes the read over, unless a flow or next hop was
-        written since it began (the read may have missed it: read again);
-        its time then counts from this read's start."""
+    async def spawn_reader(self) -> None:
+        """At the daemon's start, before it connects to the switch: with
+        read_apart_from kernel entries or more (the kernel's count), the
+        second process started, so that it loads its modules (about half a
+        second of a core) while the daemon connects, and asks the switch as
+        soon as read_ahead gives it its order."""
         try:
             n = await self.mirror.count()
         except OSError as err:       # CtnlError among them: the reconcile reads when it runs
@@ -79,12 +77,37 @@ class Reconcile:
             return
         if n is None or n < self.read_apart_from:
             return
-        reader = entryread.FlowEntries(self.switch, self.readback, self.driver.idle_timeout, True, self.stats)
+        try:
+            self._spare = await entryread.spawn()
+        except OSError as err:       # the reconcile starts one (or reads itself) when it runs
+            log.warning("the entry reader did not start (%s): the switch is read after the dump", err)
+
+    async def read_ahead(self, kept: bool | None) -> None:
+        """Once connected, the switch's pipeline kept (kept), before the
+        conntrack dump: the read of every flow entry set going now in the
+        process spawn_reader started, so that the switch answers while the
+        kernel dumps. A reconcile waits for both; made one after the other,
+        their times add up. The next reconcile takes the read over, unless
+        a flow or next hop was written since it began (the read may have
+        missed it: read again); its time then counts from this read's
+        start. Otherwise (a pipeline not kept, a backup) the process is
+        stopped."""
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return
+        if not kept:
+            await entryread.stop(spare)
+            return
+        reader = entryread.FlowEntries(self.switch, self.readback, self.driver.idle_timeout, True, self.stats,
+                                       proc=spare)
         self._ahead = (reader, self.driver.writers.begun, self.clock())
         await reader.start()
 
     async def close(self) -> None:
-        """A read ahead that no reconcile took (the daemon stopped first)."""
+        """A reader or a read ahead that no reconcile took (the daemon stopped first)."""
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            await entryread.stop(spare)
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
             await ahead[0].close()
