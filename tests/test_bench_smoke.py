@@ -5,6 +5,7 @@ every phase; the figures themselves mean nothing at these sizes."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +82,18 @@ def test_plots_are_drawn_from_the_smoke_results(results, tmp_path):
                        capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-3000:]
     assert any(tmp_path.glob("*.png")), p.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the benchmarks need root (namespaces, veths)")
+@pytest.mark.skipif(not (shutil.which("valgrind") and shutil.which("callgrind_control")),
+                    reason="valgrind (callgrind) is not installed on this machine")
+def test_restart_counts_the_restarted_daemons_instructions_under_callgrind(results):
+    """The reconcile's instructions a flow (docs/restarts.md): counted, and
+    the restarted daemon under valgrind still adopts every flow."""
+    out = results / "restart-callgrind.json"
+    p = subprocess.run([sys.executable, str(BENCH / "restart.py"), "--switch", "soft", "--flows", "100",
+                        "--rounds", "1", "--callgrind", "--out", str(out)],
+                       capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert p.returncode == 0, f"restart.py --callgrind failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    run, = json.loads(out.read_text())["runs"]
+    assert run["adopted"] == 100 and run["callgrind_instructions_per_flow"] > 0, run
