@@ -30,8 +30,8 @@ The reader is `python -m p4flowtable.entryread`. Its order (ReadOrder)
 arrives pickled on stdin, after it has loaded its modules (about 0.5 s of
 a core): the daemon starts it (`spawn`) before it connects to the switch,
 and gives it the order once the switch's pipeline is known to be kept. A
-reader whose stdin closes before an order comes exits quietly. It answers on stdout in frames, each a 4-byte
-length and then a pickle:
+reader whose stdin closes before an order comes exits quietly. It answers
+on stdout in frames, each a 4-byte length and then a pickle:
 - ("held", [(Held, Held) as tuples: a pair (Pairing), ...], [Held as a tuple: a single, ...],
   [an entry of no flow, serialized, ...]);
 - ("error", what went wrong);

@@ -250,6 +250,7 @@ class Reconcile:
         except WriteError as err:
             log.error("reconciling the switch: %s", err)
             failed = {id(f) for f in plan.repaired}     # dropped below; their leases released with the rest
+            leased.update(dict.fromkeys(f.key for f in plan.repaired))     # the join took out those it adopted
         now = self.clock()
         phases["write"], t = now - t, now
         # the loop takes turns with the rest of the daemon (1,000,000 flows:
