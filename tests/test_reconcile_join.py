@@ -17,7 +17,7 @@ def joined(judged_by, loaded, marks_now: str | None, leased: dict | None = None)
     which the join takes those it adopts out of."""
     entry = SimpleNamespace(orig="o")
     a, b = SimpleNamespace(match="mo", key="ko"), SimpleNamespace(match="mr", key="kr")
-    rec = SimpleNamespace(mirror=SimpleNamespace(entries={"k": entry}), readback=SimpleNamespace(match=None),
+    rec = SimpleNamespace(mirror=SimpleNamespace(entries={"o": entry}), readback=SimpleNamespace(match=None),
                           rulesets=SimpleNamespace(ruleset=loaded),
                           flowtables=SimpleNamespace(flow_of=lambda t: None),
                           _adoptable=lambda e: marks_now)
@@ -27,7 +27,7 @@ def joined(judged_by, loaded, marks_now: str | None, leased: dict | None = None)
         adopted.append(name)
         return SimpleNamespace(), e
     planner = SimpleNamespace(checked=lambda f, o, r: None)
-    waiting = {"mo": ("k", entry, "mo", "mr", "ft"), "mr": ("k", entry, "mo", "mr", "ft")}
+    waiting = {"mo": ("o", entry, "mo", "mr", "ft"), "mr": ("o", entry, "mo", "mr", "ft")}
     Joining(rec, waiting, judged_by, {}, {}, adopt, planner, [], {} if leased is None else leased).pair(a, b)
     return adopted
 
@@ -47,9 +47,9 @@ def test_an_adopted_connection_leaves_the_leases_to_release():
     """Its flow keeps its lease; one not adopted stays, for the reconcile
     to release its lease unless a flow takes it later."""
     rs = object()
-    leased = {"k": None, "other": None}
+    leased = {"o": None, "other": None}
     assert joined(rs, rs, marks_now=None, leased=leased) == ["ft"]
     assert list(leased) == ["other"]
-    leased = {"k": None}
+    leased = {"o": None}
     assert joined(object(), rs, marks_now=None, leased=leased) == []
-    assert list(leased) == ["k"]
+    assert list(leased) == ["o"]

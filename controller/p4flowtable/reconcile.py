@@ -497,9 +497,7 @@ class Joining:
             if o is not None and self.entries.get(k) is then:     # unchanged since indexed: the same tuples
                 self.waiting.pop(mo, None)
                 self.waiting.pop(mr, None)
-                if self._adopt(then, o, r, checked=True, name=name):
-                    self.leased.pop(k, None)
-                else:
+                if not self._adopt(then, o, r, checked=True, name=name):
                     self.present[o.key] = self.held[o.match] = o
                     self.present[r.key] = self.held[r.match] = r
                 return
@@ -522,14 +520,14 @@ class Joining:
             return            # the other direction is still to come
         self.waiting.pop(mo, None)
         self.waiting.pop(mr, None)
-        if self._adopt(e, o, r, checked=False):
-            self.leased.pop(k, None)
+        self._adopt(e, o, r, checked=False)
 
     def _adopt(self, e: CtEntry, o: Held, r: Held, checked: bool, name: str | None = None) -> bool:
         """name: the flowtable judged when the connection was indexed, for
         the entry as it was then: still its own when the mirror holds the
         same entry (an update replaces it) and the ruleset is the same, as
-        long as no flow took the connection meanwhile."""
+        long as no flow took the connection meanwhile. An adopted
+        connection leaves `leased`: its flow keeps its lease."""
         if name is not None and self.rulesets.ruleset is self.judged_by:
             if self.flow_of(e.orig) is not None:
                 return False
@@ -539,6 +537,7 @@ class Joining:
         if got is None:
             return False
         self.fresh.append(got)
+        self.leased.pop(e.orig, None)       # the mirror's key
         if checked:
             self.planner.checked(got[0], o, r)
         else:
