@@ -35,6 +35,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -401,6 +402,36 @@ def stop_profiler(p: subprocess.Popen, out: str, top: int = 25) -> dict:
     return {"busy_samples": busy, "self": pick(selfs), "inclusive": pick(incl)}
 
 
+@contextlib.contextmanager
+def monitoring(kind: str):
+    """A `p4ft monitor` client on the daemon's socket for the burst: one
+    that reads every event (a thread discarding them), or one that never
+    reads (its socket fills; the daemon's queue for it then, up to its
+    bound). What it costs the daemon shows in its CPU and instructions."""
+    if kind == "none":
+        yield
+        return
+    mon = socket.socket(socket.AF_UNIX)
+    mon.connect(SOCK)
+    mon.sendall(b'{"cmd": "monitor", "args": {}}\n')
+    deadline = time.monotonic() + 10
+    while call("stats", path=SOCK)["monitors"] < 1:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the monitor did not subscribe within 10 s")
+        time.sleep(0.01)
+    reader = None
+    if kind == "reading":
+        reader = threading.Thread(target=lambda: all(iter(lambda: mon.recv(1 << 16), b"")), daemon=True)
+        reader.start()
+    try:
+        yield
+    finally:
+        mon.shutdown(socket.SHUT_RDWR)
+        if reader is not None:
+            reader.join(10)
+        mon.close()
+
+
 def calibration(rounds: int = 3) -> float:
     """CPU seconds of a fixed pure-Python workload (small objects, dict
     lookups, calls: what a flow costs), the least of `rounds`: the
@@ -445,6 +476,8 @@ def main() -> int:
     ap.add_argument("--profile", metavar="FILE", help="sample the daemon with py-spy during the burst (raw stacks)")
     ap.add_argument("--callgrind", action="store_true",
                     help="run the burst's daemon under valgrind's callgrind: its instructions per flow (slow)")
+    ap.add_argument("--monitor", choices=("none", "reading", "stalled"), default="none",
+                    help="a `p4ft monitor` client during the burst: one that reads its events, or one that never does")
     ap.add_argument("--switch", default="bmv2" if shutil.which("simple_switch_grpc") else "soft")
     ap.add_argument("--out", default=str(ROOT / "bench/results/offload_rate.json"))
     a = ap.parse_args()
@@ -455,7 +488,7 @@ def main() -> int:
     ruleset = Path("/tmp/p4ftb.nft")
     ruleset.write_text(make_ruleset())
     setup_router()
-    result = {"bench": "offload_rate", "switch": a.switch, "flows": a.flows}
+    result = {"bench": "offload_rate", "switch": a.switch, "flows": a.flows, "monitor": a.monitor}
     d = None
     with switch_on_veths(a.switch, LINKS) as grpc:
         try:
@@ -484,10 +517,11 @@ def main() -> int:
             else:
                 d = start_daemon(grpc, ruleset)
             spy = profiler(d.pid, a.profile) if a.profile else None
-            create_rate = asyncio.run(create_entries(range(a.flows)))
-            t = wait_offloaded(a.flows, 600 if not a.callgrind else 3600)
-            if a.callgrind:
-                result["instructions_per_flow"] = callgrind_instructions(d.pid) / a.flows
+            with monitoring(a.monitor):
+                create_rate = asyncio.run(create_entries(range(a.flows)))
+                t = wait_offloaded(a.flows, 600 if not a.callgrind else 3600)
+                if a.callgrind:
+                    result["instructions_per_flow"] = callgrind_instructions(d.pid) / a.flows
             if spy is not None:
                 result["profile"] = stop_profiler(spy, a.profile)
             counters = call("counters", path=SOCK)
@@ -537,7 +571,7 @@ def main() -> int:
             Router(NS).stop()
     save(a.out, result)
     lt, st = result["latency"], result["setup"]
-    print(f"switch {a.switch}")
+    print(f"switch {a.switch}" + (f", a {a.monitor} monitor during the burst" if a.monitor != "none" else ""))
     rt = result["round_trip"]
     print(f"time-to-offload over {lt['flows']} flows: p50 {lt['p50_ms']:.2f} ms, p99 {lt['p99_ms']:.2f} ms; "
           f"one pre-encoded write of a flow's two entries: p50 {rt['p50_ms']:.2f} ms "

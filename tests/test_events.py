@@ -4,13 +4,22 @@ told to it; it never blocks the publisher or another monitor."""
 import asyncio
 import json
 import socket
+import time
 
 from p4flowtable import events
 from p4flowtable.events import EventBus, FlowFilter, format_event
+from p4flowtable.model import Flow, FlowFlag, FlowTuple, ipv4
 
 FLOW = {"proto": "tcp", "orig": {"src": "10.0.1.1", "dst": "192.0.2.2", "sport": 40000, "dport": 80},
         "reply": {"src": "192.0.2.2", "dst": "192.0.2.1", "sport": 80, "dport": 40000},
         "flowtable": "ft", "offload": True}
+
+
+def flow(sport: int = 40000) -> Flow:
+    """FLOW as the daemon holds it."""
+    lan, server, router = ipv4("10.0.1.1"), ipv4("192.0.2.2"), ipv4("192.0.2.1")
+    return Flow(1, (FlowTuple(lan, server, 6, sport, 80), FlowTuple(server, router, 6, 80, sport)), "ft", 30.0,
+                flags=FlowFlag.HW)
 
 
 def test_a_full_monitor_loses_its_own_events_and_is_told_how_many(monkeypatch):
@@ -20,15 +29,43 @@ def test_a_full_monitor_loses_its_own_events_and_is_told_how_many(monkeypatch):
         bus = EventBus()
         slow, quick = bus.subscribe(FlowFilter()), bus.subscribe(FlowFilter())
         for _ in range(5):
-            bus.publish("OFFLOAD", FLOW)
-            await bus.next(quick)                   # the quick one keeps up
-        got = [await bus.next(slow) for _ in range(3)]
-        assert [e["event"] for e in got] == ["OFFLOAD"] * 3
-        told = await bus.next(slow)                 # the first read after the losses
-        assert (told["event"], told["count"]) == ("DROPPED", 2)
+            bus.flow("OFFLOAD", flow())
+            await bus.take(quick)                   # the quick one keeps up
+        got = await bus.take(slow)                  # the first read after the losses
+        assert [e["event"] for e in got] == ["OFFLOAD"] * 3 + ["DROPPED"]
+        assert got[-1]["count"] == 2
         assert slow.dropped_total == 2 and quick.dropped_total == 0
         bus.unsubscribe(slow)
         assert bus.dropped_gone == 2
+    asyncio.run(main())
+
+
+def test_an_event_reads_as_the_flow_list_shows_its_flow_with_its_own_fields():
+    async def main():
+        bus = EventBus()
+        m = bus.subscribe(FlowFilter())
+        bus.flow("TEARDOWN", flow(), reason="fin_rst", direction="reply")
+        bus.publish("LOST", switch="127.0.0.1:9559")
+        (ev, lost), now = await bus.take(m), time.time()
+        assert ev == {"event": "TEARDOWN", "time": ev["time"], **FLOW, "reason": "fin_rst", "direction": "reply"}
+        assert lost == {"event": "LOST", "time": lost["time"], "switch": "127.0.0.1:9559"}
+        assert now - 5 < ev["time"] <= lost["time"] <= now
+    asyncio.run(main())
+
+
+def test_a_filtered_monitor_gets_only_its_flows_events():
+    async def main():
+        bus = EventBus()
+        web, every = bus.subscribe(FlowFilter.from_args({"dport": 80})), bus.subscribe(FlowFilter())
+        other = flow()
+        other.tuples = (FlowTuple(ipv4("10.0.1.1"), ipv4("192.0.2.2"), 6, 40001, 443), other.tuples[1])
+        bus.flow("OFFLOAD", flow())
+        bus.flow("OFFLOAD", other)
+        bus.publish("LOST", switch="x")
+        assert [(e["event"], e.get("orig", {}).get("dport")) for e in await bus.take(web)] == \
+            [("OFFLOAD", 80), ("LOST", None)]
+        assert len(await bus.take(every)) == 3
+        assert bus.published == 3
     asyncio.run(main())
 
 
@@ -94,17 +131,17 @@ def test_a_monitor_ends_when_its_client_hangs_up_not_at_the_next_event(tmp_path)
             # what is checked is that nothing happens: the daemon is given
             # time to read the end of the input (its own loop, here)
             await asyncio.sleep(0.5)
-            bus.publish("OFFLOAD", FLOW)
+            bus.flow("OFFLOAD", flow())
             got = await read_lines(c, got, 2)
             assert json.loads(got.splitlines()[1])["event"] == "OFFLOAD"
             assert len(bus.monitors) == 1, "a half-closed client unsubscribed"
             c.close()
-            bus.publish("OFFLOAD", FLOW)     # its write finds the client gone
+            bus.flow("OFFLOAD", flow())      # its write finds the client gone
             await until(lambda: not bus.monitors, "a half-closed client, then closed, unsubscribed")
 
             c = await monitor()
             for _ in range(3000):             # more than the socket holds: never read
-                bus.publish("OFFLOAD", FLOW)
+                bus.flow("OFFLOAD", flow())
             c.close()
             await until(lambda: not bus.monitors, "a client closed with events unread unsubscribed")
         finally:

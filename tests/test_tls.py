@@ -163,7 +163,7 @@ def test_a_refusal_while_reconnecting_is_counted_and_published(pki, switch):
                 role.refused(e, before)
                 before = str(e)
         assert stats["switch_tls_refused"] == 3
-        seen = [monitor.queue.get_nowait() for _ in range(monitor.queue.qsize())]
+        seen = await events.take(monitor)
         assert [ev["event"] for ev in seen] == ["TLS_REFUSED"]
         assert "does not accept this controller's certificate" in seen[0]["reason"]
     run(go())

@@ -120,9 +120,13 @@ class ApiServer:
             self.bus.unsubscribe(m)
 
     async def _stream(self, writer: asyncio.StreamWriter, m) -> None:
+        """What is queued goes in one write: a burst of offloads costs a
+        write and a drain, not one per event."""
         await self._send(writer, {"ok": True, "result": "monitoring"})
+        dumps = json.dumps
         while True:
-            await self._send(writer, await self.bus.next(m))
+            writer.write("".join([dumps(ev) + "\n" for ev in await self.bus.take(m)]).encode())
+            await writer.drain()
 
     @staticmethod
     async def _hung_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:

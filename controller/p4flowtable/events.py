@@ -48,6 +48,11 @@ class FlowFilter:
             f.offloaded = bool(a["offloaded"])
         return f
 
+    def filters(self) -> bool:
+        """Whether any field is set: a monitor without one takes every event."""
+        return not (self.proto is None and self.src is None and self.dst is None and self.sport is None
+                    and self.dport is None and self.offloaded is None and self.flowtable is None)
+
     def matches(self, row: dict) -> bool:
         """row: a flow as `p4ft flow list -o json` gives it (or a flow event)."""
         o = row.get("orig")
@@ -70,6 +75,15 @@ class Monitor:
     dropped_total: int = 0
 
 
+# What a monitor's queue holds: an event as it was published, made the dict
+# its client reads (make_event) only when the monitor takes it. A burst of
+# offloads then costs the daemon a tuple a flow and a monitor; the words and
+# the JSON are the monitor's, paid as it reads, and a stalled monitor, whose
+# socket is full, never pays them. The flow: (orig, reply, flowtable,
+# offloaded), or None for a switch's event.
+Raw = tuple[str, float, "tuple | None", dict]
+
+
 class EventBus:
     def __init__(self):
         self.monitors: set[Monitor] = set()
@@ -86,19 +100,10 @@ class EventBus:
             self.monitors.discard(m)
             self.dropped_gone += m.dropped_total
 
-    def publish(self, event: str, flow: dict | None = None, **fields) -> None:
-        if not self.monitors:
-            return
-        self.published += 1
-        ev = {"event": event, "time": round(time.time(), 6), **(flow or {}), **fields}
-        for m in self.monitors:
-            if not m.filter.matches(ev):
-                continue
-            try:
-                m.queue.put_nowait(ev)
-            except asyncio.QueueFull:
-                m.dropped += 1
-                m.dropped_total += 1
+    def publish(self, event: str, **fields) -> None:
+        """A switch's event (LOST, BACK, TLS_REFUSED)."""
+        if self.monitors:
+            self._put((event, time.time(), None, fields))
 
     def flow(self, event: str, f, **fields) -> None:
         """Publish a flow's event (a Flow, or a CtEntry p4ft does not carry);
@@ -106,21 +111,58 @@ class EventBus:
         if not self.monitors:
             return
         if isinstance(f, Flow):
-            flow = {**tuples_dict(*f.tuples), "flowtable": f.flowtable, "offload": bool(f.flags & FlowFlag.HW)}
+            flow = (*f.tuples, f.flowtable, bool(f.flags & FlowFlag.HW))
         else:
-            flow = {**tuples_dict(f.orig, f.reply), "flowtable": None, "offload": False}
-        self.publish(event, flow, **fields)
+            flow = (f.orig, f.reply, None, False)
+        self._put((event, time.time(), flow, fields))
+
+    def _put(self, raw: Raw) -> None:
+        self.published += 1
+        row = None                  # the flow as a filter reads it, made for the first filter
+        for m in self.monitors:
+            flt = m.filter
+            if flt.filters():
+                if row is None:
+                    row = flow_row(raw[2])
+                if not flt.matches(row):
+                    continue
+            try:
+                m.queue.put_nowait(raw)
+            except asyncio.QueueFull:
+                m.dropped += 1
+                m.dropped_total += 1
 
     @staticmethod
-    async def next(m: Monitor) -> dict:
-        """The monitor's next event. Events are lost only while its queue is
-        full; the first read after that frees a place, and a DROPPED event
-        with the count takes it: after what was queued before the losses."""
-        ev = await m.queue.get()
+    async def take(m: Monitor, most: int = 256) -> list[dict]:
+        """The monitor's next events: the first to come, then up to most
+        queued behind it, for one write to its client. Events are lost only
+        while its queue is full; the first take after that frees a place,
+        and a DROPPED event with the count takes it: after what was queued
+        before the losses."""
+        q = m.queue
+        raws = [await q.get()]
         if m.dropped:
-            m.queue.put_nowait({"event": "DROPPED", "time": round(time.time(), 6), "count": m.dropped})
+            q.put_nowait(("DROPPED", time.time(), None, {"count": m.dropped}))
             m.dropped = 0
-        return ev
+        while len(raws) < most and not q.empty():
+            raws.append(q.get_nowait())
+        return [make_event(r) for r in raws]
+
+
+def make_event(raw: Raw) -> dict:
+    """An event as the monitor's client reads it."""
+    event, t, flow, fields = raw
+    if flow is None:
+        return {"event": event, "time": round(t, 6), **fields}
+    return {"event": event, "time": round(t, 6), **flow_row(flow), **fields}
+
+
+def flow_row(flow: tuple | None) -> dict:
+    """An event's flow as flow list shows it: what a filter matches."""
+    if flow is None:
+        return {}
+    orig, reply, flowtable, offloaded = flow
+    return {**tuples_dict(orig, reply), "flowtable": flowtable, "offload": offloaded}
 
 
 def format_event(ev: dict) -> str:
