@@ -5,9 +5,10 @@ import asyncio
 import json
 import socket
 import time
+from ipaddress import IPv6Address as ipv6
 
 from p4flowtable import events
-from p4flowtable.events import EventBus, FlowFilter, format_event
+from p4flowtable.events import EventBus, FlowFilter, event_lines, format_event, make_event
 from p4flowtable.model import Flow, FlowFlag, FlowTuple, ipv4
 
 FLOW = {"proto": "tcp", "orig": {"src": "10.0.1.1", "dst": "192.0.2.2", "sport": 40000, "dport": 80},
@@ -31,7 +32,7 @@ def test_a_full_monitor_loses_its_own_events_and_is_told_how_many(monkeypatch):
         for _ in range(5):
             bus.flow("OFFLOAD", flow())
             await bus.take(quick)                   # the quick one keeps up
-        got = await bus.take(slow)                  # the first read after the losses
+        got = [make_event(r) for r in await bus.take(slow)]     # the first read after the losses
         assert [e["event"] for e in got] == ["OFFLOAD"] * 3 + ["DROPPED"]
         assert got[-1]["count"] == 2
         assert slow.dropped_total == 2 and quick.dropped_total == 0
@@ -46,11 +47,30 @@ def test_an_event_reads_as_the_flow_list_shows_its_flow_with_its_own_fields():
         m = bus.subscribe(FlowFilter())
         bus.flow("TEARDOWN", flow(), reason="fin_rst", direction="reply")
         bus.publish("LOST", switch="127.0.0.1:9559")
-        (ev, lost), now = await bus.take(m), time.time()
+        (ev, lost), now = map(make_event, await bus.take(m)), time.time()
         assert ev == {"event": "TEARDOWN", "time": ev["time"], **FLOW, "reason": "fin_rst", "direction": "reply"}
         assert lost == {"event": "LOST", "time": lost["time"], "switch": "127.0.0.1:9559"}
         assert now - 5 < ev["time"] <= lost["time"] <= now
     asyncio.run(main())
+
+
+def test_the_lines_written_are_json_dumps_of_the_events():
+    """event_lines writes the text itself, for speed: it must be what
+    json.dumps makes of make_event's dictionary, byte for byte."""
+    v6 = (FlowTuple(ipv6("2001:db8::1"), ipv6("2001:db8:1::2"), 17, 5353, 53),
+          FlowTuple(ipv6("2001:db8:1::2"), ipv6("2001:db8::1"), 17, 53, 5353))
+    v4 = flow().tuples
+    raws = [("OFFLOAD", 1764754123.1234567, (*v4, "ft", True), {"after_ms": 1.25}),
+            ("TEARDOWN", 1.0, (*v4, 'f"t\\ö', False), {"reason": "fin_rst", "direction": None}),
+            ("REFUSED", 2.5, (*v6, None, False), {"reason": "policy", "n": 3, "ok": True, "x": [1, "a"]}),
+            ("EXPIRE", 3.0, (FlowTuple(v4[0].src, v4[0].dst, 132, 1, 2), v4[1], "ft", True),
+             {"idle_s": float("nan"), "lease_s": float("inf"), "big": 1 << 70}),
+            ("LOST", 4.0, None, {"switch": "[::1]:9559"}),
+            ("DROPPED", 5.0, None, {"count": 7}),
+            ("BACK", 6.0, None, {})]
+    got = event_lines(raws).decode().splitlines()
+    assert got == [json.dumps(make_event(r)) for r in raws]
+    assert json.loads(got[0]) == {"event": "OFFLOAD", "time": 1764754123.123457, **FLOW, "after_ms": 1.25}
 
 
 def test_a_filtered_monitor_gets_only_its_flows_events():
@@ -62,7 +82,7 @@ def test_a_filtered_monitor_gets_only_its_flows_events():
         bus.flow("OFFLOAD", flow())
         bus.flow("OFFLOAD", other)
         bus.publish("LOST", switch="x")
-        assert [(e["event"], e.get("orig", {}).get("dport")) for e in await bus.take(web)] == \
+        assert [(e["event"], e.get("orig", {}).get("dport")) for e in map(make_event, await bus.take(web))] == \
             [("OFFLOAD", 80), ("LOST", None)]
         assert len(await bus.take(every)) == 3
         assert bus.published == 3

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from p4flowtable.events import EventBus, FlowFilter
+from p4flowtable.events import EventBus, FlowFilter, make_event
 from p4flowtable.p4runtime import Session, SwitchRefused, SwitchUnavailable
 from p4flowtable.role import SwitchRole
 from p4flowtable.softswitch.server import SoftSwitchServer, serve_local
@@ -163,7 +163,7 @@ def test_a_refusal_while_reconnecting_is_counted_and_published(pki, switch):
                 role.refused(e, before)
                 before = str(e)
         assert stats["switch_tls_refused"] == 3
-        seen = await events.take(monitor)
+        seen = [make_event(r) for r in await events.take(monitor)]
         assert [ev["event"] for ev in seen] == ["TLS_REFUSED"]
         assert "does not accept this controller's certificate" in seen[0]["reason"]
     run(go())

@@ -18,7 +18,7 @@ import select
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from .events import EventBus, FlowFilter
+from .events import EventBus, FlowFilter, event_lines
 from .p4runtime import SwitchError
 
 log = logging.getLogger("p4ft")
@@ -123,9 +123,8 @@ class ApiServer:
         """What is queued goes in one write: a burst of offloads costs a
         write and a drain, not one per event."""
         await self._send(writer, {"ok": True, "result": "monitoring"})
-        dumps = json.dumps
         while True:
-            writer.write("".join([dumps(ev) + "\n" for ev in await self.bus.take(m)]).encode())
+            writer.write(event_lines(await self.bus.take(m)))
             await writer.drain()
 
     @staticmethod

@@ -138,7 +138,7 @@ class Commands:
         for port, n in sorted(self.punt.dropped.items()):
             d[f"punt_dropped.port.{port}"] = n
         d["monitors"] = len(self.events.monitors)
-        d["monitor_queued"] = sum(m.queue.qsize() for m in self.events.monitors)   # not yet sent to their clients
+        d["monitor_queued"] = sum(len(m.queue) for m in self.events.monitors)   # not yet sent to their clients
         d["table_full_waiting"] = self.offload.waiting_for_room
         d["api_errors"] = self.api_errors()
         for k, v in self.aging.stats.items():

@@ -15,7 +15,11 @@ BACK (the switch), TLS_REFUSED (a handshake with it failed, with the reason), DR
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections import deque
+from ipaddress import IPv4Address
+from math import isfinite
 from dataclasses import dataclass, field
 
 from .model import L4PROTO_NAMES, Flow, FlowFlag
@@ -70,7 +74,8 @@ class FlowFilter:
 @dataclass(eq=False, slots=True)
 class Monitor:
     filter: FlowFilter
-    queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(QUEUE))
+    queue: deque = field(default_factory=deque)     # up to QUEUE events (Raw)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)    # set when the queue turns non-empty
     dropped: int = 0          # not yet told to the monitor
     dropped_total: int = 0
 
@@ -126,27 +131,32 @@ class EventBus:
                     row = flow_row(raw[2])
                 if not flt.matches(row):
                     continue
-            try:
-                m.queue.put_nowait(raw)
-            except asyncio.QueueFull:
+            q = m.queue
+            if len(q) >= QUEUE:
                 m.dropped += 1
                 m.dropped_total += 1
+            else:
+                q.append(raw)
+                if len(q) == 1:
+                    m.ready.set()
 
     @staticmethod
-    async def take(m: Monitor, most: int = 256) -> list[dict]:
+    async def take(m: Monitor, most: int = 256) -> list[Raw]:
         """The monitor's next events: the first to come, then up to most
         queued behind it, for one write to its client. Events are lost only
         while its queue is full; the first take after that frees a place,
         and a DROPPED event with the count takes it: after what was queued
         before the losses."""
         q = m.queue
-        raws = [await q.get()]
+        while not q:
+            m.ready.clear()
+            await m.ready.wait()
+        raws = [q.popleft()]
         if m.dropped:
-            q.put_nowait(("DROPPED", time.time(), None, {"count": m.dropped}))
+            q.append(("DROPPED", time.time(), None, {"count": m.dropped}))
             m.dropped = 0
-        while len(raws) < most and not q.empty():
-            raws.append(q.get_nowait())
-        return [make_event(r) for r in raws]
+        raws += [q.popleft() for _ in range(min(len(q), most - 1))]
+        return raws
 
 
 def make_event(raw: Raw) -> dict:
@@ -155,6 +165,49 @@ def make_event(raw: Raw) -> dict:
     if flow is None:
         return {"event": event, "time": round(t, 6), **fields}
     return {"event": event, "time": round(t, 6), **flow_row(flow), **fields}
+
+
+def event_lines(raws: list[Raw]) -> bytes:
+    """The events as the monitor's client reads them, one JSON object a
+    line: the text json.dumps gives make_event's dictionary, written
+    without making it. Numbers are written as json.dumps writes them (their
+    repr); every text (names, addresses, words) is quoted by json.dumps
+    once a call, since a burst's events share a few of each."""
+    dumps = json.dumps
+    quoted: dict = {}
+
+    def quote(v) -> str:
+        got = quoted.get(v)
+        if got is None:
+            got = quoted[v] = dumps(v if v is None or isinstance(v, str) else str(v))
+        return got
+    v4: dict[int, str] = {}
+
+    def address(a) -> str:
+        """quote(a), an IPv4 address found by its number (its own hash is
+        Python's)."""
+        if a.__class__ is not IPv4Address:
+            return quote(a)
+        got = v4.get(a._ip)
+        if got is None:
+            got = v4[a._ip] = dumps(str(a))
+        return got
+    out = []
+    for event, t, flow, fields in raws:
+        line = f'{{"event": {quote(event)}, "time": {round(t, 6)!r}'
+        if flow is not None:
+            o, r, flowtable, offloaded = flow
+            line += (f', "proto": {quote(L4PROTO_NAMES.get(o.l4proto) or str(o.l4proto))}, "orig": '
+                     f'{{"src": {address(o.src)}, "dst": {address(o.dst)}, "sport": {o.sport}, "dport": {o.dport}}}, '
+                     f'"reply": {{"src": {address(r.src)}, "dst": {address(r.dst)}, "sport": {r.sport}, '
+                     f'"dport": {r.dport}}}, "flowtable": {quote(flowtable)}, '
+                     f'"offload": {"true" if offloaded else "false"}')
+        for k, v in fields.items():
+            kind = type(v)
+            line += (f", {quote(k)}: {v!r}" if kind is int or kind is float and isfinite(v)
+                     else f", {quote(k)}: {quote(v)}" if kind is str or v is None else f", {quote(k)}: {dumps(v)}")
+        out.append(line + "}\n")
+    return "".join(out).encode()
 
 
 def flow_row(flow: tuple | None) -> dict:
