@@ -405,11 +405,14 @@ def stop_profiler(p: subprocess.Popen, out: str, top: int = 25) -> dict:
 @contextlib.contextmanager
 def monitoring(kind: str):
     """A `p4ft monitor` client on the daemon's socket for the burst: one
-    that reads every event (a thread discarding them), or one that never
-    reads (its socket fills; the daemon's queue for it then, up to its
-    bound). What it costs the daemon shows in its CPU and instructions."""
+    that reads every event (a thread counting their lines), or one that
+    never reads (its socket fills; the daemon's queue for it then, up to
+    its bound). What it costs the daemon shows in its CPU and
+    instructions. Yields a list that holds, once the block ends, the lines
+    the reading client read (the "monitoring" answer among them)."""
+    read: list[int] = []
     if kind == "none":
-        yield
+        yield read
         return
     mon = socket.socket(socket.AF_UNIX)
     mon.connect(SOCK)
@@ -419,12 +422,15 @@ def monitoring(kind: str):
         if time.monotonic() > deadline:
             raise RuntimeError("the monitor did not subscribe within 10 s")
         time.sleep(0.01)
+
+    def reading() -> None:
+        read.append(sum(chunk.count(b"\n") for chunk in iter(lambda: mon.recv(1 << 16), b"")))
     reader = None
     if kind == "reading":
-        reader = threading.Thread(target=lambda: all(iter(lambda: mon.recv(1 << 16), b"")), daemon=True)
+        reader = threading.Thread(target=reading, daemon=True)
         reader.start()
     try:
-        yield
+        yield read
     finally:
         mon.shutdown(socket.SHUT_RDWR)
         if reader is not None:
@@ -517,11 +523,17 @@ def main() -> int:
             else:
                 d = start_daemon(grpc, ruleset)
             spy = profiler(d.pid, a.profile) if a.profile else None
-            with monitoring(a.monitor):
+            with monitoring(a.monitor) as lines:
                 create_rate = asyncio.run(create_entries(range(a.flows)))
                 t = wait_offloaded(a.flows, 600 if not a.callgrind else 3600)
                 if a.callgrind:
                     result["instructions_per_flow"] = callgrind_instructions(d.pid) / a.flows
+                if a.monitor == "reading":      # its events read before it hangs up
+                    deadline = time.monotonic() + 60
+                    while call("stats", path=SOCK)["monitor_queued"] and time.monotonic() < deadline:
+                        time.sleep(0.05)
+            if lines:
+                result["monitor_lines_read"] = lines[0]
             if spy is not None:
                 result["profile"] = stop_profiler(spy, a.profile)
             counters = call("counters", path=SOCK)

@@ -74,6 +74,20 @@ def test_benchmark_runs_to_the_end_and_writes_its_results(script, results):
     assert data, f"{script} wrote empty results"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the benchmarks need root (namespaces, veths)")
+def test_offload_rate_keeps_a_reading_monitor_through_the_burst(results):
+    """offload_rate.py --monitor reading: its client reads an OFFLOAD event
+    for every flow of the burst (what the monitor's cost is measured over)."""
+    out = results / "offload_rate-monitor.json"
+    p = subprocess.run([sys.executable, str(BENCH / "offload_rate.py"), *SMOKE["offload_rate.py"],
+                        "--monitor", "reading", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert p.returncode == 0, f"offload_rate.py --monitor reading failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    data = json.loads(out.read_text())
+    flows = int(SMOKE["offload_rate.py"][SMOKE["offload_rate.py"].index("--flows") + 1])
+    assert data["monitor"] == "reading" and data["monitor_lines_read"] >= flows + 1, data.get("monitor_lines_read")
+
+
 def test_plots_are_drawn_from_the_smoke_results(results, tmp_path):
     if not any(results.glob("*.json")):
         pytest.skip("no benchmark ran")
