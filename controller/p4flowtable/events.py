@@ -18,9 +18,9 @@ import asyncio
 import json
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from math import isfinite
-from dataclasses import dataclass, field
 
 from .model import L4PROTO_NAMES, Flow, FlowFlag
 
@@ -80,12 +80,13 @@ class Monitor:
     dropped_total: int = 0
 
 
-# What a monitor's queue holds: an event as it was published, made the dict
-# its client reads (make_event) only when the monitor takes it. A burst of
-# offloads then costs the daemon a tuple a flow and a monitor; the words and
-# the JSON are the monitor's, paid as it reads, and a stalled monitor, whose
-# socket is full, never pays them. The flow: (orig, reply, flowtable,
-# offloaded), or None for a switch's event.
+# What a monitor's queue holds: an event as it was published, made the text
+# its client reads (event_lines; make_event is the same as a dictionary)
+# only when the monitor takes it. A burst of offloads then costs the daemon
+# a tuple a flow and a monitor; the words and the JSON are the monitor's,
+# paid as it reads, and a stalled monitor, whose socket is full, never pays
+# them. The flow: (orig, reply, flowtable, offloaded), or None for a
+# switch's event.
 Raw = tuple[str, float, "tuple | None", dict]
 
 
