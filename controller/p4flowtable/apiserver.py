@@ -25,6 +25,7 @@ log = logging.getLogger("p4ft")
 
 MAX_LINE = 1 << 20
 DRAIN_LIMIT = 64 << 20
+ITEMS_A_TURN = 1000      # a long answer's list items encoded between the event loop's turns
 
 
 class ApiServer:
@@ -97,7 +98,23 @@ class ApiServer:
 
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, obj) -> None:
-        writer.write((json.dumps(obj) + "\n").encode())
+        """The answer, one JSON line. A long list (a flow list of 100,000
+        rows) is encoded a part at a time, with the daemon's other work
+        between the parts; the text is json.dumps's all the same."""
+        result = obj.get("result") if isinstance(obj, dict) else None
+        if not isinstance(result, list) or len(result) <= ITEMS_A_TURN:
+            writer.write((json.dumps(obj) + "\n").encode())
+            await writer.drain()
+            return
+        head = json.dumps({k: v for k, v in obj.items() if k != "result"})
+        writer.write(f'{head[:-1]}{", " if len(head) > 2 else ""}"result": ['.encode())
+        dumps = json.dumps
+        for i in range(0, len(result), ITEMS_A_TURN):
+            part = ", ".join([dumps(x) for x in result[i:i + ITEMS_A_TURN]])
+            writer.write(((", " if i else "") + part).encode())
+            await writer.drain()
+            await asyncio.sleep(0)
+        writer.write(b"]}\n")
         await writer.drain()
 
     async def _monitor(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, args: dict) -> None:

@@ -5,6 +5,7 @@ this module's job; deciding, writing and aging stay with their owners.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import itertools
 from typing import Awaitable, Callable
@@ -22,6 +23,7 @@ from .ruleset import RulesetControl
 
 
 STATS_SAMPLES = 10_000    # the latest offloads whose time-to-offload `p4ft stats` summarizes
+ROWS_A_TURN = 1000        # flow list rows made between the event loop's turns
 
 
 class Commands:
@@ -102,14 +104,27 @@ class Commands:
         refresh: the switch's counters read first for the offloaded ones shown."""
         flt = flt or FlowFilter()
         now = self.clock()
-        shown = [(e, f, row) for e in list(self.mirror.entries.values())
-                 if flt.matches(row := self._row(e, f := self.flowtables.flow_of(e.orig), now))]
+        entries, flow_of, row_of = list(self.mirror.entries.values()), self.flowtables.flow_of, self._row
+        shown = []
+        # the rows a thousand at a time, the daemon's other work between
+        # them (100,000 rows held it for seconds): like conntrack -L's dump,
+        # the list is not one instant's
+        for i in range(0, len(entries), ROWS_A_TURN):
+            if i:
+                await asyncio.sleep(0)
+            shown += [(e, f, row) for e in entries[i:i + ROWS_A_TURN]
+                      if flt.matches(row := row_of(e, f := flow_of(e.orig), now))]
         read = [f for _, f, _ in shown if f is not None and f.flags & FlowFlag.HW] if refresh else []
         if not read:
             return [row for _, _, row in shown]
         await self.aging.read_now(read)
         now = self.clock()
-        return [self._row(e, f, now) if f is not None else row for e, f, row in shown]
+        rows = []
+        for i in range(0, len(shown), ROWS_A_TURN):
+            if i:
+                await asyncio.sleep(0)
+            rows += [row_of(e, f, now) if f is not None else row for e, f, row in shown[i:i + ROWS_A_TURN]]
+        return rows
 
     def stats_dict(self) -> dict:
         d = dict(self.stats)
