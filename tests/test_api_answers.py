@@ -9,7 +9,7 @@ import json
 import socket
 
 from p4flowtable import apiserver
-from p4flowtable.apiserver import ApiServer
+from p4flowtable.apiserver import ApiServer, Encoded
 from p4flowtable.events import EventBus
 
 
@@ -64,3 +64,36 @@ def test_a_long_answer_is_json_dumps_text_made_between_the_loops_turns(tmp_path)
     mine = Row.turns[:n]            # the server's encoding (json.dumps above counts again)
     assert len(set(mine)) >= 3, "every row encoded in one turn of the event loop"
     assert mine == sorted(mine)
+
+
+def test_an_encoded_answer_is_written_as_its_items_are(tmp_path):
+    """A flow list's rows come as JSON text (Encoded), long or short: the
+    answer reads as json.dumps of the rows."""
+    async def main(rows: Encoded) -> bytes:
+        path = str(tmp_path / "api.sock")
+
+        async def handle(cmd, args):
+            return rows
+        server = ApiServer(path, handle, EventBus())
+        await server.start()
+        loop = asyncio.get_running_loop()
+        c = socket.socket(socket.AF_UNIX)
+        c.setblocking(False)
+        try:
+            await loop.sock_connect(c, path)
+            await loop.sock_sendall(c, b'{"cmd": "flow_list", "args": {}}\n')
+            got = b""
+            while not got.endswith(b"\n"):
+                chunk = await asyncio.wait_for(loop.sock_recv(c, 1 << 20), 10)
+                assert chunk, f"the daemon hung up after {len(got)} bytes"
+                got += chunk
+            return got
+        finally:
+            c.close()
+            server.close()
+
+    for n in (0, 3, 2 * apiserver.ITEMS_A_TURN + 1):
+        rows = [{"id": i, "proto": "tcp", "name": 'f"t\\ö', "idle": 0.1 * i} for i in range(n)]
+        got = asyncio.run(main(Encoded(json.dumps(r) for r in rows)))
+        assert got == (json.dumps({"ok": True, "result": rows}) + "\n").encode(), n
+        assert json.loads(got)["result"] == rows

@@ -28,6 +28,13 @@ DRAIN_LIMIT = 64 << 20
 ITEMS_A_TURN = 1000      # a long answer's list items encoded between the event loop's turns
 
 
+class Encoded(list):
+    """A list answer whose items are JSON text already (json.dumps of each):
+    written as they are. Text is not walked by Python's collector, where
+    100,000 rows of dictionaries held until sent set off its full
+    collections, each a pause of the daemon (docs/benchmarks.md)."""
+
+
 class ApiServer:
     def __init__(self, path: str, handle: Callable[[str, dict], Awaitable], bus: EventBus):
         self.path, self.handle, self.bus = path, handle, bus
@@ -100,17 +107,19 @@ class ApiServer:
     async def _send(writer: asyncio.StreamWriter, obj) -> None:
         """The answer, one JSON line. A long list (a flow list of 100,000
         rows) is encoded a part at a time, with the daemon's other work
-        between the parts; the text is json.dumps's all the same."""
+        between the parts; the text is json.dumps's all the same ("result"
+        the answer's last key, as in every answer). An Encoded list's items
+        are written as they are."""
         result = obj.get("result") if isinstance(obj, dict) else None
-        if not isinstance(result, list) or len(result) <= ITEMS_A_TURN:
+        if not isinstance(result, list) or len(result) <= ITEMS_A_TURN and not isinstance(result, Encoded):
             writer.write((json.dumps(obj) + "\n").encode())
             await writer.drain()
             return
         head = json.dumps({k: v for k, v in obj.items() if k != "result"})
         writer.write(f'{head[:-1]}{", " if len(head) > 2 else ""}"result": ['.encode())
-        dumps = json.dumps
+        encode = str if isinstance(result, Encoded) else json.dumps
         for i in range(0, len(result), ITEMS_A_TURN):
-            part = ", ".join([dumps(x) for x in result[i:i + ITEMS_A_TURN]])
+            part = ", ".join([encode(x) for x in result[i:i + ITEMS_A_TURN]])
             writer.write(((", " if i else "") + part).encode())
             await writer.drain()
             await asyncio.sleep(0)

@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import json
 from typing import Awaitable, Callable
 
 from .aging import Aging
+from .apiserver import Encoded
 from .conntrack import ConntrackMirror, CtEntry
 from .core import Flowtables
 from .events import EventBus, FlowFilter, tuples_dict
@@ -99,31 +101,35 @@ class Commands:
                                  for d, r in enumerate(f.routes)]
         return row
 
-    async def flow_list(self, flt: FlowFilter | None = None, refresh: bool = True) -> list[dict]:
+    async def flow_list(self, flt: FlowFilter | None = None, refresh: bool = True) -> Encoded:
         """conntrack's entries with what p4ft does with them, those flt keeps;
-        refresh: the switch's counters read first for the offloaded ones shown."""
+        refresh: the switch's counters read first for the offloaded ones
+        shown. Each row is JSON text as soon as it is final (Encoded)."""
         flt = flt or FlowFilter()
         now = self.clock()
-        entries, flow_of, row_of = list(self.mirror.entries.values()), self.flowtables.flow_of, self._row
-        shown = []
+        entries, flow_of, row_of, dumps = list(self.mirror.entries.values()), self.flowtables.flow_of, self._row, \
+            json.dumps
+        shown = []          # (entry, flow, its row's text; None: made again after the counters' read)
         # the rows a thousand at a time, the daemon's other work between
         # them (100,000 rows held it for seconds): like conntrack -L's dump,
         # the list is not one instant's
         for i in range(0, len(entries), ROWS_A_TURN):
             if i:
                 await asyncio.sleep(0)
-            shown += [(e, f, row) for e in entries[i:i + ROWS_A_TURN]
-                      if flt.matches(row := row_of(e, f := flow_of(e.orig), now))]
-        read = [f for _, f, _ in shown if f is not None and f.flags & FlowFlag.HW] if refresh else []
-        if not read:
-            return [row for _, _, row in shown]
-        await self.aging.read_now(read)
+            for e in entries[i:i + ROWS_A_TURN]:
+                f = flow_of(e.orig)
+                row = row_of(e, f, now)
+                if flt.matches(row):
+                    shown.append((e, f, None if refresh and f is not None else dumps(row)))
+        read = [f for _, f, text in shown if text is None and f.flags & FlowFlag.HW]
+        if read:
+            await self.aging.read_now(read)
         now = self.clock()
-        rows = []
+        rows = Encoded()
         for i in range(0, len(shown), ROWS_A_TURN):
             if i:
                 await asyncio.sleep(0)
-            rows += [row_of(e, f, now) if f is not None else row for e, f, row in shown[i:i + ROWS_A_TURN]]
+            rows += [dumps(row_of(e, f, now)) if text is None else text for e, f, text in shown[i:i + ROWS_A_TURN]]
         return rows
 
     def stats_dict(self) -> dict:
