@@ -24,6 +24,24 @@ class Row(dict):
         return super().items()
 
 
+async def ask(path: str, line: bytes) -> bytes:
+    """One request on a real Unix socket; the answer's line, whole."""
+    loop = asyncio.get_running_loop()
+    c = socket.socket(socket.AF_UNIX)
+    c.setblocking(False)
+    try:
+        await loop.sock_connect(c, path)
+        await loop.sock_sendall(c, line)
+        got = b""
+        while not got.endswith(b"\n"):
+            chunk = await asyncio.wait_for(loop.sock_recv(c, 1 << 20), 10)
+            assert chunk, f"the daemon hung up after {len(got)} bytes"
+            got += chunk
+        return got
+    finally:
+        c.close()
+
+
 def test_a_long_answer_is_json_dumps_text_made_between_the_loops_turns(tmp_path):
     n = 2 * apiserver.ITEMS_A_TURN + 500
     rows = [Row(id=i, orig={"src": "10.0.1.1", "sport": 40000 + i}, name='f"t\\ö', idle=0.5 * i, ok=None)
@@ -42,20 +60,9 @@ def test_a_long_answer_is_json_dumps_text_made_between_the_loops_turns(tmp_path)
                 Row.now[0] += 1
                 await asyncio.sleep(0)
         ticker = asyncio.ensure_future(ticking())
-        loop = asyncio.get_running_loop()
-        c = socket.socket(socket.AF_UNIX)
-        c.setblocking(False)
         try:
-            await loop.sock_connect(c, path)
-            await loop.sock_sendall(c, b'{"cmd": "flow_list", "args": {}}\n')
-            got = b""
-            while not got.endswith(b"\n"):
-                chunk = await asyncio.wait_for(loop.sock_recv(c, 1 << 20), 10)
-                assert chunk, f"the daemon hung up after {len(got)} bytes"
-                got += chunk
-            return got
+            return await ask(path, b'{"cmd": "flow_list", "args": {}}\n')
         finally:
-            c.close()
             ticker.cancel()
             server.close()
 
@@ -76,20 +83,9 @@ def test_an_encoded_answer_is_written_as_its_items_are(tmp_path):
             return rows
         server = ApiServer(path, handle, EventBus())
         await server.start()
-        loop = asyncio.get_running_loop()
-        c = socket.socket(socket.AF_UNIX)
-        c.setblocking(False)
         try:
-            await loop.sock_connect(c, path)
-            await loop.sock_sendall(c, b'{"cmd": "flow_list", "args": {}}\n')
-            got = b""
-            while not got.endswith(b"\n"):
-                chunk = await asyncio.wait_for(loop.sock_recv(c, 1 << 20), 10)
-                assert chunk, f"the daemon hung up after {len(got)} bytes"
-                got += chunk
-            return got
+            return await ask(path, b'{"cmd": "flow_list", "args": {}}\n')
         finally:
-            c.close()
             server.close()
 
     for n in (0, 3, 2 * apiserver.ITEMS_A_TURN + 1):
