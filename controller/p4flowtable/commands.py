@@ -107,8 +107,8 @@ class Commands:
         shown. Each row is JSON text as soon as it is final (Encoded)."""
         flt = flt or FlowFilter()
         now = self.clock()
-        entries, flow_of, row_of, dumps = list(self.mirror.entries.values()), self.flowtables.flow_of, self._row, \
-            json.dumps
+        entries = list(self.mirror.entries.values())
+        flow_of, row_of, dumps = self.flowtables.flow_of, self._row, json.dumps
         shown = []          # (entry, flow, its row's text; None: made again after the counters' read)
         # the rows a thousand at a time, the daemon's other work between
         # them (100,000 rows held it for seconds): like conntrack -L's dump,
