@@ -213,6 +213,18 @@ def flush_conntrack() -> None:
     subprocess.run(["ip", "netns", "exec", NS, "conntrack", "-F"], capture_output=True)
 
 
+def poll(pred, deadline: float, what: str, interval: float = 0.001):
+    """pred()'s first true answer within deadline seconds, asked every
+    interval; TimeoutError naming what was awaited otherwise."""
+    end = time.perf_counter() + deadline
+    while time.perf_counter() < end:
+        got = pred()
+        if got:
+            return got
+        time.sleep(interval)
+    raise TimeoutError(what)
+
+
 def wait_offloaded(n: int, deadline: float, samples: bool = False) -> dict:
     """The daemon's offload timing once n flows are offloaded; with every
     latency sample where asked (a burst's 2 x 30,000 floats in JSON cost the
@@ -417,11 +429,7 @@ def monitoring(kind: str):
     mon = socket.socket(socket.AF_UNIX)
     mon.connect(SOCK)
     mon.sendall(b'{"cmd": "monitor", "args": {}}\n')
-    deadline = time.monotonic() + 10
-    while call("stats", path=SOCK)["monitors"] < 1:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the monitor did not subscribe within 10 s")
-        time.sleep(0.01)
+    poll(lambda: call("stats", path=SOCK)["monitors"] >= 1, 10, "the monitor to subscribe", 0.01)
 
     def reading() -> None:
         read.append(sum(chunk.count(b"\n") for chunk in iter(lambda: mon.recv(1 << 16), b"")))
@@ -529,9 +537,8 @@ def main() -> int:
                 if a.callgrind:
                     result["instructions_per_flow"] = callgrind_instructions(d.pid) / a.flows
                 if a.monitor == "reading":      # its events read before it hangs up
-                    deadline = time.monotonic() + 60
-                    while call("stats", path=SOCK)["monitor_queued"] and time.monotonic() < deadline:
-                        time.sleep(0.05)
+                    poll(lambda: not call("stats", path=SOCK)["monitor_queued"], 60,
+                         "the reading monitor to be sent every event", 0.05)
             if lines:
                 result["monitor_lines_read"] = lines[0]
             if spy is not None:

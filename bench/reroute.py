@@ -41,7 +41,7 @@ import p4flowtable  # noqa: E402,F401  (first: it loads the P4Runtime protobufs)
 from p4.v1 import p4runtime_pb2 as p4r, p4runtime_pb2_grpc  # noqa: E402
 from pyroute2 import IPRoute  # noqa: E402
 
-from offload_rate import NS, SOCK, create_entries, flush_conntrack, rig, wait_offloaded  # noqa: E402
+from offload_rate import NS, SOCK, create_entries, flush_conntrack, poll, rig, wait_offloaded  # noqa: E402
 from p4flowtable.api import call  # noqa: E402
 from p4flowtable.nexthop import NextHops  # noqa: E402
 from p4flowtable.p4info import P4Schema  # noqa: E402
@@ -60,16 +60,6 @@ def percentile(xs: list[float], q: float) -> float:
 
 def counters() -> dict:
     return call("counters", path=SOCK)
-
-
-def poll(pred, deadline: float, what: str, interval: float = 0.001):
-    end = time.perf_counter() + deadline
-    while time.perf_counter() < end:
-        got = pred()
-        if got:
-            return got
-        time.sleep(interval)
-    raise TimeoutError(what)
 
 
 class SwitchReader:
