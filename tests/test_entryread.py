@@ -42,7 +42,7 @@ async def _read(switch, schema, apart: bool, pairs: list | None = None, proc=Non
     reader = entryread.FlowEntries(switch, ReadBack(schema), False, apart, stats, proc=proc)
     await reader.start()
     try:
-        async for ps, hs, ss in reader.batches():
+        async for ps, hs, ss, _ in reader.batches():
             held += [h for p in ps for h in p] + hs
             strays += ss
             if pairs is not None:
@@ -64,6 +64,48 @@ def test_the_reader_gives_what_the_daemon_reads_itself(schema, addr, caplog):  #
         assert sorted(apart) == sorted(own) and not apart_strays
         # every flow's two entries paired, as written, by either
         assert len(own_pairs) == N and sorted(apart_pairs) == sorted(own_pairs)
+        await switch.session.close()
+    asyncio.run(main())
+
+
+def test_the_reader_joins_pairs_to_the_connections_it_is_given(schema, addr, caplog):  # noqa: F811
+    """Every flow's pair comes back as its connection's place in the index
+    and the entries' values the reconcile uses; a pair of a connection not
+    in the index comes back as before; the entries behind the records are
+    the daemon's own read's."""
+    async def main():
+        switch = await _switch_with_flows(schema, addr)
+        back = ReadBack(schema)
+        own_pairs = []
+        own, _ = await _read(switch, schema, False, own_pairs)
+        fs = flows(0, N)
+        # every flow but the first; and a connection the switch has no entry of
+        index = [(back.match(f.tuples[1]), back.match(f.tuples[0])) if i % 2 else
+                 (back.match(f.tuples[0]), back.match(f.tuples[1])) for i, f in enumerate(fs[1:])]
+        index.append(((0, 1, 2, 3, 4, 5), (0, 6, 7, 8, 9, 10)))
+        reader = entryread.FlowEntries(switch, back, False, True)
+        await reader.start()
+        pairs, records, behind = [], [], []
+        with caplog.at_level(logging.WARNING, "p4ft"):
+            try:
+                await reader.index(index)
+                async for ps, hs, ss, joined in reader.batches():
+                    assert not hs and not ss
+                    pairs += ps
+                    records += joined.records
+                    behind += joined.pairs()
+            finally:
+                await reader.close()
+        assert "entry reader failed" not in caplog.text
+        assert len(records) == N - 1 and len(pairs) == 1
+        assert {h.match for h in pairs[0]} == {back.match(t) for t in fs[0].tuples}
+        assert sorted(h for p in pairs + behind for h in p) == sorted(own)
+        assert sorted(r[0] for r in records) == list(range(N - 1))
+        for rec, (o, r) in zip(records, behind):
+            # the first of each index entry is the entry joined as the original direction's
+            assert (o.match, r.match) == index[rec[0]]
+            assert rec[1:] == (o.port, o.nexthop, o.mtu, r.port, r.nexthop, r.mtu, o.packets, r.packets,
+                               o.bytes, r.bytes, None)
         await switch.session.close()
     asyncio.run(main())
 

@@ -5,51 +5,83 @@ a ruleset reloaded meanwhile (`p4ft ruleset reload`, SIGHUP) may no longer
 mark the connection. The daemon's pieces the join asks are stand-ins here:
 what is checked is which ruleset the join compares with."""
 
+import pickle
 from types import SimpleNamespace
 
+import pytest
+
+from p4flowtable.entryread import Joined
+from p4flowtable.ip import Held
 from p4flowtable.reconcile import Joining
 
+# the two entries of one connection, as read back: (key, port, match,
+# action, next hop, MTU, packets, bytes, time since the last hit)
+O = Held(("ko",), 1, "mo", (), 7, 1500, 3, 300, 10)
+R = Held(("kr",), 2, "mr", (), 8, 1500, 4, 400, 20)
 
-def joined(judged_by, loaded, marks_now: str | None, leased: dict | None = None) -> list:
+
+def joined(judged_by, loaded, marks_now: str | None, leased: dict | None = None, by_reader: bool = False) -> list:
     """The flowtables the join adopted one connection into: indexed under
     judged_by (named "ft" then), joined with `loaded` in place, whose
     judgement of it now is marks_now. leased: the connections on a lease,
-    which the join takes those it adopts out of."""
+    which the join takes those it adopts out of. by_reader: the pair
+    joined to its connection by the reader (a Joined record), not by the
+    daemon (Joining.pair)."""
     entry = SimpleNamespace(orig="o")
-    a, b = SimpleNamespace(match="mo", key="ko"), SimpleNamespace(match="mr", key="kr")
     rec = SimpleNamespace(mirror=SimpleNamespace(entries={"o": entry}), readback=SimpleNamespace(match=None),
                           rulesets=SimpleNamespace(ruleset=loaded),
                           flowtables=SimpleNamespace(flow_of=lambda t: None),
                           _adoptable=lambda e: marks_now)
-    adopted = []
+    adopted, reads = [], []
 
-    def adopt(e, name, o, r):
+    def on_path(e, name, path):
+        assert path == (1, 7, 1500, 2, 8, 1500)      # (port, next hop, MTU) of each entry
         adopted.append(name)
         return SimpleNamespace(), e
-    planner = SimpleNamespace(checked=lambda f, o, r: None)
-    waiting = {"mo": ("o", entry, "mo", "mr", "ft"), "mr": ("o", entry, "mo", "mr", "ft")}
-    Joining(rec, waiting, judged_by, {}, {}, adopt, planner, [], {} if leased is None else leased).pair(a, b)
+
+    def checked(f, nexthops, read):
+        assert nexthops == (7, 8)
+        reads.append(read)
+        return True
+    planner = SimpleNamespace(checked=checked)
+    w = ("o", entry, "mo", "mr", "ft")
+    waiting = {"mo": w, "mr": w}
+    present, held = {}, {}
+    join = Joining(rec, waiting, [w], judged_by, present, held, SimpleNamespace(on_path=on_path), planner, [],
+                   {} if leased is None else leased)
+    if by_reader:
+        join.joined(Joined([(0, 1, 7, 1500, 2, 8, 1500, 3, 4, 300, 400, 10)], pickle.dumps([(tuple(O), tuple(R))])))
+    else:
+        join.pair(R, O)
+    # what the read said of both entries, handed on; entries not adopted kept for the plan
+    assert reads == ([(3, 4, 300, 400, 10)] if adopted else [])
+    assert present == ({} if adopted else {("ko",): O, ("kr",): R})
     return adopted
 
 
-def test_the_flowtable_named_at_indexing_is_taken_under_the_same_ruleset():
+@pytest.fixture(params=[False, True], ids=["joined by the daemon", "joined by the reader"])
+def by_reader(request):
+    return request.param
+
+
+def test_the_flowtable_named_at_indexing_is_taken_under_the_same_ruleset(by_reader):
     rs = object()
-    assert joined(rs, rs, marks_now=None) == ["ft"]     # not judged again
+    assert joined(rs, rs, marks_now=None, by_reader=by_reader) == ["ft"]     # not judged again
 
 
-def test_a_ruleset_reloaded_since_indexing_began_judges_again():
+def test_a_ruleset_reloaded_since_indexing_began_judges_again(by_reader):
     before, after = object(), object()
-    assert joined(before, after, marks_now=None) == []
-    assert joined(before, after, marks_now="ft2") == ["ft2"]
+    assert joined(before, after, marks_now=None, by_reader=by_reader) == []
+    assert joined(before, after, marks_now="ft2", by_reader=by_reader) == ["ft2"]
 
 
-def test_an_adopted_connection_leaves_the_leases_to_release():
+def test_an_adopted_connection_leaves_the_leases_to_release(by_reader):
     """Its flow keeps its lease; one not adopted stays, for the reconcile
     to release its lease unless a flow takes it later."""
     rs = object()
     leased = {"o": None, "other": None}
-    assert joined(rs, rs, marks_now=None, leased=leased) == ["ft"]
+    assert joined(rs, rs, marks_now=None, leased=leased, by_reader=by_reader) == ["ft"]
     assert list(leased) == ["other"]
     leased = {"o": None}
-    assert joined(object(), rs, marks_now=None, leased=leased) == []
+    assert joined(object(), rs, marks_now=None, leased=leased, by_reader=by_reader) == []
     assert list(leased) == ["o"]

@@ -84,7 +84,7 @@ class NextHops:
     def acquire(self, flow: Flow, d: Dir, route: FlowRoute) -> NextHop:
         """The next hop of this route, for this flow's direction: the one
         there is for its neighbour, or a new one (not yet written)."""
-        key = route.nexthop_key
+        key = (route.port, route.neighbour or route.dst_mac)     # route.nexthop_key, without its call
         nh = self.by_key.get(key)
         if nh is None:
             nh = self.learn(route.port, route.neighbour, route.dst_mac, route.src_mac) if route.neighbour \
@@ -93,7 +93,7 @@ class NextHops:
             nh = NextHop(self._new_id(), key, route.port, route.src_mac, route.dst_mac)
             self.by_id[nh.id] = nh
             self.by_key[nh.key] = nh
-        elif (nh.src_mac, nh.dst_mac) != (route.src_mac, route.dst_mac) and not nh.users:
+        elif not nh.users and (nh.src_mac != route.src_mac or nh.dst_mac != route.dst_mac):
             # an unused next hop learnt again with other MACs
             nh.src_mac, nh.dst_mac, nh.written = route.src_mac, route.dst_mac, False
         nh.users[(id(flow), d)] = flow

@@ -192,12 +192,14 @@ class Reconcile:
                 # the ruleset `waiting` is judged by: taken before, since
                 # _waiting gives turns (a reload meanwhile: judged again)
                 judged_by = self.rulesets.ruleset
-                join = Joining(self, await self._waiting(leased), judged_by, present, held, adopt, planner, fresh,
-                               leased)
+                waiting, order = await self._waiting(leased)
+                await reader.index([(w[2], w[3]) for w in order])
+                join = Joining(self, waiting, order, judged_by, present, held, adopt, planner, fresh, leased)
                 async with contextlib.aclosing(reader.batches()) as batches:
-                    async for pairs, singles, ss in batches:
+                    async for pairs, singles, ss, joined in batches:
                         phases.setdefault("first entries", self.clock() - t)
                         strays += ss
+                        join.joined(joined)
                         for a, b in pairs:
                             join.pair(a, b)
                         for h in singles:
@@ -267,14 +269,13 @@ class Reconcile:
                 flows = [f for f in flows if id(f) not in failed]
             self.offload.offloaded_all(flows, now)
             await asyncio.sleep(0)
-        events, read_back, held_of = self.events, self.aging.read_back, plan.held
+        events, read_back, read_of = self.events, self.aging.read_back, plan.read
         for i, f in enumerate(plan.adopted):
             if events.monitors:
                 events.flow("ADOPT", f)
             # idle while the daemon was away? the read's last hits say
-            o, r = held_of[id(f)]
-            read_back(f, FlowRead((o.packets, r.packets), (o.bytes, r.bytes), min(o.idle_ns, r.idle_ns)
-                                  if o.idle_ns is not None and r.idle_ns is not None else None), now)
+            po, pr, bo, br, idle = read_of[id(f)]
+            read_back(f, FlowRead((po, pr), (bo, br), idle), now)
             if i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
         # offload marks where a daemon before this one had not set them (it
@@ -301,14 +302,16 @@ class Reconcile:
                  len(plan.adopted), len(plan.repaired), len(plan.orphans), released, dict(declined) or "none",
                  ", ".join(f"{k} {v:.2f}s" for k, v in phases.items()))
 
-    async def _waiting(self, leased: dict) -> dict[tuple, tuple]:
+    async def _waiting(self, leased: dict) -> tuple[dict[tuple, tuple], list[tuple]]:
         """The connections that may be adopted, by the match of each
         direction's entry: (mirror key, the entry as it is now, both
-        matches, the flowtable its mark names). Made while the switch
-        answers the read, as is the list of entries on a lease (leased,
-        for _release_leases): the daemon has nothing else to do then."""
+        matches, the flowtable its mark names); and the same in a list, the
+        index the reader joins pairs to. Made while the switch answers the
+        read, as is the list of entries on a lease (leased, for
+        _release_leases): the daemon has nothing else to do then."""
         match = self.readback.match
         waiting: dict[tuple, tuple] = {}
+        order: list[tuple] = []
         over = self._over_lease()
         for i, (k, e) in enumerate(list(self.mirror.entries.items())):
             if i % YIELD_EVERY == 0:
@@ -316,10 +319,11 @@ class Reconcile:
             name = self._adoptable(e)
             if name:
                 mo, mr = match(e.orig), match(e.reply)
-                waiting[mo] = waiting[mr] = (k, e, mo, mr, name)
+                waiting[mo] = waiting[mr] = w = (k, e, mo, mr, name)
+                order.append(w)
             if over(e):
                 leased[k] = None
-        return waiting
+        return waiting, order
 
     def _adoptable(self, e: CtEntry) -> str | None:
         """The flowtable a connection is marked for, where it has no flow
@@ -388,7 +392,15 @@ class ReconcilePlan:
     orphans: list[p4r.Update] = field(default_factory=list)  # deletes of entries no flow owns
     nexthop_writes: list[p4r.Update] = field(default_factory=list)   # before the flows' writes
     nexthop_orphans: list[p4r.Update] = field(default_factory=list)  # after them: next hops no flow names
-    held: dict[int, tuple[Held, Held]] = field(default_factory=dict)  # id(adopted flow): its entries as read
+    # id(adopted flow): what the read said of its entries (packets of each,
+    # bytes of each, time since the latest hit of either or None: a FlowRead's)
+    read: dict[int, tuple] = field(default_factory=dict)
+
+
+def read_of(o: Held, r: Held) -> tuple:
+    """ReconcilePlan.read of a flow whose entries these are."""
+    return (o.packets, r.packets, o.bytes, r.bytes,
+            min(o.idle_ns, r.idle_ns) if o.idle_ns is not None and r.idle_ns is not None else None)
 
 
 class Planner:
@@ -409,20 +421,26 @@ class Planner:
         f.nexthops = self._nexthops(f)
         self._plan(f)
 
-    def checked(self, f: Flow, o: Held, r: Held) -> None:
-        """A flow whose two entries (o: its original direction's) the
-        reader paired and found as the daemon writes them, with their own
-        next hops and MTUs (entryread.Pairing), and that no one else
-        claimed: adopted as they are when the flow's next hops are theirs,
-        else planned as `flow` plans."""
+    def checked(self, f: Flow, nexthops: tuple[int, int], read: tuple) -> bool:
+        """A flow whose two entries the reader paired and found as the
+        daemon writes them, with their own next hops and MTUs
+        (entryread.Pairing), and that no one else claimed: adopted as they
+        are when the flow's next hops are theirs (nexthops: the original
+        direction's entry's, the reply's; read: ReconcilePlan.read's). Else
+        False: the caller gives them to `recheck`."""
         f.nexthops = self._nexthops(f)
-        if f.nexthops == (o.nexthop, r.nexthop):
+        if f.nexthops == nexthops:
             self.plan.adopted.append(f)
-            self.plan.held[id(f)] = (o, r)
-        else:
-            self.left[o.key] = o
-            self.left[r.key] = r
-            self._plan(f)
+            self.plan.read[id(f)] = read
+            return True
+        return False
+
+    def recheck(self, f: Flow, o: Held, r: Held) -> None:
+        """A flow `checked` did not adopt, its entries (o: the original
+        direction's) planned as `flow` plans, its next hops kept."""
+        self.left[o.key] = o
+        self.left[r.key] = r
+        self._plan(f)
 
     def _nexthops(self, f: Flow) -> tuple[int, int]:
         acquire, (ro, rr) = self.nexthops.acquire, f.routes
@@ -448,7 +466,7 @@ class Planner:
             plan.writes += ups
         else:
             plan.adopted.append(f)
-            plan.held[id(f)] = (kept[0], kept[1])
+            plan.read[id(f)] = read_of(kept[0], kept[1])
 
     def finish(self) -> ReconcilePlan:
         """The plan, once every flow has been given."""
@@ -474,15 +492,41 @@ class Joining:
     direction's is in. Each connection is looked up as it is now, and
     nothing is awaited between that look and its flow."""
 
-    def __init__(self, rec: Reconcile, waiting: dict[tuple, tuple], judged_by, present: dict[tuple, Held],
-                 held: dict[tuple, Held], adopt: Adopting, planner: Planner, fresh: list, leased: dict):
-        """leased: the connections on a lease (Reconcile._waiting): those
-        adopted are taken out, since their flow keeps the lease."""
-        self.rec, self.waiting, self.present, self.held = rec, waiting, present, held
+    def __init__(self, rec: Reconcile, waiting: dict[tuple, tuple], order: list[tuple], judged_by,
+                 present: dict[tuple, Held], held: dict[tuple, Held], adopt: Adopting, planner: Planner, fresh: list,
+                 leased: dict):
+        """order: `waiting`'s connections in the order of the reader's
+        index (entryread.FlowEntries.index). leased: the connections on a
+        lease (Reconcile._waiting): those adopted are taken out, since
+        their flow keeps the lease."""
+        self.rec, self.waiting, self.order, self.present, self.held = rec, waiting, order, present, held
         self.adopt, self.planner, self.fresh, self.leased = adopt, planner, fresh, leased
         self.entries, self.match = rec.mirror.entries, rec.readback.match
-        self.rulesets, self.flow_of = rec.rulesets, rec.flowtables.flow_of
+        self.rulesets = rec.rulesets
         self.judged_by = judged_by       # the ruleset when `waiting` began to be made
+
+    def joined(self, j: entryread.Joined) -> None:
+        """Pairs the reader joined to their connection (entryread.Joined):
+        as `pair`, but for the look-ups the reader made."""
+        order, waiting, entries, planner = self.order, self.waiting, self.entries, self.planner
+        for n, rec in enumerate(j.records):
+            w = order[rec[0]]
+            k, then, mo, mr, name = w
+            if waiting.get(mo) is w and entries.get(k) is then:     # unchanged since indexed
+                waiting.pop(mo, None)
+                waiting.pop(mr, None)
+                f = self._flow(then, name, rec[1:7])
+                if f is not None:
+                    if not planner.checked(f, (rec[2], rec[5]), rec[7:]):
+                        planner.recheck(f, *j.pair(n))
+                    continue
+                o, r = j.pair(n)
+                self.present[o.key] = self.held[o.match] = o
+                self.present[r.key] = self.held[r.match] = r
+            else:
+                o, r = j.pair(n)
+                self.single(o)
+                self.single(r)
 
     def pair(self, a: Held, b: Held) -> None:
         w = self.waiting.get(a.match)
@@ -523,26 +567,31 @@ class Joining:
         self._adopt(e, o, r, checked=False)
 
     def _adopt(self, e: CtEntry, o: Held, r: Held, checked: bool, name: str | None = None) -> bool:
-        """name: the flowtable judged when the connection was indexed, for
-        the entry as it was then: still its own when the mirror holds the
-        same entry (an update replaces it) and the ruleset is the same, as
-        long as no flow took the connection meanwhile. An adopted
-        connection leaves `leased`: its flow keeps its lease."""
-        if name is not None and self.rulesets.ruleset is self.judged_by:
-            if self.flow_of(e.orig) is not None:
-                return False
-        else:
-            name = self.rec._adoptable(e)
-        got = self.adopt(e, name, o, r) if name else None
-        if got is None:
+        f = self._flow(e, name, (o.port, o.nexthop, o.mtu, r.port, r.nexthop, r.mtu))
+        if f is None:
             return False
+        if not checked:
+            self.planner.flow(f)
+        elif not self.planner.checked(f, (o.nexthop, r.nexthop), read_of(o, r)):
+            self.planner.recheck(f, o, r)
+        return True
+
+    def _flow(self, e: CtEntry, name: str | None, path: tuple) -> Flow | None:
+        """The connection's flow adopted on path (Adopting.on_path's), or
+        None. name: the flowtable judged when the connection was indexed,
+        for the entry as it was then: still its own when the mirror holds
+        the same entry (an update replaces it) and the ruleset is the same,
+        as long as no flow took the connection meanwhile (its tuples are
+        then taken: the flow's add refuses them). An adopted connection
+        leaves `leased`: its flow keeps its lease."""
+        if name is None or self.rulesets.ruleset is not self.judged_by:
+            name = self.rec._adoptable(e)
+        got = self.adopt.on_path(e, name, path) if name else None
+        if got is None:
+            return None
         self.fresh.append(got)
         self.leased.pop(e.orig, None)       # the mirror's key
-        if checked:
-            self.planner.checked(got[0], o, r)
-        else:
-            self.planner.flow(got[0])
-        return True
+        return got[0]
 
 
 class Adopting:
@@ -569,16 +618,22 @@ class Adopting:
                  ) -> tuple[Flow, CtEntry] | None:
         """flowtable: the one the connection's mark names. o, r: its entries,
         where the caller has looked them up already."""
-        rec = self.rec
         if o is None or r is None:
             o, r = self.held.get(self.match(e.orig)), self.held.get(self.match(e.reply))
+            if o is None or r is None:
+                return None
+        return self.on_path(e, flowtable, (o.port, o.nexthop, o.mtu, r.port, r.nexthop, r.mtu))
+
+    def on_path(self, e: CtEntry, flowtable: str, k: tuple) -> tuple[Flow, CtEntry] | None:
+        """As a call, for entries that say k: (port, next hop, MTU) of the
+        original direction's, then of the reply's."""
+        rec = self.rec
         table = rec.flowtables.tables.get(flowtable)
-        if o is None or r is None or table is None:
+        if table is None:
             return None
-        k = (o.port, o.nexthop, o.mtu, r.port, r.nexthop, r.mtu)
         path = self.paths.get(k, _UNSEEN)
         if path is _UNSEEN:
-            path = self.paths[k] = self._path(o, r)
+            path = self.paths[k] = self._path(k)
         if path is None:
             return None
         (do, dr), ports, routes, iif = path
@@ -591,21 +646,22 @@ class Adopting:
         flow.route_epoch = rec.routes.epoch
         return flow, e
 
-    def _path(self, o: Held, r: Held) -> tuple | None:
+    def _path(self, k: tuple) -> tuple | None:
         """((both ports' devices), (both ports), (both routes), (both
-        representors)) of a flow whose entries these are, or None."""
-        ro, rr = self._route(o), self._route(r)
-        iif = (self.ifindex.get(o.port), self.ifindex.get(r.port))
+        representors)) of a flow whose entries say k (on_path's), or None."""
+        po, nho, mtuo, pr, nhr, mtur = k
+        ro, rr = self._route(nho, mtuo), self._route(nhr, mtur)
+        iif = (self.ifindex.get(po), self.ifindex.get(pr))
         if ro is None or rr is None or None in iif:
             return None
-        return (self.devices.get(o.port), self.devices.get(r.port)), (o.port, r.port), (ro, rr), iif
+        return (self.devices.get(po), self.devices.get(pr)), (po, pr), (ro, rr), iif
 
-    def _route(self, h: Held) -> FlowRoute | None:
-        got = self.routes.get((h.nexthop, h.mtu))
+    def _route(self, nexthop: int, mtu: int) -> FlowRoute | None:
+        got = self.routes.get((nexthop, mtu))
         if got is None:
-            nh = self.rec.driver.nexthops.by_id.get(h.nexthop)
+            nh = self.rec.driver.nexthops.by_id.get(nexthop)
             if nh is None:
                 return None
             neighbour = nh.key[1] if nh.key[1] != nh.dst_mac else ""
-            got = self.routes[h.nexthop, h.mtu] = FlowRoute(nh.port, nh.src_mac, nh.dst_mac, h.mtu, neighbour)
+            got = self.routes[nexthop, mtu] = FlowRoute(nh.port, nh.src_mac, nh.dst_mac, mtu, neighbour)
         return got
