@@ -16,8 +16,8 @@ from p4flowtable.reconcile import Joining
 
 # the two entries of one connection, as read back: (key, port, match,
 # action, next hop, MTU, packets, bytes, time since the last hit)
-O = Held(("ko",), 1, "mo", (), 7, 1500, 3, 300, 10)
-R = Held(("kr",), 2, "mr", (), 8, 1500, 4, 400, 20)
+ORIG = Held(("ko",), 1, "mo", (), 7, 1500, 3, 300, 10)
+REPLY = Held(("kr",), 2, "mr", (), 8, 1500, 4, 400, 20)
 
 
 def joined(judged_by, loaded, marks_now: str | None, leased: dict | None = None, by_reader: bool = False) -> list:
@@ -50,12 +50,13 @@ def joined(judged_by, loaded, marks_now: str | None, leased: dict | None = None,
     join = Joining(rec, waiting, [w], judged_by, present, held, SimpleNamespace(on_path=on_path), planner, [],
                    {} if leased is None else leased)
     if by_reader:
-        join.joined(Joined([(0, 1, 7, 1500, 2, 8, 1500, 3, 4, 300, 400, 10)], pickle.dumps([(tuple(O), tuple(R))])))
+        record = (0, 1, 7, 1500, 2, 8, 1500, 3, 4, 300, 400, 10)
+        join.joined(Joined([record], pickle.dumps([(tuple(ORIG), tuple(REPLY))])))
     else:
-        join.pair(R, O)
+        join.pair(REPLY, ORIG)
     # what the read said of both entries, handed on; entries not adopted kept for the plan
     assert reads == ([(3, 4, 300, 400, 10)] if adopted else [])
-    assert present == ({} if adopted else {("ko",): O, ("kr",): R})
+    assert present == ({} if adopted else {("ko",): ORIG, ("kr",): REPLY})
     return adopted
 
 
