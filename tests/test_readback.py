@@ -11,6 +11,7 @@ import pytest
 from p4.v1 import p4runtime_pb2 as p4r
 from test_wire import CASES, ROOT, flows
 
+from p4flowtable import entryread
 from p4flowtable.entryread import Pairing
 from p4flowtable.ip import ReadBack, entry_values, flow_entry, held_action
 from p4flowtable.model import Dir, FlowTuple, ipv4
@@ -152,3 +153,44 @@ def test_another_action_than_the_connections_is_not_as_written(schema):
         udp = schema.action("forward_udp_v4").id
         assert back.as_written(o, r)
         assert not back.as_written(o._replace(action=(udp, o.action[1])), r)
+
+
+@pytest.mark.parametrize("program", ["v1model", "tna"])
+def test_the_native_check_is_the_python_one(program):
+    """_readresponse.as_written, which the reader's pairing calls, answers
+    as ReadBack.as_written for both programs' schemas (the TNA one has no
+    checksum delta parameters): for every kind of connection, with each
+    value of either entry changed, the two entries swapped, another
+    action, and an entry of the other family."""
+    if entryread._readresponse is None:
+        pytest.skip("p4flowtable._readresponse is not built here")
+    path = "p4src/build/flowtable.p4info.txtpb" if program == "v1model" else \
+        "p4src/build/tofino/flowtable.p4info.txtpb"
+    schema = P4Schema.from_file(ROOT / path)
+    back = ReadBack(schema)
+    native = entryread._readresponse.as_written
+    answers = {True: 0, False: 0}
+    other_family = {}
+    for version, proto, nat in CASES:
+        for f in flows(version, proto, nat):
+            o, r = (back.decode(flow_entry(schema, f, d, True)) for d in Dir)
+            other_family.setdefault(version, o)
+            cases = [(o, r), (r, o), (o, o)]
+            for h in (o, r):
+                for i in range(len(h.action[1])):
+                    values = list(h.action[1])
+                    values[i] ^= 1 << (i % 7)
+                    cases.append((h._replace(action=(h.action[0], tuple(values))), r if h is o else o))
+                for aid in back.kinds:
+                    cases.append((h._replace(action=(aid, h.action[1])), r if h is o else o))
+                for i in range(1, 6):
+                    m = list(h.match)
+                    m[i] ^= 1
+                    cases.append((h._replace(match=tuple(m)), r if h is o else o))
+            for a, b in cases:
+                want = back.as_written(a, b)
+                assert native(a, b, back.kinds, back.chosen) is want, (a, b)
+                answers[want] += 1
+    v4, v6 = other_family[4], other_family[6]
+    assert native(v4, v6, back.kinds, back.chosen) is back.as_written(v4, v6)
+    assert answers[True] > 100 and answers[False] > 1000

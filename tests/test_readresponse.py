@@ -150,3 +150,27 @@ def test_a_corrupted_response_decodes_as_protobuf_decodes_it_or_is_refused(schem
             outcomes["same"] += 1
     # the corruptions reach both outcomes that matter
     assert outcomes["same"] > 200 and outcomes["both refused"] > 200, outcomes
+
+
+def test_the_native_helds_are_readbacks_helds_of_the_plain_values(schema):  # noqa: F811
+    """entries() with ReadBack's layouts makes each flow entry's Held itself:
+    the Held ReadBack.held makes of the same entry's plain values, or
+    (False, start, end) where it finds none. Layouts of another shape are
+    left to ReadBack.held: the plain values come back."""
+    back = ReadBack(schema)
+    data = _response(schema).SerializeToString()
+    plain, end = entryread._readresponse.entries(data)
+    native, native_end = entryread._readresponse.entries(data, 0, len(plain), back.tables, back.actions)
+    assert native_end == end and len(native) == len(plain)
+    kinds = set()
+    for p, n in zip(plain, native):
+        if p[0] is None:
+            assert n == p
+            kinds.add("protobuf's")
+            continue
+        h = back.held(p[0], dict(p[1]), p[2], dict(p[3]), p[4], p[5], p[6])
+        assert n == ((False, p[7], p[8]) if h is None else tuple(h))
+        kinds.add("no flow entry" if h is None else "flow entry")
+    assert kinds == {"protobuf's", "no flow entry", "flow entry"}
+    odd = {tid: fids[:5] for tid, fids in back.tables.items()}
+    assert entryread._readresponse.entries(data, 0, 3, odd, back.actions)[0] == plain[:3]

@@ -172,7 +172,11 @@ class Pairing:
         self.unpaired: dict[tuple, Held] = {}
 
     def add(self, held: list[Held]) -> tuple[list[tuple[Held, Held]], list[Held]]:
-        peer, as_written, unpaired = self.readback.peer, self.readback.as_written, self.unpaired
+        back, unpaired = self.readback, self.unpaired
+        peer, as_written, kinds, chosen = back.peer, back.as_written, back.kinds, back.chosen
+        # ReadBack.as_written in native code where it is built (None: of a
+        # shape it leaves to the Python)
+        native = _readresponse.as_written if _readresponse is not None else lambda *_: None
         pairs: list[tuple[Held, Held]] = []
         singles: list[Held] = []
         for h in held:
@@ -182,10 +186,19 @@ class Pairing:
                     singles.append(h)       # another entry with this match: the daemon sorts them out
                 else:
                     unpaired[h.match] = h
-            elif peer(other) == h.match and as_written(h, other) and as_written(other, h):
-                pairs.append((other, h))
-            else:
-                singles += (other, h)
+                continue
+            if peer(other) == h.match:
+                ok = native(h, other, kinds, chosen)
+                if ok is None:
+                    ok = as_written(h, other)
+                if ok:
+                    ok = native(other, h, kinds, chosen)
+                    if ok is None:
+                        ok = as_written(other, h)
+                if ok:
+                    pairs.append((other, h))
+                    continue
+            singles += (other, h)
         return pairs, singles
 
     def rest(self) -> list[Held]:
@@ -348,13 +361,20 @@ def decoded_raw(data: bytes, readback: ReadBack) -> Iterator[Batch]:
     cost. The entities it leaves to protobuf are decoded as decoded() does."""
     held_of, pos = readback.held, 0
     while pos < len(data):
-        items, pos = _readresponse.entries(data, pos, CHUNK)
+        # flow entries as Helds' values, made in native code (ReadBack.held's)
+        items, pos = _readresponse.entries(data, pos, CHUNK, readback.tables, readback.actions)
         held: list[Held] = []
         strays: list[p4r.TableEntry] = []
         for it in items:
-            if it[0] is None:
+            first = it[0]
+            if first.__class__ is tuple:
+                held.append(_held(it))
+                continue
+            if first is None:
                 e = p4r.Entity.FromString(data[it[1]:it[2]]).table_entry
                 h = readback.decode(e)
+            elif first is False:
+                e, h = p4r.TableEntry.FromString(data[it[1]:it[2]]), None
             else:
                 h = held_of(it[0], dict(it[1]), it[2], dict(it[3]), it[4], it[5], it[6])
                 if h is None:
