@@ -36,6 +36,12 @@
  * computed modulo 0xffff from the values' 16-bit words; None where the
  * values are not of the shape this reads (ReadBack.as_written decides).
  * Called twice for every pair the reader makes.
+ *
+ * pairing(held, unpaired, at, kinds, chosen, as_written) -> (pairs,
+ * singles, records, joined): entryread.Pairing.add of a list of Helds
+ * (unpaired is its dict, kept between calls), then entryread.join_pairs of
+ * the pairs with `at` (the index: match -> (place, 0 or 1)); as_written is
+ * ReadBack.as_written, for what the native check leaves to it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -631,7 +637,178 @@ static PyObject *as_written(PyObject *self, PyObject *args)
     Py_RETURN_TRUE;
 }
 
+/* ReadBack.peer of a Held: a new reference, or NULL with an exception set */
+static PyObject *peer_of(PyObject *h, PyObject *kinds)
+{
+    PyObject *m = PyTuple_GET_ITEM(h, 2), *act = PyTuple_GET_ITEM(h, 3);
+    if (!PyTuple_Check(m) || PyTuple_GET_SIZE(m) != 6 || !PyTuple_Check(act) || PyTuple_GET_SIZE(act) != 2) {
+        PyErr_SetString(PyExc_ValueError, "not a Held");
+        return NULL;
+    }
+    PyObject *kind = PyDict_GetItemWithError(kinds, PyTuple_GET_ITEM(act, 0));
+    if (kind == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetObject(PyExc_KeyError, PyTuple_GET_ITEM(act, 0));
+        return NULL;
+    }
+    int nat = PyObject_IsTrue(PyTuple_GET_ITEM(kind, 0));
+    if (nat < 0)
+        return NULL;
+    PyObject **a = &PyTuple_GET_ITEM(m, 0);
+    if (!nat)
+        return PyTuple_Pack(6, a[0], a[2], a[1], a[3], a[5], a[4]);
+    PyObject *v = PyTuple_GET_ITEM(act, 1);
+    if (!PyTuple_Check(v) || PyTuple_GET_SIZE(v) < 5) {
+        PyErr_SetString(PyExc_IndexError, "tuple index out of range");
+        return NULL;
+    }
+    PyObject **w = &PyTuple_GET_ITEM(v, 0);
+    return PyTuple_Pack(6, a[0], w[2], w[1], a[3], w[4], w[3]);
+}
+
+/* as_written, natively where it can, else by the Python given: 1, 0, -1 (an exception) */
+static int written(PyObject *h, PyObject *peer, PyObject *kinds, PyObject *chosen, PyObject *py)
+{
+    PyObject *args = PyTuple_Pack(4, h, peer, kinds, chosen);
+    if (args == NULL)
+        return -1;
+    PyObject *r = as_written(NULL, args);
+    Py_DECREF(args);
+    if (r == Py_None) {
+        Py_DECREF(r);
+        r = PyObject_CallFunctionObjArgs(py, h, peer, NULL);
+    }
+    if (r == NULL)
+        return -1;
+    int ok = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return ok;
+}
+
+/* join_pairs' record of a pair (o, r) joined at place */
+static PyObject *record(PyObject *place, PyObject *o, PyObject *r)
+{
+    PyObject *io = PyTuple_GET_ITEM(o, 8), *ir = PyTuple_GET_ITEM(r, 8), *idle = Py_None;
+    if (io != Py_None && ir != Py_None) {
+        int lt = PyObject_RichCompareBool(ir, io, Py_LT);
+        if (lt < 0)
+            return NULL;
+        idle = lt ? ir : io;    /* min(): the first of equals */
+    }
+    return PyTuple_Pack(12, place, PyTuple_GET_ITEM(o, 1), PyTuple_GET_ITEM(o, 4), PyTuple_GET_ITEM(o, 5),
+                        PyTuple_GET_ITEM(r, 1), PyTuple_GET_ITEM(r, 4), PyTuple_GET_ITEM(r, 5),
+                        PyTuple_GET_ITEM(o, 6), PyTuple_GET_ITEM(r, 6), PyTuple_GET_ITEM(o, 7),
+                        PyTuple_GET_ITEM(r, 7), idle);
+}
+
+static int append2(PyObject *list, PyObject *a, PyObject *b)
+{
+    PyObject *t = PyTuple_Pack(2, a, b);
+    int r = t == NULL ? -1 : PyList_Append(list, t);
+    Py_XDECREF(t);
+    return r;
+}
+
+static PyObject *pairing(PyObject *self, PyObject *args)
+{
+    PyObject *held, *unpaired, *at, *kinds, *chosen, *py;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O", &PyList_Type, &held, &PyDict_Type, &unpaired, &PyDict_Type, &at,
+                          &PyDict_Type, &kinds, &PyDict_Type, &chosen, &py))
+        return NULL;
+    PyObject *pairs = PyList_New(0), *singles = PyList_New(0), *records = PyList_New(0), *joined = PyList_New(0);
+    if (pairs == NULL || singles == NULL || records == NULL || joined == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(held); i++) {
+        PyObject *h = PyList_GET_ITEM(held, i);
+        if (!PyTuple_Check(h) || PyTuple_GET_SIZE(h) != 9) {
+            PyErr_SetString(PyExc_ValueError, "not a Held");
+            goto fail;
+        }
+        PyObject *match = PyTuple_GET_ITEM(h, 2);
+        PyObject *key = peer_of(h, kinds);
+        if (key == NULL)
+            goto fail;
+        PyObject *other = PyDict_GetItemWithError(unpaired, key);
+        if (other == NULL) {
+            Py_DECREF(key);
+            if (PyErr_Occurred())
+                goto fail;
+            int in = PyDict_Contains(unpaired, match);
+            if (in < 0 || (in ? PyList_Append(singles, h) : PyDict_SetItem(unpaired, match, h)) < 0)
+                goto fail;
+            continue;
+        }
+        Py_INCREF(other);
+        int gone = PyDict_DelItem(unpaired, key);
+        Py_DECREF(key);
+        if (gone < 0) {
+            Py_DECREF(other);
+            goto fail;
+        }
+        /* other, then h: the order Pairing gives */
+        PyObject *back = peer_of(other, kinds);
+        int ok = back == NULL ? -1 : PyObject_RichCompareBool(back, match, Py_EQ);
+        Py_XDECREF(back);
+        if (ok > 0)
+            ok = written(h, other, kinds, chosen, py);
+        if (ok > 0)
+            ok = written(other, h, kinds, chosen, py);
+        if (ok < 0) {
+            Py_DECREF(other);
+            goto fail;
+        }
+        if (!ok) {
+            ok = PyList_Append(singles, other) < 0 || PyList_Append(singles, h) < 0 ? -1 : 0;
+            Py_DECREF(other);
+            if (ok < 0)
+                goto fail;
+            continue;
+        }
+        /* join_pairs: a pair whose two matches are one place's, either way round */
+        PyObject *x = PyDict_GetItemWithError(at, PyTuple_GET_ITEM(other, 2));
+        PyObject *y = x == NULL ? NULL : PyDict_GetItemWithError(at, match);
+        if (PyErr_Occurred()) {
+            Py_DECREF(other);
+            goto fail;
+        }
+        int joins = 0;
+        if (x != NULL && y != NULL && PyTuple_Check(x) && PyTuple_Check(y) && PyTuple_GET_SIZE(x) == 2
+                && PyTuple_GET_SIZE(y) == 2) {
+            int same = PyObject_RichCompareBool(PyTuple_GET_ITEM(x, 0), PyTuple_GET_ITEM(y, 0), Py_EQ);
+            int role = same > 0 ? PyObject_RichCompareBool(PyTuple_GET_ITEM(x, 1), PyTuple_GET_ITEM(y, 1), Py_EQ) : 1;
+            if (same < 0 || role < 0) {
+                Py_DECREF(other);
+                goto fail;
+            }
+            joins = same && !role;
+        }
+        if (joins) {
+            long role = PyLong_AsLong(PyTuple_GET_ITEM(x, 1));     /* 0: other is the original's */
+            PyObject *o = role == 0 ? other : h, *r = role == 0 ? h : other;
+            PyObject *rec = role == -1 && PyErr_Occurred() ? NULL : record(PyTuple_GET_ITEM(x, 0), o, r);
+            ok = rec == NULL || PyList_Append(records, rec) < 0 || append2(joined, o, r) < 0 ? -1 : 0;
+            Py_XDECREF(rec);
+        } else {
+            ok = append2(pairs, other, h);
+        }
+        Py_DECREF(other);
+        if (ok < 0)
+            goto fail;
+    }
+    return Py_BuildValue("(NNNN)", pairs, singles, records, joined);
+fail:
+    Py_XDECREF(pairs);
+    Py_XDECREF(singles);
+    Py_XDECREF(records);
+    Py_XDECREF(joined);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"pairing", pairing, METH_VARARGS,
+     "pairing(held, unpaired, at, kinds, chosen, as_written) -> (pairs, singles, records, joined): "
+     "entryread.Pairing.add, then entryread.join_pairs, in native code (see the module)."},
     {"as_written", as_written, METH_VARARGS,
      "as_written(h, peer, kinds, chosen) -> bool or None: ip.ReadBack.as_written of two Helds in native code "
      "(see the module)."},

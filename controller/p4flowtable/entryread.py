@@ -201,6 +201,19 @@ class Pairing:
             singles += (other, h)
         return pairs, singles
 
+    def add_joined(self, held: list[Held], at: dict[tuple, tuple[int, int]]
+                   ) -> tuple[list[tuple[Held, Held]], list[Held], list[tuple], list[tuple[Held, Held]]]:
+        """add(), then join_pairs() of its pairs with `at`: (pairs not
+        joined, singles, Joined records, the records' pairs). In native
+        code where it is built (_readresponse.pairing), with the same
+        answers."""
+        if _readresponse is not None:
+            back = self.readback
+            return _readresponse.pairing(held, self.unpaired, at, back.kinds, back.chosen, back.as_written)
+        pairs, singles = self.add(held)
+        records, joined, pairs = join_pairs(pairs, at)
+        return pairs, singles, records, joined
+
     def rest(self) -> list[Held]:
         """The entries whose other direction never came."""
         out, self.unpaired = list(self.unpaired.values()), {}
@@ -435,8 +448,7 @@ def main() -> int:
             except EOFError:
                 pass            # no index: nothing joined
             for held, strays in batches:
-                pairs, singles = pairing.add(held)
-                records, joined, pairs = join_pairs(pairs, at) if at else ([], [], pairs)
+                pairs, singles, records, joined = pairing.add_joined(held, at)
                 _send(out, ("held", [(tuple(a), tuple(b)) for a, b in pairs], [tuple(h) for h in singles],
                             [e.SerializeToString() for e in strays], records,
                             pickle.dumps([(tuple(o), tuple(r)) for o, r in joined],
