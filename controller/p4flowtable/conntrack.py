@@ -248,7 +248,7 @@ class ConntrackMirror:
         nf_ct_offload_timeout renews only below half (NF_CT_DAY / 2), so an
         entry a daemon before this one offloaded is left as it is (the
         aging renews it at half time from now)."""
-        return e.timeout is not None and e.timeout >= lease / 2 and (e.l4proto != IPPROTO_TCP or e.liberal)
+        return e.timeout is not None and e.timeout >= lease / 2 and (e.orig.l4proto != IPPROTO_TCP or e.liberal)
 
     def state_timeouts(self) -> Callable[[CtEntry], int]:
         """The timeout of an entry's state, each state's sysctl read once for

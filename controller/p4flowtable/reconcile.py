@@ -32,7 +32,7 @@ from .flowoffload import FlowOffload
 from .ip import Held, ReadBack, entry_values, flow_entry, held_action
 from .model import DIRS, Flow, FlowFlag, FlowRoute
 from .nexthop import NextHop, NextHops
-from .offload import FlowRead, P4RuntimeDriver
+from .offload import P4RuntimeDriver
 from .p4info import P4Schema
 from .p4runtime import WriteError
 from .route import RouteError, Routes, route_keys
@@ -209,7 +209,9 @@ class Reconcile:
             phases["read and adopt"] = self.clock() - t
             t = self.clock()
         undecided: list[CtEntry] = []
-        for i, k in enumerate(list(entries)):
+        # the connections the join adopted have their flow: not looked at again
+        adopted = {ct.orig for _, ct in fresh}
+        for i, k in enumerate([k for k in entries if k not in adopted]):
             if i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)     # the API, conntrack events, the switch's stream meanwhile
             # the entry as it is now, not as it was when the loop began: a
@@ -269,15 +271,17 @@ class Reconcile:
                 flows = [f for f in flows if id(f) not in failed]
             self.offload.offloaded_all(flows, now)
             await asyncio.sleep(0)
-        events, read_back, read_of = self.events, self.aging.read_back, plan.read
-        for i, f in enumerate(plan.adopted):
-            if events.monitors:
-                events.flow("ADOPT", f)
-            # idle while the daemon was away? the read's last hits say
-            po, pr, bo, br, idle = read_of[id(f)]
-            read_back(f, FlowRead((po, pr), (bo, br), idle), now)
-            if i % YIELD_EVERY == 0:
-                await asyncio.sleep(0)
+        # idle while the daemon was away? the read's last hits say
+        events, read_back_all, read_of, adopted = self.events, self.aging.read_back_all, plan.read, plan.adopted
+        for i in range(0, len(adopted), YIELD_EVERY):
+            flows = adopted[i:i + YIELD_EVERY]
+            if events.monitors:     # each flow's ADOPT before what its read says
+                for f in flows:
+                    events.flow("ADOPT", f)
+                    read_back_all(((f, read_of[id(f)]),), now)
+            else:
+                read_back_all([(f, read_of[id(f)]) for f in flows], now)
+            await asyncio.sleep(0)
         # offload marks where a daemon before this one had not set them (it
         # died between its switch write and its conntrack write, or the flow
         # is new): the others keep the lease they have, as the kernel would
