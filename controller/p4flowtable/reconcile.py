@@ -210,8 +210,8 @@ class Reconcile:
             t = self.clock()
         undecided: list[CtEntry] = []
         # the connections the join adopted have their flow: not looked at again
-        adopted = {ct.orig for _, ct in fresh}
-        for i, k in enumerate([k for k in entries if k not in adopted]):
+        by_join = {ct.orig for _, ct in fresh}
+        for i, k in enumerate([k for k in entries if k not in by_join]):
             if i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)     # the API, conntrack events, the switch's stream meanwhile
             # the entry as it is now, not as it was when the loop began: a
