@@ -1,6 +1,7 @@
 """NAT derivation from conntrack tuples, and flowtable aging on a fake clock.
 
-Aging is fed what a switch read returns (FlowRead); the reads themselves,
+Aging is fed what a switch read returns (a FlowRead's values, flat: packets
+of each entry, bytes of each, time since the latest hit); the reads themselves,
 idle notifications and expiry on real switches are in the integration tests."""
 
 import ipaddress
@@ -10,7 +11,6 @@ import pytest
 from p4flowtable.aging import Aging
 from p4flowtable.core import FlowtableConfig, Flowtables
 from p4flowtable.model import Dir, Flow, FlowFlag, FlowTuple, rewrite_for
-from p4flowtable.offload import FlowRead
 
 A = ipaddress.IPv4Address
 
@@ -93,16 +93,16 @@ def test_a_flow_expires_when_neither_direction_was_hit_within_its_timeout(table)
     clock.t += 31
     # the notified direction idle 30.5 s, the other hit 0.2 s ago: the read
     # reports the most recent hit of either
-    ag.read_back(flow, FlowRead((10, 3), (1000, 300), 200_000_000), clock())
+    ag.read_back_all([(flow, (10, 3, 1000, 300, 200_000_000))], clock())
     assert expired == [] and flow.last_used == clock() - 0.2
     clock.t += 30
-    ag.read_back(flow, FlowRead((10, 3), (1000, 300), 30_000_000_000), clock())
+    ag.read_back_all([(flow, (10, 3, 1000, 300, 30_000_000_000))], clock())
     assert expired == [flow]    # idle == timeout: expired, as nf_flow_has_expired
 
 
-def test_the_reconciles_reads_applied_together_are_read_back_one_by_one(table):
-    """Aging.read_back_all (the reconcile's, without a FlowRead a flow)
-    does what read_back does for each flow."""
+def test_reads_applied_together_are_each_their_own_flows(table):
+    """Aging.read_back_all given several flows' reads (the reconcile's, a
+    thousand at a time): each flow gets its own."""
     fts, clock = table
     ag, expired = aging(fts, clock)
     idle = offloaded_flow(fts, ag, clock)
@@ -122,7 +122,7 @@ def test_idle_time_below_the_timeout_keeps_the_flow(table):
     ag, expired = aging(fts, clock)
     flow = offloaded_flow(fts, ag, clock)
     clock.t += 40
-    ag.read_back(flow, FlowRead((1, 1), (1, 1), 29_900_000_000), clock())
+    ag.read_back_all([(flow, (1, 1, 1, 1, 29_900_000_000))], clock())
     assert expired == [] and flow.stats_at == clock() and flow.packets == (1, 1)
 
 
@@ -133,13 +133,13 @@ def test_without_idle_timeouts_counters_decide_and_reads_are_lazy(table):
     # first read once 9/10 of the timeout has run, not before
     assert ag._due[0][0] == pytest.approx(clock() + 27)
     clock.t += 27
-    ag.read_back(flow, FlowRead((5, 0), (500, 0), None), clock())   # packets moved: refreshed
+    ag.read_back_all([(flow, (5, 0, 500, 0, None))], clock())   # packets moved: refreshed
     assert expired == [] and flow.last_used == clock()
     clock.t += 27
-    ag.read_back(flow, FlowRead((5, 0), (500, 0), None), clock())   # no packets since
+    ag.read_back_all([(flow, (5, 0, 500, 0, None))], clock())   # no packets since
     assert expired == []
     clock.t += 3.1
-    ag.read_back(flow, FlowRead((5, 0), (500, 0), None), clock())
+    ag.read_back_all([(flow, (5, 0, 500, 0, None))], clock())
     assert expired == [flow]
 
 

@@ -38,7 +38,7 @@ from typing import Awaitable, Callable
 from .core import Flowtables
 from .ip import match_tuple
 from .model import Flow, FlowFlag
-from .offload import FlowRead, OffloadDriver, read_flows
+from .offload import OffloadDriver, read_flows
 from .p4info import P4Schema
 from .p4runtime import SwitchError, SwitchUnavailable
 
@@ -111,16 +111,12 @@ class Aging:
                     continue
                 self.idle(found[0])
 
-    def read_back(self, f: Flow, r: FlowRead, now: float) -> None:
-        """What a read made elsewhere said of both of f's entries (the
-        reconcile's read of every entry): applied as this task's own reads
-        are, so a flow idle while no daemon listened expires now."""
-        if self._live(f):
-            self._apply(f, r.packets, r.bytes, r.idle_ns, now)
-
     def read_back_all(self, reads, now: float) -> None:
-        """read_back() of (flow, (packets of each entry, bytes of each,
-        idle_ns)) pairs, without a FlowRead each: the reconcile's 100,000."""
+        """What a read made elsewhere said of flows' entries (the
+        reconcile's read of every entry), as (flow, (packets of each entry,
+        bytes of each, idle_ns)) pairs, without a FlowRead each: applied as
+        this task's own reads are, so a flow idle while no daemon listened
+        expires now."""
         live, apply = self._live, self._apply
         for f, (po, pr, bo, br, idle_ns) in reads:
             if live(f):

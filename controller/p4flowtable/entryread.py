@@ -69,7 +69,7 @@ from typing import AsyncIterator, Iterator, Sequence
 from p4.config.v1 import p4info_pb2
 from p4.v1 import p4runtime_pb2 as p4r
 
-from .ip import Held, ReadBack
+from .ip import Held, ReadBack, read_of
 from .switch import SwitchControl, flow_read
 
 try:        # compiled at install (setup.py); without it, protobuf decodes alone
@@ -150,9 +150,7 @@ def join_pairs(pairs: list[tuple[Held, Held]], at: dict[tuple, tuple[int, int]]
             rest.append((a, b))
             continue
         o, r = (a, b) if x[1] == 0 else (b, a)
-        idle = min(o.idle_ns, r.idle_ns) if o.idle_ns is not None and r.idle_ns is not None else None
-        records.append((x[0], o.port, o.nexthop, o.mtu, r.port, r.nexthop, r.mtu,
-                        o.packets, r.packets, o.bytes, r.bytes, idle))
+        records.append((x[0], o.port, o.nexthop, o.mtu, r.port, r.nexthop, r.mtu) + read_of(o, r))
         joined.append((o, r))
     return records, joined, rest
 
@@ -172,11 +170,10 @@ class Pairing:
         self.unpaired: dict[tuple, Held] = {}
 
     def add(self, held: list[Held]) -> tuple[list[tuple[Held, Held]], list[Held]]:
+        """(pairs, singles) of these entries, with those before: the
+        reference, in Python, that add_joined's native code is held to."""
         back, unpaired = self.readback, self.unpaired
-        peer, as_written, kinds, chosen = back.peer, back.as_written, back.kinds, back.chosen
-        # ReadBack.as_written in native code where it is built (None: of a
-        # shape it leaves to the Python)
-        native = _readresponse.as_written if _readresponse is not None else lambda *_: None
+        peer, as_written = back.peer, back.as_written
         pairs: list[tuple[Held, Held]] = []
         singles: list[Held] = []
         for h in held:
@@ -187,17 +184,9 @@ class Pairing:
                 else:
                     unpaired[h.match] = h
                 continue
-            if peer(other) == h.match:
-                ok = native(h, other, kinds, chosen)
-                if ok is None:
-                    ok = as_written(h, other)
-                if ok:
-                    ok = native(other, h, kinds, chosen)
-                    if ok is None:
-                        ok = as_written(other, h)
-                if ok:
-                    pairs.append((other, h))
-                    continue
+            if peer(other) == h.match and as_written(h, other) and as_written(other, h):
+                pairs.append((other, h))
+                continue
             singles += (other, h)
         return pairs, singles
 
@@ -319,7 +308,8 @@ class FlowEntries:
                 if seen or seen_strays:        # what the reader handed over before it failed
                     held = [h for h in held if h.key not in seen]
                     strays = [e for e in strays if e.SerializeToString() not in seen_strays]
-                yield *pairing.add(held), strays, NOTHING_JOINED
+                pairs, singles, _, _ = pairing.add_joined(held, {})
+                yield pairs, singles, strays, NOTHING_JOINED
                 await asyncio.sleep(0)      # the API, conntrack events, the switch's stream meanwhile
         yield [], pairing.rest(), [], NOTHING_JOINED
 

@@ -200,6 +200,15 @@ class Held(NamedTuple):
     idle_ns: int | None
 
 
+def read_of(o: Held, r: Held) -> tuple:
+    """What the read said of one flow's two entries, o its original's and r
+    its reply's: a FlowRead's values, flat (packets of each, bytes of each,
+    the time since the latest hit of either, or None where either has no
+    time)."""
+    return (o.packets, r.packets, o.bytes, r.bytes,
+            min(o.idle_ns, r.idle_ns) if o.idle_ns is not None and r.idle_ns is not None else None)
+
+
 class ReadBack:
     """Decodes flow entries read from the switch (a reconcile reads every
     one: 200,000 at 100,000 flows), each in one pass over its fields, with

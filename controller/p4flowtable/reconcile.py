@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import gc
 import itertools
 import logging
@@ -29,7 +30,7 @@ from .core import Flowtables
 from .decide import MAX_BATCH_FLOWS, Decisions
 from .events import EventBus
 from .flowoffload import FlowOffload
-from .ip import Held, ReadBack, entry_values, flow_entry, held_action
+from .ip import Held, ReadBack, entry_values, flow_entry, held_action, read_of
 from .model import DIRS, Flow, FlowFlag, FlowRoute
 from .nexthop import NextHop, NextHops
 from .offload import P4RuntimeDriver
@@ -272,15 +273,15 @@ class Reconcile:
             self.offload.offloaded_all(flows, now)
             await asyncio.sleep(0)
         # idle while the daemon was away? the read's last hits say
-        events, read_back_all, read_of, adopted = self.events, self.aging.read_back_all, plan.read, plan.adopted
+        events, read_back_all, reads, adopted = self.events, self.aging.read_back_all, plan.read, plan.adopted
         for i in range(0, len(adopted), YIELD_EVERY):
             flows = adopted[i:i + YIELD_EVERY]
             if events.monitors:     # each flow's ADOPT before what its read says
                 for f in flows:
                     events.flow("ADOPT", f)
-                    read_back_all(((f, read_of[id(f)]),), now)
+                    read_back_all(((f, reads[id(f)]),), now)
             else:
-                read_back_all([(f, read_of[id(f)]) for f in flows], now)
+                read_back_all([(f, reads[id(f)]) for f in flows], now)
             await asyncio.sleep(0)
         # offload marks where a daemon before this one had not set them (it
         # died between its switch write and its conntrack write, or the flow
@@ -401,12 +402,6 @@ class ReconcilePlan:
     read: dict[int, tuple] = field(default_factory=dict)
 
 
-def read_of(o: Held, r: Held) -> tuple:
-    """ReconcilePlan.read of a flow whose entries these are."""
-    return (o.packets, r.packets, o.bytes, r.bytes,
-            min(o.idle_ns, r.idle_ns) if o.idle_ns is not None and r.idle_ns is not None else None)
-
-
 class Planner:
     """What to write so that the switch holds exactly the flows given to
     `flow` (one at a time, as the reconcile finds them) and the next hops
@@ -511,31 +506,23 @@ class Joining:
 
     def joined(self, j: entryread.Joined) -> None:
         """Pairs the reader joined to their connection (entryread.Joined):
-        as `pair`, but for the look-ups the reader made."""
-        order, waiting, entries, planner = self.order, self.waiting, self.entries, self.planner
+        as `pair`, with the look-ups the reader made."""
+        order, waiting, entries = self.order, self.waiting, self.entries
         for n, rec in enumerate(j.records):
             w = order[rec[0]]
-            k, then, mo, mr, name = w
-            if waiting.get(mo) is w and entries.get(k) is then:     # unchanged since indexed
-                waiting.pop(mo, None)
-                waiting.pop(mr, None)
-                f = self._flow(then, name, rec[1:7])
-                if f is not None:
-                    if not planner.checked(f, (rec[2], rec[5]), rec[7:]):
-                        planner.recheck(f, *j.pair(n))
-                    continue
-                o, r = j.pair(n)
-                self.present[o.key] = self.held[o.match] = o
-                self.present[r.key] = self.held[r.match] = r
+            if waiting.get(w[2]) is w and entries.get(w[0]) is w[1]:     # unchanged since indexed
+                self._join(w, rec[1:7], (rec[2], rec[5]), rec[7:], functools.partial(j.pair, n))
             else:
                 o, r = j.pair(n)
                 self.single(o)
                 self.single(r)
 
     def pair(self, a: Held, b: Held) -> None:
+        """Two entries the reader paired and found as the daemon writes
+        them (entryread.Pairing)."""
         w = self.waiting.get(a.match)
         if w is not None:
-            k, then, mo, mr, name = w
+            k, then, mo, mr, _ = w
             if mo == a.match and mr == b.match:
                 o, r = a, b
             elif mo == b.match and mr == a.match:
@@ -543,14 +530,30 @@ class Joining:
             else:
                 o = r = None
             if o is not None and self.entries.get(k) is then:     # unchanged since indexed: the same tuples
-                self.waiting.pop(mo, None)
-                self.waiting.pop(mr, None)
-                if not self._adopt(then, o, r, checked=True, name=name):
-                    self.present[o.key] = self.held[o.match] = o
-                    self.present[r.key] = self.held[r.match] = r
+                self._join(w, (o.port, o.nexthop, o.mtu, r.port, r.nexthop, r.mtu), (o.nexthop, r.nexthop),
+                           read_of(o, r), lambda: (o, r))
                 return
         self.single(a)
         self.single(b)
+
+    def _join(self, w: tuple, path: tuple, nexthops: tuple[int, int], read: tuple,
+              entries: Callable[[], tuple[Held, Held]]) -> None:
+        """w's connection, unchanged since it was indexed, and its two
+        entries, paired and as the daemon writes them: its flow adopted
+        (Planner.checked: path is Adopting.on_path's, nexthops and read
+        Planner.checked's) or planned again (Planner.recheck); where no
+        flow is made, the entries are the switch's to sort out like any
+        other. entries(): the two (the original's first), asked only then,
+        since the reader's come unpickled on demand."""
+        _, then, mo, mr, name = w
+        self.waiting.pop(mo, None)
+        self.waiting.pop(mr, None)
+        f = self._flow(then, name, path)
+        if f is None:
+            for h in entries():
+                self.present[h.key] = self.held[h.match] = h
+        elif not self.planner.checked(f, nexthops, read):
+            self.planner.recheck(f, *entries())
 
     def single(self, h: Held) -> None:
         self.present[h.key] = self.held[h.match] = h
@@ -568,17 +571,10 @@ class Joining:
             return            # the other direction is still to come
         self.waiting.pop(mo, None)
         self.waiting.pop(mr, None)
-        self._adopt(e, o, r, checked=False)
-
-    def _adopt(self, e: CtEntry, o: Held, r: Held, checked: bool, name: str | None = None) -> bool:
-        f = self._flow(e, name, (o.port, o.nexthop, o.mtu, r.port, r.nexthop, r.mtu))
-        if f is None:
-            return False
-        if not checked:
+        # not paired by the reader: planned as any flow is
+        f = self._flow(e, None, (o.port, o.nexthop, o.mtu, r.port, r.nexthop, r.mtu))
+        if f is not None:
             self.planner.flow(f)
-        elif not self.planner.checked(f, (o.nexthop, r.nexthop), read_of(o, r)):
-            self.planner.recheck(f, o, r)
-        return True
 
     def _flow(self, e: CtEntry, name: str | None, path: tuple) -> Flow | None:
         """The connection's flow adopted on path (Adopting.on_path's), or
