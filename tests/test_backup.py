@@ -3,13 +3,17 @@ available switch: P4Runtime arbitration is the only election. The backup
 follows conntrack and writes nothing; when the primary dies it claims the
 switch within 2 s and adopts what the switch carries."""
 
+import collections
+import json
 import os
 import signal
+import socket
 import time
 
+import jsonschema
 import pytest
 
-from integration import host_tool, net_per_switch, read_json, stats, switch_flow_entries, wait_for
+from integration import ROOT, host_tool, net_per_switch, read_json, stats, switch_flow_entries, wait_for
 from p4ft_topo import make_ruleset
 
 pytestmark = pytest.mark.integration
@@ -51,6 +55,12 @@ def backup_stats(net):
     return net.api("stats", socket_path=BACKUP)
 
 
+@pytest.fixture(scope="module")
+def watched():
+    """What a monitor on the backup saw while it took over."""
+    return {}
+
+
 def test_the_backup_follows_conntrack_and_writes_nothing(net, chatter):
     b = backup_stats(net)
     assert (b["role"], b["election_id"]) == ("backup", 5)
@@ -60,7 +70,11 @@ def test_the_backup_follows_conntrack_and_writes_nothing(net, chatter):
     assert len(mirrored) >= N_TCP and not any(r["offload"] for r in mirrored)
 
 
-def test_the_backup_takes_over_within_two_seconds_when_the_primary_dies(net, chatter):
+def test_the_backup_takes_over_within_two_seconds_when_the_primary_dies(net, chatter, watched):
+    mon = socket.socket(socket.AF_UNIX)
+    mon.connect(BACKUP)
+    mon.sendall(b'{"cmd": "monitor", "args": {}}\n')
+    wait_for(lambda: backup_stats(net)["monitors"] >= 1, 10, "the monitor on the backup subscribed")
     os.kill(net.daemon.pid, signal.SIGKILL)
     t0 = time.monotonic()
     took = wait_for(lambda: backup_stats(net)["role"] == "primary" and time.monotonic() - t0, 10,
@@ -75,6 +89,34 @@ def test_the_backup_takes_over_within_two_seconds_when_the_primary_dies(net, cha
     entries = switch_flow_entries(net)
     keys = [tuple((m.field_id, m.exact.value) for m in e.match) for e in entries]
     assert len(set(keys)) == len(keys) == 2 * b["flows_offloaded_now"]
+    watched["adopted"] = b["reconcile.adopted"]
+    watched["events"] = events = []
+    lines, deadline = mon.makefile("r", encoding="utf-8"), time.monotonic() + 30
+    assert json.loads(lines.readline()) == {"ok": True, "result": "monitoring"}
+    while sum(e["event"] == "ADOPT" for e in events) < b["reconcile.adopted"] and time.monotonic() < deadline:
+        mon.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            events.append(json.loads(lines.readline()))
+        except TimeoutError:
+            break
+    mon.close()
+
+
+def test_a_monitor_sees_each_flow_adopted_before_anything_else_of_it(watched):
+    """The new primary's reconcile tells a monitor of every flow it adopts
+    (ADOPT), before what the read says of that flow (an EXPIRE, if it was
+    idle): a monitor's story of a flow starts with the daemon taking it."""
+    schema = json.loads((ROOT / "docs" / "p4ft.schema.json").read_text())
+    first: dict[int, str] = {}
+    for ev in watched["events"]:
+        jsonschema.validate(ev, schema)
+        if ev.get("orig", {}).get("dport") == 7000:      # the chatter's
+            first.setdefault(ev["orig"]["sport"], ev["event"])
+    adopted = [sport for sport, kind in first.items() if kind == "ADOPT"]
+    kinds = collections.Counter(ev["event"] for ev in watched["events"])
+    assert len(adopted) >= N_TCP, (len(adopted), len(first), watched["adopted"], kinds)
+    assert set(first.values()) == {"ADOPT"}, {k: v for k, v in first.items() if v != "ADOPT"}
+    assert all(ev["flowtable"] == "ft" for ev in watched["events"] if ev.get("event") == "ADOPT")
 
 
 def test_no_connection_broke(chatter):
