@@ -68,11 +68,14 @@ def test_the_reader_gives_what_the_daemon_reads_itself(schema, addr, caplog):  #
     asyncio.run(main())
 
 
-def test_the_reader_joins_pairs_to_the_connections_it_is_given(schema, addr, caplog):  # noqa: F811
+def test_the_reader_joins_pairs_to_the_connections_it_is_given(schema, addr, caplog, monkeypatch):  # noqa: F811
     """Every flow's pair comes back as its connection's place in the index
     and the entries' values the reconcile uses; a pair of a connection not
     in the index comes back as before; the entries behind the records are
-    the daemon's own read's."""
+    the daemon's own read's. The index goes over in parts (here of 400
+    connections, the last part short), its places counted across them."""
+    monkeypatch.setattr(entryread, "INDEX_PART", 400)
+
     async def main():
         switch = await _switch_with_flows(schema, addr)
         back = ReadBack(schema)
