@@ -44,8 +44,8 @@ and gives it the order once the switch's pipeline is known to be kept. A
 reader whose stdin closes before an order comes exits quietly. Once it has
 asked the switch, it reads the index: pickled lists of (original match,
 reply match), the index's parts in turn, until the end of stdin (at once:
-no index). It answers on stdout in
-frames, each a 4-byte length and then a pickle:
+no index). It answers on stdout in frames, each a 4-byte length and then
+a pickle:
 - ("held", [(Held, Held) as tuples: a pair (Pairing), ...], [Held as a tuple: a single, ...],
   [an entry of no flow, serialized, ...], [Joined record, ...],
   the records' pairs as [(original's Held, reply's Held) as tuples, ...], pickled);
