@@ -12,7 +12,7 @@ import pytest
 
 from p4flowtable.entryread import Joined
 from p4flowtable.ip import Held
-from p4flowtable.reconcile import Joining
+from p4flowtable.reconcile import Fresh, Joining
 
 # the two entries of one connection, as read back: (key, port, match,
 # action, next hop, MTU, packets, bytes, time since the last hit)
@@ -47,7 +47,8 @@ def joined(judged_by, loaded, marks_now: str | None, leased: dict | None = None,
     w = ("o", entry, "mo", "mr", "ft")
     waiting = {"mo": w, "mr": w}
     present, held = {}, {}
-    join = Joining(rec, waiting, [w], judged_by, present, held, SimpleNamespace(on_path=on_path), planner, [],
+    fresh = Fresh(lambda e, lease: True, 0.0)     # every entry on a lease already
+    join = Joining(rec, waiting, [w], judged_by, present, held, SimpleNamespace(on_path=on_path), planner, fresh,
                    {} if leased is None else leased)
     if by_reader:
         record = (0, 1, 7, 1500, 2, 8, 1500, 3, 4, 300, 400, 10)
@@ -57,6 +58,7 @@ def joined(judged_by, loaded, marks_now: str | None, leased: dict | None = None,
     # what the read said of both entries, handed on; entries not adopted kept for the plan
     assert reads == ([(3, 4, 300, 400, 10)] if adopted else [])
     assert present == ({} if adopted else {("ko",): ORIG, ("kr",): REPLY})
+    assert fresh.keys == ({"o"} if adopted else set()) and not fresh.unleased
     return adopted
 
 
@@ -86,3 +88,21 @@ def test_an_adopted_connection_leaves_the_leases_to_release(by_reader):
     leased = {"o": None}
     assert joined(object(), rs, marks_now=None, leased=leased, by_reader=by_reader) == []
     assert list(leased) == ["o"]
+
+
+def test_fresh_flows_are_noted_with_their_entrys_lease_as_they_come():
+    """Reconcile's Fresh: every connection given a flow by its mirror key;
+    only those whose entry is not on an offload lease (on_lease's answer,
+    asked once, with the lease) to be marked offloaded later."""
+    asked = []
+
+    def on_lease(e, lease):
+        asked.append((e.orig, lease))
+        return e.orig == "leased"
+    fresh = Fresh(on_lease, 86400.0)
+    got = [(SimpleNamespace(name=n), SimpleNamespace(orig=n)) for n in ("leased", "new", "other")]
+    for g in got:
+        fresh.add(g)
+    assert fresh.keys == {"leased", "new", "other"}
+    assert fresh.unleased == got[1:]
+    assert asked == [("leased", 86400.0), ("new", 86400.0), ("other", 86400.0)]
