@@ -13,6 +13,7 @@ import select
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,14 +72,36 @@ def start_net(kind: str, **kw):
     return net
 
 
+# where a module with a failed test keeps its topology's logs (not *.log in
+# /tmp itself: Mininet's cleanup deletes those); .ci/run shows them
+KEPT_LOGS = Path("/tmp/p4ft/failed")
+
+
+def keep_logs(name: str, since: float) -> Path:
+    """The topology's logs written since `since` (the switch's, the
+    daemons', the ruleset) copied under KEPT_LOGS/name, before the next
+    module's topology writes its own over them."""
+    from p4ft_topo import LOG_DIR
+    dest = KEPT_LOGS / name
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in LOG_DIR.iterdir():
+        if f.is_file() and f.stat().st_mtime >= since:
+            shutil.copy2(f, dest / f.name)
+    return dest
+
+
 def net_per_switch(**kw):
     """A module's `net` fixture: one FlowtableNet per available switch kind,
-    started with these FlowtableNet arguments, shared by the module's tests."""
+    started with these FlowtableNet arguments, shared by the module's tests.
+    If one of them failed, the topology's logs are kept (keep_logs)."""
     @pytest.fixture(scope="module", params=targets())
     def net(request):
+        started, failed = time.time(), request.session.testsfailed
         n = start_net(request.param, **kw)
         yield n
         n.stop()
+        if request.session.testsfailed > failed:
+            print(f"\n[p4ft] logs kept in {keep_logs(f'{request.module.__name__}-{n.kind}', started - 1)}")
     return net
 
 
