@@ -71,7 +71,7 @@ from typing import AsyncIterator, Iterator, Sequence
 from p4.config.v1 import p4info_pb2
 from p4.v1 import p4runtime_pb2 as p4r
 
-from .ip import Held, ReadBack, read_of
+from .ip import Held, ReadBack, path_of, read_of
 from .switch import SwitchControl, flow_read
 
 try:        # compiled at install (setup.py); without it, protobuf decodes alone
@@ -153,7 +153,7 @@ def join_pairs(pairs: list[tuple[Held, Held]], at: dict[tuple, tuple[int, int]]
             rest.append((a, b))
             continue
         o, r = (a, b) if x[1] == 0 else (b, a)
-        records.append((x[0], o.port, o.nexthop, o.mtu, r.port, r.nexthop, r.mtu) + read_of(o, r))
+        records.append((x[0], *path_of(o, r), *read_of(o, r)))
         joined.append((o, r))
     return records, joined, rest
 

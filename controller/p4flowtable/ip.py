@@ -200,6 +200,12 @@ class Held(NamedTuple):
     idle_ns: int | None
 
 
+def path_of(o: Held, r: Held) -> tuple:
+    """Where one flow's two entries, o its original's and r its reply's,
+    send packets: (port, next hop, MTU) of each (Adopting.on_path's key)."""
+    return o.port, o.nexthop, o.mtu, r.port, r.nexthop, r.mtu
+
+
 def read_of(o: Held, r: Held) -> tuple:
     """What the read said of one flow's two entries, o its original's and r
     its reply's: a FlowRead's values, flat (packets of each, bytes of each,

@@ -30,7 +30,7 @@ from .core import Flowtables
 from .decide import MAX_BATCH_FLOWS, Decisions
 from .events import EventBus
 from .flowoffload import FlowOffload
-from .ip import Held, ReadBack, entry_values, flow_entry, held_action, read_of
+from .ip import Held, ReadBack, entry_values, flow_entry, held_action, path_of, read_of
 from .model import DIRS, Flow, FlowFlag, FlowRoute
 from .nexthop import NextHop, NextHops
 from .offload import P4RuntimeDriver
@@ -547,30 +547,29 @@ class Joining:
             else:
                 o = r = None
             if o is not None and self.entries.get(k) is then:     # unchanged since indexed: the same tuples
-                self._join(w, (o.port, o.nexthop, o.mtu, r.port, r.nexthop, r.mtu), (o.nexthop, r.nexthop),
-                           read_of(o, r), lambda: (o, r))
+                self._join(w, path_of(o, r), (o.nexthop, r.nexthop), read_of(o, r), lambda: (o, r))
                 return
         self.single(a)
         self.single(b)
 
     def _join(self, w: tuple, path: tuple, nexthops: tuple[int, int], read: tuple,
-              entries: Callable[[], tuple[Held, Held]]) -> None:
+              pair_of: Callable[[], tuple[Held, Held]]) -> None:
         """w's connection, unchanged since it was indexed, and its two
         entries, paired and as the daemon writes them: its flow adopted
         (Planner.checked: path is Adopting.on_path's, nexthops and read
         Planner.checked's) or planned again (Planner.recheck); where no
         flow is made, the entries are the switch's to sort out like any
-        other. entries(): the two (the original's first), asked only then,
-        since the reader's come unpickled on demand."""
+        other. pair_of(): the two entries (the original's first), asked for
+        only then, since the reader's come unpickled on demand."""
         _, then, mo, mr, name = w
         self.waiting.pop(mo, None)
         self.waiting.pop(mr, None)
         f = self._flow(then, name, path)
         if f is None:
-            for h in entries():
+            for h in pair_of():
                 self.present[h.key] = self.held[h.match] = h
         elif not self.planner.checked(f, nexthops, read):
-            self.planner.recheck(f, *entries())
+            self.planner.recheck(f, *pair_of())
 
     def single(self, h: Held) -> None:
         self.present[h.key] = self.held[h.match] = h
@@ -589,7 +588,7 @@ class Joining:
         self.waiting.pop(mo, None)
         self.waiting.pop(mr, None)
         # not paired by the reader: planned as any flow is
-        f = self._flow(e, None, (o.port, o.nexthop, o.mtu, r.port, r.nexthop, r.mtu))
+        f = self._flow(e, None, path_of(o, r))
         if f is not None:
             self.planner.flow(f)
 
@@ -639,7 +638,7 @@ class Adopting:
             o, r = self.held.get(self.match(e.orig)), self.held.get(self.match(e.reply))
             if o is None or r is None:
                 return None
-        return self.on_path(e, flowtable, (o.port, o.nexthop, o.mtu, r.port, r.nexthop, r.mtu))
+        return self.on_path(e, flowtable, path_of(o, r))
 
     def on_path(self, e: CtEntry, flowtable: str, k: tuple) -> tuple[Flow, CtEntry] | None:
         """As a call, for entries that say k: (port, next hop, MTU) of the
