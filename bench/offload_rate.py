@@ -446,6 +446,12 @@ def monitoring(kind: str):
         mon.close()
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user and kernel, all threads) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def calibration(rounds: int = 3) -> float:
     """CPU seconds of a fixed pure-Python workload (small objects, dict
     lookups, calls: what a flow costs), the least of `rounds`: the
@@ -532,8 +538,11 @@ def main() -> int:
                 d = start_daemon(grpc, ruleset)
             spy = profiler(d.pid, a.profile) if a.profile else None
             with monitoring(a.monitor) as lines:
+                switch_cpu = process_cpu(grpc.pid)
                 create_rate = asyncio.run(create_entries(range(a.flows)))
                 t = wait_offloaded(a.flows, 600 if not a.callgrind else 3600)
+                # the switch is idle but for the burst's writes (and the polls of wait_offloaded)
+                switch_cpu = process_cpu(grpc.pid) - switch_cpu
                 if a.callgrind:
                     result["instructions_per_flow"] = callgrind_instructions(d.pid) / a.flows
                 if a.monitor == "reading":      # its events read before it hangs up
@@ -557,7 +566,9 @@ def main() -> int:
             # before the clock, replayed in the daemon's batch size with as
             # many batches in flight; and one flow's pre-encoded write round
             # trip, what time-to-offload is held against
+            yard_cpu = process_cpu(grpc.pid)
             limit = asyncio.run(yardstick(grpc, schema, a.flows, batch, WRITES_IN_FLIGHT))
+            yard_cpu = process_cpu(grpc.pid) - yard_cpu
             rtt = asyncio.run(write_round_trip(grpc, schema, a.rtt_samples))
             paced = asyncio.run(write_round_trip(grpc, schema, a.rtt_samples, a.pace))
             # 4. for continuity with earlier figures: a bare Python client
@@ -583,7 +594,14 @@ def main() -> int:
                                # of it, the kernel's work in the daemon's system calls
                                "daemon_kernel_cpu_us_per_flow": 1e6 * kernel_per_flow,
                                # the machine's speed just before and after (calibration())
-                               "calibration_ms": [1000 * c for c in calib]}
+                               "calibration_ms": [1000 * c for c in calib],
+                               # the switch's own CPU a flow, under the daemon's burst and the yardstick's,
+                               # and the cores each kept busy at its rate: the two share the machine's
+                               "switch_cpu_us_per_flow": 1e6 * switch_cpu / a.flows,
+                               "yardstick_switch_cpu_us_per_flow": 1e6 * yard_cpu / a.flows,
+                               "cores": os.cpu_count(),
+                               "daemon_cores_in_burst": rate * cpu_per_flow,
+                               "yardstick_switch_cores": limit * yard_cpu / a.flows}
         finally:
             if d is not None and d.poll() is None:
                 stop(d)
@@ -612,6 +630,10 @@ def main() -> int:
           f"daemon CPU {st['daemon_cpu_us_per_flow']:.0f} us per flow "
           f"({st['daemon_kernel_cpu_us_per_flow']:.0f} us of it in the kernel); conntrack events lost and dumped again "
           f"{st['conntrack_resyncs']} time(s)")
+    print(f"  the switch's CPU per flow: {st['switch_cpu_us_per_flow']:.0f} us under the daemon's burst, "
+          f"{st['yardstick_switch_cpu_us_per_flow']:.0f} us under the yardstick's, which kept "
+          f"{st['yardstick_switch_cores']:.2f} cores busy; the daemon kept {st['daemon_cores_in_burst']:.2f} "
+          f"busy in its burst; the machine has {st['cores']}")
     print(f"  the machine's speed: a fixed Python workload took {st['calibration_ms'][0]:.1f} ms before the burst "
           f"and {st['calibration_ms'][1]:.1f} ms after")
     if "instructions_per_flow" in result:
