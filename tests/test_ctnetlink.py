@@ -536,3 +536,48 @@ def test_events_come_in_order_a_drain_at_a_time_and_a_lost_one_is_said(ns):
     subprocess.run(["ip", "netns", "exec", NS, "conntrack", "-F"], capture_output=True)
     got, err = asyncio.run(run(300, 4096))      # room for a few events only
     assert err == errno.ENOBUFS and len(got) < 300
+
+
+def test_offload_updates_are_the_change_requests_made_in_one_pass():
+    """offloaded() builds a burst's conntrack updates without a call of
+    _change each: the same requests, TCP and UDP, both families; and the
+    socket numbers and frames them as one request at a time would: each
+    message's length, type, flags, sequence number, and padding to 4 bytes."""
+    v6 = ipaddress.IPv6Address
+    entries = [CtEntry(1, ORIG, ORIG.reversed(), 0, TCP_ESTABLISHED, 300),
+               CtEntry(2, FlowTuple(ipv4("10.0.1.1"), ipv4("192.0.2.2"), 17, 5353, 53),
+                       FlowTuple(ipv4("192.0.2.2"), ipv4("10.0.1.1"), 17, 53, 5353), 0, None, 30),
+               CtEntry(3, FlowTuple(v6("2001:db8:1::1"), v6("2001:db8:2::2"), 6, 40000, 443),
+                       FlowTuple(v6("2001:db8:2::2"), v6("2001:db8:1::1"), 6, 443, 40000), 0, TCP_ESTABLISHED, 300)]
+    sent: list = []
+
+    class Cmd:
+        async def changes(self, reqs):
+            sent.extend(reqs)
+            return [None] * len(reqs)
+
+    mirror = ConntrackMirror(None)
+    mirror._cmd = Cmd()
+    assert asyncio.run(mirror.offloaded(entries, NF_CT_DAY)) == [None] * 3
+    timeout = ctnl.timeout_attr(NF_CT_DAY)
+    liberal = ctnl.tcp_flags_attr(IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_BE_LIBERAL)
+    assert sent == [ConntrackMirror._change(e, timeout, liberal if e.orig.l4proto == 6 else b"") for e in entries]
+    assert [e.timeout for e in entries] == [NF_CT_DAY] * 3 and [e.liberal for e in entries] == [True, False, True]
+
+    async def frames():
+        sock = ctnl.CtnlSocket(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER))
+        try:
+            sock._seq = 0xFFFFFFFE        # the numbering wraps past 0, which no request takes
+            return sock._encode_all([(ctnl.IPCTNL_MSG_CT_NEW, socket.AF_INET, b"x" * n, 0) for n in range(4)])
+        finally:
+            sock.close()
+    if os.geteuid() != 0:
+        pytest.skip("a netlink socket for the framing needs root here")
+    got = asyncio.run(frames())
+    assert [seq for seq, _ in got] == [0xFFFFFFFF, 1, 2, 3]
+    for (seq, data), n in zip(got, range(4)):
+        length, mtype, flags, s, pid = ctnl._NLMSGHDR.unpack_from(data)
+        want_type = (ctnl.NFNL_SUBSYS_CTNETLINK << 8) | ctnl.IPCTNL_MSG_CT_NEW
+        assert (length, mtype, flags, s, pid) == (16 + 4 + n, want_type, ctnl.NLM_F_REQUEST, seq, 0)
+        assert data[16:20] == ctnl._NFGENMSG.pack(socket.AF_INET, 0, 0) and data[20:20 + n] == b"x" * n
+        assert len(data) == (length + 3) & ~3 and data[length:] == b"\0" * (-length & 3)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import operator
 import socket
 from dataclasses import dataclass
 from typing import Callable
@@ -38,6 +39,7 @@ NF_CT_DAY = 86400
 # a dump's entries indexed between two turns of the event loop (about 1 us
 # each: 10 ms)
 TURN_EVERY = 10_000
+_orig_of = operator.attrgetter("orig")
 
 TCP_STATES = ["NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT",
               "LAST_ACK", "TIME_WAIT", "CLOSE", "SYN_SENT2"]
@@ -232,8 +234,11 @@ class ConntrackMirror:
         """Kernel entries now carried by the switch: liberal TCP, a one-day
         timeout. All requests in flight together; per entry None or the error."""
         timeout = ctnl.timeout_attr(int(lease))
-        liberal = ctnl.tcp_flags_attr(IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_BE_LIBERAL)
-        reqs = [self._change(e, timeout, liberal if e.orig.l4proto == IPPROTO_TCP else b"") for e in entries]
+        tcp = timeout + ctnl.tcp_flags_attr(IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_BE_LIBERAL)
+        # _change's requests, made without a call of its own for each (a burst's every flow)
+        attr, family, orig, new = ctnl.tuple_attr, ctnl.family_of, ctnl.CTA_TUPLE_ORIG, ctnl.IPCTNL_MSG_CT_NEW
+        reqs = [(new, family(o), attr(orig, o) + (tcp if o.l4proto == IPPROTO_TCP else timeout), 0)
+                for o in map(_orig_of, entries)]
         errors = await self._cmd.changes(reqs)
         for e, err in zip(entries, errors):
             if err is None:

@@ -67,6 +67,7 @@ _BE32 = struct.Struct("!I")
 _ERRNO = struct.Struct("=i")
 HDR_LEN = _NLMSGHDR.size + _NFGENMSG.size
 RECV_SIZE = 1 << 17
+_PAD = (b"", b"\0", b"\0\0", b"\0\0\0")    # a message's padding to 4 bytes, by its length's remainder
 EVENT_DRAIN = 8192      # datagrams read per wake-up on an event socket
 REQUEST_BATCH = 64      # requests per datagram
 # Requests in flight at once. The kernel answers every request of a datagram
@@ -502,12 +503,21 @@ class CtnlSocket:
             self._events.put_nowait(err)
 
     def _encode(self, msg_type: int, family: int, payload: bytes, flags: int) -> tuple[int, bytes]:
-        self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
-        seq = self._seq
-        body = _NFGENMSG.pack(family, 0, 0) + payload
-        hdr = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), (NFNL_SUBSYS_CTNETLINK << 8) | msg_type,
-                             NLM_F_REQUEST | flags, seq, 0)
-        return seq, hdr + body + b"\0" * (-len(body) & 3)
+        return self._encode_all(((msg_type, family, payload, flags),))[0]
+
+    def _encode_all(self, reqs) -> list[tuple[int, bytes]]:
+        """Each (msg_type, family, payload, flags) request's sequence number
+        and bytes, numbered in turn (a burst's updates: one call for all)."""
+        out = []
+        seq, head, gen = self._seq, _NLMSGHDR.pack, _NFGENMSG.pack
+        for msg_type, family, payload, flags in reqs:
+            seq = (seq + 1) & 0xFFFFFFFF or 1
+            body = gen(family, 0, 0) + payload
+            n = len(body)
+            out.append((seq, head(_NLMSGHDR.size + n, (NFNL_SUBSYS_CTNETLINK << 8) | msg_type, NLM_F_REQUEST | flags,
+                                  seq, 0) + body + _PAD[-n & 3]))
+        self._seq = seq
+        return out
 
     def _message(self, msg_type: int, family: int, payload: bytes, flags: int) -> tuple[int, bytes, asyncio.Future]:
         seq, data = self._encode(msg_type, family, payload, flags | NLM_F_ACK)
@@ -562,12 +572,10 @@ class CtnlSocket:
         for w in range(0, len(reqs), REQUEST_WINDOW):
             chunk = reqs[w:w + REQUEST_WINDOW]
             errors: dict[int, Exception] = {}
-            seqs, msgs = [], []
-            for mt, fam, payload, flags in chunk[:-1]:
-                seq, data = self._encode(mt, fam, payload, flags)
-                self._quiet[seq] = errors
-                seqs.append(seq)
-                msgs.append((seq, data, None))
+            encoded = self._encode_all(chunk[:-1])
+            seqs = [seq for seq, _ in encoded]
+            self._quiet.update(dict.fromkeys(seqs, errors))
+            msgs: list = [(seq, data, None) for seq, data in encoded]
             last = self._message(*chunk[-1])
             msgs.append(last)
             for i in range(0, len(msgs), REQUEST_BATCH):
