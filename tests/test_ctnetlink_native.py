@@ -55,6 +55,24 @@ def same(data: bytes, start: int, end: int, mtype: int = 0, flags: int = 0) -> c
     return native
 
 
+def same_events(data: bytes) -> list[ctnl.CtMsg]:
+    """The native walk of a datagram's events gives the Python walk's
+    messages, skipping none and skipping each netlink port found in it."""
+    pids = {0}
+    off = 0
+    while off + ctnl._NLMSGHDR.size <= len(data):
+        length, _, _, _, pid = ctnl._NLMSGHDR.unpack_from(data, off)
+        pids.add(pid)
+        if length < ctnl._NLMSGHDR.size:
+            break
+        off += (length + 3) & ~3
+    for skip in sorted(pids):
+        native = list(ctnl.CtnlSocket._decode_events(data, skip))
+        walked = list(ctnl.CtnlSocket._walk_events(data, skip))
+        assert native == walked, (data.hex(), skip, native, walked)
+    return list(ctnl.CtnlSocket._decode_events(data, 0))
+
+
 def message(*attrs: bytes) -> bytes:
     """A ctnetlink message of these attributes (nlmsghdr, nfgenmsg)."""
     body = b"\x02\x00\x00\x00" + b"".join(attrs)
@@ -106,6 +124,13 @@ def kernel_messages() -> list[bytes]:
 def test_the_kernels_messages_decode_the_same(ns):  # noqa: F811
     datagrams = kernel_messages()
     decoded = [same(d, *m) for d in datagrams for m in messages(d)]
+    # a datagram's events walked in one call: each datagram, and all of them as one with a message of
+    # another subsystem among them and a cut one at the end
+    other = ctnl._NLMSGHDR.pack(20, 2 << 8, 0, 0, 0) + bytes(4)
+    joined = b"".join(d + other for d in datagrams)
+    for d in [*datagrams, joined, joined + joined[:37]]:
+        same_events(d)
+    assert len(same_events(joined)) == len(decoded)
     by_orig = {}
     for m in decoded:
         by_orig.setdefault(m.orig, []).append(m)
@@ -236,6 +261,7 @@ def corrupt(datagrams: list[bytes], rnd: random.Random, n: int) -> None:
         for start, end, mtype, flags in messages(data):
             same(data, start, end, mtype, flags)
         same(data, 0, len(data))
+        same_events(data)
 
 
 TUPLES = [ORIG, REPLY, V6_ORIG, V6_REPLY,

@@ -39,6 +39,7 @@
 #include "_flowtuple.h"
 
 #define HDR_LEN 20                 /* struct nlmsghdr + struct nfgenmsg */
+#define HDR_LEN_NL 16              /* struct nlmsghdr */
 #define NLA_TYPE_MASK 0x3FFF
 
 enum { CTA_TUPLE_ORIG = 1, CTA_TUPLE_REPLY = 2, CTA_STATUS = 3, CTA_PROTOINFO = 4, CTA_HELP = 5,
@@ -213,18 +214,9 @@ static inline void set(PyObject **f, int i, PyObject *v)
     Py_XSETREF(f[i], v);
 }
 
-static PyObject *decode(PyObject *self, PyObject *args)
+/* the fields of the message at [off, end) of buf, as decode() returns them */
+static PyObject *fields_at(const uint8_t *buf, Py_ssize_t off, Py_ssize_t end)
 {
-    Py_buffer view;
-    Py_ssize_t off, end;
-    if (!PyArg_ParseTuple(args, "y*nn", &view, &off, &end))
-        return NULL;
-    if (off < 0 || end > view.len || off > end) {
-        PyBuffer_Release(&view);
-        return PyErr_Format(PyExc_ValueError, "message [%zd, %zd) is not within the %zd bytes given", off, end,
-                            view.len);
-    }
-    const uint8_t *buf = view.buf;
     PyObject *f[N_FIELDS] = {NULL};
     int type;
     Py_ssize_t pos = off + HDR_LEN, s, e;
@@ -293,21 +285,72 @@ static PyObject *decode(PyObject *self, PyObject *args)
         if (PyErr_Occurred())       /* an allocation failed */
             goto fail;
     }
-    PyBuffer_Release(&view);
     if (f[F_HELPER] == NULL)
         f[F_HELPER] = Py_NewRef(Py_False);
     PyObject *out = PyTuple_New(N_FIELDS);
     if (out == NULL)
-        goto cleared;
+        goto fail;
     for (int i = 0; i < N_FIELDS; i++)
         PyTuple_SET_ITEM(out, i, f[i] ? f[i] : Py_NewRef(Py_None));
     return out;
 fail:
-    PyBuffer_Release(&view);
-cleared:
     for (int i = 0; i < N_FIELDS; i++)
         Py_XDECREF(f[i]);
     return NULL;
+}
+
+static PyObject *decode(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t off, end;
+    if (!PyArg_ParseTuple(args, "y*nn", &view, &off, &end))
+        return NULL;
+    if (off < 0 || end > view.len || off > end) {
+        PyBuffer_Release(&view);
+        return PyErr_Format(PyExc_ValueError, "message [%zd, %zd) is not within the %zd bytes given", off, end,
+                            view.len);
+    }
+    PyObject *out = fields_at(view.buf, off, end);
+    PyBuffer_Release(&view);
+    return out;
+}
+
+#define NFNL_SUBSYS_CTNETLINK 1
+
+/* events(data, skip_pid): ctnetlink.CtnlSocket._decode_events in one call: each
+ * ctnetlink message of a datagram (its netlink header whole and within it;
+ * the walk stops at the first that is not), but those caused by the netlink
+ * port skip_pid (0: none), as (msg_type & 0xff, flags, start, end, fields) */
+static PyObject *events(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    unsigned long skip;
+    if (!PyArg_ParseTuple(args, "y*k", &view, &skip))
+        return NULL;
+    const uint8_t *buf = view.buf;
+    Py_ssize_t off = 0, n = view.len;
+    PyObject *out = PyList_New(0);
+    while (out != NULL && off + HDR_LEN_NL <= n) {
+        uint32_t length, pid;
+        uint16_t mtype, flags;
+        memcpy(&length, buf + off, 4);
+        memcpy(&mtype, buf + off + 4, 2);
+        memcpy(&flags, buf + off + 6, 2);
+        memcpy(&pid, buf + off + 12, 4);
+        if (length < HDR_LEN_NL || (Py_ssize_t)length > n - off)
+            break;
+        if (mtype >> 8 == NFNL_SUBSYS_CTNETLINK && !(skip && pid == skip)) {
+            PyObject *fields = fields_at(buf, off, off + (Py_ssize_t)length);
+            PyObject *item = fields ? Py_BuildValue("(iinnN)", mtype & 0xff, flags, off, off + (Py_ssize_t)length, fields)
+                                  : NULL;
+            if (item == NULL || PyList_Append(out, item) < 0)
+                Py_CLEAR(out);
+            Py_XDECREF(item);
+        }
+        off += ((Py_ssize_t)length + 3) & ~(Py_ssize_t)3;
+    }
+    PyBuffer_Release(&view);
+    return out;
 }
 
 /* tuple_attr: ipaddress's two types, FlowTuple's (where built), "_ip" */
@@ -412,6 +455,10 @@ static PyMethodDef methods[] = {
     {"decode", decode, METH_VARARGS,
      "decode(buf, off, end) -> (orig, reply, status, tcp_state, timeout, id, helper, tcp_flags, "
      "tcp_flags_reply, labels, packets, mark): one ctnetlink message's attributes"},
+    {"events", events, METH_VARARGS,
+     "events(data, skip_pid) -> [(msg_type, flags, start, end, fields)]: each ctnetlink message of a datagram "
+     "but those of "
+     "netlink port skip_pid (0: none), its fields as decode() gives them"},
     {"tuple_attr", tuple_attr, METH_VARARGS,
      "tuple_attr(atype, t) -> bytes or None: CTA_TUPLE_ORIG/REPLY for t in ctnetlink.tuple_attr's layout; "
      "None where it does not apply"},

@@ -339,6 +339,8 @@ _TUPLE = {4: _tuple_layout(4), 16: _tuple_layout(16)}
 # written in native code where that is built (_ctnetlink.c): every offloaded
 # connection's conntrack update names its original tuple
 _native_tuple_attr = getattr(_ctnetlink, "tuple_attr", None)
+# and each datagram of events walked in one call
+_native_events = getattr(_ctnetlink, "events", None)
 
 
 def tuple_attr(atype: int, t) -> bytes:
@@ -668,6 +670,16 @@ class CtnlSocket:
     def _decode_events(data: bytes, skip_pid: int = 0):
         # An event carries the port id of the netlink request that caused it
         # (ctnetlink_conntrack_event puts item->portid); 0 for packets.
+        if _native_events is not None:      # the walk below in one call (_ctnetlink.c)
+            for msg_type, flags, start, end, fields in _native_events(data, skip_pid):
+                yield CtMsg(msg_type, flags, *fields) if msg_type != IPCTNL_MSG_CT_GET_STATS \
+                    else decode_walk(data, start, end, msg_type, flags)
+            return
+        yield from CtnlSocket._walk_events(data, skip_pid)
+
+    @staticmethod
+    def _walk_events(data: bytes, skip_pid: int = 0):
+        """_decode_events in Python: what the native walk is held to."""
         off, n = 0, len(data)
         while off + _NLMSGHDR.size <= n:
             length, mtype, flags, _seq, pid = _NLMSGHDR.unpack_from(data, off)
