@@ -14,8 +14,11 @@ def _spin_user(seconds: float) -> None:
     not bound it (only a deadline of minutes does)."""
     start, deadline = os.times().user, time.monotonic() + 120
     n = 0
+    # about 100 us of work between two looks at the clock: each look is a
+    # system call, whose kernel time must stay well under the user time
+    # (with 200 numbers a turn, a fast machine spent a third as long in it)
     while os.times().user - start < seconds and time.monotonic() < deadline:
-        n += sum(range(200))
+        n += sum(range(20000))
 
 
 def _spin_kernel(seconds: float) -> None:
