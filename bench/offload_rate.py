@@ -57,7 +57,7 @@ from p4flowtable.offload import P4RuntimeDriver, port_entry  # noqa: E402
 from p4flowtable.p4info import P4Schema  # noqa: E402
 from p4flowtable.p4runtime import Session  # noqa: E402
 from p4ft_topo import LAN, WAN, Router, make_ruleset, switch_on_veths  # noqa: E402
-from record import save  # noqa: E402
+from record import cpu_seconds, save  # noqa: E402
 
 NS = "p4ftb-r"
 SOCK = "/run/p4ftb.sock"
@@ -446,12 +446,6 @@ def monitoring(kind: str):
         mon.close()
 
 
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user and kernel, all threads) a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def calibration(rounds: int = 3) -> float:
     """CPU seconds of a fixed pure-Python workload (small objects, dict
     lookups, calls: what a flow costs), the least of `rounds`: the
@@ -546,11 +540,11 @@ def main() -> int:
                 d = start_daemon(grpc, ruleset)
             spy = profiler(d.pid, a.profile) if a.profile else None
             with monitoring(a.monitor) as lines:
-                switch_cpu = process_cpu(grpc.pid)
+                switch_cpu = cpu_seconds(grpc.pid)
                 create_rate = asyncio.run(create_entries(range(a.flows)))
                 t = wait_offloaded(a.flows, 600 if not a.callgrind else 3600)
                 # the switch is idle but for the burst's writes (and the polls of wait_offloaded)
-                switch_cpu = process_cpu(grpc.pid) - switch_cpu
+                switch_cpu = cpu_seconds(grpc.pid) - switch_cpu
                 if a.callgrind:
                     result["instructions_per_flow"] = callgrind_instructions(d.pid) / a.flows
                 if a.monitor == "reading":      # its events read before it hangs up
@@ -574,9 +568,9 @@ def main() -> int:
             # before the clock, replayed in the daemon's batch size with as
             # many batches in flight; and one flow's pre-encoded write round
             # trip, what time-to-offload is held against
-            yard_cpu = process_cpu(grpc.pid)
+            yard_cpu = cpu_seconds(grpc.pid)
             limit = asyncio.run(yardstick(grpc, schema, a.flows, batch, WRITES_IN_FLIGHT))
-            yard_cpu = process_cpu(grpc.pid) - yard_cpu
+            yard_cpu = cpu_seconds(grpc.pid) - yard_cpu
             rtt = asyncio.run(write_round_trip(grpc, schema, a.rtt_samples))
             paced = asyncio.run(write_round_trip(grpc, schema, a.rtt_samples, a.pace))
             # 4. for continuity with earlier figures: a bare Python client

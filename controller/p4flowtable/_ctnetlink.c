@@ -341,8 +341,8 @@ static PyObject *events(PyObject *self, PyObject *args)
             break;
         if (mtype >> 8 == NFNL_SUBSYS_CTNETLINK && !(skip && pid == skip)) {
             PyObject *fields = fields_at(buf, off, off + (Py_ssize_t)length);
-            PyObject *item = fields ? Py_BuildValue("(iinnN)", mtype & 0xff, flags, off, off + (Py_ssize_t)length, fields)
-                                  : NULL;
+            PyObject *item = fields == NULL ? NULL
+                : Py_BuildValue("(iinnN)", mtype & 0xff, flags, off, off + (Py_ssize_t)length, fields);
             if (item == NULL || PyList_Append(out, item) < 0)
                 Py_CLEAR(out);
             Py_XDECREF(item);
@@ -457,8 +457,7 @@ static PyMethodDef methods[] = {
      "tcp_flags_reply, labels, packets, mark): one ctnetlink message's attributes"},
     {"events", events, METH_VARARGS,
      "events(data, skip_pid) -> [(msg_type, flags, start, end, fields)]: each ctnetlink message of a datagram "
-     "but those of "
-     "netlink port skip_pid (0: none), its fields as decode() gives them"},
+     "but those of netlink port skip_pid (0: none), its fields as decode() gives them"},
     {"tuple_attr", tuple_attr, METH_VARARGS,
      "tuple_attr(atype, t) -> bytes or None: CTA_TUPLE_ORIG/REPLY for t in ctnetlink.tuple_attr's layout; "
      "None where it does not apply"},
