@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from integration import flow_for, host_tool, net_per_switch, read_json, stats, switch_nexthops, wait_for
+from integration import (ROOT, flow_for, host_tool, net_per_switch, read_json, stats, switch_flow_entries,
+                         switch_nexthops, wait_for)
 from p4ft_topo import LAN, WAN, WAN2, sh
 
 pytestmark = pytest.mark.integration
@@ -358,3 +359,48 @@ def test_next_hop_adopted_after_a_restart_follows_its_neighbours_new_mac(net, up
         p.wait(10)
         net.h2.cmd(f"ip link set h2-eth0 address {old_mac}")
         sh("ip", "neigh", "replace", dst, "lladdr", old_mac, "dev", WAN["rep"], "nud", "reachable")
+
+
+def naming(net, nexthops) -> list:
+    """The switch's flow entries that name one of these next hops."""
+    from p4flowtable.p4info import P4Schema
+    schema = P4Schema.from_file(ROOT / "p4src/build/flowtable.p4info.txtpb")
+    param = {(act := schema.action(a)).id: act.param("nexthop_id").id for a in ("forward_udp_v4", "forward_tcp_v4")}
+    return [e for e in switch_flow_entries(net) for p in e.action.action.params
+            if p.param_id == param.get(e.action.action.action_id) and int.from_bytes(p.value, "big") in nexthops]
+
+
+def test_a_neighbour_learnt_has_its_next_hop_before_its_first_flow_until_it_goes(net, uplinks, tmp_path):
+    """The switch's next hops follow the kernel's neighbour table for its
+    ports: a neighbour the kernel learns gets its next hop at once, so the
+    first flow to it is its two entries alone (no next-hop write); the next
+    hop stays after the flow, and goes with the neighbour."""
+    addr, sport = "192.0.2.60", 7200
+    mac = net.h2.defaultIntf().MAC()
+    out = str(tmp_path / "echo-60.json")
+    net.h2.cmd(f"ip addr add {addr}/24 dev h2-eth0")
+    echo = host_tool(net.h2, "udp-echo", "--port", "7003", "--bind", addr, "--out", out)
+    try:
+        read_json(out + ".ready")
+        before = switch_nexthops(net)
+        sh("ip", "neigh", "replace", addr, "lladdr", mac, "dev", WAN["rep"], "nud", "reachable")
+        new = wait_for(lambda: (n := {i: v for i, v in switch_nexthops(net).items() if i not in before}) and n, 5,
+                       "the neighbour's next hop on the switch, before any flow")
+        assert list(new.values()) == [(WAN["port"], mac)]
+        writes = stats(net)["nexthop_writes"]
+        res = done(*ping(net, tmp_path, addr, 7003, sport, count=20))
+        assert res["replies"] == 20
+        f = offloaded(net, sport)
+        assert f["egress"][0]["nexthop"] in new and f["egress"][0]["neighbour"] == addr
+        assert stats(net)["nexthop_writes"] == writes, "the first flow to it wrote a next hop"
+        assert naming(net, new)
+        sh("conntrack", "-D", "-p", "udp", "--sport", str(sport))     # the connection gone: its flow removed
+        wait_for(lambda: not naming(net, new), 5, "the flow's entries removed from the switch")
+        assert set(new) <= set(switch_nexthops(net)), "the next hop went with the flow, not with the neighbour"
+        sh("ip", "neigh", "del", addr, "dev", WAN["rep"])
+        wait_for(lambda: not set(new) & set(switch_nexthops(net)), 5, "the next hop deleted with its neighbour")
+    finally:
+        echo.terminate()
+        echo.wait(5)
+        net.h2.cmd(f"ip addr del {addr}/24 dev h2-eth0")
+        sh("ip", "neigh", "del", addr, "dev", WAN["rep"], check=False)

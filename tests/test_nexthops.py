@@ -178,3 +178,96 @@ def test_next_hops_are_written_ahead_of_their_flows_and_freed_if_one_is_not_adde
         asyncio.run(main())
     finally:
         server.stop(0)
+
+
+def test_a_neighbours_next_hop_is_held_without_flows_until_the_neighbour_goes(schema):
+    """NextHops.hold: the kernel's neighbour on a switch port has its next hop
+    before any flow, its flows share it, the last leaving keeps it; it goes
+    with the neighbour, at once or after its last flow."""
+    nhs = NextHops(schema)
+    held = nhs.hold(2, "192.0.2.2", WAN.src_mac, WAN.dst_mac)
+    assert held is not None and not held.written and nhs.held == 1
+    assert nhs.hold(2, "192.0.2.2", WAN.src_mac, WAN.dst_mac) is held and nhs.held == 1
+    held.written = True
+    flows = [flow(i) for i in range(2)]
+    new = assign(nhs, flows)
+    assert all(f.nexthops[Dir.ORIGINAL] == held.id for f in flows) and held not in new
+    assert [nh.key for nh in new] == [(1, "10.0.1.1")]       # the LAN host, no neighbour event of it yet
+    for f in flows:
+        assert nhs.release(f, Dir.ORIGINAL, held.id) is None
+    assert nhs.of_neighbour(2, "192.0.2.2") is held, "kept with no flow: its neighbour is the kernel's"
+    assert nhs.unhold(held) and nhs.of_neighbour(2, "192.0.2.2") is None and nhs.held == 0
+    # a neighbour that goes while flows are sent to it: freed by the last
+    lan = nhs.of_neighbour(1, "10.0.1.1")
+    assert nhs.hold(1, "10.0.1.1", "02:00:00:00:01:fe", "00:00:00:00:01:01") is lan and nhs.held == 1
+    assert not nhs.unhold(lan) and nhs.held == 0
+    assert nhs.release(flows[0], Dir.REPLY, lan.id) is None
+    assert nhs.release(flows[1], Dir.REPLY, lan.id) is lan and nhs.of_neighbour(1, "10.0.1.1") is None
+
+
+def test_neighbours_hold_at_most_their_share_of_the_table(schema):
+    from p4flowtable.nexthop import HELD_SHARE
+    nhs = NextHops(schema)
+    nhs.size = 9      # ids 1..8, 4 of them for neighbours
+    got = [nhs.hold(1, f"10.0.1.{i}", "02:00:00:00:01:fe", f"00:00:00:00:01:{i:02x}") for i in range(1, 7)]
+    assert nhs.held == int(nhs.size * HELD_SHARE) == 4 and got[4:] == [None, None]
+    flows = [flow(i, lan_host=10 + i) for i in range(3)]
+    assign(nhs, flows)                  # the gateway and three LAN hosts: the rest of the table
+    assert len(nhs) == 8
+    # a flow's next hop whose neighbour is learnt is not held past the share: freed by its last flow
+    assert nhs.hold(1, "10.0.1.10", "02:00:00:00:01:fe", "00:00:00:00:01:0a") is None
+    assert nhs.unhold(got[0]) and nhs.hold(1, "10.0.1.10", "02:00:00:00:01:fe", "00:00:00:00:01:0a") is not None
+
+
+def test_a_held_next_hop_is_written_once_and_rewritten_by_the_flow_that_finds_a_new_mac(schema):
+    """Against the embedded target over P4Runtime: a held next hop is written
+    before any flow; the first flow to it writes its entries alone; a flow
+    that finds its neighbour at a new MAC before the neighbour's change was
+    written has the next hop MODIFYed, not INSERTed again; dropped, it is
+    gone from the switch."""
+    import asyncio
+    from p4flowtable.offload import P4RuntimeDriver
+    from p4flowtable.p4runtime import Session
+    from p4flowtable.softswitch.server import SoftSwitchServer, serve_local
+
+    impl = SoftSwitchServer(1, 510)
+    server, addr = serve_local(impl, workers=2)
+
+    def held() -> dict[int, int]:
+        t = impl.pipeline.tables[schema.table("nexthop_table").id].table
+        return {e.key[0]: e.data[2] for e in t.by_key.values()}
+
+    async def main():
+        s = Session(addr, 1, 1)
+        await s.connect(5)
+        await s.set_pipeline(schema.p4info, (ROOT / "p4src/build/flowtable.json").read_bytes())
+        driver = P4RuntimeDriver(s, schema)
+        nhs = driver.nexthops
+        lan_mac = "00:00:00:00:01:01"
+        gw = nhs.hold(2, "192.0.2.2", WAN.src_mac, WAN.dst_mac)
+        lan = nhs.hold(1, "10.0.1.1", "02:00:00:00:01:fe", lan_mac)
+        await driver.insert_nexthops([gw, lan])
+        assert held() == {gw.id: int(WAN.dst_mac.replace(":", ""), 16), lan.id: int(lan_mac.replace(":", ""), 16)}
+        writes = s.writes
+        first = flow(1)
+        assert driver.prepare([first]) is None, "nothing to write ahead"
+        assert (await driver.add([first])).done == [first] and s.writes - writes == 1
+        assert first.nexthops == (gw.id, lan.id)
+        await driver.delete([first])
+        assert set(held()) == {gw.id, lan.id}, "both kept: their neighbours are the kernel's"
+        moved = FlowRoute(1, "02:00:00:00:01:fe", "00:00:00:00:01:99", 1500, "10.0.1.1")
+        second = flow(2)
+        second.routes = (WAN, moved)
+        res = await driver.add([second])
+        assert res.done == [second] and not res.failed, res.failed
+        assert second.nexthops == (gw.id, lan.id) and held()[lan.id] == 0x199
+        await driver.delete([second])
+        assert nhs.unhold(lan)
+        await driver.drop_nexthops([lan])
+        assert set(held()) == {gw.id}
+        await s.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop(0)

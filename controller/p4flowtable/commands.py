@@ -80,7 +80,8 @@ class Commands:
         if cmd == "counters":
             # the event counters of `stats` without what costs O(flows)
             return {**self.stats, **{f"aging.{k}": v for k, v in self.aging.stats.items()},
-                    "nexthop_writes": self.driver.nexthop_writes, "nexthops": len(self.driver.nexthops)}
+                    "nexthop_writes": self.driver.nexthop_writes, "nexthops": len(self.driver.nexthops),
+                    "nexthops_held": self.driver.nexthops.held}
         raise ValueError(f"unknown command {cmd!r}")
 
     def _row(self, e: CtEntry, f: Flow | None, now: float) -> dict:
@@ -143,6 +144,8 @@ class Commands:
             d.setdefault(f"punt.{name}", 0)
         d["flows_offloaded_now"] = sum(1 for f in self.flowtables if f.flags & FlowFlag.HW)
         d["nexthops"] = len(self.driver.nexthops)
+        d["nexthops_held"] = self.driver.nexthops.held     # for their neighbours, with or without flows
+        d["nexthop_writes"] = self.driver.nexthop_writes
         # time-to-offload of the last STATS_SAMPLES flows, whole and split: three sorts of 100,000
         # samples would hold the event loop (and the offloads waiting on it) for tens of milliseconds
         t = self.offload.timing

@@ -217,15 +217,21 @@ class Daemon:
                  (self.decisions.run(), "decide"), (self.offload.run(), "offload"),
                  (self.aging.run(cfg.poll_interval), "aging"),
                  (self.aging.follow_idle(self.session.idle, self.schema), "idle"),
-                 (self.role.supervise(self.reconcile.run, self._taken), "switch")]
+                 (self.role.supervise(self._reconcile, self._taken), "switch")]
         if self.punt.rate:
             tasks.append((self.punt.follow(self.session, cfg.poll_interval), "punt-drops"))
         for coro, name in tasks:
             self._tasks.append(asyncio.create_task(coro, name=name))
-        await self.reconcile.run(kept)
+        await self._reconcile(kept)
         self.ready.set()
         log.info("p4ft ready: switch %s, %d flowtable(s), %d port(s), %d conntrack entries",
                  cfg.grpc_addr, len(self.flowtables.tables), len(cfg.ports), len(self.mirror.entries))
+
+    async def _reconcile(self, kept: bool) -> None:
+        """The switch reconciled, then the next hops of the kernel's
+        neighbours written where missing (nexthop.py)."""
+        await self.reconcile.run(kept)
+        self.reroute.hold_known()
 
     def _taken(self) -> None:
         """Another controller took the switch while this one was away: its

@@ -7,6 +7,15 @@ by every flow sent to it and counted: it is written before the first flow
 entry that names it and deleted after the last, so a neighbour's new MAC is
 one write, whatever the number of flows behind it.
 
+A neighbour the kernel has on a switch port gets its next hop when the
+kernel learns it, not with the first flow to it (NextHops.hold, from
+reroute.py's neighbour events and after each reconcile): the switch's
+next-hop table is the kernel's neighbour table for its ports, so that a
+flow's add is its two entries alone and a host's first flow is offloaded
+as fast as its others. Such a next hop stays while the kernel keeps its
+neighbour, with no flow sent to it; neighbours take at most HELD_SHARE of
+the table, the rest is left to the flows' next hops.
+
 A daemon started anew adopts the next hops the switch holds, often before
 the kernel knows their neighbours again: it flushes a port's neighbours when
 the representor's carrier drops, as it does while no daemon holds it. Those
@@ -27,6 +36,7 @@ from .model import Dir, Flow, FlowRoute
 from .p4info import P4Schema
 
 TABLE = "nexthop_table"
+HELD_SHARE = 0.5     # of the table, at most, for next hops no flow names (neighbours held)
 
 
 class NextHopsFull(Exception):
@@ -44,6 +54,8 @@ class NextHop:
     written: bool = False           # the switch holds it as it stands
     alias: tuple[int, str] | None = None   # its key by MAC, while adopted of unknown neighbour (NextHops.learn)
     writing: object = None          # an asyncio.Future while one batch INSERTs it: others wait for it
+    held: bool = False              # the kernel has its neighbour: kept with no flow (NextHops.hold)
+    rewrite: bool = False           # the switch holds it with other MACs: its write is a MODIFY
 
 
 def _mac(s: str) -> int:
@@ -68,6 +80,7 @@ class NextHops:
         self._params = tuple((action.param(n).id, action.param(n).bitwidth) for n in ("port", "src_mac", "dst_mac"))
         self.by_id: dict[int, NextHop] = {}
         self.by_key: dict[tuple[int, str], NextHop] = {}
+        self.held = 0            # next hops held for their neighbours (hold)
         self._next_id = 1
 
     def __len__(self) -> int:
@@ -94,7 +107,9 @@ class NextHops:
             self.by_id[nh.id] = nh
             self.by_key[nh.key] = nh
         elif not nh.users and (nh.src_mac != route.src_mac or nh.dst_mac != route.dst_mac):
-            # an unused next hop learnt again with other MACs
+            # an unused next hop learnt again with other MACs (a held one whose neighbour's
+            # change reroute.py has yet to write): rewritten before the flow's entries
+            nh.rewrite = nh.rewrite or nh.written
             nh.src_mac, nh.dst_mac, nh.written = route.src_mac, route.dst_mac, False
         nh.users[(id(flow), d)] = flow
         return nh
@@ -106,14 +121,49 @@ class NextHops:
         if nh is None:
             return None
         nh.users.pop((id(flow), d), None)
-        if nh.users:
+        if nh.users or nh.held:
             return None
         self.forget(nh)
         return nh
 
+    def hold(self, port: int, addr: str, src_mac: str, mac: str) -> NextHop | None:
+        """The next hop of a neighbour the kernel has on this port, kept
+        while it has it: the one there is, or a new one (to be written).
+        None when the next hops held take HELD_SHARE of the table already:
+        the first flow to this neighbour then writes its next hop, as
+        before, and the last deletes it."""
+        nh = self.by_key.get((port, addr))
+        if nh is not None and nh.held:
+            return nh
+        if self.held >= int(self.size * HELD_SHARE):
+            return None
+        if nh is None:
+            try:
+                nh = NextHop(self._new_id(), (port, addr), port, src_mac, mac)
+            except NextHopsFull:
+                return None
+            self.by_id[nh.id] = nh
+            self.by_key[nh.key] = nh
+        nh.held = True
+        self.held += 1
+        return nh
+
+    def unhold(self, nh: NextHop) -> bool:
+        """Its neighbour is gone: no longer kept for it. True when no flow
+        names it either (then forgotten: its entry is to be deleted)."""
+        if nh.held:
+            nh.held = False
+            self.held -= 1
+        if nh.users:
+            return False
+        self.forget(nh)
+        return True
+
     def forget(self, nh: NextHop) -> None:
         """No flow names it any more: its id is free (its entry is to be deleted)."""
-        self.by_id.pop(nh.id, None)
+        if self.by_id.pop(nh.id, None) is nh and nh.held:
+            nh.held = False
+            self.held -= 1
         if self.by_key.get(nh.key) is nh:
             del self.by_key[nh.key]
         self._unalias(nh)
@@ -122,15 +172,19 @@ class NextHops:
         """Forget every next hop (the switch is reconciled anew)."""
         self.by_id.clear()
         self.by_key.clear()
+        self.held = 0
 
     def adopt(self, nexthop_id: int, port: int, src_mac: str, dst_mac: str, neighbour: str) -> NextHop:
         """A next hop the switch already holds (a daemon restarted, the
         pipeline kept): its id stays, so that the flow entries naming it are
-        adopted as they are."""
+        adopted as they are. One whose neighbour the kernel has is held for
+        it (hold), within HELD_SHARE, as it was before the restart."""
         key = (port, neighbour or dst_mac)
         nh = NextHop(nexthop_id, key, port, src_mac, dst_mac, written=True)
         self.by_id[nexthop_id] = nh
-        self.by_key.setdefault(key, nh)
+        if self.by_key.setdefault(key, nh) is nh and neighbour and self.held < int(self.size * HELD_SHARE):
+            nh.held = True
+            self.held += 1
         return nh
 
     def of_neighbour(self, port: int, addr: str) -> NextHop | None:

@@ -238,14 +238,8 @@ class P4RuntimeDriver:
             task.add_done_callback(self._ahead.discard)
 
     async def _delete_freed(self, freed: list[NextHop]) -> None:
-        for nh in freed:
-            if nh.writing is not None:
-                with contextlib.suppress(SwitchError):
-                    await nh.writing
-        freed = [nh for nh in freed if nh.written]
-        if freed:
-            async with self.writers.shared():
-                await self._delete_unused(freed)
+        async with self.writers.shared():
+            await self.drop_nexthops(freed)
 
     async def _delete_unused(self, freed: list[NextHop], refused: type[SwitchError] = SwitchError) -> None:
         """DELETE next hops no flow names any more; a refusal (`refused`) is
@@ -304,15 +298,31 @@ class P4RuntimeDriver:
         return res
 
     async def write_nexthops(self, nhs: list[NextHop], kind: int) -> None:
-        """INSERT, MODIFY or DELETE next hops (a DELETE tolerates NOT_FOUND)."""
+        """INSERT, MODIFY or DELETE next hops (a DELETE tolerates NOT_FOUND).
+        An INSERT of one the switch holds with other MACs (NextHop.rewrite)
+        is its MODIFY."""
+        insert, modify = p4r.Update.INSERT, p4r.Update.MODIFY
+        update = self.nexthops.update
         try:
-            await self.session.write([self.nexthops.update(nh, kind) for nh in nhs], "next hop")
+            await self.session.write([update(nh, modify if kind == insert and nh.rewrite else kind) for nh in nhs],
+                                     "next hop")
         except WriteError as e:
             if kind != p4r.Update.DELETE or any(err.code != "NOT_FOUND" for err in e.errors):
                 raise
         self.nexthop_writes += len(nhs)
         for nh in nhs:
             nh.written = kind != p4r.Update.DELETE
+            nh.rewrite = False
+
+    async def drop_nexthops(self, nhs: list[NextHop]) -> None:
+        """DELETE next hops no flow names nor neighbour holds any more
+        (NextHops.unhold), once the INSERTs under way of any are answered.
+        The caller holds the switch (SwitchWriters.shared)."""
+        for nh in nhs:
+            if nh.writing is not None:
+                with contextlib.suppress(SwitchError):
+                    await nh.writing
+        await self._delete_unused([nh for nh in nhs if nh.written])
 
     async def move(self, moves: list[tuple[Flow, Dir, FlowRoute]]) -> BatchResult:
         """Directions whose path changed within the same port (another

@@ -5,7 +5,9 @@ dies with the process that owns it).
 Those flows are the ones it carried already, and every connection conntrack
 says is offloaded (marked, offloadable, routed). Entries already in a kept
 pipeline are adopted as they are, missing or stale directions written,
-entries of no flow (orphans) deleted; the next hops likewise. Kernel entries
+entries of no flow (orphans) deleted; the next hops likewise, but for those
+of neighbours the kernel has (nexthop.py: the switch's copy of its
+neighbour table; the daemon writes the missing ones after). Kernel entries
 still on an offload lease that no flow carries get their state's timeout.
 """
 
@@ -489,7 +491,7 @@ class Planner:
         plan, nexthops = self.plan, self.nexthops
         new: dict[int, NextHop] = {}
         for nh in list(nexthops.by_id.values()):
-            if not nh.users:
+            if not nh.users and not nh.held:     # held: its neighbour's (NextHops.hold)
                 plan.nexthop_orphans.append(nexthops.update(nh, p4r.Update.DELETE))
                 nexthops.forget(nh)
             elif not nh.written:

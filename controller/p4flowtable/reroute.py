@@ -41,7 +41,7 @@ from p4.v1 import p4runtime_pb2 as p4r
 from .model import DIRS, Dir, Flow, FlowFlag, FlowRoute, TeardownReason
 from .offload import P4RuntimeDriver
 from .p4runtime import SwitchError
-from .route import RouteError, Routes
+from .route import NUD_NOARP, RouteError, Routes
 
 log = logging.getLogger("p4ft")
 
@@ -92,11 +92,14 @@ class Reroute:
                 ifindex, addr, mac = got
                 port = self.routes.port_of(ifindex)
                 if port is not None:
-                    if self.driver.nexthops.of_neighbour(port, addr) is not None:
+                    nexthops = self.driver.nexthops
+                    known = nexthops.of_neighbour(port, addr) is not None
+                    if not known and mac is not None:   # a next hop adopted before its neighbour was known?
+                        known = nexthops.learn(port, addr, mac) is not None
+                    if known or (mac is not None and not msg["state"] & NUD_NOARP):
+                        # a neighbour learnt: its next hop held (_neighbours)
                         self._neigh[(port, addr)] = mac
                         self._wake.set()
-                    elif mac is not None:       # a next hop adopted before its neighbour was known?
-                        self.driver.nexthops.learn(port, addr, mac)
             self.retry()
             return
         if event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
@@ -158,11 +161,31 @@ class Reroute:
                 self._last_pass = self.clock()
                 await self.reroute(prefixes, families, self.routes.epoch)
 
+    def hold_known(self) -> None:
+        """After a reconcile (which keeps, of the next hops the switch held,
+        those of neighbours the kernel has): the next hops of every
+        neighbour the kernel has on a switch port, held and written where
+        missing (_neighbours)."""
+        for port, addr, mac in self.routes.port_neighbours():
+            self._neigh[(port, addr)] = mac
+        if self._neigh:
+            self._wake.set()
+
     async def _neighbours(self, changes: dict[tuple[int, str], str | None]) -> None:
-        modified = []
+        nexthops = self.driver.nexthops
+        modified, learnt, dropped = [], [], []
         for (port, addr), mac in changes.items():
-            nh = self.driver.nexthops.of_neighbour(port, addr)
+            nh = nexthops.of_neighbour(port, addr)
             if nh is None:
+                if mac is not None:
+                    try:
+                        src = await self.routes.port_mac(port)
+                    except RouteError as e:
+                        log.warning("neighbour %s on port %d: %s", addr, port, e)
+                        continue
+                    nh = nexthops.hold(port, addr, src, mac)
+                    if nh is not None and not nh.written:
+                        learnt.append(nh)
                 continue
             if mac is None:
                 # failed or deleted: the kernel resolves it again with the flows' next packets
@@ -171,11 +194,26 @@ class Reroute:
                 log.info("neighbour %s on port %d is gone: %d flow(s) handed back", addr, port, len(flows))
                 for f in flows.values():
                     self.teardown(f, TeardownReason.ROUTE_CHANGED)
-            elif mac != nh.dst_mac:
+                if nexthops.unhold(nh):
+                    dropped.append(nh)
+                continue
+            nexthops.hold(port, addr, nh.src_mac, mac)
+            if mac != nh.dst_mac:
                 log.info("neighbour %s on port %d moved to %s: one next-hop write for %d flow direction(s)",
                          addr, port, mac, len(nh.users))
-                self.driver.nexthops.moved(nh, mac)
+                nexthops.moved(nh, mac)
                 modified.append(nh)
+        if dropped:
+            await self.driver.drop_nexthops(dropped)
+        if learnt:
+            try:
+                await self.driver.insert_nexthops(learnt)
+                self.stats["reroute.neighbours_written"] += len(learnt)
+            except SwitchError as e:    # the first flow to each writes it, as when none is held
+                log.warning("writing the next hops of %d neighbour(s) learnt: %s", len(learnt), e)
+                for nh in learnt:
+                    if not nh.written and nh.writing is None:
+                        nexthops.unhold(nh)
         if modified:
             try:
                 await self.driver.write_nexthops(modified, p4r.Update.MODIFY)

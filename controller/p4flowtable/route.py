@@ -74,6 +74,7 @@ RTN_NAMES = {2: "local", 3: "broadcast", 4: "anycast", 5: "multicast", 6: "black
              7: "unreachable", 8: "prohibit", 9: "throw", 10: "nat"}
 # Neighbour states the kernel would transmit to without resolving again.
 NUD_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # REACHABLE STALE DELAY PROBE NOARP PERMANENT
+NUD_NOARP = 0x40     # on Ethernet, a multicast or broadcast address's: no host, no next hop to hold
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _RTMSG = struct.Struct("=BBBBBBBBI")      # family dst_len src_len tos table protocol scope type flags
@@ -439,6 +440,18 @@ class Routes:
         if before is not None and before[1] != usable:
             self.changed()
         return key[0], key[1], usable
+
+    def port_neighbours(self) -> list[tuple[int, str, str]]:
+        """(port, address, MAC) of every usable neighbour on a representor
+        (a host or router: not NOARP)."""
+        port_of = self._port_by_ifindex.get
+        return [(port, addr, lladdr) for (ifi, addr), (state, lladdr) in self._neigh.items()
+                if (port := port_of(ifi)) is not None and state & NUD_USABLE and not state & NUD_NOARP and lladdr]
+
+    async def port_mac(self, port: int) -> str:
+        """The MAC of a switch port's representor: the source MAC of what
+        the kernel sends through it."""
+        return (await self.link(await self.port_ifindex(port)))[2]
 
     def neighbour_mac(self, ifindex: int, addr: str) -> str | None:
         got = self._neigh.get((ifindex, addr))
