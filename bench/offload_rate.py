@@ -518,14 +518,18 @@ def main() -> int:
             ctl = [x - s for x, s in zip(lat, sw)]
             for part, xs in (("switch", sw), ("controller", ctl)):
                 result["latency"][part] = {"p50_ms": 1000 * percentile(xs, 0.5), "p99_ms": 1000 * percentile(xs, 0.99)}
-            # the first N_HOSTS flows are each the first to their LAN host: a next hop to write before
-            # the flow's entries (and route answers the cache does not hold yet); the rest find the next
-            # hop written (the samples come in the order the flows were offloaded: at this pace, the
-            # order they were made)
+            # the first N_HOSTS flows are each the first to their LAN host: route answers the cache does
+            # not hold yet, and, where the daemon holds no next hop for the host's neighbour (nexthop.py),
+            # a next hop to write before the flow's entries; the rest find the next hop written (the
+            # samples come in the order the flows were offloaded: at this pace, the order they were made)
             for part, xs in (("first_to_host", lat[:N_HOSTS]), ("host_known", lat[N_HOSTS:])):
                 if xs:
                     result["latency"][part] = {"flows": len(xs), "p50_ms": 1000 * percentile(xs, 0.5),
                                                "p99_ms": 1000 * percentile(xs, 0.99)}
+            c = call("counters", path=SOCK)
+            result["latency"]["nexthops"] = {"held": c.get("nexthops_held"), "all": c.get("nexthops"),
+                                             "written_for_neighbours": c.get("reroute.neighbours_written", 0),
+                                             "writes": c.get("nexthop_writes")}
             stop(d)
             flush_conntrack()
             # 2. setup rate: a burst of N established connections while the
@@ -624,7 +628,10 @@ def main() -> int:
           f"{lt['controller']['p50_ms']:.2f} ms, p99 {lt['controller']['p99_ms']:.2f} ms")
     if "host_known" in lt:
         fh, hk = lt["first_to_host"], lt["host_known"]
-        print(f"  the first flow to each of the {fh['flows']} LAN hosts (its next hop written before its entries): "
+        nh = lt.get("nexthops") or {}
+        print(f"  next hops: {nh.get('all')}, {nh.get('held')} of them held for their neighbours; next-hop "
+              f"updates {nh.get('writes')}, {nh.get('written_for_neighbours')} of them for neighbours learnt")
+        print(f"  the first flow to each of the {fh['flows']} LAN hosts: "
               f"p50 {fh['p50_ms']:.2f} ms, p99 {fh['p99_ms']:.2f} ms; the {hk['flows']} others: "
               f"p50 {hk['p50_ms']:.2f} ms, p99 {hk['p99_ms']:.2f} ms ({hk['p99_ms'] / rt['paced']['p50_ms']:.1f}x "
               f"the paced write)")
