@@ -271,3 +271,23 @@ def test_a_held_next_hop_is_written_once_and_rewritten_by_the_flow_that_finds_a_
         asyncio.run(main())
     finally:
         server.stop(0)
+
+
+def test_the_reconcile_keeps_the_next_hops_of_known_neighbours_and_rewrites_one_with_other_macs(schema):
+    """reconcile.Planner: of the next hops the switch holds, an unused one of
+    a neighbour the kernel has is kept (held), one of no known neighbour is
+    an orphan; a used one whose port's MAC changed meanwhile is MODIFYed,
+    not INSERTed again."""
+    from p4flowtable.reconcile import Planner
+    nhs = NextHops(schema)
+    gw = nhs.adopt(5, 2, "02:00:00:00:02:99", WAN.dst_mac, "192.0.2.2")      # the port's MAC was another
+    known = nhs.adopt(6, 1, "02:00:00:00:01:fe", "00:00:00:00:01:07", "10.0.1.7")
+    stray = nhs.adopt(7, 1, "02:00:00:00:01:fe", "00:00:00:00:01:08", "")
+    assert gw.held and known.held and not stray.held and nhs.held == 2
+    planner = Planner(schema, {}, False, nhs, ReadBack(schema))
+    planner.flow(flow(1))
+    plan = planner.finish()
+    kinds = {int.from_bytes(u.entity.table_entry.match[0].exact.value, "big"): u.type for u in plan.nexthop_writes}
+    assert kinds[5] == p4r.Update.MODIFY and gw.src_mac == WAN.src_mac and gw.written and not gw.rewrite
+    assert 6 not in kinds and nhs.by_id[6] is known
+    assert [int.from_bytes(u.entity.table_entry.match[0].exact.value, "big") for u in plan.nexthop_orphans] == [7]

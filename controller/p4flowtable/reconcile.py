@@ -496,9 +496,11 @@ class Planner:
                 nexthops.forget(nh)
             elif not nh.written:
                 new[nh.id] = nh
-        plan.nexthop_writes = [nexthops.update(nh, p4r.Update.INSERT) for nh in new.values()]
+        # one the switch holds with other MACs (NextHop.rewrite) is MODIFYed
+        plan.nexthop_writes = [nexthops.update(nh, p4r.Update.MODIFY if nh.rewrite else p4r.Update.INSERT)
+                               for nh in new.values()]
         for nh in new.values():
-            nh.written = True
+            nh.written, nh.rewrite = True, False
         plan.orphans = deletes([self.readback.match_entry(h.key) for h in self.left.values()])
         return plan
 
