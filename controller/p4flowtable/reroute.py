@@ -2,11 +2,15 @@
 neigh_xmit per packet, nf_flow_dst_check and the flowtable GC's stale-dst
 check, and its cleanup when a device goes down).
 
+- A neighbour learnt on a switch port: its next hop is written and held
+  while the kernel keeps the neighbour (nexthop.py), so that the first flow
+  to it finds it there; after each reconcile, every neighbour known then.
 - A neighbour's new MAC: its next hop is rewritten, one write whatever the
   number of flows sent to it.
 - A neighbour failed or deleted: the flows sent to it are handed back; the
   kernel resolves it again with their next packet (a switch that kept sending
-  to the old MAC would blackhole them), and they come back when it can.
+  to the old MAC would blackhole them), and they come back when it can. Its
+  next hop is deleted, at once where no flow named it.
 - A neighbour resolved with the MAC of a next hop adopted while it was
   unknown (after a restart: NextHops.learn): the next hop is its from then on.
 - A route, ip rule, link or address change: the directions it may move are
@@ -191,7 +195,9 @@ class Reroute:
                 # failed or deleted: the kernel resolves it again with the flows' next packets
                 flows = {id(f): f for f in nh.users.values()}
                 self.stats["reroute.neighbour_lost"] += 1
-                log.info("neighbour %s on port %d is gone: %d flow(s) handed back", addr, port, len(flows))
+                # the kernel's neighbour GC drops idle ones: worth a line only when flows go back
+                (log.info if flows else log.debug)("neighbour %s on port %d is gone: %d flow(s) handed back",
+                                                   addr, port, len(flows))
                 for f in flows.values():
                     self.teardown(f, TeardownReason.ROUTE_CHANGED)
                 if nexthops.unhold(nh):
