@@ -128,11 +128,9 @@ def test_ids_run_out_with_a_clear_error_and_come_back(schema):
     assert assign(nhs, [flow(6, lan_host=10)])
 
 
-def test_next_hops_are_written_ahead_of_their_flows_and_freed_if_one_is_not_added(schema):
-    """P4RuntimeDriver.prepare, against the embedded target over P4Runtime:
-    a decided flow's new next hops are written at once, its add then writes
-    only its entries; a batch naming only next hops the switch has writes
-    nothing ahead; a prepared flow that is not added frees what it alone named."""
+def on_embedded_target(schema, test) -> None:
+    """test(session, driver, held) against the embedded target over
+    P4Runtime; held() is its nexthop_table: id -> the neighbour's MAC."""
     import asyncio
     from p4flowtable.offload import P4RuntimeDriver
     from p4flowtable.p4runtime import Session
@@ -141,15 +139,33 @@ def test_next_hops_are_written_ahead_of_their_flows_and_freed_if_one_is_not_adde
     impl = SoftSwitchServer(1, 510)
     server, addr = serve_local(impl, workers=2)
 
-    def held() -> set[int]:
+    def held() -> dict[int, int]:
         t = impl.pipeline.tables[schema.table("nexthop_table").id].table
-        return {e.key[0] for e in t.by_key.values()}
+        return {e.key[0]: e.data[2] for e in t.by_key.values()}
 
     async def main():
         s = Session(addr, 1, 1)
         await s.connect(5)
         await s.set_pipeline(schema.p4info, (ROOT / "p4src/build/flowtable.json").read_bytes())
-        driver = P4RuntimeDriver(s, schema)
+        try:
+            await test(s, P4RuntimeDriver(s, schema), held)
+        finally:
+            await s.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop(0)
+
+
+def test_next_hops_are_written_ahead_of_their_flows_and_freed_if_one_is_not_added(schema):
+    """P4RuntimeDriver.prepare, against the embedded target over P4Runtime:
+    a decided flow's new next hops are written at once, its add then writes
+    only its entries; a batch naming only next hops the switch has writes
+    nothing ahead; a prepared flow that is not added frees what it alone named."""
+    import asyncio
+
+    async def main(s, driver, held):
         first, second, third = flow(1), flow(2), flow(3, lan_host=7)
         writes = s.writes
         ahead = driver.prepare([first])
@@ -157,7 +173,7 @@ def test_next_hops_are_written_ahead_of_their_flows_and_freed_if_one_is_not_adde
         res = await driver.add([first])          # before the write ahead is answered: it waits for it
         assert res.done == [first] and not res.failed
         assert s.writes - writes == 2, "next hops once, ahead; then the flow's entries"
-        assert held() == set(first.nexthops)
+        assert set(held()) == set(first.nexthops)
         writes = s.writes
         assert driver.prepare([second]) is None, "its next hops are the switch's already"
         assert (await driver.add([second])).done == [second] and s.writes - writes == 1
@@ -170,14 +186,10 @@ def test_next_hops_are_written_ahead_of_their_flows_and_freed_if_one_is_not_adde
             if lan not in held():
                 break
             await asyncio.sleep(0.02)
-        assert held() == set(first.nexthops), "the LAN host's next hop deleted, the shared gateway's kept"
+        assert set(held()) == set(first.nexthops), "the LAN host's next hop deleted, the shared gateway's kept"
         assert third.nexthops == (0, 0) and driver.nexthops.by_id.keys() == set(first.nexthops)
-        await s.close()
 
-    try:
-        asyncio.run(main())
-    finally:
-        server.stop(0)
+    on_embedded_target(schema, main)
 
 
 def test_a_neighbours_next_hop_is_held_without_flows_until_the_neighbour_goes(schema):
@@ -225,23 +237,7 @@ def test_a_held_next_hop_is_written_once_and_rewritten_by_the_flow_that_finds_a_
     that finds its neighbour at a new MAC before the neighbour's change was
     written has the next hop MODIFYed, not INSERTed again; dropped, it is
     gone from the switch."""
-    import asyncio
-    from p4flowtable.offload import P4RuntimeDriver
-    from p4flowtable.p4runtime import Session
-    from p4flowtable.softswitch.server import SoftSwitchServer, serve_local
-
-    impl = SoftSwitchServer(1, 510)
-    server, addr = serve_local(impl, workers=2)
-
-    def held() -> dict[int, int]:
-        t = impl.pipeline.tables[schema.table("nexthop_table").id].table
-        return {e.key[0]: e.data[2] for e in t.by_key.values()}
-
-    async def main():
-        s = Session(addr, 1, 1)
-        await s.connect(5)
-        await s.set_pipeline(schema.p4info, (ROOT / "p4src/build/flowtable.json").read_bytes())
-        driver = P4RuntimeDriver(s, schema)
+    async def main(s, driver, held):
         nhs = driver.nexthops
         lan_mac = "00:00:00:00:01:01"
         gw = nhs.hold(2, "192.0.2.2", WAN.src_mac, WAN.dst_mac)
@@ -265,12 +261,8 @@ def test_a_held_next_hop_is_written_once_and_rewritten_by_the_flow_that_finds_a_
         assert nhs.unhold(lan)
         await driver.drop_nexthops([lan])
         assert set(held()) == {gw.id}
-        await s.close()
 
-    try:
-        asyncio.run(main())
-    finally:
-        server.stop(0)
+    on_embedded_target(schema, main)
 
 
 def test_the_reconcile_keeps_the_next_hops_of_known_neighbours_and_rewrites_one_with_other_macs(schema):
