@@ -23,7 +23,8 @@ from p4flowtable.core import Flowtables, FlowtableConfig
 from p4flowtable.events import EventBus
 from p4flowtable.flowoffload import FlowOffload
 from p4flowtable.ip import ReadBack
-from p4flowtable.model import Flow, FlowFlag, FlowRoute, FlowTuple
+from p4flowtable.flowoffload import MAX_BATCH_FLOWS, WRITES_IN_FLIGHT
+from p4flowtable.model import Flow, FlowFlag, FlowRoute, FlowTuple, TeardownReason
 from p4flowtable.offload import P4RuntimeDriver
 from p4flowtable.p4info import P4Schema
 from p4flowtable.p4runtime import Session
@@ -144,6 +145,69 @@ def test_writes_wait_while_the_reconcile_holds_the_switch(schema, addr):
         worker.cancel()
         await asyncio.gather(worker, return_exceptions=True)
         await session.close()
+
+    asyncio.run(main())
+
+
+def test_adds_are_at_the_switch_together_and_a_delete_between_them_keeps_its_place(schema, addr):
+    """FlowOffload.run's writers: queued add batches are written up to
+    WRITES_IN_FLIGHT at once; a delete queued after them is sent once every
+    one of them is answered, and the adds queued after the delete are sent
+    once it is answered."""
+    async def main():
+        session = Session(addr, 1, 1)
+        switch = SwitchControl(session, schema, JSON.read_bytes())
+        assert await switch.connect(5, []) is False
+        driver = P4RuntimeDriver(session, schema)
+        tables = Flowtables()
+        tables.add_table(FlowtableConfig("ft", ("lan", "wan")))
+        offload = FlowOffload(tables, driver, ConntrackMirror(None), None, EventBus(), collections.Counter(),
+                              mark=lambda _: 0, consider=lambda _: None, ct_lease=86400, clock=time.monotonic)
+        offload.aging = Aging(tables, driver, time.monotonic, idle_timeout=driver.idle_timeout, ct_lease=86400,
+                              expire=offload.expired, renew=offload.renew_lease)
+        offload.mirror.hand_back = lambda *a, **k: asyncio.sleep(0)      # no kernel here
+        log = []
+        write = session.write_encoded
+
+        async def logged(updates, what="write"):
+            log.append(("sent", what, len(updates)))
+            try:
+                await write(updates, what)
+            finally:
+                log.append(("answered", what, len(updates)))
+        session.write_encoded = logged
+        worker = asyncio.create_task(offload.run())
+
+        def queue(fs):
+            for f in fs:
+                tables.add(f)
+                f.test_and_set(FlowFlag.PENDING)
+                offload.add(f)
+
+        early = flows(0, 10)
+        queue(early)
+        await until(lambda: all(f.flags & FlowFlag.HW for f in early), "the first flows offloaded")
+        log.clear()
+        before, after = flows(10, 4 * MAX_BATCH_FLOWS), flows(10 + 4 * MAX_BATCH_FLOWS, 2 * MAX_BATCH_FLOWS)
+        queue(before)
+        for f in early:
+            offload.teardown(f, TeardownReason.OPERATOR)
+        queue(after)
+        await until(lambda: all(f.flags & FlowFlag.HW for f in after), "the last flows offloaded")
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+        await session.close()
+
+        adds = [i for i, (ev, what, _) in enumerate(log) if what == "flow add" and ev == "sent"]
+        delete = log.index(("sent", "flow delete", 2 * len(early)))
+        at_once = max(sum(1 if ev == "sent" else -1 for ev, what, _ in log[:i + 1] if what == "flow add")
+                      for i in range(len(log)))
+        assert at_once == WRITES_IN_FLIGHT, log
+        answered = [i for i, (ev, what, _) in enumerate(log) if what == "flow add" and ev == "answered"]
+        assert len(adds) == len(answered) == 6, log
+        assert sorted(answered)[3] < delete, "the delete was sent before the adds queued ahead of it were answered"
+        assert log.index(("answered", "flow delete", 2 * len(early))) < adds[4], \
+            "an add queued after the delete was sent before the delete was answered"
 
     asyncio.run(main())
 

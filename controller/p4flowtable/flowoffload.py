@@ -168,44 +168,54 @@ class FlowOffload:
         self.queue.put_nowait(Op.DELETE, flow)
 
     async def run(self) -> None:
-        """Writes the queue's batches in order. Adds of distinct flows do not
-        depend on each other, so up to WRITES_IN_FLIGHT add batches are at the
-        switch together: it works on one while the daemon prepares the next.
-        A delete waits until every earlier write is answered, and the next
-        batch waits for the delete, which keeps each flow's operations in order.
-        While the reconcile holds the switch (SwitchWriters), batches stay
-        queued: the reconcile writes the adds itself (take_adds)."""
-        inflight: set[asyncio.Task] = set()
+        """Writes the queue's batches in order, by WRITES_IN_FLIGHT writers.
+        Each takes a batch, writes it, and takes the next as soon as the
+        switch answers, in the same turn of the event loop: the next write
+        waits for no other task, where a hop through the loop waits behind
+        the decisions' work while a burst is decided. Adds of distinct
+        flows do not depend on each other, so up to WRITES_IN_FLIGHT add
+        batches are at the switch together. A delete waits until every
+        earlier add is answered, and no later batch is taken until the
+        delete is, which keeps each flow's operations in order. While the
+        reconcile holds the switch (SwitchWriters), batches stay queued: the
+        reconcile writes the adds itself (take_adds)."""
+        taking = asyncio.Lock()      # a batch taken and begun by one writer at a time: in the queue's order
+        adds_done = asyncio.Event()  # no add batch under way
+        adds_done.set()
+        adds = 0
         writers = self.driver.writers
 
-        async def settle(limit: int) -> None:
-            while len(inflight) > limit:
-                done, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
-                for t in done:
-                    inflight.discard(t)
-                    t.result()      # a bug in a write: the daemon's task fails
-
-        try:
+        async def writer() -> None:
+            nonlocal adds
             while True:
-                op, batch = await self.queue.next_batch(MAX_BATCH_FLOWS)
-                if not writers.open:
-                    self.queue.put_back(op, batch)
-                    await writers.wait_open()
-                    continue
-                writers.enter()     # the reconcile waits for this batch from here
+                async with taking:
+                    op, batch = await self.queue.next_batch(MAX_BATCH_FLOWS)
+                    if not writers.open:
+                        self.queue.put_back(op, batch)
+                        await writers.wait_open()
+                        continue
+                    writers.enter()     # the reconcile waits for this batch from here
+                    if op is not Op.ADD:
+                        try:
+                            await adds_done.wait()
+                            await self._write(op, batch)
+                        finally:
+                            writers.leave()
+                        continue
+                    adds += 1
+                    adds_done.clear()
                 try:
-                    await settle(WRITES_IN_FLIGHT - 1 if op is Op.ADD else 0)
-                except BaseException:
+                    await self._write(op, batch)
+                finally:
                     writers.leave()
-                    raise
-                task = asyncio.create_task(self._write(op, batch))
-                task.add_done_callback(lambda _: writers.leave())     # even if cancelled before it ran
-                inflight.add(task)
-                if op is not Op.ADD:
-                    await settle(0)
-        finally:
-            for t in inflight:
-                t.cancel()
+                    adds -= 1
+                    if not adds:
+                        adds_done.set()
+
+        # a bug in a write fails its writer, and the task group the others and this task
+        async with asyncio.TaskGroup() as group:
+            for i in range(WRITES_IN_FLIGHT):
+                group.create_task(writer(), name=f"offload-writer-{i}")
 
     async def _write(self, op: Op, batch: list[Flow]) -> None:
         try:
