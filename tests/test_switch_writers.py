@@ -81,30 +81,39 @@ async def held(switch: SwitchControl, schema: P4Schema, driver: P4RuntimeDriver)
     return out
 
 
+async def offload_rig(addr, schema: P4Schema):
+    """On the embedded target, its pipeline pushed: the session, the switch,
+    the driver, the flowtables (one, "ft") and a FlowOffload over them."""
+    session = Session(addr, 1, 1)
+    switch = SwitchControl(session, schema, JSON.read_bytes())
+    assert await switch.connect(5, []) is False      # our pipeline pushed, empty
+    driver = P4RuntimeDriver(session, schema)
+    tables = Flowtables()
+    tables.add_table(FlowtableConfig("ft", ("lan", "wan")))
+    offload = FlowOffload(tables, driver, ConntrackMirror(None), None, EventBus(), collections.Counter(),
+                          mark=lambda _: 0, consider=lambda _: None, ct_lease=86400, clock=time.monotonic)
+    offload.aging = Aging(tables, driver, time.monotonic, idle_timeout=driver.idle_timeout, ct_lease=86400,
+                          expire=offload.expired, renew=offload.renew_lease)
+    return session, switch, driver, tables, offload
+
+
+def queue(tables: Flowtables, offload: FlowOffload, fs: list[Flow]) -> None:
+    """Flows decided: in their flowtable, pending, their adds queued."""
+    for f in fs:
+        tables.add(f)
+        f.test_and_set(FlowFlag.PENDING)
+        offload.add(f)
+
+
 def test_writes_wait_while_the_reconcile_holds_the_switch(schema, addr):
     async def main():
-        session = Session(addr, 1, 1)
-        switch = SwitchControl(session, schema, JSON.read_bytes())
-        assert await switch.connect(5, []) is False      # our pipeline pushed, empty
-        driver = P4RuntimeDriver(session, schema)
-        tables = Flowtables()
-        tables.add_table(FlowtableConfig("ft", ("lan", "wan")))
-        stats = collections.Counter()
-        offload = FlowOffload(tables, driver, ConntrackMirror(None), None, EventBus(), stats, mark=lambda _: 0,
-                              consider=lambda _: None, ct_lease=86400, clock=time.monotonic)
-        offload.aging = Aging(tables, driver, time.monotonic, idle_timeout=driver.idle_timeout, ct_lease=86400,
-                              expire=offload.expired, renew=offload.renew_lease)
+        session, switch, driver, tables, offload = await offload_rig(addr, schema)
+        stats = offload.stats
         worker = asyncio.create_task(offload.run())
-
-        def queue(fs):
-            for f in fs:
-                tables.add(f)
-                f.test_and_set(FlowFlag.PENDING)
-                offload.add(f)
 
         # a batch at the switch when the reconcile asks: answered first
         first = flows(0, 400)
-        queue(first)
+        queue(tables, offload, first)
         await until(lambda: not len(offload.queue), "the worker takes the first batch")
         async with driver.writers.exclusive():
             assert all(f.flags & FlowFlag.HW for f in first), "the reconcile began before a write was answered"
@@ -113,7 +122,7 @@ def test_writes_wait_while_the_reconcile_holds_the_switch(schema, addr):
 
             # adds decided meanwhile stay queued, however many turns the worker gets
             second = flows(400, 300)
-            queue(second)
+            queue(tables, offload, second)
             for _ in range(50):
                 await asyncio.sleep(0)
             assert len(await held(switch, schema, driver)) == 2 * len(first), "the worker wrote during the reconcile"
@@ -137,7 +146,7 @@ def test_writes_wait_while_the_reconcile_holds_the_switch(schema, addr):
 
         # the worker writes again
         third = flows(700, 200)
-        queue(third)
+        queue(tables, offload, third)
         await until(lambda: all(f.flags & FlowFlag.HW for f in third), "the third batch is offloaded")
         assert len(await held(switch, schema, driver)) == 2 * (len(first) + len(second) + len(third))
         assert stats["offloaded"] == len(first) + len(third)     # the second was the reconcile's alone
@@ -155,16 +164,7 @@ def test_adds_are_at_the_switch_together_and_a_delete_between_them_keeps_its_pla
     one of them is answered, and the adds queued after the delete are sent
     once it is answered."""
     async def main():
-        session = Session(addr, 1, 1)
-        switch = SwitchControl(session, schema, JSON.read_bytes())
-        assert await switch.connect(5, []) is False
-        driver = P4RuntimeDriver(session, schema)
-        tables = Flowtables()
-        tables.add_table(FlowtableConfig("ft", ("lan", "wan")))
-        offload = FlowOffload(tables, driver, ConntrackMirror(None), None, EventBus(), collections.Counter(),
-                              mark=lambda _: 0, consider=lambda _: None, ct_lease=86400, clock=time.monotonic)
-        offload.aging = Aging(tables, driver, time.monotonic, idle_timeout=driver.idle_timeout, ct_lease=86400,
-                              expire=offload.expired, renew=offload.renew_lease)
+        session, switch, driver, tables, offload = await offload_rig(addr, schema)
         offload.mirror.hand_back = lambda *a, **k: asyncio.sleep(0)      # no kernel here
         log = []
         write = session.write_encoded
@@ -177,22 +177,15 @@ def test_adds_are_at_the_switch_together_and_a_delete_between_them_keeps_its_pla
                 log.append(("answered", what, len(updates)))
         session.write_encoded = logged
         worker = asyncio.create_task(offload.run())
-
-        def queue(fs):
-            for f in fs:
-                tables.add(f)
-                f.test_and_set(FlowFlag.PENDING)
-                offload.add(f)
-
         early = flows(0, 10)
-        queue(early)
+        queue(tables, offload, early)
         await until(lambda: all(f.flags & FlowFlag.HW for f in early), "the first flows offloaded")
         log.clear()
         before, after = flows(10, 4 * MAX_BATCH_FLOWS), flows(10 + 4 * MAX_BATCH_FLOWS, 2 * MAX_BATCH_FLOWS)
-        queue(before)
+        queue(tables, offload, before)
         for f in early:
             offload.teardown(f, TeardownReason.OPERATOR)
-        queue(after)
+        queue(tables, offload, after)
         await until(lambda: all(f.flags & FlowFlag.HW for f in after), "the last flows offloaded")
         worker.cancel()
         await asyncio.gather(worker, return_exceptions=True)
