@@ -224,8 +224,16 @@ class ConntrackMirror:
     @staticmethod
     def _change(e: CtEntry, *attrs: bytes) -> tuple[int, int, bytes, int]:
         """The request changing an existing entry (IPCTNL_MSG_CT_NEW without NLM_F_CREATE)."""
-        return (ctnl.IPCTNL_MSG_CT_NEW, ctnl.family_of(e.orig),
-                ctnl.tuple_attr(ctnl.CTA_TUPLE_ORIG, e.orig) + b"".join(attrs), 0)
+        return ConntrackMirror._changes((e,), b"".join(attrs))[0]
+
+    @staticmethod
+    def _changes(entries, attrs: bytes, tcp_attrs: bytes | None = None) -> list[tuple[int, int, bytes, int]]:
+        """_change's request for each entry, made in one pass (a burst's every
+        flow): with attrs, or with tcp_attrs for a TCP entry where given."""
+        attr, family, orig, new = ctnl.tuple_attr, ctnl.family_of, ctnl.CTA_TUPLE_ORIG, ctnl.IPCTNL_MSG_CT_NEW
+        tcp = attrs if tcp_attrs is None else tcp_attrs
+        return [(new, family(o), attr(orig, o) + (tcp if o.l4proto == IPPROTO_TCP else attrs), 0)
+                for o in map(_orig_of, entries)]
 
     async def _set(self, e: CtEntry, *attrs: bytes) -> None:
         await self._cmd.request(*self._change(e, *attrs))
@@ -235,10 +243,7 @@ class ConntrackMirror:
         timeout. All requests in flight together; per entry None or the error."""
         timeout = ctnl.timeout_attr(int(lease))
         tcp = timeout + ctnl.tcp_flags_attr(IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_BE_LIBERAL)
-        # _change's requests, made without a call of its own for each (a burst's every flow)
-        attr, family, orig, new = ctnl.tuple_attr, ctnl.family_of, ctnl.CTA_TUPLE_ORIG, ctnl.IPCTNL_MSG_CT_NEW
-        reqs = [(new, family(o), attr(orig, o) + (tcp if o.l4proto == IPPROTO_TCP else timeout), 0)
-                for o in map(_orig_of, entries)]
+        reqs = self._changes(entries, timeout, tcp)
         errors = await self._cmd.changes(reqs)
         for e, err in zip(entries, errors):
             if err is None:
@@ -384,7 +389,7 @@ class ConntrackMirror:
     async def clear_labels(self, entries: list[CtEntry], mark: int) -> None:
         """Clear the bits of `mark` from these entries (a flowtable that is
         gone: its mark means nothing now). Entries that died meanwhile are skipped."""
-        reqs = [self._change(e, ctnl.labels_attr(0, mark)) for e in entries]
+        reqs = self._changes(entries, ctnl.labels_attr(0, mark))
         for e, err in zip(entries, await self._cmd.changes(reqs)):
             if err is None:
                 e.labels &= ~mark
