@@ -133,27 +133,32 @@ class NextHops:
         the first flow to this neighbour then writes its next hop, as
         before, and the last deletes it."""
         nh = self.by_key.get((port, addr))
-        if nh is not None and nh.held:
-            return nh
-        if self.held >= int(self.size * HELD_SHARE):
-            return None
-        if nh is None:
+        if nh is None and self._room_to_hold():
             try:
                 nh = NextHop(self._new_id(), (port, addr), port, src_mac, mac)
             except NextHopsFull:
                 return None
             self.by_id[nh.id] = nh
             self.by_key[nh.key] = nh
-        nh.held = True
-        self.held += 1
-        return nh
+        return nh if nh is not None and self._set_held(nh, True) else None
+
+    def _room_to_hold(self) -> bool:
+        return self.held < int(self.size * HELD_SHARE)
+
+    def _set_held(self, nh: NextHop, held: bool) -> bool:
+        """Hold it for its neighbour, or no longer; the count kept. False
+        when it is to be held and the share is taken."""
+        if nh.held != held:
+            if held and not self._room_to_hold():
+                return False
+            nh.held = held
+            self.held += 1 if held else -1
+        return True
 
     def unhold(self, nh: NextHop) -> bool:
         """Its neighbour is gone: no longer kept for it. True when no flow
         names it either (then forgotten: its entry is to be deleted)."""
-        if nh.held:
-            nh.held = False
-            self.held -= 1
+        self._set_held(nh, False)
         if nh.users:
             return False
         self.forget(nh)
@@ -161,9 +166,8 @@ class NextHops:
 
     def forget(self, nh: NextHop) -> None:
         """No flow names it any more: its id is free (its entry is to be deleted)."""
-        if self.by_id.pop(nh.id, None) is nh and nh.held:
-            nh.held = False
-            self.held -= 1
+        if self.by_id.pop(nh.id, None) is nh:
+            self._set_held(nh, False)
         if self.by_key.get(nh.key) is nh:
             del self.by_key[nh.key]
         self._unalias(nh)
@@ -182,9 +186,8 @@ class NextHops:
         key = (port, neighbour or dst_mac)
         nh = NextHop(nexthop_id, key, port, src_mac, dst_mac, written=True)
         self.by_id[nexthop_id] = nh
-        if self.by_key.setdefault(key, nh) is nh and neighbour and self.held < int(self.size * HELD_SHARE):
-            nh.held = True
-            self.held += 1
+        if self.by_key.setdefault(key, nh) is nh and neighbour:
+            self._set_held(nh, True)
         return nh
 
     def of_neighbour(self, port: int, addr: str) -> NextHop | None:
