@@ -238,8 +238,20 @@ class P4RuntimeDriver:
             task.add_done_callback(self._ahead.discard)
 
     async def _delete_freed(self, freed: list[NextHop]) -> None:
-        async with self.writers.shared():
-            await self.drop_nexthops(freed)
+        written = await self._inserted(freed)
+        if written:
+            async with self.writers.shared():
+                await self._delete_unused(written)
+
+    @staticmethod
+    async def _inserted(nhs: list[NextHop]) -> list[NextHop]:
+        """Those of nhs the switch holds, once the INSERTs under way of any
+        are answered."""
+        for nh in nhs:
+            if nh.writing is not None:
+                with contextlib.suppress(SwitchError):
+                    await nh.writing
+        return [nh for nh in nhs if nh.written]
 
     async def _delete_unused(self, freed: list[NextHop], refused: type[SwitchError] = SwitchError) -> None:
         """DELETE next hops no flow names any more; a refusal (`refused`) is
@@ -318,11 +330,7 @@ class P4RuntimeDriver:
         """DELETE next hops no flow names nor neighbour holds any more
         (NextHops.unhold), once the INSERTs under way of any are answered.
         The caller holds the switch (SwitchWriters.shared)."""
-        for nh in nhs:
-            if nh.writing is not None:
-                with contextlib.suppress(SwitchError):
-                    await nh.writing
-        await self._delete_unused([nh for nh in nhs if nh.written])
+        await self._delete_unused(await self._inserted(nhs))
 
     async def move(self, moves: list[tuple[Flow, Dir, FlowRoute]]) -> BatchResult:
         """Directions whose path changed within the same port (another
