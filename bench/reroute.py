@@ -43,6 +43,7 @@ from pyroute2 import IPRoute  # noqa: E402
 
 from offload_rate import NS, SOCK, create_entries, flush_conntrack, poll, rig, wait_offloaded  # noqa: E402
 from p4flowtable.api import call  # noqa: E402
+from p4flowtable.ip import ReadBack  # noqa: E402
 from p4flowtable.nexthop import NextHops  # noqa: E402
 from p4flowtable.p4info import P4Schema  # noqa: E402
 from p4ft_topo import WAN  # noqa: E402
@@ -71,8 +72,7 @@ class SwitchReader:
         self.stub = p4runtime_pb2_grpc.P4RuntimeStub(self.ch)
         self.nhs = NextHops(schema)
         self.flow_table = schema.table("flow_table_v4").id
-        self.nexthop_param = {(act := schema.action(a)).id: act.param("nexthop_id").id
-                              for a in ("forward_tcp_v4", "forward_udp_v4")}
+        self.readback = ReadBack(schema)
 
     def _read(self, table_id: int):
         req = p4r.ReadRequest(device_id=1, entities=[p4r.Entity(table_entry=p4r.TableEntry(table_id=table_id))])
@@ -89,10 +89,7 @@ class SwitchReader:
         """The MACs of the next hops flow entries name. The next hops alone
         do not say where flows go: the daemon holds one for each neighbour
         the kernel has (both gateways here), named by flows or not."""
-        named = set()
-        for e in self._read(self.flow_table):
-            pid = self.nexthop_param.get(e.action.action.action_id)
-            named.update(int.from_bytes(p.value, "big") for p in e.action.action.params if p.param_id == pid)
+        named = {h.nexthop for e in self._read(self.flow_table) if (h := self.readback.decode(e)) is not None}
         macs = self.nexthops()
         return {macs.get(i) for i in named}
 

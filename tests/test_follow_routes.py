@@ -363,11 +363,10 @@ def test_next_hop_adopted_after_a_restart_follows_its_neighbours_new_mac(net, up
 
 def naming(net, nexthops) -> list:
     """The switch's flow entries that name one of these next hops."""
+    from p4flowtable.ip import ReadBack
     from p4flowtable.p4info import P4Schema
-    schema = P4Schema.from_file(ROOT / "p4src/build/flowtable.p4info.txtpb")
-    param = {(act := schema.action(a)).id: act.param("nexthop_id").id for a in ("forward_udp_v4", "forward_tcp_v4")}
-    return [e for e in switch_flow_entries(net) for p in e.action.action.params
-            if p.param_id == param.get(e.action.action.action_id) and int.from_bytes(p.value, "big") in nexthops]
+    back = ReadBack(P4Schema.from_file(ROOT / "p4src/build/flowtable.p4info.txtpb"))
+    return [e for e in switch_flow_entries(net) if (h := back.decode(e)) is not None and h.nexthop in nexthops]
 
 
 def test_a_neighbour_learnt_has_its_next_hop_before_its_first_flow_until_it_goes(net, uplinks, tmp_path):
