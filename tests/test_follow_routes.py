@@ -386,6 +386,12 @@ def test_a_neighbour_learnt_has_its_next_hop_before_its_first_flow_until_it_goes
         new = wait_for(lambda: (n := {i: v for i, v in switch_nexthops(net).items() if i not in before}) and n, 5,
                        "the neighbour's next hop on the switch, before any flow")
         assert list(new.values()) == [(WAN["port"], mac)]
+        # and h1's, the reply's neighbour (the kernel resolves it for a datagram of its own): run
+        # alone, this test is the first to send to h1
+        h1, h1_mac = LAN["host"].split("/")[0], net.h1.defaultIntf().MAC()
+        sh(sys.executable, "-c", f"import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', "
+                                 f"('{h1}', 9))")
+        wait_for(lambda: (LAN["port"], h1_mac) in switch_nexthops(net).values(), 5, "h1's next hop on the switch")
         writes = stats(net)["nexthop_writes"]
         res = done(*ping(net, tmp_path, addr, 7003, sport, count=20))
         assert res["replies"] == 20
